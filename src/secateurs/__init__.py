@@ -1,0 +1,62 @@
+"""secateurs: neural network pruning for PyTorch, every paradigm as one recipe pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from secateurs.errors import CheckpointError, ConfigError, DataUnavailableError, SecateursError
+from secateurs.masks import MaskSet, masks_of, remove_masks, set_masks
+from secateurs.pruning import compute_masks, prune
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataUnavailableError",
+    "MaskSet",
+    "SecateursError",
+    "__version__",
+    "compute_masks",
+    "masks_of",
+    "prune",
+    "remove_masks",
+    "run",
+    "set_masks",
+]
+
+
+def run(
+    recipe: Any,
+    *,
+    overrides: list[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> Any:
+    """Run a recipe (a YAML path, a preset name, a `Recipe` or a dict) and return its `RunResult`.
+
+    With `out`, the recipe, metrics and final checkpoint are written there atomically.
+    """
+    from secateurs.outputs import save_run
+    from secateurs.pipeline import run_recipe
+    from secateurs.recipe import Recipe, load_recipe, parse_recipe
+
+    if isinstance(recipe, Recipe):
+        if overrides:
+            import yaml
+
+            recipe = parse_recipe(yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True)), recipe.name, overrides)
+    elif isinstance(recipe, dict):
+        import yaml
+
+        recipe = parse_recipe(yaml.safe_dump(recipe), "<dict>", overrides)
+    elif isinstance(recipe, str | Path):
+        recipe = load_recipe(recipe, overrides)
+    else:
+        raise ConfigError(f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict")
+    result = run_recipe(recipe, progress=progress)
+    if out is not None:
+        save_run(result, out)
+    return result

@@ -1,0 +1,5 @@
+"""`python -m secateurs` runs the CLI."""
+
+from secateurs.cli import main
+
+main()

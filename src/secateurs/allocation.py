@@ -1,0 +1,215 @@
+"""Allocations: how a target sparsity is split across layers.
+
+An allocation is a plain function from the prunable layers (shapes, group scores) and a target
+sparsity to the number of groups each layer keeps. It is an axis of its own, so every criterion
+works with every allocation (no "global" twin of each criterion).
+
+Rounding (documented because tests pin it): a layer of n groups pruned to sparsity s keeps
+`n - round_half_up(s·n)` groups; global and ER/ERK allocations hit the total count exactly
+(`N - round_half_up(s·N)` elements kept), ER/ERK by largest-remainder rounding of the ideal
+per-layer counts (ties to the earlier layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import torch
+from torch import Tensor
+
+from secateurs.errors import ConfigError
+from secateurs.registry import Registry
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What an allocation may look at for one prunable parameter."""
+
+    name: str
+    shape: tuple[int, ...]
+    group_size: int
+    scores: Tensor  # one score per group, 1-D; -inf for groups already pruned
+
+    @property
+    def num_groups(self) -> int:
+        return self.scores.numel()
+
+    @property
+    def numel(self) -> int:
+        return self.num_groups * self.group_size
+
+
+Allocation = Callable[..., dict[str, int]]
+ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+
+
+def round_half_up(x: float) -> int:
+    """Round to nearest, halves up; tolerant of float noise such as 0.1·30 = 3.0000000000000004."""
+    return math.floor(x + 0.5 + 1e-9)
+
+
+def check_sparsity(sparsity: float, where: str = "sparsity") -> float:
+    """Sparsity is the fraction removed and must lie in [0, 1)."""
+    if not isinstance(sparsity, int | float) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
+        raise ConfigError(
+            f"{where} must be a number in [0, 1), got {sparsity!r}",
+            fix="sparsity is the fraction of weights removed, e.g. 0.9 keeps 10 %",
+        )
+    return float(sparsity)
+
+
+def _kept_after(n: int, sparsity: float) -> int:
+    return n - round_half_up(sparsity * n)
+
+
+@ALLOCATIONS.register("uniform", "the same sparsity in every layer (layerwise)")
+def uniform(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
+    """Each layer keeps the same fraction of its groups."""
+    return {layer.name: _kept_after(layer.num_groups, sparsity) for layer in layers}
+
+
+@ALLOCATIONS.register("global", "one threshold over the scores of all layers")
+def global_(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
+    """Keep the highest-scoring groups of the whole model until the element budget is spent.
+
+    Ties are broken deterministically: earlier layer first, then lower index.
+    """
+    total = sum(layer.numel for layer in layers)
+    budget = _kept_after(total, sparsity)
+    scores = torch.cat([layer.scores.detach().double().reshape(-1).cpu() for layer in layers])
+    sizes = torch.cat([torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers])
+    owner = torch.cat([torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)])
+    order = torch.argsort(scores, descending=True, stable=True)
+    taken = torch.cumsum(sizes[order], 0) <= budget
+    counts = torch.bincount(owner[order][taken], minlength=len(layers))
+    return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}
+
+
+def _fan_terms(shape: tuple[int, ...], with_kernel: bool) -> tuple[int, int]:
+    """(sum of dims, product of dims) of a weight as used by ER/ERK."""
+    if len(shape) <= 1:
+        return sum(shape), math.prod(shape)
+    dims = list(shape) if with_kernel else list(shape[:2])
+    return sum(dims), math.prod(dims)
+
+
+def _solve_scaled_densities(layers: list[LayerInfo], sparsity: float, raw: list[float]) -> list[float]:
+    """Densities ε·raw_l hitting the total density; layers that would exceed 1 are made dense."""
+    numel = [layer.numel for layer in layers]
+    target_kept = (1.0 - sparsity) * sum(numel)
+    dense: set[int] = set()
+    while True:
+        free = [i for i in range(len(layers)) if i not in dense]
+        budget = target_kept - sum(numel[i] for i in dense)
+        weight = sum(raw[i] * numel[i] for i in free)
+        if not free or weight <= 0:
+            raise ConfigError(
+                f"cannot reach sparsity {sparsity} with this allocation",
+                fix="lower the sparsity or choose another allocation",
+            )
+        eps = budget / weight
+        # Tolerance: a layer at exactly density 1 (e.g. sparsity 0) must not count as over it.
+        over = [i for i in free if eps * raw[i] > 1.0 + 1e-9]
+        if not over:
+            return [1.0 if i in dense else eps * raw[i] for i in range(len(layers))]
+        dense.update(over)
+
+
+def _largest_remainder(ideal: list[float], caps: list[int], total: int) -> list[int]:
+    """Integer counts close to `ideal`, each ≤ its cap, summing to `total`."""
+    counts = [min(math.floor(x + 1e-9), c) for x, c in zip(ideal, caps, strict=True)]
+    rest = total - sum(counts)
+    order = sorted(range(len(ideal)), key=lambda i: (-(ideal[i] - counts[i]), i))
+    for i in order:
+        if rest <= 0:
+            break
+        if counts[i] < caps[i]:
+            counts[i] += 1
+            rest -= 1
+    return counts
+
+
+def _erdos_renyi(layers: list[LayerInfo], sparsity: float, *, with_kernel: bool) -> dict[str, int]:
+    raw = []
+    for layer in layers:
+        total, prod = _fan_terms(layer.shape, with_kernel)
+        raw.append(total / prod)
+    densities = _solve_scaled_densities(layers, sparsity, raw)
+    total_kept = _kept_after(sum(layer.numel for layer in layers), sparsity)
+    ideal = [d * layer.numel for d, layer in zip(densities, layers, strict=True)]
+    kept = _largest_remainder(ideal, [layer.numel for layer in layers], total_kept)
+    return {layer.name: k // layer.group_size for layer, k in zip(layers, kept, strict=True)}
+
+
+@ALLOCATIONS.register("er", "Erdős–Rényi: density ∝ (n_in + n_out)/(n_in·n_out)")
+def er(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
+    """Erdős–Rényi (Mocanu et al. 2018): kernel dimensions ignored."""
+    return _erdos_renyi(layers, sparsity, with_kernel=False)
+
+
+@ALLOCATIONS.register("erk", "Erdős–Rényi-Kernel: density ∝ sum of dims / product of dims")
+def erk(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
+    """Erdős–Rényi-Kernel (Evci et al. 2020): kernel dimensions included."""
+    return _erdos_renyi(layers, sparsity, with_kernel=True)
+
+
+@ALLOCATIONS.register("explicit", "a sparsity per layer, given by name pattern")
+def explicit(
+    layers: list[LayerInfo], sparsity: float | None, *, sparsities: Mapping[str, float] | None = None
+) -> dict[str, int]:
+    """Per-layer sparsities by shell-style pattern (first match wins); others get `sparsity`."""
+    if not sparsities:
+        raise ConfigError(
+            "the explicit allocation needs `sparsities`, a mapping of layer patterns to sparsities",
+            fix="set allocation_options: {sparsities: {'features.*': 0.5}}, or use the 'uniform' allocation",
+        )
+    for pattern, value in sparsities.items():
+        check_sparsity(value, where=f"explicit sparsity for {pattern!r}")
+        if not any(fnmatchcase(layer.name, pattern) or fnmatchcase(_module(layer.name), pattern) for layer in layers):
+            raise ConfigError(
+                f"explicit allocation pattern {pattern!r} matches no prunable layer",
+                fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
+            )
+    out = {}
+    for layer in layers:
+        value = next(
+            (v for p, v in sparsities.items() if fnmatchcase(layer.name, p) or fnmatchcase(_module(layer.name), p)),
+            sparsity,
+        )
+        if value is None:
+            raise ConfigError(
+                f"no sparsity for layer {layer.name!r}",
+                fix="give it a pattern in `sparsities` or set the prune step's `sparsity`",
+            )
+        out[layer.name] = _kept_after(layer.num_groups, value)
+    return out
+
+
+def _module(param_name: str) -> str:
+    return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
+
+
+def allocate(
+    name: str, layers: list[LayerInfo], sparsity: float | None, *, allow_collapse: bool = False, **options: object
+) -> dict[str, int]:
+    """Per-layer keep counts (in groups) from the named allocation, with the collapse guard."""
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    elif name != "explicit":
+        raise ConfigError(f"allocation {name!r} needs a target sparsity", fix="set `sparsity`")
+    fn = ALLOCATIONS.get(name)
+    from secateurs.registry import check_options
+
+    check_options(fn, options, where=f"allocation {name!r}")
+    keep = fn(layers, sparsity, **options)
+    collapsed = [layer.name for layer in layers if keep[layer.name] == 0]
+    if collapsed and not allow_collapse:
+        raise ConfigError(
+            f"allocation {name!r} at sparsity {sparsity} removes every weight of {', '.join(collapsed)} "
+            "(layer collapse disconnects the network)",
+            fix="lower the sparsity, use the 'erk' allocation, exclude the layer, or set allow_collapse: true",
+        )
+    return keep

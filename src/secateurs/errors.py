@@ -1,0 +1,33 @@
+"""User-facing errors.
+
+Every problem a user can cause (bad name, bad value, missing data, corrupt file) raises a
+`SecateursError` whose message says what is wrong, where, and how to fix it. The CLI prints
+it as one line and exits non-zero; library users can catch one type.
+"""
+
+from __future__ import annotations
+
+
+class SecateursError(Exception):
+    """A problem the user can fix; the message says what, where and how."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+        parts = [what if where is None else f"{where}: {what}"]
+        if fix:
+            parts.append(f"Fix: {fix}")
+        super().__init__(" ".join(parts))
+
+
+class ConfigError(SecateursError):
+    """An invalid recipe, option or value."""
+
+
+class DataUnavailableError(SecateursError):
+    """A data set that is not installed on this machine."""
+
+
+class CheckpointError(SecateursError):
+    """A checkpoint that is missing, truncated, corrupt or of the wrong shape."""

@@ -1,0 +1,46 @@
+"""Fully connected networks: a configurable MLP and LeNet-300-100."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from secateurs.models._checks import positive_ints
+from secateurs.models._spec import register_model
+from secateurs.models.init import init_weights
+
+
+class MLP(nn.Module):
+    """Flatten, then Linear+ReLU per hidden width, then a Linear classifier.
+
+    `features` holds the hidden layers and `classifier` the output layer, which is the last
+    module in definition order (so "skip the last layer" selections find it).
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+
+@register_model("mlp", input_ranks=(1, 2, 3), description="MLP on flattened inputs (MNIST-1D: 100-100)")
+def make_mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden: Sequence[int] = (100, 100)) -> MLP:
+    """Any input is flattened; `hidden` lists the hidden widths ([] gives a linear model)."""
+    return MLP(math.prod(input_shape), positive_ints("mlp", "hidden", hidden), num_classes)
+
+
+@register_model("lenet300", input_ranks=(1, 2, 3), description="LeNet-300-100 on flattened inputs")
+def make_lenet300(input_shape: tuple[int, ...], num_classes: int) -> MLP:
+    """LeCun et al.'s 300-100 fully connected net, the classic unstructured-pruning benchmark."""
+    return MLP(math.prod(input_shape), [300, 100], num_classes)

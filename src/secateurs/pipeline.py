@@ -1,0 +1,235 @@
+"""The pipeline: runs a recipe's stages on one model.
+
+Every method is a recipe, so this runner has no per-method code: it only knows the five stage
+kinds. Seeds are derived from the recipe's seed, so the same recipe gives bit-identical masks
+and weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from secateurs.criteria import CRITERIA
+from secateurs.data import DatasetInfo, DataSplits, load_dataset
+from secateurs.errors import ConfigError
+from secateurs.eval import count_costs, evaluate
+from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
+from secateurs.models import build_model
+from secateurs.pruning import compute_masks
+from secateurs.recipe import (
+    EvaluateStage,
+    GradualPrune,
+    PruneSpec,
+    PruneStage,
+    Recipe,
+    RepeatStage,
+    ResetStage,
+    TrainStage,
+    walk,
+)
+from secateurs.reset import Snapshot, apply_reset
+from secateurs.schedules import CubicSteps
+from secateurs.train.engine import Callback, TrainState, train
+from secateurs.train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a recipe produced: the pruned model, its masks and one record per evaluation."""
+
+    recipe: Recipe
+    model: nn.Module
+    masks: MaskSet | None
+    data_info: DatasetInfo
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.records[-1] if self.records else {}
+
+
+def model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False) -> dict[str, Any]:
+    """Accuracy, loss, parameter and MAC counts (dense and nonzero), and mask sparsity."""
+    scores = evaluate(model, data.test_loader())
+    costs = count_costs(model, data.info.input_shape)
+    masks = masks_of(model)
+    out: dict[str, Any] = {
+        "accuracy": scores["accuracy"],
+        "loss": scores["loss"],
+        "params": costs.params,
+        "nonzero_params": costs.nonzero_params,
+        "macs": costs.macs,
+        "nonzero_macs": costs.nonzero_macs,
+        "sparsity": masks.sparsity() if masks is not None else 0.0,
+        "remaining": masks.density() if masks is not None else 1.0,
+    }
+    if per_layer:
+        out["layers"] = costs.table_rows()
+    return out
+
+
+class GradualPruning(Callback):
+    """Prunes to the cubic schedule's sparsity at its update steps during training."""
+
+    def __init__(self, spec: GradualPrune, prune: Callable[[PruneSpec, float], MaskSet], default: float | None):
+        self.spec, self.prune, self.default = spec, prune, default
+        self.steps: CubicSteps | None = None
+        self.handle: MaskHandle | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.steps = self.spec.schedule.resolve(state.steps_per_epoch, state.total_steps, self.default)
+        self._maybe_prune(state)
+
+    def on_step_end(self, state: TrainState) -> None:
+        self._maybe_prune(state)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def _maybe_prune(self, state: TrainState) -> None:
+        assert self.steps is not None
+        if not self.steps.is_update_step(state.step):
+            return
+        target = self.steps.sparsity_at(state.step)
+        masks = self.prune(self.spec, target)
+        if self.handle is not None:
+            self.handle.remove()
+        self.handle = masks.attach(state.model, state.optimizer)
+
+
+class RewindSnapshots(Callback):
+    """Saves weights and optimizer state at the steps that `rewind` resets will need."""
+
+    def __init__(self, steps: set[int], store: dict[int, Snapshot]) -> None:
+        self.steps, self.store = steps, store
+
+    def on_step_end(self, state: TrainState) -> None:
+        if state.step in self.steps and state.step not in self.store:
+            self.store[state.step] = Snapshot.take(state.model, state.step, state.optimizer)
+
+
+class Pipeline:
+    """Executes one recipe; `run()` returns a `RunResult`."""
+
+    def __init__(self, recipe: Recipe, *, progress: bool = False, data: DataSplits | None = None) -> None:
+        self.recipe = recipe
+        self.progress = progress
+        self.data = data if data is not None else load_dataset(recipe.data.name, **recipe.data.options)
+        info = self.data.info
+        self.model = build_model(
+            recipe.model.name, info.input_shape, info.num_classes, seed=recipe.seed, **recipe.model.options
+        )
+        self.snapshots: dict[int, Snapshot] = {0: Snapshot.take(self.model, 0)}
+        self.rewind_steps = {
+            s.step for s in walk(recipe.stages) if isinstance(s, ResetStage) and s.mode == "rewind" and s.step > 0
+        }
+        self.pending_optimizer_state: dict[str, Any] | None = None
+        self.trained_once = False
+        self.counter = 0  # stages run so far: derives per-stage seeds
+        self.records: list[dict[str, Any]] = []
+
+    # -- stage kinds --------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        torch.manual_seed(self.recipe.seed)
+        self._run_stages(self.recipe.stages, level=None, level_sparsity=self.recipe.sparsity)
+        return RunResult(self.recipe, self.model, masks_of(self.model), self.data.info, self.records)
+
+    def _run_stages(self, stages: list[Any], *, level: int | None, level_sparsity: float | None) -> None:
+        for stage in stages:
+            self.counter += 1
+            if isinstance(stage, TrainStage):
+                self._train(stage, level_sparsity)
+            elif isinstance(stage, PruneStage):
+                self._set_masks(self._compute(stage, stage.sparsity if stage.sparsity is not None else level_sparsity))
+            elif isinstance(stage, ResetStage):
+                seed = self.recipe.seed * 1000 + self.counter
+                state = apply_reset(self.model, stage.mode, snapshots=self.snapshots, step=stage.step, seed=seed)
+                self.pending_optimizer_state = state
+            elif isinstance(stage, EvaluateStage):
+                self._evaluate(stage, level)
+            elif isinstance(stage, RepeatStage):
+                for i, target in enumerate(stage.schedule.levels(level_sparsity)):
+                    log.info("level %d: target sparsity %.4f", i + 1, target)
+                    self._run_stages(stage.stages, level=i + 1, level_sparsity=target)
+            else:  # pragma: no cover - the recipe schema admits no other kind
+                raise TypeError(f"unknown stage {stage!r}")
+
+    def _compute(self, spec: PruneSpec, sparsity: float | None) -> MaskSet:
+        layers = spec.layers if spec.layers is not None else self.recipe.layers
+        data = None
+        if CRITERIA.get(spec.criterion).needs_data:
+            loader = self.data.train_loader(spec.data_batch_size, seed=self.recipe.seed + self.counter)
+            data = [batch for _, batch in zip(range(spec.data_batches), loader, strict=False)]
+        return compute_masks(
+            self.model,
+            sparsity,
+            criterion=spec.criterion,
+            allocation=spec.allocation,
+            structure=spec.structure,
+            layers=layers,
+            data=data,
+            seed=self.recipe.seed * 1000 + self.counter,
+            allow_collapse=spec.allow_collapse,
+            criterion_options=spec.criterion_options,
+            allocation_options=spec.allocation_options,
+            structure_options=spec.structure_options,
+        )
+
+    def _set_masks(self, masks: MaskSet) -> MaskSet:
+        set_masks(self.model, masks)
+        return masks
+
+    def _train(self, stage: TrainStage, level_sparsity: float | None) -> None:
+        config = self.recipe.train_config(stage.options)
+        callbacks: list[Callback] = []
+        if not self.trained_once and self.rewind_steps:
+            callbacks.append(RewindSnapshots(self.rewind_steps, self.snapshots))
+        if stage.prune is not None:
+            default = stage.prune.sparsity if stage.prune.sparsity is not None else level_sparsity
+            callbacks.append(GradualPruning(stage.prune, lambda spec, s: self._set_masks(self._compute(spec, s)), default))
+        optimizer = None
+        if self.pending_optimizer_state is not None:
+            optimizer = build_optimizer(self.model.parameters(), config.optimizer)
+            optimizer.load_state_dict(self.pending_optimizer_state)
+            self.pending_optimizer_state = None
+        test_loader = self.data.test_loader()
+        train(
+            self.model,
+            self.data.train_loader(config.batch_size, seed=self.recipe.seed * 1000 + self.counter),
+            config,
+            evaluate_fn=lambda m: evaluate(m, test_loader),
+            callbacks=callbacks,
+            masks=masks_of(self.model),
+            seed=self.recipe.seed * 1000 + self.counter,
+            progress=self.progress,
+            optimizer=optimizer,
+            description=f"stage {self.counter}: train",
+        )
+        missing = self.rewind_steps - set(self.snapshots)
+        if not self.trained_once and missing:
+            raise ConfigError(
+                f"rewind step(s) {sorted(missing)} lie beyond the first training stage",
+                fix="rewind to a step the first training stage reaches",
+            )
+        self.trained_once = True
+
+    def _evaluate(self, stage: EvaluateStage, level: int | None) -> None:
+        row = {"label": stage.label or f"stage {self.counter}", "level": level}
+        row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
+        log.info("%s: accuracy %.4f, sparsity %.4f", row["label"], row["accuracy"], row["sparsity"])
+        self.records.append(row)
+
+
+def run_recipe(recipe: Recipe, *, progress: bool = False, data: DataSplits | None = None) -> RunResult:
+    """Run every stage of `recipe` and return the result (nothing is written to disk)."""
+    return Pipeline(recipe, progress=progress, data=data).run()

@@ -1,0 +1,152 @@
+"""The one place where scores become masks, and the `prune()` entry point.
+
+criterion (scores) × structure (groups) × allocation (keep counts per layer) → masks.
+Selection within a layer is a top-k over group scores with a deterministic tie-break (stable
+sort: the lower index wins), so the requested count is exact even when scores tie. A prune
+respects the model's existing mask: already-pruned entries score −∞ and stay pruned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import Tensor, nn
+
+from secateurs.allocation import LayerInfo, allocate, check_sparsity
+from secateurs.criteria import ScoringContext, build_criterion
+from secateurs.criteria.base import Batch
+from secateurs.errors import ConfigError
+from secateurs.layers import LayerSelection, select_parameters
+from secateurs.masks import MaskSet, masks_of, set_masks
+from secateurs.structures import Structure, build_structure
+
+
+def topk_mask(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of the k highest entries of a 1-D tensor; ties go to the lower index."""
+    keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    if k > 0:
+        order = torch.argsort(scores.reshape(-1), descending=True, stable=True)
+        keep[order[:k]] = True
+    return keep
+
+
+def masks_from_scores(
+    scores: Mapping[str, Tensor],
+    sparsity: float | None,
+    *,
+    allocation: str = "global",
+    structure: Structure | None = None,
+    current: MaskSet | None = None,
+    allow_collapse: bool = False,
+    allocation_options: Mapping[str, Any] | None = None,
+) -> MaskSet:
+    """Turn per-parameter scores (higher = keep) into masks at the requested sparsity."""
+    structure = structure or build_structure("unstructured")
+    layers = []
+    for name, score in scores.items():
+        if torch.isnan(score).any():
+            raise ConfigError(f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs")
+        s = score.detach().to(torch.float64)
+        if current is not None and name in current:
+            s = s.masked_fill(~current[name].to(s.device), float("-inf"))
+        shape = tuple(score.shape)
+        layers.append(LayerInfo(name, shape, structure.group_size(shape), structure.group_scores(s)))
+    keep = allocate(allocation, layers, sparsity, allow_collapse=allow_collapse, **dict(allocation_options or {}))
+    masks = {}
+    for layer in layers:
+        mask = structure.expand(topk_mask(layer.scores, keep[layer.name]), layer.shape)
+        if current is not None and layer.name in current:
+            mask = mask & current[layer.name].to(mask.device)
+        masks[layer.name] = mask
+    return MaskSet(masks)
+
+
+def as_batches(data: Batch | Iterable[Batch] | None) -> Iterable[Batch] | None:
+    """Accept one explicit `(x, y)` batch or any iterable of batches (a loader)."""
+    if data is None:
+        return None
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        return [data]
+    return data
+
+
+def _selection(layers: LayerSelection | Mapping[str, Any] | None) -> LayerSelection:
+    """A LayerSelection from a mapping; an invalid field is a ConfigError, not a pydantic trace."""
+    if isinstance(layers, LayerSelection):
+        return layers
+    try:
+        return LayerSelection(**dict(layers or {}))
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'layers'}: {e['msg']}" for e in err.errors())
+        fields = ", ".join(LayerSelection.model_fields)
+        raise ConfigError(f"invalid layer selection: {problems}", fix=f"valid fields: {fields}") from None
+
+
+def compute_masks(
+    model: nn.Module,
+    sparsity: float | None,
+    *,
+    criterion: str = "magnitude",
+    allocation: str = "global",
+    structure: str = "unstructured",
+    layers: LayerSelection | Mapping[str, Any] | None = None,
+    data: Batch | Iterable[Batch] | None = None,
+    seed: int = 0,
+    allow_collapse: bool = False,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    criterion_options: Mapping[str, Any] | None = None,
+    allocation_options: Mapping[str, Any] | None = None,
+    structure_options: Mapping[str, Any] | None = None,
+) -> MaskSet:
+    """Masks for `model` at `sparsity` (fraction removed), without changing the model.
+
+    The result covers the selected parameters plus any previously masked ones, and is a
+    subset of the model's current masks (masks only shrink).
+    """
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    selection = _selection(layers)
+    names = select_parameters(model, selection)
+    existing = masks_of(model)
+    current = MaskSet.dense(model, names)
+    if existing is not None:
+        current = MaskSet({n: existing[n] if n in existing else current[n] for n in names})
+    crit = build_criterion(criterion, **dict(criterion_options or {}))
+    ctx = ScoringContext(
+        model=model,
+        names=names,
+        masks=current,
+        batches=as_batches(data),
+        loss_fn=loss_fn,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    scores = crit.score(ctx)
+    new = masks_from_scores(
+        scores,
+        sparsity,
+        allocation=allocation,
+        structure=build_structure(structure, **dict(structure_options or {})),
+        current=current,
+        allow_collapse=allow_collapse,
+        allocation_options=allocation_options,
+    )
+    if existing is None:
+        return new
+    merged = {n: existing[n] for n in existing}
+    merged.update(new)
+    return MaskSet(merged)
+
+
+def prune(model: nn.Module, sparsity: float | None, **options: Any) -> nn.Module:
+    """Prune `model` in place to `sparsity` and return it (see `compute_masks` for options).
+
+    The pruned weights are zeroed and the masks are recorded on the model
+    (`secateurs.masks_of(model)`); its `state_dict` keys do not change. Keep the masks applied
+    during training with `masks_of(model).attach(model, optimizer)`.
+    """
+    set_masks(model, compute_masks(model, sparsity, **options))
+    return model

@@ -1,0 +1,65 @@
+"""Resets: which weights the surviving connections start from after a prune step.
+
+- keep:    continue from the pruned weights (finetuning, PaT).
+- rewind:  restore the weights and buffers saved at training step k of the first training stage
+           (k = 0: the initialisation, as in the lottery ticket hypothesis); the optimizer state
+           saved at k is handed to the next training stage.
+- reinit:  draw fresh initial weights (the "random reinit" control), same masks.
+Masks are re-applied after every reset, so pruned weights stay exactly zero.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from secateurs.errors import ConfigError
+from secateurs.masks import masks_of
+from secateurs.models import reinitialize
+
+ResetMode = Literal["keep", "rewind", "reinit"]
+
+
+@dataclass
+class Snapshot:
+    """Model state (weights and buffers) and optimizer state at one training step."""
+
+    step: int
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+
+    @classmethod
+    def take(cls, model: nn.Module, step: int, optimizer: torch.optim.Optimizer | None = None) -> Snapshot:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        opt = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        return cls(step, state, opt)
+
+
+def apply_reset(
+    model: nn.Module, mode: ResetMode, *, snapshots: dict[int, Snapshot], step: int = 0, seed: int = 0
+) -> dict[str, Any] | None:
+    """Reset `model` in place; return the optimizer state the next training should start from."""
+    optimizer_state = None
+    if mode == "rewind":
+        if step not in snapshots:
+            saved = ", ".join(map(str, sorted(snapshots))) or "none"
+            raise ConfigError(
+                f"no snapshot at training step {step} to rewind to (saved steps: {saved})",
+                fix="rewind to a step within the first training stage",
+            )
+        snap = snapshots[step]
+        with torch.no_grad():
+            model.load_state_dict(snap.model_state)
+        optimizer_state = copy.deepcopy(snap.optimizer_state) if snap.optimizer_state else None
+    elif mode == "reinit":
+        reinitialize(model, seed=seed)
+    elif mode != "keep":
+        raise ConfigError(f"unknown reset mode {mode!r}", fix="use keep, rewind or reinit")
+    masks = masks_of(model)
+    if masks is not None:
+        masks.apply(model)
+    return optimizer_state

@@ -1,0 +1,15 @@
+"""Shared test set-up: one thread per test process (steadier on a shared 2-core machine)."""
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write to the user's cache; MNIST-1D is generated once per session directory."""
+    if "SECATEURS_CACHE" not in os.environ:
+        monkeypatch.setenv("SECATEURS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
