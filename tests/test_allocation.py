@@ -28,9 +28,10 @@ def layer(name: str, shape: tuple[int, ...], scores: list[float] | None = None) 
 
 def test_round_half_up() -> None:
     assert [round_half_up(x) for x in (3.5, 2.5, 0.5, 3.4999, 0.1 * 30, 1.5)] == [4, 3, 1, 3, 3, 2]
-    # float noise: 0.35·10 is 3.4999999999999996, meant as 3.5 → 4
-    assert 0.35 * 10 < 3.5
-    assert round_half_up(0.35 * 10) == 4
+    # float noise: 0.7·45 is 31.499999999999996, meant as 31.5 → 32
+    assert 0.7 * 45 < 31.5
+    assert round_half_up(0.7 * 45) == 32
+    assert allocate("uniform", [layer("a", (45,))], 0.7) == {"a": 13}
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "a", True, float("nan"), None])

@@ -150,6 +150,24 @@ def test_attach_applies_the_masks_immediately() -> None:
     assert torch.count_nonzero(w[~masks["0.weight"]]) == 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_masks_apply_and_attach_to_a_cuda_model() -> None:
+    """Masks loaded from a checkpoint live on the CPU; the model's device is taken from its tensors."""
+    model = tiny_net().to("cuda")
+    masks = checker_masks()
+    masks.apply(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    masks.attach(model, optimizer)
+    x, y = batch()
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x.cuda()), y.cuda()).backward()
+        optimizer.step()
+    for name, keep in masks.items():
+        weight = dict(model.named_parameters())[name]
+        assert torch.count_nonzero(weight[~keep.cuda()]) == 0
+
+
 # -- persistence --------------------------------------------------------------------------------
 
 

@@ -148,4 +148,5 @@ def test_gradual_validation() -> None:
 
 
 def test_schedule_names() -> None:
-    assert {"oneshot": OneShot, "iterative": Iterative, "gradual": Gradual} == SCHEDULE_NAMES
+    expected = {"oneshot": OneShot, "iterative": Iterative, "gradual": Gradual}
+    assert expected.items() <= SCHEDULE_NAMES.items()

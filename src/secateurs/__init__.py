@@ -39,23 +39,23 @@ def run(
 
     With `out`, the recipe, metrics and final checkpoint are written there atomically.
     """
-    from secateurs.outputs import save_run
+    from secateurs.outputs import check_output_dir, save_run
     from secateurs.pipeline import run_recipe
-    from secateurs.recipe import Recipe, load_recipe, parse_recipe
+    from secateurs.recipe import Recipe, load_recipe, recipe_from_raw, recipe_to_raw
 
     if isinstance(recipe, Recipe):
         if overrides:
-            import yaml
-
-            recipe = parse_recipe(yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True)), recipe.name, overrides)
+            recipe = recipe_from_raw(recipe_to_raw(recipe), recipe.name, overrides)
     elif isinstance(recipe, dict):
-        import yaml
-
-        recipe = parse_recipe(yaml.safe_dump(recipe), "<dict>", overrides)
+        recipe = recipe_from_raw(recipe, "<dict>", overrides)
     elif isinstance(recipe, str | Path):
         recipe = load_recipe(recipe, overrides)
     else:
-        raise ConfigError(f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict")
+        raise ConfigError(
+            f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict"
+        )
+    if out is not None:
+        check_output_dir(out)  # before training, not after
     result = run_recipe(recipe, progress=progress)
     if out is not None:
         save_run(result, out)

@@ -80,8 +80,12 @@ def global_(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
     total = sum(layer.numel for layer in layers)
     budget = _kept_after(total, sparsity)
     scores = torch.cat([layer.scores.detach().double().reshape(-1).cpu() for layer in layers])
-    sizes = torch.cat([torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers])
-    owner = torch.cat([torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)])
+    sizes = torch.cat(
+        [torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers]
+    )
+    owner = torch.cat(
+        [torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)]
+    )
     order = torch.argsort(scores, descending=True, stable=True)
     taken = torch.cumsum(sizes[order], 0) <= budget
     counts = torch.bincount(owner[order][taken], minlength=len(layers))
@@ -168,7 +172,9 @@ def explicit(
         )
     for pattern, value in sparsities.items():
         check_sparsity(value, where=f"explicit sparsity for {pattern!r}")
-        if not any(fnmatchcase(layer.name, pattern) or fnmatchcase(_module(layer.name), pattern) for layer in layers):
+        if not any(
+            fnmatchcase(layer.name, pattern) or fnmatchcase(_module(layer.name), pattern) for layer in layers
+        ):
             raise ConfigError(
                 f"explicit allocation pattern {pattern!r} matches no prunable layer",
                 fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
@@ -176,7 +182,11 @@ def explicit(
     out = {}
     for layer in layers:
         value = next(
-            (v for p, v in sparsities.items() if fnmatchcase(layer.name, p) or fnmatchcase(_module(layer.name), p)),
+            (
+                v
+                for p, v in sparsities.items()
+                if fnmatchcase(layer.name, p) or fnmatchcase(_module(layer.name), p)
+            ),
             sparsity,
         )
         if value is None:
@@ -193,7 +203,12 @@ def _module(param_name: str) -> str:
 
 
 def allocate(
-    name: str, layers: list[LayerInfo], sparsity: float | None, *, allow_collapse: bool = False, **options: object
+    name: str,
+    layers: list[LayerInfo],
+    sparsity: float | None,
+    *,
+    allow_collapse: bool = False,
+    **options: object,
 ) -> dict[str, int]:
     """Per-layer keep counts (in groups) from the named allocation, with the collapse guard."""
     if sparsity is not None:
@@ -210,6 +225,7 @@ def allocate(
         raise ConfigError(
             f"allocation {name!r} at sparsity {sparsity} removes every weight of {', '.join(collapsed)} "
             "(layer collapse disconnects the network)",
-            fix="lower the sparsity, use the 'erk' allocation, exclude the layer, or set allow_collapse: true",
+            fix="lower the sparsity, use the 'erk' allocation, exclude the layer, "
+            "or set allow_collapse: true",
         )
     return keep

@@ -18,7 +18,7 @@ from secateurs.errors import SecateursError
 
 app = typer.Typer(
     name="secateurs",
-    help="Neural network pruning: every method is a recipe of train / prune / reset / repeat / evaluate stages.",
+    help="Neural network pruning: every method is a recipe of train/prune/reset/repeat/evaluate stages.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -87,10 +87,16 @@ def records_table(records: list[dict[str, Any]], title: str) -> Table:
 @friendly_errors
 def run(
     recipe: Annotated[str, typer.Argument(help="recipe YAML path or preset name (see `secateurs methods`)")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=3")] = None,
-    out: Annotated[Path | None, typer.Option(help="write recipe, metrics and checkpoint to this directory")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=3")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write recipe, metrics and checkpoint to this directory")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for torch (1 is fastest for tiny models)")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch (1 is fastest for tiny models)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe: train, prune, reset, repeat and evaluate as its stages say."""
@@ -98,9 +104,9 @@ def run(
 
     _setup_logging(verbose)
     _set_threads(threads)
-    if out is not None and out.exists() and any(out.iterdir()):
-        raise secateurs.ConfigError(f"output directory {out} already exists and is not empty", fix="choose another --out")
-    result = secateurs.run(recipe, overrides=list(set_ or []), out=out, progress=progress and sys.stderr.isatty())
+    result = secateurs.run(
+        recipe, overrides=list(set_ or []), out=out, progress=progress and sys.stderr.isatty()
+    )
     console.print(records_table(result.records, f"recipe {result.recipe.name}"))
     if out is not None:
         console.print(f"results written to {out}")
@@ -109,7 +115,9 @@ def run(
 @app.command()
 @friendly_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="where to write the table (JSON) and the plot (PNG)")] = Path("secateurs-demo"),
+    out: Annotated[Path, typer.Option(help="where to write the table (JSON) and the plot (PNG)")] = Path(
+        "secateurs-demo"
+    ),
     quick: Annotated[bool, typer.Option(help="fewer epochs and sparsities (a few seconds)")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (the demo's MLP is fastest on 1)")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -169,7 +177,9 @@ def models() -> None:
     table.add_column("description")
     for name in MODELS.names():
         spec = MODELS.get(name)
-        ranks = "/".join({1: "vector (L,)", 2: "(C, L)", 3: "image (C, H, W)"}.get(r, str(r)) for r in spec.input_ranks)
+        ranks = "/".join(
+            {1: "vector (L,)", 2: "(C, L)", 3: "image (C, H, W)"}.get(r, str(r)) for r in spec.input_ranks
+        )
         table.add_row(name, ranks, spec.description)
     console.print(table)
 
@@ -191,7 +201,9 @@ def datasets() -> None:
 @app.command()
 @friendly_errors
 def inspect(
-    checkpoint: Annotated[Path, typer.Argument(help="model.pt written by `secateurs run`, or its run directory")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="model.pt written by `secateurs run`, or its run directory")
+    ],
 ) -> None:
     """Show a checkpoint's per-layer sparsity, parameter and MAC counts."""
     from secateurs.inspection import inspect_checkpoint

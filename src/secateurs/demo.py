@@ -25,8 +25,16 @@ from secateurs.recipe import load_recipe
 DEMO_METHODS: list[tuple[str, str, list[str]]] = [
     ("one-shot magnitude", "oneshot-magnitude", []),
     ("one-shot magnitude, ERK", "oneshot-magnitude", ["stages.2.prune.allocation=erk"]),
-    ("one-shot Taylor", "oneshot-magnitude", ["stages.2.prune.criterion=taylor", "stages.2.prune.data_batches=4"]),
-    ("one-shot random", "oneshot-magnitude", ["stages.2.prune.criterion=random", "stages.2.prune.allocation=uniform"]),
+    (
+        "one-shot Taylor",
+        "oneshot-magnitude",
+        ["stages.2.prune.criterion=taylor", "stages.2.prune.data_batches=4"],
+    ),
+    (
+        "one-shot random",
+        "oneshot-magnitude",
+        ["stages.2.prune.criterion=random", "stages.2.prune.allocation=uniform"],
+    ),
     ("iterative magnitude", "iterative-magnitude", []),
     ("gradual magnitude", "gradual-magnitude", []),
 ]
@@ -37,7 +45,11 @@ QUICK_SPARSITIES = [0.5, 0.9]
 def _quick_overrides(preset: str) -> list[str]:
     """Shrink every training budget (the recipe's default and the finetune stages)."""
     if preset == "gradual-magnitude":
-        return ["train.epochs=8", "stages.0.train.prune.schedule.start_epoch=1", "stages.0.train.prune.schedule.end_epoch=6"]
+        return [
+            "train.epochs=8",
+            "stages.0.train.prune.schedule.start_epoch=1",
+            "stages.0.train.prune.schedule.end_epoch=6",
+        ]
     if preset == "iterative-magnitude":
         return ["train.epochs=6", "stages.2.repeat.stages.2.train.epochs=1"]
     return ["train.epochs=6", "stages.5.train.epochs=2"]
@@ -51,7 +63,9 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
 
-    dense_recipe = load_recipe("oneshot-magnitude", ["stages=[{train: {}}]", *(["train.epochs=6"] if quick else [])])
+    dense_recipe = load_recipe(
+        "oneshot-magnitude", ["stages=[{train: {}}]", *(["train.epochs=6"] if quick else [])]
+    )
     dense = run_recipe(dense_recipe, data=data)
     rows.append({"method": "dense", "target": 0.0, **model_metrics(dense.model, data)})
 

@@ -26,15 +26,25 @@ def inspect_checkpoint(path: Path, console: Console) -> None:
         table.add_row(row.name, str(row.shape), f"{row.kept:,}", f"{row.numel:,}", f"{row.sparsity:.4f}")
     console.print(table)
     if masks is not None:
-        console.print(f"masked parameters: sparsity {masks.sparsity():.4f} ({masks.kept():,} of {masks.numel():,} kept)")
+        console.print(
+            f"masked parameters: sparsity {masks.sparsity():.4f} ({masks.kept():,} of {masks.numel():,} kept)"
+        )
     if "model" in meta and "input_shape" in meta:
         try:
             model = build_model(
-                meta["model"], tuple(meta["input_shape"]), int(meta["num_classes"]), **json.loads(meta["model_options"])
+                meta["model"],
+                tuple(meta["input_shape"]),
+                int(meta["num_classes"]),
+                **json.loads(meta["model_options"]),
             )
             model.load_state_dict(state)
         except (SecateursError, RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"{path}: weights do not fit model {meta['model']!r} ({err})") from None
+            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+            raise CheckpointError(
+                f"weights do not fit model {meta['model']!r} ({detail})",
+                where=str(path),
+                fix="the checkpoint's metadata and weights disagree: re-create it with `secateurs run`",
+            ) from None
         if masks is not None:
             set_masks(model, masks)
         costs = count_costs(model, tuple(meta["input_shape"]))

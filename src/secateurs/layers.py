@@ -22,7 +22,9 @@ DEFAULT_TYPES = ["Linear", "Conv1d", "Conv2d", "Conv3d"]
 class LayerSelection(StrictModel):
     """Options choosing the prunable parameters of a model."""
 
-    include: list[str] = Field(default_factory=list, description="name patterns; empty = all layers of `types`")
+    include: list[str] = Field(
+        default_factory=list, description="name patterns; empty = all layers of `types`"
+    )
     exclude: list[str] = Field(default_factory=list, description="name patterns removed from the selection")
     types: list[str] = Field(default_factory=lambda: list(DEFAULT_TYPES))
     exclude_types: list[str] = Field(default_factory=list)

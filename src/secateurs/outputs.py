@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.errors import CheckpointError, ConfigError
 from secateurs.masks import MaskSet
-from secateurs.pipeline import RunResult
+from secateurs.recipe import recipe_to_raw
+
+if TYPE_CHECKING:
+    from secateurs.pipeline import RunResult
 
 CHECKPOINT_NAME = "model.pt"
 
@@ -41,24 +44,45 @@ def checkpoint_payload(result: RunResult) -> dict[str, Any]:
     }
 
 
+def check_output_dir(out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """`out` as a Path, if a run may be written there: absent, an empty directory, or `overwrite`."""
+    target = Path(out)
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"output path {target} exists and is not a directory", fix="choose another --out")
+    if target.exists() and not overwrite and any(target.iterdir()):
+        raise ConfigError(
+            f"output directory {target} already exists and is not empty", fix="choose another --out"
+        )
+    return target
+
+
 def save_run(result: RunResult, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write the run's files into `out` atomically; refuse to clobber unless `overwrite`."""
-    target = Path(out)
-    if target.exists() and not overwrite and any(target.iterdir()):
-        raise ConfigError(f"output directory {target} already exists and is not empty", fix="choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    target = check_output_dir(out, overwrite=overwrite)
+    # Not tempfile.mkdtemp: its directories are private (0700); this one gets the usual umask mode.
+    staging = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the output directory {target} ({err})", fix="choose another --out"
+        ) from None
     try:
         (staging / "recipe.yaml").write_text(
-            yaml.safe_dump(result.recipe.model_dump(mode="json", by_alias=True), sort_keys=False), encoding="utf-8"
+            yaml.safe_dump(recipe_to_raw(result.recipe), sort_keys=False), encoding="utf-8"
         )
         (staging / "metrics.json").write_text(json.dumps(result.records, indent=2), encoding="utf-8")
         save_checkpoint(staging / CHECKPOINT_NAME, checkpoint_payload(result))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise CheckpointError(
+                f"could not write the run directory {target} ({err})", fix="check free space and permissions"
+            ) from None
         raise
     return target
 

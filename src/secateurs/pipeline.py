@@ -17,10 +17,11 @@ from torch import nn
 
 from secateurs.criteria import CRITERIA
 from secateurs.data import DatasetInfo, DataSplits, load_dataset
-from secateurs.errors import ConfigError
+from secateurs.errors import CheckpointError, ConfigError
 from secateurs.eval import count_costs, evaluate
 from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.models import build_model
+from secateurs.outputs import read_checkpoint
 from secateurs.pruning import compute_masks
 from secateurs.recipe import (
     EvaluateStage,
@@ -35,6 +36,7 @@ from secateurs.recipe import (
 )
 from secateurs.reset import Snapshot, apply_reset
 from secateurs.schedules import CubicSteps
+from secateurs.train.config import OptimizerConfig
 from secateurs.train.engine import Callback, TrainState, train
 from secateurs.train.optim import build_optimizer
 
@@ -76,10 +78,50 @@ def model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False
     return out
 
 
+def load_initial_weights(model: nn.Module, source: str) -> None:
+    """Load weights (and masks, if any) from a secateurs checkpoint into `model`, strictly."""
+    state, masks, _ = read_checkpoint(source)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"init_from {source}: weights do not fit the recipe's model ({first})",
+            fix="use a checkpoint of the same model and data set",
+        ) from None
+    if masks is not None:
+        set_masks(model, MaskSet.from_state_dict(masks.state_dict(), model))
+
+
+def rewound_optimizer(
+    model: nn.Module, config: OptimizerConfig, state: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """The stage's optimizer carrying the per-weight state (momentum, moments) of a rewind snapshot.
+
+    Only the state is rewound: the hyper-parameters (lr, momentum, ...) stay those of the stage's
+    own config, and the LR schedule starts afresh, instead of the snapshot's silently winning.
+    """
+    optimizer = build_optimizer(model.parameters(), config)
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    saved = [set(group) - {"params", "initial_lr"} for group in state["param_groups"]]
+    if saved != [set(group) for group in fresh]:
+        raise ConfigError(
+            f"cannot rewind the optimizer state of the first training stage into a {config.name!r} optimizer",
+            fix="use the same optimizer in the training stages before and after a rewind",
+        )
+    optimizer.load_state_dict(state)
+    for group, hyper in zip(optimizer.param_groups, fresh, strict=True):
+        group.pop("initial_lr", None)
+        group.update(hyper)
+    return optimizer
+
+
 class GradualPruning(Callback):
     """Prunes to the cubic schedule's sparsity at its update steps during training."""
 
-    def __init__(self, spec: GradualPrune, prune: Callable[[PruneSpec, float], MaskSet], default: float | None):
+    def __init__(
+        self, spec: GradualPrune, prune: Callable[[PruneSpec, float], MaskSet], default: float | None
+    ):
         self.spec, self.prune, self.default = spec, prune, default
         self.steps: CubicSteps | None = None
         self.handle: MaskHandle | None = None
@@ -129,9 +171,13 @@ class Pipeline:
         self.model = build_model(
             recipe.model.name, info.input_shape, info.num_classes, seed=recipe.seed, **recipe.model.options
         )
+        if recipe.init_from is not None:
+            load_initial_weights(self.model, recipe.init_from)
         self.snapshots: dict[int, Snapshot] = {0: Snapshot.take(self.model, 0)}
         self.rewind_steps = {
-            s.step for s in walk(recipe.stages) if isinstance(s, ResetStage) and s.mode == "rewind" and s.step > 0
+            s.step
+            for s in walk(recipe.stages)
+            if isinstance(s, ResetStage) and s.mode == "rewind" and s.step > 0
         }
         self.pending_optimizer_state: dict[str, Any] | None = None
         self.trained_once = False
@@ -150,10 +196,14 @@ class Pipeline:
             if isinstance(stage, TrainStage):
                 self._train(stage, level_sparsity)
             elif isinstance(stage, PruneStage):
-                self._set_masks(self._compute(stage, stage.sparsity if stage.sparsity is not None else level_sparsity))
+                self._set_masks(
+                    self._compute(stage, stage.sparsity if stage.sparsity is not None else level_sparsity)
+                )
             elif isinstance(stage, ResetStage):
                 seed = self.recipe.seed * 1000 + self.counter
-                state = apply_reset(self.model, stage.mode, snapshots=self.snapshots, step=stage.step, seed=seed)
+                state = apply_reset(
+                    self.model, stage.mode, snapshots=self.snapshots, step=stage.step, seed=seed
+                )
                 self.pending_optimizer_state = state
             elif isinstance(stage, EvaluateStage):
                 self._evaluate(stage, level)
@@ -196,11 +246,12 @@ class Pipeline:
             callbacks.append(RewindSnapshots(self.rewind_steps, self.snapshots))
         if stage.prune is not None:
             default = stage.prune.sparsity if stage.prune.sparsity is not None else level_sparsity
-            callbacks.append(GradualPruning(stage.prune, lambda spec, s: self._set_masks(self._compute(spec, s)), default))
+            callbacks.append(
+                GradualPruning(stage.prune, lambda spec, s: self._set_masks(self._compute(spec, s)), default)
+            )
         optimizer = None
         if self.pending_optimizer_state is not None:
-            optimizer = build_optimizer(self.model.parameters(), config.optimizer)
-            optimizer.load_state_dict(self.pending_optimizer_state)
+            optimizer = rewound_optimizer(self.model, config.optimizer, self.pending_optimizer_state)
             self.pending_optimizer_state = None
         test_loader = self.data.test_loader()
         train(

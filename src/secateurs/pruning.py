@@ -22,6 +22,7 @@ from secateurs.criteria.base import Batch
 from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection, select_parameters
 from secateurs.masks import MaskSet, masks_of, set_masks
+from secateurs.registry import check_options
 from secateurs.structures import Structure, build_structure
 
 
@@ -49,13 +50,17 @@ def masks_from_scores(
     layers = []
     for name, score in scores.items():
         if torch.isnan(score).any():
-            raise ConfigError(f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs")
+            raise ConfigError(
+                f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs"
+            )
         s = score.detach().to(torch.float64)
         if current is not None and name in current:
             s = s.masked_fill(~current[name].to(s.device), float("-inf"))
         shape = tuple(score.shape)
         layers.append(LayerInfo(name, shape, structure.group_size(shape), structure.group_scores(s)))
-    keep = allocate(allocation, layers, sparsity, allow_collapse=allow_collapse, **dict(allocation_options or {}))
+    keep = allocate(
+        allocation, layers, sparsity, allow_collapse=allow_collapse, **dict(allocation_options or {})
+    )
     masks = {}
     for layer in layers:
         mask = structure.expand(topk_mask(layer.scores, keep[layer.name]), layer.shape)
@@ -148,5 +153,6 @@ def prune(model: nn.Module, sparsity: float | None, **options: Any) -> nn.Module
     (`secateurs.masks_of(model)`); its `state_dict` keys do not change. Keep the masks applied
     during training with `masks_of(model).attach(model, optimizer)`.
     """
+    check_options(compute_masks, options, where="prune()")
     set_masks(model, compute_masks(model, sparsity, **options))
     return model

@@ -25,10 +25,39 @@ from pydantic import Field, ValidationError, model_validator
 
 from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection
-from secateurs.schedules import Gradual, LevelSchedule
+from secateurs.schedules import SCHEDULE_NAMES, Gradual, LevelSchedule
 from secateurs.train.config import StrictModel, TrainConfig
 
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
+
+
+class FieldProblems(ValueError):
+    """Problems found by a validator at paths below the object it validates.
+
+    Pydantic reports a validator's error at the validator's own level (e.g. the whole recipe);
+    carrying the paths lets `format_validation_error` name the exact field the user wrote.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{_dotted(path) or '(top level)'}: {msg}" for path, msg in problems))
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _unwrap_stage_list(value: Any) -> Any:
+    """Unwrap every `{kind: body}` stage of a mapping's `stages` list, naming a bad one by index."""
+    if not (isinstance(value, dict) and isinstance(value.get("stages"), list)):
+        return value
+    stages = []
+    for i, stage in enumerate(value["stages"]):
+        try:
+            stages.append(_unwrap(stage))
+        except ValueError as err:
+            raise FieldProblems([(("stages", i), str(err))]) from None
+    return {**value, "stages": stages}
 
 
 class NamedOptions(StrictModel):
@@ -95,12 +124,12 @@ class RepeatStage(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _unwrap_stages(cls, value: Any) -> Any:
-        if isinstance(value, dict) and isinstance(value.get("stages"), list):
-            value = {**value, "stages": [_unwrap(s) for s in value["stages"]]}
-        return value
+        return _unwrap_stage_list(value)
 
 
-Stage = Annotated[TrainStage | PruneStage | ResetStage | EvaluateStage | RepeatStage, Field(discriminator="kind")]
+Stage = Annotated[
+    TrainStage | PruneStage | ResetStage | EvaluateStage | RepeatStage, Field(discriminator="kind")
+]
 RepeatStage.model_rebuild()
 
 
@@ -109,8 +138,10 @@ def _unwrap(stage: Any) -> Any:
     if not isinstance(stage, dict) or "kind" in stage:
         return stage
     if len(stage) != 1:
-        raise ValueError(f"a stage is a mapping with one key (one of {', '.join(STAGE_KINDS)}), got {list(stage)}")
-    (kind, body), = stage.items()
+        raise ValueError(
+            f"a stage is a mapping with one key (one of {', '.join(STAGE_KINDS)}), got {list(stage)}"
+        )
+    ((kind, body),) = stage.items()
     if kind not in STAGE_KINDS:
         raise ValueError(f"unknown stage {kind!r}; stages are {', '.join(STAGE_KINDS)}")
     body = dict(body or {})
@@ -128,7 +159,13 @@ class Recipe(StrictModel):
     seed: int = 0
     data: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mnist1d"))
     model: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mlp"))
-    sparsity: float | None = Field(None, ge=0, lt=1, description="default target of prune steps and schedules")
+    init_from: str | None = Field(
+        None,
+        description="start from these weights (and masks): a model.pt or run directory of `secateurs run`",
+    )
+    sparsity: float | None = Field(
+        None, ge=0, lt=1, description="default target of prune steps and schedules"
+    )
     layers: LayerSelection = Field(default_factory=LayerSelection)
     train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 10})
     stages: list[Stage]
@@ -136,17 +173,22 @@ class Recipe(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _unwrap_stages(cls, value: Any) -> Any:
-        if isinstance(value, dict) and isinstance(value.get("stages"), list):
-            value = {**value, "stages": [_unwrap(s) for s in value["stages"]]}
-        return value
+        return _unwrap_stage_list(value)
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
-        self.train_config({})  # the defaults must be valid on their own
-        for stage in walk(self.stages):
+        self._check_train(("train",), {})  # the defaults must be valid on their own
+        for path, stage in walk_paths(self.stages):
             if isinstance(stage, TrainStage):
-                self.train_config(stage.options)
+                self._check_train((*path, "train"), stage.options)
         return self
+
+    def _check_train(self, path: tuple[str | int, ...], overrides: dict[str, Any]) -> None:
+        """Validate merged training options; errors name the field under `path`."""
+        try:
+            self.train_config(overrides)
+        except ValidationError as err:
+            raise FieldProblems([((*path, *e["loc"]), _message(e)) for e in err.errors()]) from None
 
     def train_config(self, overrides: dict[str, Any]) -> TrainConfig:
         """The recipe's default training options merged with a stage's overrides."""
@@ -165,6 +207,18 @@ def walk(stages: list[Any]) -> list[Any]:
         out.append(stage)
         if isinstance(stage, RepeatStage):
             out.extend(walk(stage.stages))
+    return out
+
+
+def walk_paths(
+    stages: list[Any], prefix: tuple[str | int, ...] = ("stages",)
+) -> list[tuple[tuple[str | int, ...], Any]]:
+    """(path, stage) for every stage, depth first; paths as `--set` takes them (stages.2.repeat.stages.0)."""
+    out: list[tuple[tuple[str | int, ...], Any]] = []
+    for i, stage in enumerate(stages):
+        out.append(((*prefix, i), stage))
+        if isinstance(stage, RepeatStage):
+            out.extend(walk_paths(stage.stages, (*prefix, i, "repeat", "stages")))
     return out
 
 
@@ -207,7 +261,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {assignment!r}: value is not valid YAML ({err})") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"override {assignment!r}: the value is not valid YAML ({problem})",
+            fix="quote strings that contain YAML syntax, e.g. --set \"name='a: b'\"",
+        ) from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts):
@@ -231,14 +289,33 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
                     node[part] = {}
                 node = node[part]
         else:
-            raise ConfigError(f"override {key!r}: {'.'.join(parts[:i])!r} is a value, not a mapping")
+            parent = ".".join(parts[:i])
+            raise ConfigError(
+                f"override {key!r}: {parent!r} is a value, not a mapping",
+                fix=f"set {parent!r} as a whole, e.g. --set '{parent}={{name: ..., options: {{...}}}}'",
+            )
+
+
+def _message(error: Any) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _user_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Pydantic's location as the user wrote it: schedule names are union tags, not YAML keys."""
+    tags = {i for i in range(1, len(loc)) if loc[i - 1] == "schedule" and loc[i] in SCHEDULE_NAMES}
+    return tuple(p for i, p in enumerate(loc) if i not in tags)
 
 
 def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
+    """One ConfigError naming every invalid field by its dotted path (the path `--set` takes)."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).endswith("Stage") and p not in STAGE_KINDS)
-        lines.append(f"{loc or '(top level)'}: {e['msg']}")
+        loc = _user_path(e["loc"])
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldProblems):
+            lines.extend(f"{_dotted((*loc, *path)) or '(top level)'}: {msg}" for path, msg in cause.problems)
+        else:
+            lines.append(f"{_dotted(loc) or '(top level)'}: {_message(e)}")
     return ConfigError(
         "invalid recipe: " + "; ".join(lines),
         where=origin,
@@ -254,8 +331,14 @@ def parse_recipe(text: str, origin: str = "<recipe>", overrides: list[str] | Non
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"YAML syntax error{at}: {getattr(err, 'problem', err)}", where=origin) from None
+    return recipe_from_raw(raw, origin, overrides)
+
+
+def recipe_from_raw(raw: Any, origin: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe given as plain data (the parsed YAML); `raw` itself is not modified."""
     if not isinstance(raw, dict):
         raise ConfigError("a recipe must be a YAML mapping with a `stages` list", where=origin)
+    raw = copy.deepcopy(raw)
     for assignment in overrides or []:
         apply_override(raw, assignment)
     try:
@@ -264,6 +347,28 @@ def parse_recipe(text: str, origin: str = "<recipe>", overrides: list[str] | Non
         raise format_validation_error(err, origin) from None
     except ValueError as err:
         raise ConfigError(f"invalid recipe: {err}", where=origin) from None
+
+
+def recipe_to_raw(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain data in the form users write (one key per stage), every default filled in.
+
+    Written as a run's `recipe.yaml`; loading it gives an equal recipe, and `--set` paths such
+    as `stages.2.prune.sparsity` work on it as on the original file.
+    """
+    raw = recipe.model_dump(mode="json", by_alias=True)
+    raw["stages"] = [_wrap(stage) for stage in raw["stages"]]
+    return raw
+
+
+def _wrap(stage: dict[str, Any]) -> dict[str, Any]:
+    """`{kind: train, options: {...}, prune: ...}` → `{train: {..., prune: ...}}` (inverse of `_unwrap`)."""
+    body = {k: v for k, v in stage.items() if k != "kind"}
+    if stage["kind"] == "train":
+        prune = body.get("prune")
+        body = {**body["options"], **({"prune": prune} if prune is not None else {})}
+    elif stage["kind"] == "repeat":
+        body["stages"] = [_wrap(s) for s in body["stages"]]
+    return {stage["kind"]: body}
 
 
 def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:

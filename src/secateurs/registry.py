@@ -75,7 +75,9 @@ def check_options(factory: Callable[..., object], options: dict[str, object], *,
     params = sig.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"]
+    accepted = [
+        n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
+    ]
     unknown = [k for k in options if k not in accepted]
     if unknown:
         raise ConfigError(

@@ -70,6 +70,24 @@ class Iterative(StrictModel):
         return [*out, target]
 
 
+class Levels(StrictModel):
+    """Prune to each listed sparsity in turn (an iterative schedule with hand-picked levels)."""
+
+    name: Literal["levels"] = "levels"
+    sparsities: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Levels:
+        for s in self.sparsities:
+            check_sparsity(s, where="levels schedule sparsity")
+        if any(b <= a for a, b in zip(self.sparsities, self.sparsities[1:], strict=False)):
+            raise ValueError(f"levels must increase strictly, got {self.sparsities}")
+        return self
+
+    def levels(self, default: float | None = None) -> list[float]:
+        return list(self.sparsities)
+
+
 class Gradual(StrictModel):
     """Zhu & Gupta (2017) cubic schedule, applied every `frequency` steps during training.
 
@@ -97,7 +115,11 @@ class Gradual(StrictModel):
 
     def resolve(self, steps_per_epoch: int, total_steps: int, default: float | None = None) -> CubicSteps:
         """Concrete step bounds for a training stage (end defaults to 75 % of training)."""
-        t0 = self.start_step if self.start_step is not None else round((self.start_epoch or 0.0) * steps_per_epoch)
+        t0 = (
+            self.start_step
+            if self.start_step is not None
+            else round((self.start_epoch or 0.0) * steps_per_epoch)
+        )
         if self.end_step is not None:
             t1 = self.end_step
         elif self.end_epoch is not None:
@@ -150,5 +172,5 @@ class CubicSteps:
         return [self.start + k * self.frequency for k in range(self.n + 1)]
 
 
-LevelSchedule = Annotated[OneShot | Iterative, Field(discriminator="name")]
-SCHEDULE_NAMES = {"oneshot": OneShot, "iterative": Iterative, "gradual": Gradual}
+LevelSchedule = Annotated[OneShot | Iterative | Levels, Field(discriminator="name")]
+SCHEDULE_NAMES = {"oneshot": OneShot, "iterative": Iterative, "levels": Levels, "gradual": Gradual}

@@ -4,20 +4,20 @@ Every data set is local: generated (mnist1d, synthetic), bundled with a package 
 installed by the OS package manager (fashion_mnist). Nothing downloads at run time.
 """
 
-from secateurs.data import fashion as _fashion  # noqa: F401  (registers "fashion_mnist")
-from secateurs.data import sources as _sources  # noqa: F401  (registers the other data sets)
+from secateurs.data import fashion as _fashion
+from secateurs.data import sources as _sources
 from secateurs.data.cache import cache_dir
 from secateurs.data.catalog import DATASETS, load_dataset
 from secateurs.data.core import DatasetInfo, DataSplits, TensorLoader, class_balanced_batch
 
 __all__ = [
-    "dataset_status",
     "DATASETS",
     "DataSplits",
     "DatasetInfo",
     "TensorLoader",
     "cache_dir",
     "class_balanced_batch",
+    "dataset_status",
     "load_dataset",
 ]
 
