@@ -65,6 +65,13 @@ def _set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    return table
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -74,10 +81,11 @@ def _fmt(value: Any) -> str:
 
 
 def records_table(records: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
     cols = ["label", "level", "accuracy", "sparsity", "nonzero_params", "params", "nonzero_macs", "macs"]
-    for col in cols:
-        table.add_column(col, justify="left" if col == "label" else "right")
+    headers = ["label", "level", "acc.", "sparsity", "nnz params", "params", "nnz MACs", "MACs"]
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, justify="left" if header == "label" else "right")
     for row in records:
         table.add_row(*[_fmt(row.get(c, "")) if row.get(c) is not None else "" for c in cols])
     return table
@@ -95,8 +103,8 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (1 is fastest for tiny models)")
-    ] = None,
+        int, typer.Option(help="CPU threads for torch: 1 suits small models; raise it for large conv nets")
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe: train, prune, reset, repeat and evaluate as its stages say."""
@@ -139,10 +147,7 @@ def methods() -> None:
     from secateurs.schedules import SCHEDULE_NAMES
     from secateurs.structures import STRUCTURES
 
-    table = Table(title="pruning axes")
-    table.add_column("axis")
-    table.add_column("name")
-    table.add_column("what it does")
+    table = _table("pruning axes", "axis", "name", "what it does")
     for axis, reg in (("criterion", CRITERIA), ("allocation", ALLOCATIONS), ("structure", STRUCTURES)):
         for name in reg.names():
             table.add_row(axis, name, reg.help(name))
@@ -155,9 +160,7 @@ def methods() -> None:
     ):
         table.add_row("reset", name, what)
     console.print(table)
-    presets = Table(title="preset recipes (secateurs run NAME)")
-    presets.add_column("name")
-    presets.add_column("description")
+    presets = _table("preset recipes (secateurs run NAME)", "name", "description")
     import yaml
 
     for name in preset_names():
@@ -171,10 +174,7 @@ def models() -> None:
     """List the model zoo."""
     from secateurs.models import MODELS
 
-    table = Table(title="models")
-    table.add_column("name")
-    table.add_column("input")
-    table.add_column("description")
+    table = _table("models", "name", "input", "description")
     for name in MODELS.names():
         spec = MODELS.get(name)
         ranks = "/".join(
@@ -189,10 +189,7 @@ def datasets() -> None:
     """List the data sets (all offline) and whether each is available here."""
     from secateurs.data import DATASETS, dataset_status
 
-    table = Table(title="data sets")
-    table.add_column("name")
-    table.add_column("status")
-    table.add_column("description")
+    table = _table("data sets", "name", "status", "description")
     for name in DATASETS.names():
         table.add_row(name, dataset_status(name), DATASETS.help(name))
     console.print(table)

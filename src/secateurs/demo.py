@@ -8,8 +8,6 @@ recipe defaults the methods use.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from secateurs.data import load_dataset
+from secateurs.fileio import atomic_write_text, save_figure
 from secateurs.pipeline import model_metrics, run_recipe
 from secateurs.recipe import load_recipe
 
@@ -81,7 +80,7 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
 
     console.print(demo_table(rows, time.perf_counter() - started))
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "demo_results.json", rows)
+    atomic_write_text(out / "demo_results.json", json.dumps(rows, indent=2))
     plot_path = plot_accuracy_vs_sparsity(rows, out / "accuracy_vs_sparsity.png")
     console.print(f"table: {out / 'demo_results.json'}  plot: {plot_path}")
     return rows
@@ -103,13 +102,6 @@ def demo_table(rows: list[dict[str, Any]], seconds: float) -> Table:
     return table
 
 
-def _write_json(path: Path, rows: list[dict[str, Any]]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=2)
-    os.replace(tmp, path)
-
-
 def plot_accuracy_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy (y) against sparsity (x), one line per method, the dense model as a dashed line."""
     import matplotlib
@@ -129,9 +121,4 @@ def plot_accuracy_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("MNIST-1D MLP: accuracy vs sparsity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
