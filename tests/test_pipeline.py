@@ -279,9 +279,11 @@ def test_rewind_into_another_optimizer_is_a_config_error() -> None:
         run_recipe(recipe)
 
 
-def test_rewind_beyond_the_first_training_stage_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"rewind step\(s\) \[7\] lie beyond the first training stage"):
-        run_recipe(make_recipe({"train": {}}, {"prune": {}}, {"reset": {"mode": "rewind", "step": 7}}))
+def test_rewind_beyond_the_first_training_stage_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as patch:  # the error comes before any training is spent
+        patch.setattr(pipeline_module, "train", lambda *a, **k: pytest.fail("trained before the check"))
+        with pytest.raises(ConfigError, match=r"rewind step\(s\) \[7\] lie beyond the first training stage"):
+            run_recipe(make_recipe({"train": {}}, {"prune": {}}, {"reset": {"mode": "rewind", "step": 7}}))
     last = run_recipe(make_recipe({"train": {}}, {"prune": {}}, {"reset": {"mode": "rewind", "step": 6}}))
     trained = run_recipe(make_recipe({"train": {}}, {"prune": {}}))
     assert all(

@@ -126,7 +126,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="where to write the table (JSON) and the plot (PNG)")] = Path(
         "secateurs-demo"
     ),
-    quick: Annotated[bool, typer.Option(help="fewer epochs and sparsities (a few seconds)")] = False,
+    quick: Annotated[bool, typer.Option(help="fewer epochs and sparsities (under a minute)")] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (the demo's MLP is fastest on 1)")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:

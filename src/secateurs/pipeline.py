@@ -179,10 +179,31 @@ class Pipeline:
             for s in walk(recipe.stages)
             if isinstance(s, ResetStage) and s.mode == "rewind" and s.step > 0
         }
+        self._check_rewind_reachable()
         self.pending_optimizer_state: dict[str, Any] | None = None
         self.trained_once = False
         self.counter = 0  # stages run so far: derives per-stage seeds
         self.records: list[dict[str, Any]] = []
+
+    def _check_rewind_reachable(self) -> None:
+        """Fail before any training when a rewind step lies beyond the first training stage."""
+        if not self.rewind_steps:
+            return
+        first = next((s for s in walk(self.recipe.stages) if isinstance(s, TrainStage)), None)
+        if first is None:
+            raise ConfigError(
+                f"rewind to step(s) {sorted(self.rewind_steps)} needs a training stage to save them",
+                fix="add a train stage before the rewind, or rewind to step 0",
+            )
+        config = self.recipe.train_config(first.options)
+        per_epoch = len(self.data.train_loader(config.batch_size))
+        steps = config.iterations if config.iterations is not None else round((config.epochs or 0) * per_epoch)
+        beyond = sorted(s for s in self.rewind_steps if s > steps)
+        if beyond:
+            raise ConfigError(
+                f"rewind step(s) {beyond} lie beyond the first training stage, which runs {steps} steps",
+                fix="rewind to a step the first training stage reaches",
+            )
 
     # -- stage kinds --------------------------------------------------------------------------
     def run(self) -> RunResult:
