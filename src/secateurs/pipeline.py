@@ -7,14 +7,18 @@ and weights.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.criteria import CRITERIA
 from secateurs.data import DatasetInfo, DataSplits, load_dataset
 from secateurs.errors import CheckpointError, ConfigError
@@ -41,6 +45,29 @@ from secateurs.train.engine import Callback, TrainState, train
 from secateurs.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
+
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class MetricEvent:
+    """Metrics as they are produced, for a results store: one per evaluation (or training eval row)."""
+
+    stage: int  # sequence number of the stage in execution order (repeat levels unrolled)
+    kind: str  # "train" or "evaluate"
+    level: int | None  # repeat level (1-based), None outside repeats
+    step: int | None  # optimizer step within the training stage; None for evaluate stages
+    metrics: dict[str, float]
+
+
+def numeric(row: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a record (labels, levels and per-layer tables left out)."""
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("level",)
+    }
 
 
 @dataclass
@@ -163,9 +190,19 @@ class RewindSnapshots(Callback):
 class Pipeline:
     """Executes one recipe; `run()` returns a `RunResult`."""
 
-    def __init__(self, recipe: Recipe, *, progress: bool = False, data: DataSplits | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        *,
+        progress: bool = False,
+        data: DataSplits | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        on_metrics: Callable[[MetricEvent], None] | None = None,
+    ) -> None:
         self.recipe = recipe
         self.progress = progress
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.on_metrics = on_metrics
         self.data = data if data is not None else load_dataset(recipe.data.name, **recipe.data.options)
         info = self.data.info
         self.model = build_model(
@@ -183,7 +220,9 @@ class Pipeline:
         self.pending_optimizer_state: dict[str, Any] | None = None
         self.trained_once = False
         self.counter = 0  # stages run so far: derives per-stage seeds
+        self.level: int | None = None  # repeat level of the stage being run
         self.records: list[dict[str, Any]] = []
+        self.resumed_from = self._resume() if self.workdir is not None else 0
 
     def _check_rewind_reachable(self) -> None:
         """Fail before any training when a rewind step lies beyond the first training stage."""
@@ -197,7 +236,9 @@ class Pipeline:
             )
         config = self.recipe.train_config(first.options)
         per_epoch = len(self.data.train_loader(config.batch_size))
-        steps = config.iterations if config.iterations is not None else round((config.epochs or 0) * per_epoch)
+        steps = (
+            config.iterations if config.iterations is not None else round((config.epochs or 0) * per_epoch)
+        )
         beyond = sorted(s for s in self.rewind_steps if s > steps)
         if beyond:
             raise ConfigError(
@@ -214,6 +255,9 @@ class Pipeline:
     def _run_stages(self, stages: list[Any], *, level: int | None, level_sparsity: float | None) -> None:
         for stage in stages:
             self.counter += 1
+            if self.counter <= self.resumed_from and not isinstance(stage, RepeatStage):
+                continue  # done before an interruption: its effects are in the restored state
+            self.level = level
             if isinstance(stage, TrainStage):
                 self._train(stage, level_sparsity)
             elif isinstance(stage, PruneStage):
@@ -234,6 +278,8 @@ class Pipeline:
                     self._run_stages(stage.stages, level=i + 1, level_sparsity=target)
             else:  # pragma: no cover - the recipe schema admits no other kind
                 raise TypeError(f"unknown stage {stage!r}")
+            if not isinstance(stage, RepeatStage):
+                self._save_state()
 
     def _compute(self, spec: PruneSpec, sparsity: float | None) -> MaskSet:
         layers = spec.layers if spec.layers is not None else self.recipe.layers
@@ -275,7 +321,7 @@ class Pipeline:
             optimizer = rewound_optimizer(self.model, config.optimizer, self.pending_optimizer_state)
             self.pending_optimizer_state = None
         test_loader = self.data.test_loader()
-        train(
+        result = train(
             self.model,
             self.data.train_loader(config.batch_size, seed=self.recipe.seed * 1000 + self.counter),
             config,
@@ -287,6 +333,8 @@ class Pipeline:
             optimizer=optimizer,
             description=f"stage {self.counter}: train",
         )
+        for row in result.history:
+            self._emit("train", row.get("step"), row)
         missing = self.rewind_steps - set(self.snapshots)
         if not self.trained_once and missing:
             raise ConfigError(
@@ -300,8 +348,83 @@ class Pipeline:
         row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
         log.info("%s: accuracy %.4f, sparsity %.4f", row["label"], row["accuracy"], row["sparsity"])
         self.records.append(row)
+        self._emit("evaluate", None, row)
+
+    def _emit(self, kind: str, step: Any, row: dict[str, Any]) -> None:
+        if self.on_metrics is not None:
+            self.on_metrics(
+                MetricEvent(self.counter, kind, self.level, None if step is None else int(step), numeric(row))
+            )
+
+    # -- resuming -------------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        return json.dumps(self.recipe.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+    def _save_state(self) -> None:
+        """After each stage: everything needed to continue from here, written atomically."""
+        if self.workdir is None:
+            return
+        masks = masks_of(self.model)
+        save_checkpoint(
+            self.workdir / STATE_FILE,
+            {
+                "recipe": self._fingerprint(),
+                "counter": self.counter,
+                "model": self.model.state_dict(),
+                "masks": masks.state_dict() if masks is not None else None,
+                "snapshots": {
+                    step: {"model": s.model_state, "optimizer": s.optimizer_state}
+                    for step, s in self.snapshots.items()
+                },
+                "pending_optimizer_state": self.pending_optimizer_state,
+                "trained_once": self.trained_once,
+                "records": self.records,
+            },
+        )
+
+    def _resume(self) -> int:
+        """Restore the state saved after the last completed stage; 0 when starting afresh."""
+        assert self.workdir is not None
+        path = self.workdir / STATE_FILE
+        if not path.exists():
+            return 0
+        state = load_checkpoint(path)
+        if state.get("recipe") != self._fingerprint():
+            raise CheckpointError(
+                f"{path} was written by a different recipe",
+                fix="use a fresh working directory for a changed recipe, or delete the stale state file",
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            masks = state["masks"]
+            set_masks(self.model, MaskSet.from_state_dict(masks, self.model) if masks else None)
+            self.snapshots = {
+                int(step): Snapshot(int(step), s["model"], s["optimizer"])
+                for step, s in state["snapshots"].items()
+            }
+            self.pending_optimizer_state = state["pending_optimizer_state"]
+            self.trained_once = bool(state["trained_once"])
+            self.records = list(state["records"])
+        except (KeyError, RuntimeError, TypeError) as err:
+            raise CheckpointError(
+                f"{path} is not a usable pipeline state ({err})", fix="delete it to start over"
+            ) from None
+        log.info("resuming after stage %d from %s", state["counter"], path)
+        return int(state["counter"])
 
 
-def run_recipe(recipe: Recipe, *, progress: bool = False, data: DataSplits | None = None) -> RunResult:
-    """Run every stage of `recipe` and return the result (nothing is written to disk)."""
-    return Pipeline(recipe, progress=progress, data=data).run()
+def run_recipe(
+    recipe: Recipe,
+    *,
+    progress: bool = False,
+    data: DataSplits | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    on_metrics: Callable[[MetricEvent], None] | None = None,
+) -> RunResult:
+    """Run every stage of `recipe` and return the result.
+
+    Without `workdir` nothing is written to disk. With it, the state after every stage is saved
+    there (`state.pt`, atomically) and a later call with the same recipe resumes after the last
+    completed stage, giving the same result as an uninterrupted run.
+    """
+    return Pipeline(recipe, progress=progress, data=data, workdir=workdir, on_metrics=on_metrics).run()
