@@ -127,7 +127,9 @@ def test_run_with_set_overrides(recipe_file: Path, tmp_path: Path) -> None:
     assert [(r["label"], r["nonzero_macs"]) for r in records] == [("after", 368 - 276)]
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     assert saved["sparsity"] == 0.75
-    assert saved["stages"][2] == {"evaluate": {"label": "after", "per_layer": False}}
+    assert saved["stages"][2] == {
+        "evaluate": {"label": "after", "per_layer": False, "beyond": False, "latency": True}
+    }
 
 
 def test_run_into_a_non_empty_directory_changes_nothing(

@@ -358,3 +358,31 @@ def test_every_preset_runs_to_its_sparsity_on_tiny_data(name: str) -> None:
     assert result.masks.kept() == kept_after(recipe.sparsity)
     assert result.records and result.final["sparsity"] == (368 - kept_after(recipe.sparsity)) / 368
     assert_pruned_weights_are_zero(result)
+
+
+def test_evaluate_beyond_accuracy_compares_with_the_dense_parent() -> None:
+    result = run_recipe(
+        make_recipe(
+            {"train": {}},
+            {"evaluate": {"label": "dense", "beyond": True, "latency": False}},
+            {"prune": {}},
+            {"evaluate": {"label": "pruned", "beyond": True, "latency": False}},
+        )
+    )
+    dense, pruned = result.records
+    assert "agreement" not in dense  # nothing pruned yet: no parent to compare with
+    assert {"ece", "acc@shifted_split", "jsv_mean"} <= set(dense)
+    assert "latency_b1_ms" not in pruned
+    assert 0.0 <= pruned["agreement"] <= 1.0 and "per_class_drop_max" in pruned
+    assert any(k.startswith("excess_error@") for k in pruned)
+
+
+def test_dense_parent_is_the_model_just_before_the_first_prune() -> None:
+    pipeline = Pipeline(make_recipe({"train": {}}, {"prune": {}}, {"train": {}}))
+    pipeline.run()
+    parent = pipeline.dense_parent()
+    trained = run_recipe(make_recipe({"train": {}})).model
+    assert parent is not None and masks_of(parent) is None
+    assert all(
+        torch.equal(a, b) for a, b in zip(params(parent).values(), params(trained).values(), strict=True)
+    )

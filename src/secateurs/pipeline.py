@@ -7,6 +7,7 @@ and weights.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from secateurs.criteria import CRITERIA
 from secateurs.data import DatasetInfo, DataSplits, load_dataset
 from secateurs.errors import CheckpointError, ConfigError
 from secateurs.eval import count_costs, evaluate
-from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
+from secateurs.eval.beyond import beyond_accuracy
+from secateurs.masks import MaskHandle, MaskSet, masks_of, remove_masks, set_masks
 from secateurs.models import build_model
 from secateurs.outputs import read_checkpoint
 from secateurs.pruning import compute_masks
@@ -221,6 +223,7 @@ class Pipeline:
         self.trained_once = False
         self.counter = 0  # stages run so far: derives per-stage seeds
         self.level: int | None = None  # repeat level of the stage being run
+        self.dense_state: dict[str, torch.Tensor] | None = None  # weights before the first prune
         self.records: list[dict[str, Any]] = []
         self.resumed_from = self._resume() if self.workdir is not None else 0
 
@@ -303,8 +306,19 @@ class Pipeline:
         )
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:
+        if self.dense_state is None and masks_of(self.model) is None:
+            self.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         set_masks(self.model, masks)
         return masks
+
+    def dense_parent(self) -> nn.Module | None:
+        """The model as it was just before its first prune (None if it started pruned)."""
+        if self.dense_state is None:
+            return None
+        parent = copy.deepcopy(self.model)
+        remove_masks(parent)
+        parent.load_state_dict(self.dense_state)
+        return parent
 
     def _train(self, stage: TrainStage, level_sparsity: float | None) -> None:
         config = self.recipe.train_config(stage.options)
@@ -346,6 +360,16 @@ class Pipeline:
     def _evaluate(self, stage: EvaluateStage, level: int | None) -> None:
         row = {"label": stage.label or f"stage {self.counter}", "level": level}
         row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
+        if stage.beyond:
+            row.update(
+                beyond_accuracy(
+                    self.model,
+                    self.data,
+                    dense=self.dense_parent(),
+                    latency=stage.latency,
+                    seed=self.recipe.seed,
+                )
+            )
         log.info("%s: accuracy %.4f, sparsity %.4f", row["label"], row["accuracy"], row["sparsity"])
         self.records.append(row)
         self._emit("evaluate", None, row)
@@ -379,6 +403,7 @@ class Pipeline:
                 "pending_optimizer_state": self.pending_optimizer_state,
                 "trained_once": self.trained_once,
                 "records": self.records,
+                "dense_state": self.dense_state,
             },
         )
 
@@ -405,6 +430,7 @@ class Pipeline:
             self.pending_optimizer_state = state["pending_optimizer_state"]
             self.trained_once = bool(state["trained_once"])
             self.records = list(state["records"])
+            self.dense_state = state["dense_state"]
         except (KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(
                 f"{path} is not a usable pipeline state ({err})", fix="delete it to start over"

@@ -106,7 +106,7 @@ class PruneStage(PruneSpec):
 
 class ResetStage(StrictModel):
     kind: Literal["reset"] = "reset"
-    mode: Literal["keep", "rewind", "reinit"] = "keep"
+    mode: Literal["keep", "rewind", "reinit", "orthp"] = "keep"
     step: int = Field(0, ge=0, description="rewind target: optimizer step of the first training stage")
 
 
@@ -114,6 +114,10 @@ class EvaluateStage(StrictModel):
     kind: Literal["evaluate"] = "evaluate"
     label: str = ""
     per_layer: bool = False
+    beyond: bool = Field(
+        False, description="also compute beyond-accuracy metrics: calibration, shifts, agreement, JSV"
+    )
+    latency: bool = Field(True, description="with beyond: also time CPU inference at batch 1 and 64")
 
 
 class RepeatStage(StrictModel):

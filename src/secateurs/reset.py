@@ -5,6 +5,8 @@
            (k = 0: the initialisation, as in the lottery ticket hypothesis); the optimizer state
            saved at k is handed to the next training stage.
 - reinit:  draw fresh initial weights (the "random reinit" control), same masks.
+- orthp:   keep the pruned weights but make every masked weight matrix (semi-)orthogonal under
+           its mask (OrthP, Wang et al. 2021), restoring the dynamical isometry pruning broke.
 Masks are re-applied after every reset, so pruned weights stay exactly zero.
 """
 
@@ -18,10 +20,11 @@ import torch
 from torch import nn
 
 from secateurs.errors import ConfigError
-from secateurs.masks import masks_of
+from secateurs.eval.isometry import orthogonalize_
+from secateurs.masks import MaskSet, masks_of
 from secateurs.models import reinitialize
 
-ResetMode = Literal["keep", "rewind", "reinit"]
+ResetMode = Literal["keep", "rewind", "reinit", "orthp"]
 
 
 @dataclass
@@ -57,9 +60,27 @@ def apply_reset(
         optimizer_state = copy.deepcopy(snap.optimizer_state) if snap.optimizer_state else None
     elif mode == "reinit":
         reinitialize(model, seed=seed)
+    elif mode == "orthp":
+        _orthogonalize_masked(model, masks_of(model))
     elif mode != "keep":
-        raise ConfigError(f"unknown reset mode {mode!r}", fix="use keep, rewind or reinit")
+        raise ConfigError(
+            f"unknown reset mode {mode!r}",
+            fix="use keep, rewind or reinit, or orthp to orthogonalize a pruned model's weights",
+        )
     masks = masks_of(model)
     if masks is not None:
         masks.apply(model)
     return optimizer_state
+
+
+def _orthogonalize_masked(model: nn.Module, masks: MaskSet | None) -> None:
+    """OrthP on every masked weight of two or more dimensions (masked biases are left as they are)."""
+    if masks is None:
+        raise ConfigError(
+            "the orthp reset needs a pruned model, but this model has no masks",
+            fix="put a prune stage before the orthp reset",
+        )
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        if params[name].dim() >= 2:
+            orthogonalize_(params[name], mask)

@@ -1,6 +1,37 @@
-"""Evaluation: accuracy / loss, parameter counts, and MAC counts that see pruned weights."""
+"""Evaluation: accuracy / loss, parameter and MAC counts that see pruned weights, and metrics
+beyond test accuracy (calibration, agreement, robustness to shifts, latency, isometry)."""
 
+from secateurs.eval.agreement import agreement, per_class_accuracy, per_class_drop, predict
+from secateurs.eval.beyond import beyond_accuracy
+from secateurs.eval.calibration import expected_calibration_error
+from secateurs.eval.isometry import jacobian_singular_values, jsv_stats, orthogonalize_
+from secateurs.eval.latency import cpu_latency
 from secateurs.eval.macs import CostReport, LayerCost, count_costs
 from secateurs.eval.metrics import evaluate, parameter_counts
+from secateurs.eval.potential import excess_error, prune_potential
+from secateurs.eval.shift import CORRUPTIONS, ShiftSpec, corrupt_splits, default_shifts, shifted_test_split
 
-__all__ = ["CostReport", "LayerCost", "count_costs", "evaluate", "parameter_counts"]
+__all__ = [
+    "CORRUPTIONS",
+    "CostReport",
+    "LayerCost",
+    "ShiftSpec",
+    "agreement",
+    "beyond_accuracy",
+    "corrupt_splits",
+    "count_costs",
+    "cpu_latency",
+    "default_shifts",
+    "evaluate",
+    "excess_error",
+    "expected_calibration_error",
+    "jacobian_singular_values",
+    "jsv_stats",
+    "orthogonalize_",
+    "parameter_counts",
+    "per_class_accuracy",
+    "per_class_drop",
+    "predict",
+    "prune_potential",
+    "shifted_test_split",
+]
