@@ -49,7 +49,7 @@ def test_registered_names() -> None:
 
 
 def test_spec_lists_options_and_ranks() -> None:
-    assert MODELS.get("mlp").options() == {"hidden": (100, 100)}
+    assert MODELS.get("mlp").options() == {"hidden": (100, 100), "activation": "relu"}
     assert MODELS.get("conv2").options() == {"width": 1.0}
     assert MODELS.get("cnn1d").options() == {"channels": 25}
     assert MODELS.get("lenet300").options() == {}
@@ -291,3 +291,14 @@ def test_bad_values(name: str, shape: tuple[int, ...], kwargs: dict[str, object]
     num_classes = options.pop("num_classes", 10)
     with pytest.raises(ConfigError, match=pattern):
         build_model(name, shape, num_classes, **options)  # type: ignore[arg-type]
+
+
+def test_mlp_activation_option_builds_a_deep_linear_network() -> None:
+    linear = build_model("mlp", (6,), 3, seed=0, hidden=[5, 4], activation="linear")
+    x = torch.randn(7, 6)
+    w1, w2, w3 = (m.weight for m in linear.modules() if isinstance(m, nn.Linear))
+    b1, b2, b3 = (m.bias for m in linear.modules() if isinstance(m, nn.Linear))
+    expected = ((x @ w1.T + b1) @ w2.T + b2) @ w3.T + b3  # no nonlinearity anywhere
+    torch.testing.assert_close(linear(x), expected)
+    with pytest.raises(ConfigError, match=r"activation='gelu' is not known.*relu, tanh, linear"):
+        build_model("mlp", (6,), 3, activation="gelu")

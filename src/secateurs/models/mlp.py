@@ -7,24 +7,30 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from secateurs.errors import ConfigError
 from secateurs.models._checks import positive_ints
 from secateurs.models._spec import register_model
 from secateurs.models.init import init_weights
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "linear": nn.Identity}
+
 
 class MLP(nn.Module):
-    """Flatten, then Linear+ReLU per hidden width, then a Linear classifier.
+    """Flatten, then Linear+activation per hidden width, then a Linear classifier.
 
     `features` holds the hidden layers and `classifier` the output layer, which is the last
-    module in definition order (so "skip the last layer" selections find it).
+    module in definition order (so "skip the last layer" selections find it). With
+    `activation="linear"` the network is a deep linear network (dynamical isometry studies).
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], num_classes: int, activation: str = "relu"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), ACTIVATIONS[activation]()]
             width = h
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, num_classes)
@@ -35,9 +41,20 @@ class MLP(nn.Module):
 
 
 @register_model("mlp", input_ranks=(1, 2, 3), description="MLP on flattened inputs (MNIST-1D: 100-100)")
-def make_mlp(input_shape: tuple[int, ...], num_classes: int, *, hidden: Sequence[int] = (100, 100)) -> MLP:
+def make_mlp(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    hidden: Sequence[int] = (100, 100),
+    activation: str = "relu",
+) -> MLP:
     """Any input is flattened; `hidden` lists the hidden widths ([] gives a linear model)."""
-    return MLP(math.prod(input_shape), positive_ints("mlp", "hidden", hidden), num_classes)
+    if activation not in ACTIVATIONS:
+        raise ConfigError(
+            f"mlp option activation={activation!r} is not known",
+            fix=f"use one of: {', '.join(ACTIVATIONS)}",
+        )
+    return MLP(math.prod(input_shape), positive_ints("mlp", "hidden", hidden), num_classes, activation)
 
 
 @register_model("lenet300", input_ranks=(1, 2, 3), description="LeNet-300-100 on flattened inputs")
