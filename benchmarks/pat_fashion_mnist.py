@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import statistics
 import time
 from pathlib import Path
 from typing import Any
+
+from _jobs import load_done, run_phase
 
 from secateurs.fileio import atomic_write_text, save_figure
 
@@ -140,7 +141,7 @@ def run_all(quick: bool, workers: int) -> dict[str, list[dict[str, Any]]]:
     b = budget(quick)
     suffix = "_quick" if quick else ""
     store = RESULTS / f"pat_fashion_mnist{suffix}_runs.json"
-    done: dict[str, list[dict[str, Any]]] = json.loads(store.read_text()) if store.exists() else {}
+    done: dict[str, list[dict[str, Any]]] = load_done(store)
     work = WORK / f"pat{suffix}"
     dense_jobs = [
         {"method": "dense", "seed": s, "quick": quick, "out": str(work / f"dense-{s}")} for s in b["seeds"]
@@ -154,21 +155,17 @@ def run_all(quick: bool, workers: int) -> dict[str, list[dict[str, Any]]]:
                 {"method": m, "seed": s, "sparsity": t, "quick": quick, "init": init} for t in targets
             ]
     # a dense checkpoint is needed by pending method jobs: re-create it if the work dir was wiped
-    pending_dense = [j for j in dense_jobs if key(j) not in done or not Path(j["out"]).exists()]
-    for phase in (pending_dense, [j for j in method_jobs if key(j) not in done]):
-        if not phase:
-            continue
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for i, (job, rows) in enumerate(zip(phase, pool.imap(run_job, phase), strict=True)):
-                done[key(job)] = rows
-                atomic_write_text(store, json.dumps(done, indent=1))
-                print(
-                    f"[{i + 1}/{len(phase)}] {key(job)}: "
-                    + ", ".join(f"{r['target']:.2f}->{100 * r['accuracy']:.2f}%" for r in rows)
-                    + f" ({rows[0]['seconds']:.0f} s)",
-                    flush=True,
-                )
+    for job in dense_jobs:
+        if not Path(job["out"]).exists():
+            done.pop(key(job), None)
+    for phase in (dense_jobs, method_jobs):
+        run_phase(phase, key=key, work=run_job, store=store, done=done, workers=workers, describe=describe)
     return done
+
+
+def describe(job: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    accuracies = ", ".join(f"{r['target']:.2f}->{100 * r['accuracy']:.2f}%" for r in rows)
+    return f"{accuracies} ({rows[0]['seconds']:.0f} s)"
 
 
 def summarize(done: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:

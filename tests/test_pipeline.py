@@ -377,6 +377,13 @@ def test_evaluate_beyond_accuracy_compares_with_the_dense_parent() -> None:
     assert any(k.startswith("excess_error@") for k in pruned)
 
 
+def test_recipe_level_beyond_applies_to_every_evaluate_stage() -> None:
+    plain = run_recipe(make_recipe({"train": {}}, {"evaluate": {}}))
+    assert "ece" not in plain.records[0]
+    result = run_recipe(make_recipe({"train": {}}, {"evaluate": {"latency": False}}, beyond=True))
+    assert {"ece", "acc@shifted_split"} <= set(result.records[0]) and "latency_b1_ms" not in result.records[0]
+
+
 def test_dense_parent_is_the_model_just_before_the_first_prune() -> None:
     pipeline = Pipeline(make_recipe({"train": {}}, {"prune": {}}, {"train": {}}))
     pipeline.run()

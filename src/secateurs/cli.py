@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from secateurs.errors import SecateursError
+
+if TYPE_CHECKING:
+    from secateurs.store import ResultsDB
 
 app = typer.Typer(
     name="secateurs",
@@ -157,6 +160,7 @@ def methods() -> None:
         ("keep", "continue from the pruned weights (finetune)"),
         ("rewind", "restore weights (and optimizer state) saved at step k; k = 0 is the init"),
         ("reinit", "fresh random weights under the same masks"),
+        ("orthp", "keep the pruned weights, made (semi-)orthogonal under their masks (OrthP)"),
     ):
         table.add_row("reset", name, what)
     console.print(table)
@@ -206,6 +210,209 @@ def inspect(
     from secateurs.inspection import inspect_checkpoint
 
     inspect_checkpoint(checkpoint, console)
+
+
+# -- results store: sweep, runs, export ---------------------------------------------------------
+ROOT_HELP = "results root: holds results.db and runs/<hash>/"
+DEFAULT_RESULTS_ROOT = Path("secateurs-results")
+
+
+@app.command()
+@friendly_errors
+def sweep(
+    sweep_file: Annotated[
+        Path, typer.Argument(help="sweep YAML: recipes × sparsities × models × data × seeds")
+    ],
+    root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    workers: Annotated[int, typer.Option(help="local worker processes (one torch thread each)")] = 1,
+    shard: Annotated[
+        str | None, typer.Option(help="run only shard i of N (i/N), e.g. one per machine or job")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch when --workers is 1")] = 1,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run every point of a sweep into the results store; finished runs are skipped, so re-run to resume."""
+    from secateurs.errors import ConfigError
+    from secateurs.sweep import expand_sweep, load_sweep, parse_shard, run_sweep, select_shard
+
+    _setup_logging(verbose)
+    _set_threads(threads)
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    selected = parse_shard(shard) if shard is not None else None
+    config = load_sweep(sweep_file)
+    points = expand_sweep(config, sweep_file.parent)  # every point validated before anything runs
+    total = len(points)
+    if selected is not None:
+        points = select_shard(points, *selected)
+    try:
+        summary = run_sweep(points, root, workers=workers, progress=progress and console.is_terminal)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted: finished runs are kept; run the same command to resume[/]")
+        raise typer.Exit(130) from None
+    table = Table(
+        title=f"sweep {config.name}: {len(points)} of {total} runs" + (f", shard {shard}" if shard else "")
+    )
+    for header in ("hash", "name", "status", "acc.", "attempts", "error"):
+        table.add_column(header, justify="right" if header in ("acc.", "attempts") else "left")
+    for outcome in summary.outcomes:
+        accuracy = outcome.final.get("accuracy")
+        table.add_row(
+            outcome.hash, outcome.name, outcome.status, "" if accuracy is None else _fmt(accuracy),
+            str(outcome.attempts or ""), outcome.error or "",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"sweep {config.name}: {summary.line()} (results in {root})", highlight=False)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _open_results(root: Path) -> ResultsDB:
+    """The store's database for reading; a missing one is an error, never created here."""
+    from secateurs.store import ResultsDB, db_path
+
+    return ResultsDB(db_path(root), create=False)
+
+
+@app.command()
+@friendly_errors
+def runs(
+    root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    status: Annotated[
+        str | None, typer.Option(help="only runs with this status: pending, running, finished, failed")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="only runs whose name matches this glob, e.g. 'imp*'")
+    ] = None,
+    show: Annotated[
+        str | None, typer.Option(help="show one run (hash or unique prefix): config, metrics")
+    ] = None,
+) -> None:
+    """List the runs in a results store, or show one run's config and metrics."""
+    with _open_results(root) as db:
+        if show is not None:
+            _show_run(db, show)
+            return
+        records = db.list_runs(status=status, name=name)
+        table = Table(title=f"{len(records)} runs in {root}")
+        for header in ("hash", "name", "status", "sparsity", "acc.", "attempts"):
+            table.add_column(
+                header, justify="right" if header in ("sparsity", "acc.", "attempts") else "left"
+            )
+        for record in records:
+            accuracy = db.final_metrics(record.hash).get("accuracy")
+            table.add_row(
+                record.hash, record.name, record.status,
+                "" if record.sparsity is None else _fmt(float(record.sparsity)),
+                "" if accuracy is None else _fmt(accuracy), str(record.attempts),
+            )  # fmt: skip
+        console.print(table)
+
+
+def _metric(value: float | None) -> str:
+    """Stored metrics are floats; counts (parameters, MACs, steps) read better as integers."""
+    if value is None:
+        return ""
+    return _fmt(int(value)) if value.is_integer() and abs(value) >= 1 else _fmt(value)
+
+
+def _show_run(db: ResultsDB, prefix: str) -> None:
+    """Status, config (as stored, every default filled in) and metric tables of one run."""
+    import yaml
+
+    record = db.find_run(prefix)
+    info = Table(title=f"run {record.hash}", show_header=False)
+    info.add_column("field")
+    info.add_column("value")
+    for key in (
+        "name",
+        "status",
+        "attempts",
+        "created",
+        "started",
+        "finished",
+        "version",
+        "git_revision",
+        "error",
+    ):
+        value = getattr(record, key)
+        info.add_row(key, "" if value is None else str(value))
+    for kind, path in db.artifacts(record.hash).items():
+        info.add_row(f"file: {kind}", str(db.path.parent / path))
+    console.print(info)
+    console.print(yaml.safe_dump(record.config, sort_keys=False), highlight=False, markup=False)
+    rows = db.metrics(record.hash)
+    for kind in ("evaluate", "train"):
+        events: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in rows:
+            if row.kind == kind:
+                events.setdefault((row.stage, row.level, row.step), {})[row.name] = row.value
+        if not events:
+            continue
+        names = list(dict.fromkeys(n for values in events.values() for n in values if n != "step"))
+        table = Table(title=f"{kind} metrics")
+        for header in ("stage", "level", "step", *names):
+            table.add_column(header, justify="right")
+        for (stage, level, step), values in events.items():
+            cells = [_metric(values.get(n)) for n in names]
+            table.add_row(
+                str(stage), "" if level is None else str(level), "" if step is None else str(step), *cells
+            )
+        console.print(table)
+
+
+@app.command()
+@friendly_errors
+def export(
+    out: Annotated[Path, typer.Option(help="file to write (atomically)")],
+    root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="csv or json (default: from the --out suffix)")
+    ] = None,
+) -> None:
+    """Write one row per run (status, config fields flattened, final metrics) as CSV or JSON."""
+    from secateurs.errors import ConfigError
+    from secateurs.fileio import atomic_write_text
+    from secateurs.store.db import EXPORT_FORMATS, export_rows, render_export
+
+    fmt = format_ if format_ is not None else out.suffix.lstrip(".").lower()
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"unknown export format {fmt!r}" if format_ is not None else f"cannot tell the format of {out}",
+            fix="pass --format csv or --format json",
+        )
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory", fix="pass --out a file name")
+    with _open_results(root) as db:
+        rows = export_rows(db)
+    try:
+        atomic_write_text(out, render_export(rows, fmt))
+    except OSError as err:
+        raise ConfigError(f"cannot write {out} ({err})", fix="choose another --out") from None
+    console.print(f"{len(rows)} runs written to {out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def report(
+    root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    name: Annotated[str | None, typer.Option(help="only runs whose name matches this glob")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="where report.md and the PNGs go (default ROOT/report)")
+    ] = None,
+    delta: Annotated[float, typer.Option(help="prune potential tolerance, in accuracy points")] = 0.5,
+) -> None:
+    """Markdown tables (mean ± std over seeds, prune potential) and PNG plots of finished runs."""
+    from rich.markdown import Markdown
+
+    from secateurs.report import write_report
+
+    if not 0 < delta < 100:
+        raise SecateursError(f"--delta must be between 0 and 100 points, got {delta}")
+    path = write_report(root, out if out is not None else root / "report", name=name, delta=delta / 100)
+    console.print(Markdown(path.read_text(encoding="utf-8")))
+    console.print(f"report written to {path}")
 
 
 def main() -> None:

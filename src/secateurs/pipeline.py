@@ -360,7 +360,7 @@ class Pipeline:
     def _evaluate(self, stage: EvaluateStage, level: int | None) -> None:
         row = {"label": stage.label or f"stage {self.counter}", "level": level}
         row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
-        if stage.beyond:
+        if stage.beyond or self.recipe.beyond:
             row.update(
                 beyond_accuracy(
                     self.model,

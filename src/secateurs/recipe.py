@@ -167,6 +167,9 @@ class Recipe(StrictModel):
         None,
         description="start from these weights (and masks): a model.pt or run directory of `secateurs run`",
     )
+    beyond: bool = Field(
+        False, description="every evaluate stage also measures robustness, calibration, agreement, latency"
+    )
     sparsity: float | None = Field(
         None, ge=0, lt=1, description="default target of prune steps and schedules"
     )

@@ -1,0 +1,42 @@
+"""Resumable, parallel benchmark jobs: finished jobs are kept in a JSON file and skipped on rerun."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from secateurs.fileio import atomic_write_text
+
+Job = dict[str, Any]
+
+
+def load_done(store: Path) -> dict[str, Any]:
+    return json.loads(store.read_text()) if store.exists() else {}
+
+
+def run_phase(
+    jobs: list[Job],
+    *,
+    key: Callable[[Job], str],
+    work: Callable[[Job], Any],
+    store: Path,
+    done: dict[str, Any],
+    workers: int,
+    describe: Callable[[Job, Any], str],
+) -> None:
+    """Run the jobs not yet in `done` on `workers` spawned processes (results in job order).
+
+    After each job its result is written to `store` atomically, so a killed benchmark loses at
+    most the jobs that were running and resumes with the rest.
+    """
+    pending = [j for j in jobs if key(j) not in done]
+    if not pending:
+        return
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for i, (job, result) in enumerate(zip(pending, pool.imap(work, pending), strict=True)):
+            done[key(job)] = result
+            atomic_write_text(store, json.dumps(done, indent=1))
+            print(f"[{i + 1}/{len(pending)}] {key(job)}: {describe(job, result)}", flush=True)

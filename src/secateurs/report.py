@@ -1,0 +1,303 @@
+"""Reports from the results store: markdown tables and PNG plots, readable without a terminal.
+
+Runs are grouped by (data set, model, method, target sparsity) and summarised over seeds as
+mean ± std. The dense reference of a (data set, model) pair is every evaluation at sparsity 0
+found in its runs (the "dense" evaluation most recipes make before pruning), averaged.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secateurs.errors import ConfigError
+from secateurs.eval.potential import prune_potential
+from secateurs.fileio import atomic_write_text, save_figure
+from secateurs.store.db import ResultsDB
+
+SHIFT_PREFIX = "acc@"
+
+
+@dataclass
+class RunSummary:
+    """What the report needs of one finished run."""
+
+    hash: str
+    method: str
+    data: str
+    model: str
+    sparsity: float
+    seed: int
+    final: dict[str, float]
+    dense: dict[str, float] | None = None
+    masks_path: str | None = None
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def text(self, scale: float = 100.0) -> str:
+        return f"{scale * self.mean:.2f} ± {scale * self.std:.2f}" if self.values else "—"
+
+
+def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
+    """Finished runs (optionally those whose name matches a shell pattern) with their final metrics.
+
+    Artifact paths in the store are relative to the results root, the database's directory.
+    """
+    root = Path(db.path).parent
+    out = []
+    for record in db.list_runs(status="finished"):
+        if name is not None and not fnmatch.fnmatchcase(record.name, name):
+            continue
+        rows = [m for m in db.metrics(record.hash) if m.kind == "evaluate" and m.value is not None]
+        by_stage: dict[int, dict[str, float]] = defaultdict(dict)
+        for m in rows:
+            by_stage[m.stage][m.name] = float(m.value)  # type: ignore[arg-type]
+        if not by_stage:
+            continue
+        evaluations = [by_stage[s] for s in sorted(by_stage)]
+        dense = next((e for e in evaluations if e.get("sparsity", 1.0) == 0.0), None)
+        final = evaluations[-1]
+        config = record.config
+        target = config.get("sparsity")
+        out.append(
+            RunSummary(
+                hash=record.hash,
+                method=record.name,
+                data=config["data"]["name"],
+                model=config["model"]["name"],
+                sparsity=float(target if target is not None else round(final.get("sparsity", 0.0), 4)),
+                seed=int(config.get("seed", 0)),
+                final=final,
+                dense=dense,
+                masks_path=_artifact(root, db.artifacts(record.hash).get("model")),
+            )
+        )
+    return out
+
+
+def _artifact(root: Path, relative: str | None) -> str | None:
+    return str(root / relative) if relative else None
+
+
+def _groups(runs: Iterable[RunSummary]) -> dict[tuple[str, str], list[RunSummary]]:
+    groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        groups[(r.data, r.model)].append(r)
+    return dict(sorted(groups.items()))
+
+
+def _cells(runs: list[RunSummary], metric: str) -> dict[tuple[str, float], Cell]:
+    cells: dict[tuple[str, float], Cell] = defaultdict(Cell)
+    for r in runs:
+        if metric in r.final and r.final[metric] is not None and not math.isnan(r.final[metric]):
+            cells[(r.method, r.sparsity)].values.append(r.final[metric])
+    return cells
+
+
+def _dense(runs: list[RunSummary], metric: str) -> Cell:
+    return Cell([r.dense[metric] for r in runs if r.dense is not None and metric in r.dense])
+
+
+def accuracy_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
+    """Markdown: one table per (data set, model); rows methods, columns target sparsities."""
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        sparsities = sorted({r.sparsity for r in group})
+        methods = list(dict.fromkeys(r.method for r in sorted(group, key=lambda r: r.method)))
+        cells = _cells(group, metric)
+        parts += [f"### {data} · {model}: test {metric} (%), mean ± std over seeds", ""]
+        parts.append("| method | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " | seeds |")
+        parts.append("|---|" + "---|" * (len(sparsities) + 1))
+        dense = _dense(group, metric)
+        if dense.values:
+            parts.append(f"| dense | {dense.text()} |" + " |" * len(sparsities))
+        for m in methods:
+            row = [cells[(m, s)].text() if (m, s) in cells else "—" for s in sparsities]
+            seeds = len({r.seed for r in group if r.method == m})
+            parts.append(f"| {m} | " + " | ".join(row) + f" | {seeds} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
+    """Markdown: prune potential (largest sparsity within δ of dense), clean and under each shift."""
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        shifts = sorted({k for r in group for k in r.final if k.startswith(SHIFT_PREFIX)})
+        metrics = ["accuracy", *shifts]
+        parts += [f"### {data} · {model}: prune potential (δ = {100 * delta:g} points)", ""]
+        parts.append(
+            "| method | "
+            + " | ".join("clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics)
+            + " |"
+        )
+        parts.append("|---|" + "---|" * len(metrics))
+        for method in sorted({r.method for r in group}):
+            row = []
+            for metric in metrics:
+                dense = _dense(group, metric)
+                cells = _cells([r for r in group if r.method == method], metric)
+                if not dense.values or not cells:
+                    row.append("—")
+                    continue
+                points = [(s, c.mean) for (_, s), c in cells.items()]
+                row.append(f"{100 * prune_potential(points, dense.mean, delta):g} %")
+            parts.append(f"| {method} | " + " | ".join(row) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_accuracy(runs: list[RunSummary], path: Path, metric: str = "accuracy") -> Path:
+    """Accuracy vs remaining weights (log x), one line with an error band per method."""
+    plt = _pyplot()
+    groups = _groups(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
+    for ax, ((data, model), group) in zip(axes[0], groups.items(), strict=True):
+        dense = _dense(group, metric)
+        if dense.values:
+            ax.axhline(100 * dense.mean, color="black", linestyle="--", label="dense")
+        cells = _cells(group, metric)
+        for method in sorted({r.method for r in group}):
+            pts = sorted((s, c) for (m, s), c in cells.items() if m == method)
+            x = [100 * (1 - s) for s, _ in pts]
+            mean = [100 * c.mean for _, c in pts]
+            std = [100 * c.std for _, c in pts]
+            ax.plot(x, mean, marker="o", label=method)
+            ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("remaining weights (%), log scale")
+        ax.set_ylabel(f"test {metric} (%)")
+        ax.set_title(f"{data} · {model}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_excess_error(runs: list[RunSummary], path: Path) -> Path | None:
+    """Excess error under each shift vs sparsity (error increase under shift beyond the clean one)."""
+    rows = []
+    for r in runs:
+        if r.dense is None:
+            continue
+        for k, v in r.final.items():
+            if k.startswith(SHIFT_PREFIX) and k in r.dense:
+                clean = r.dense["accuracy"] - r.final["accuracy"]
+                rows.append((r.data, r.model, r.method, k, r.sparsity, (r.dense[k] - v) - clean))
+    if not rows:
+        return None
+    plt = _pyplot()
+    keys = sorted({(d, m, meth) for d, m, meth, *_ in rows})
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
+    for ax, (data, model, method) in zip(axes[0], keys, strict=True):
+        for shift in sorted({k for d, m, meth, k, *_ in rows if (d, m, meth) == (data, model, method)}):
+            by_s: dict[float, list[float]] = defaultdict(list)
+            for d, m, meth, k, s, e in rows:
+                if (d, m, meth, k) == (data, model, method, shift):
+                    by_s[s].append(e)
+            xs = sorted(by_s)
+            ax.plot([100 * s for s in xs], [100 * statistics.fmean(by_s[s]) for s in xs], marker=".",
+                    label=shift[len(SHIFT_PREFIX) :])  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("excess error (points)")
+        ax.set_title(f"{method} on {data} · {model}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return save_figure(fig, path)
+
+
+def plot_layer_sparsity(runs: list[RunSummary], path: Path) -> Path | None:
+    """Per-layer sparsity bars of one run per method (its highest sparsity, first seed)."""
+    from secateurs.outputs import read_checkpoint
+
+    chosen: dict[str, RunSummary] = {}
+    for r in sorted(runs, key=lambda r: (r.method, -r.sparsity, r.seed)):
+        if r.masks_path and r.method not in chosen:
+            chosen[r.method] = r
+    reports = {}
+    for method, r in chosen.items():
+        _, masks, _ = read_checkpoint(r.masks_path)  # type: ignore[arg-type]
+        if masks is not None:
+            reports[f"{method} ({100 * r.sparsity:g} %)"] = masks.report()
+    if not reports:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(reports)
+    for i, (label, layers) in enumerate(reports.items()):
+        ax.bar([j + i * width for j in range(len(layers))], [100 * layer.sparsity for layer in layers], width,
+               label=label)  # fmt: skip
+    first = next(iter(reports.values()))
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], [layer.name for layer in first],
+                  rotation=30, ha="right", fontsize=7)  # fmt: skip
+    ax.set_ylabel("sparsity (%)")
+    ax.set_title("per-layer sparsity")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(root: str | Path, out: str | Path, *, name: str | None = None, delta: float = 0.005) -> Path:
+    """Write report.md and PNGs for the finished runs under results root `root` into `out`."""
+    db_path = Path(root) / "results.db"
+    if not db_path.exists():
+        raise ConfigError(
+            f"no results database at {db_path}", fix="run `secateurs sweep` first or pass --root"
+        )
+    with ResultsDB(db_path, create=False) as db:
+        runs = collect(db, name=name)
+    if not runs:
+        raise ConfigError("no finished runs match", fix="check --name, or run the sweep first")
+    out_dir = Path(out)
+    images = [p for p in (
+        plot_accuracy(runs, out_dir / "accuracy_vs_remaining.png"),
+        plot_excess_error(runs, out_dir / "excess_error.png"),
+        plot_layer_sparsity(runs, out_dir / "layer_sparsity.png"),
+    ) if p is not None]  # fmt: skip
+    text = [
+        "# secateurs report",
+        "",
+        f"{len(runs)} finished runs from `{db_path}`" + (f" matching `{name}`" if name else "") + ".",
+        "",
+        "## Accuracy",
+        "",
+        accuracy_table(runs),
+        "## Prune potential",
+        "",
+        "The largest sparsity whose accuracy stays within δ of the dense model, on clean test data and",
+        "under each distribution shift (Liebenwein et al. 2021).",
+        "",
+        potential_table(runs, delta),
+        "## Plots",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in images],
+        "",
+    ]
+    return atomic_write_text(out_dir / "report.md", "\n".join(text))
