@@ -17,7 +17,7 @@ from torch import nn
 
 import secateurs.pipeline as pipeline_module
 from secateurs.data import load_dataset
-from secateurs.demo import _quick_overrides
+from secateurs.demo import quick_overrides
 from secateurs.errors import ConfigError
 from secateurs.eval import evaluate
 from secateurs.masks import MaskSet, masks_of
@@ -353,7 +353,7 @@ TINY_PRESET = [
 
 @pytest.mark.parametrize("name", preset_names())
 def test_every_preset_runs_to_its_sparsity_on_tiny_data(name: str) -> None:
-    recipe = load_recipe(name, [*TINY_PRESET, *_quick_overrides(name)])
+    recipe = load_recipe(name, [*TINY_PRESET, *quick_overrides(name)])
     result = run_recipe(recipe)
     assert result.masks.kept() == kept_after(recipe.sparsity)
     assert result.records and result.final["sparsity"] == (368 - kept_after(recipe.sparsity)) / 368

@@ -10,6 +10,7 @@ import yaml
 
 from secateurs.masks import masks_of
 from secateurs.recipe import recipe_from_raw
+from secateurs.sweep import expand_sweep, parse_sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -30,10 +31,18 @@ def test_readme_starts_with_the_demo_and_test_commands() -> None:
 
 
 def test_readme_recipe_example_validates() -> None:
-    (example,) = blocks("yaml")
-    recipe = recipe_from_raw(yaml.safe_load(example))
+    recipe_text, _ = blocks("yaml")
+    recipe = recipe_from_raw(yaml.safe_load(recipe_text))
     assert recipe.name == "imp-rewind"
     assert [type(s).__name__ for s in recipe.stages] == ["TrainStage", "EvaluateStage", "RepeatStage"]
+
+
+def test_readme_sweep_example_expands_to_its_grid() -> None:
+    _, sweep_text = blocks("yaml")
+    points = expand_sweep(parse_sweep(yaml.safe_load(sweep_text)))
+    assert len(points) == 3 * 4 * 2 * 3
+    assert {p.name for p in points} == {"oneshot-magnitude", "taylor", "iterative-magnitude"}
+    assert all(p.recipe.beyond and p.recipe.train["epochs"] == 30 for p in points)
 
 
 def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

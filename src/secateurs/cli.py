@@ -130,15 +130,21 @@ def demo(
         "secateurs-demo"
     ),
     quick: Annotated[bool, typer.Option(help="fewer epochs and sparsities (under a minute)")] = False,
+    report: Annotated[
+        bool, typer.Option(help="run through the results store (OUT/results) and print the report tables")
+    ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (the demo's MLP is fastest on 1)")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train a small model on MNIST-1D and prune it with every method, at several sparsities."""
-    from secateurs.demo import run_demo
+    from secateurs.demo import run_demo, run_demo_report
 
     _setup_logging(verbose)
     _set_threads(threads)
-    run_demo(out, quick=quick, console=console)
+    if report:
+        run_demo_report(out, quick=quick, console=console)
+    else:
+        run_demo(out, quick=quick, console=console)
 
 
 @app.command()

@@ -41,7 +41,7 @@ SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 QUICK_SPARSITIES = [0.5, 0.9]
 
 
-def _quick_overrides(preset: str) -> list[str]:
+def quick_overrides(preset: str) -> list[str]:
     """Shrink every training budget (the recipe's default and the finetune stages)."""
     if preset == "gradual-magnitude":
         return [
@@ -52,6 +52,51 @@ def _quick_overrides(preset: str) -> list[str]:
     if preset == "iterative-magnitude":
         return ["train.epochs=6", "stages.2.repeat.stages.2.train.epochs=1"]
     return ["train.epochs=6", "stages.5.train.epochs=2"]
+
+
+def demo_sweep(
+    *,
+    quick: bool = False,
+    seeds: list[int] | None = None,
+    models: list[str] | None = None,
+    sparsities: list[float] | None = None,
+) -> dict[str, Any]:
+    """The demo's methods as a sweep file (plain data): every method × sparsity, beyond-accuracy metrics."""
+    return {
+        "name": "demo",
+        "recipes": [
+            {
+                "recipe": preset,
+                "label": label,
+                "set": [*overrides, *(quick_overrides(preset) if quick else [])],
+            }
+            for label, preset, overrides in DEMO_METHODS
+        ],
+        "sparsities": sparsities or (QUICK_SPARSITIES if quick else SPARSITIES),
+        "models": models or ["mlp"],
+        "data": ["mnist1d"],
+        "seeds": seeds or [0],
+        "set": ["beyond=true"],
+    }
+
+
+def run_demo_report(
+    out: Path, *, quick: bool = False, workers: int = 1, console: Console | None = None
+) -> Path:
+    """The demo through the results store: a sweep into OUT/results, then the report in OUT/report."""
+    from rich.markdown import Markdown
+
+    from secateurs.report import write_report
+    from secateurs.sweep import expand_sweep, parse_sweep, run_sweep
+
+    console = console or Console()
+    points = expand_sweep(parse_sweep(demo_sweep(quick=quick)))
+    summary = run_sweep(points, out / "results", workers=workers, progress=console.is_terminal)
+    console.print(summary.line())
+    path = write_report(out / "results", out / "report")
+    console.print(Markdown(path.read_text(encoding="utf-8")))
+    console.print(f"report: {path}")
+    return path
 
 
 def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
@@ -73,7 +118,7 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
         for i, (label, preset, overrides) in enumerate(DEMO_METHODS):
             for j, sparsity in enumerate(sparsities):
                 status.update(f"[{i * len(sparsities) + j + 1}/{total}] {label} at sparsity {sparsity}")
-                extra = _quick_overrides(preset) if quick else []
+                extra = quick_overrides(preset) if quick else []
                 recipe = load_recipe(preset, [*overrides, *extra, f"sparsity={sparsity}"])
                 result = run_recipe(recipe, data=data)
                 rows.append({"method": label, "target": sparsity, **model_metrics(result.model, data)})
