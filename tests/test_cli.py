@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 from rich.console import Console
+from tiny import tiny_recipe
 from typer.testing import CliRunner
 
 import secateurs
@@ -33,17 +34,7 @@ from secateurs.recipe import load_recipe, preset_names
 from secateurs.schedules import SCHEDULE_NAMES
 from secateurs.structures import STRUCTURES
 
-RECIPE = {
-    "name": "tiny",
-    "data": {
-        "name": "synthetic",
-        "options": {"input_shape": [20], "num_classes": 3, "num_train": 96, "num_test": 48},
-    },
-    "model": {"name": "mlp", "options": {"hidden": [16]}},
-    "sparsity": 0.5,
-    "train": {"iterations": 3, "batch_size": 32},
-    "stages": [{"train": {}}, {"prune": {}}, {"evaluate": {"label": "final"}}],
-}
+RECIPE = tiny_recipe()
 RUN_FILES = ["metrics.json", "model.pt", "recipe.yaml"]
 
 

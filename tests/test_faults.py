@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 from rich.console import Console
+from tiny import tiny_recipe
 from typer.testing import CliRunner
 
 import secateurs.cli as cli
@@ -31,23 +32,14 @@ from secateurs.store import ResultsDB, run_dir
 from secateurs.sweep import expand_sweep, load_sweep
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-RECIPE: dict[str, Any] = {
-    "name": "tiny",
-    "data": {
-        "name": "synthetic",
-        "options": {"input_shape": [20], "num_classes": 3, "num_train": 96, "num_test": 48},
-    },
-    "model": {"name": "mlp", "options": {"hidden": [16]}},
-    "sparsity": 0.5,
-    "train": {"iterations": 6, "batch_size": 32},
-    "stages": [
-        {"train": {}},
-        {"prune": {}},
-        {"evaluate": {"label": "pruned"}},
-        {"train": {"iterations": 4}},
-        {"evaluate": {"label": "final"}},
-    ],
-}
+RECIPE: dict[str, Any] = tiny_recipe(
+    {"train": {}},
+    {"prune": {}},
+    {"evaluate": {"label": "pruned"}},
+    {"train": {"iterations": 4}},
+    {"evaluate": {"label": "final"}},
+    iterations=6,
+)
 
 # Imports torch and the sweep machinery, then waits for the start signal before running the CLI.
 CHILD = """

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from tiny import tiny_recipe
 
 import secateurs
 import secateurs.store.db as db_module
@@ -27,23 +28,13 @@ from secateurs.store import ResultsDB, execute, run_dir, run_hash
 from secateurs.store.db import SCHEMA_VERSION, export_rows, flatten, render_export
 from secateurs.store.runner import ALREADY_FINISHED, BUSY, FINISHED, run_lock
 
-RAW: dict[str, Any] = {
-    "name": "tiny",
-    "data": {
-        "name": "synthetic",
-        "options": {"input_shape": [20], "num_classes": 3, "num_train": 96, "num_test": 48},
-    },
-    "model": {"name": "mlp", "options": {"hidden": [16]}},
-    "sparsity": 0.5,
-    "train": {"iterations": 3, "batch_size": 32},
-    "stages": [
-        {"train": {}},
-        {"prune": {}},
-        {"evaluate": {"label": "pruned"}},
-        {"train": {"iterations": 2}},
-        {"evaluate": {"label": "final"}},
-    ],
-}
+RAW: dict[str, Any] = tiny_recipe(
+    {"train": {}},
+    {"prune": {}},
+    {"evaluate": {"label": "pruned"}},
+    {"train": {"iterations": 2}},
+    {"evaluate": {"label": "final"}},
+)
 
 
 def tiny(*overrides: str) -> Recipe:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from rich.console import Console
+from tiny import tiny_recipe
 from typer.testing import CliRunner
 
 import secateurs.cli as cli
@@ -33,17 +34,7 @@ from secateurs.sweep import (
     select_shard,
 )
 
-RECIPE: dict[str, Any] = {
-    "name": "tiny",
-    "data": {
-        "name": "synthetic",
-        "options": {"input_shape": [20], "num_classes": 3, "num_train": 96, "num_test": 48},
-    },
-    "model": {"name": "mlp", "options": {"hidden": [16]}},
-    "sparsity": 0.5,
-    "train": {"iterations": 3, "batch_size": 32},
-    "stages": [{"train": {}}, {"prune": {}}, {"evaluate": {"label": "final"}}],
-}
+RECIPE: dict[str, Any] = tiny_recipe()
 
 
 @pytest.fixture(autouse=True)
