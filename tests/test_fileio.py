@@ -1,0 +1,38 @@
+"""Result files are written all or nothing, with the permissions a plain open() would give."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import secateurs.fileio as fileio
+from secateurs.fileio import atomic_write_text
+
+
+def test_atomic_write_replaces_the_file_with_umask_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "a.json"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in target.parent.iterdir()] == ["a.json"]  # no temp files left
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "a.json"
+    atomic_write_text(target, "old")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fileio.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
