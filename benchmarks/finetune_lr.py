@@ -197,6 +197,32 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
 
+def findings(done: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The three questions, answered from the numbers (mean over seeds)."""
+
+    def mean(model: str, lr: float, orthp: bool, field: str) -> float | None:
+        runs = [done.get(f"finetune|{model}|{s}|lr={lr}|orthp={orthp}") for s in b["seeds"]]
+        values = [r[field] for r in runs if r is not None]
+        return statistics.fmean(values) if values else None
+
+    out = ["## Findings (computed from the table)", ""]
+    high, low = LRS
+    for m in b["models"]:
+        acc = {(lr, o): mean(m, lr, o, "final_accuracy") for lr in LRS for o in (False, True)}
+        jsv = {(lr, o): mean(m, lr, o, "mean_jsv") for lr in LRS for o in (False, True)}
+        if any(v is None for v in acc.values()):
+            continue
+        gap = 100 * (acc[(high, False)] - acc[(low, False)])  # type: ignore[operator]
+        gap_orthp = 100 * (acc[(high, True)] - acc[(low, True)])  # type: ignore[operator]
+        lift = 100 * (acc[(low, True)] - acc[(low, False)])  # type: ignore[operator]
+        out.append(
+            f"- {m}: LR {high:g} beats {low:g} by {gap:+.2f} points without OrthP and by {gap_orthp:+.2f} "
+            f"with it; mean JSV while finetuning {jsv[(high, False)]:.3f} vs {jsv[(low, False)]:.3f} "
+            f"without OrthP; OrthP lifts the LR {low:g} result by {lift:+.2f} points."
+        )
+    return out
+
+
 def report(done: dict[str, Any], quick: bool, wall: float) -> None:
     b = budget(quick)
     suffix = "_quick" if quick else ""
@@ -205,8 +231,9 @@ def report(done: dict[str, Any], quick: bool, wall: float) -> None:
         + (" — QUICK budget" if quick else ""),
         "",
         f"Budget: pretrain {b['pretrain_epochs']} epochs, finetune {b['finetune_epochs']} epochs "
-        f"(SGD, momentum 0.9, step decay ×0.1 at 50/75 %), seeds {b['seeds']}; wall time of this "
-        f"invocation {wall / 60:.1f} min on 2 CPU cores (2 workers). Accuracy in %, mean ± std over "
+        f"(SGD, momentum 0.9, step decay ×0.1 at 50/75 %), seeds {b['seeds']}; the jobs took "
+        f"{sum(r['seconds'] for r in done.values()) / 60:.1f} min in total, run 2 at a time on 2 CPU cores "
+        f"(wall time of this invocation {wall / 60:.1f} min). Accuracy in %, mean ± std over "
         "seeds; JSV = mean singular value of the input-output Jacobian "
         f"on {JSV_SAMPLES} test samples (1 = isometry).",
         "",
@@ -229,6 +256,7 @@ def report(done: dict[str, Any], quick: bool, wall: float) -> None:
                     f"{mean_std([r['final_accuracy'] for r in rows])} | "
                     f"{mean_std([r['mean_jsv'] for r in rows], 1.0, 3)} |"
                 )
+    lines += ["", *findings(done, b)]
     atomic_write_text(RESULTS / f"finetune_lr{suffix}.md", "\n".join(lines) + "\n")
     import json
 
