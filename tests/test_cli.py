@@ -268,7 +268,8 @@ def test_methods_lists_every_axis_and_preset() -> None:
     expected += [("allocation", n) for n in ALLOCATIONS.names()]
     expected += [("structure", n) for n in STRUCTURES.names()]
     expected += [("schedule", n) for n in SCHEDULE_NAMES]
-    expected += [("reset", n) for n in ("keep", "rewind", "reinit")]
+    expected += [("reset", n) for n in ("keep", "rewind", "lr_rewind", "reinit", "orthp")]
+    expected += [("control", n) for n in ("reinit", "random_mask", "finetune_only")]
     for axis, name in expected:
         assert any(f" {axis} " in row and f" {name} " in row for row in rows), (axis, name)
     for preset in preset_names():

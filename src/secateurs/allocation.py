@@ -8,12 +8,18 @@ Rounding (documented because tests pin it): a layer of n groups pruned to sparsi
 `n - round_half_up(s·n)` groups; global and ER/ERK allocations hit the total count exactly
 (`N - round_half_up(s·N)` elements kept), ER/ERK by largest-remainder rounding of the ideal
 per-layer counts (ties to the earlier layer).
+
+Per-layer overrides (`layer_sparsities`, name pattern → sparsity) work with every allocation:
+a matching layer keeps exactly `n - round_half_up(s_layer·n)` groups, and the named allocation
+splits the target sparsity over the other layers only (so `global` reaches `sparsity` on them).
+The lottery ticket's "output layer at half the rate" is such an override, set per level by the
+iterative schedule's `layer_rates`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
@@ -172,23 +178,14 @@ def explicit(
         )
     for pattern, value in sparsities.items():
         check_sparsity(value, where=f"explicit sparsity for {pattern!r}")
-        if not any(
-            fnmatchcase(layer.name, pattern) or fnmatchcase(_module(layer.name), pattern) for layer in layers
-        ):
+        if not any(_layer_matches(layer, pattern) for layer in layers):
             raise ConfigError(
                 f"explicit allocation pattern {pattern!r} matches no prunable layer",
                 fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
             )
     out = {}
     for layer in layers:
-        value = next(
-            (
-                v
-                for p, v in sparsities.items()
-                if fnmatchcase(layer.name, p) or fnmatchcase(_module(layer.name), p)
-            ),
-            sparsity,
-        )
+        value = next((v for p, v in sparsities.items() if _layer_matches(layer, p)), sparsity)
         if value is None:
             raise ConfigError(
                 f"no sparsity for layer {layer.name!r}",
@@ -202,24 +199,63 @@ def _module(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
+def _layer_matches(layer: LayerInfo, pattern: str) -> bool:
+    return fnmatchcase(layer.name, pattern) or fnmatchcase(_module(layer.name), pattern)
+
+
+def unmatched_patterns(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
+    """The patterns that match none of the parameter names (nor their module names)."""
+    names = list(names)
+    return [p for p in patterns if not any(fnmatchcase(n, p) or fnmatchcase(_module(n), p) for n in names)]
+
+
+def override_counts(layers: list[LayerInfo], layer_sparsities: Mapping[str, float]) -> dict[str, int]:
+    """Keep counts of the layers named by an override pattern (first matching pattern wins).
+
+    Every pattern must match a prunable layer: a typo would otherwise silently prune the
+    layer at the common rate.
+    """
+    for pattern, value in layer_sparsities.items():
+        check_sparsity(value, where=f"layer sparsity for {pattern!r}")
+    for pattern in unmatched_patterns((layer.name for layer in layers), layer_sparsities):
+        raise ConfigError(
+            f"layer sparsity pattern {pattern!r} matches no prunable layer",
+            fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
+        )
+    out = {}
+    for layer in layers:
+        value = next((v for p, v in layer_sparsities.items() if _layer_matches(layer, p)), None)
+        if value is not None:
+            out[layer.name] = _kept_after(layer.num_groups, value)
+    return out
+
+
 def allocate(
     name: str,
     layers: list[LayerInfo],
     sparsity: float | None,
     *,
     allow_collapse: bool = False,
+    layer_sparsities: Mapping[str, float] | None = None,
     **options: object,
 ) -> dict[str, int]:
-    """Per-layer keep counts (in groups) from the named allocation, with the collapse guard."""
-    if sparsity is not None:
-        check_sparsity(sparsity)
-    elif name != "explicit":
-        raise ConfigError(f"allocation {name!r} needs a target sparsity", fix="set `sparsity`")
+    """Per-layer keep counts (in groups) from the named allocation, with the collapse guard.
+
+    `layer_sparsities` (name pattern → sparsity) fixes the matching layers' counts; the
+    allocation then splits `sparsity` over the remaining layers.
+    """
     fn = ALLOCATIONS.get(name)
     from secateurs.registry import check_options
 
     check_options(fn, options, where=f"allocation {name!r}")
-    keep = fn(layers, sparsity, **options)
+    fixed = override_counts(layers, layer_sparsities or {})
+    rest = [layer for layer in layers if layer.name not in fixed]
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    elif name != "explicit" and rest:
+        raise ConfigError(f"allocation {name!r} needs a target sparsity", fix="set `sparsity`")
+    keep = {**fixed, **(fn(rest, sparsity, **options) if rest else {})}
+    keep = {layer.name: keep[layer.name] for layer in layers}
     collapsed = [layer.name for layer in layers if keep[layer.name] == 0]
     if collapsed and not allow_collapse:
         raise ConfigError(

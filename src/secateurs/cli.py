@@ -90,7 +90,10 @@ def records_table(records: list[dict[str, Any]], title: str) -> Table:
     for header in headers:
         table.add_column(header, justify="left" if header == "label" else "right")
     for row in records:
-        table.add_row(*[_fmt(row.get(c, "")) if row.get(c) is not None else "" for c in cols])
+        cells = [_fmt(row.get(c, "")) if row.get(c) is not None else "" for c in cols]
+        if row.get("control"):
+            cells[0] += f" · control={row['control']}"
+        table.add_row(*cells)
     return table
 
 
@@ -151,6 +154,7 @@ def demo(
 def methods() -> None:
     """List criteria, allocations, structures, schedules, resets and preset recipes."""
     from secateurs.allocation import ALLOCATIONS
+    from secateurs.controls import CONTROLS
     from secateurs.criteria import CRITERIA
     from secateurs.recipe import preset_names, read_recipe_text
     from secateurs.schedules import SCHEDULE_NAMES
@@ -164,11 +168,14 @@ def methods() -> None:
         table.add_row("schedule", name, (cls.__doc__ or "").strip().splitlines()[0])
     for name, what in (
         ("keep", "continue from the pruned weights (finetune)"),
-        ("rewind", "restore weights (and optimizer state) saved at step k; k = 0 is the init"),
+        ("lr_rewind", "keep the pruned weights, fresh optimizer, replay the first training's LR schedule"),
+        ("rewind", "restore weights (and optimizer state) saved at step or epoch k; k = 0 is the init"),
         ("reinit", "fresh random weights under the same masks"),
         ("orthp", "keep the pruned weights, made (semi-)orthogonal under their masks (OrthP)"),
     ):
         table.add_row("reset", name, what)
+    for name in CONTROLS.names():
+        table.add_row("control", name, CONTROLS.help(name))
     console.print(table)
     presets = _table("preset recipes (secateurs run NAME)", "name", "description")
     import yaml
@@ -349,21 +356,26 @@ def _show_run(db: ResultsDB, prefix: str) -> None:
     console.print(info)
     console.print(yaml.safe_dump(record.config, sort_keys=False), highlight=False, markup=False)
     rows = db.metrics(record.hash)
+    controls = any(row.control is not None for row in rows)
     for kind in ("evaluate", "train"):
         events: dict[tuple[Any, ...], dict[str, Any]] = {}
         for row in rows:
             if row.kind == kind:
-                events.setdefault((row.stage, row.level, row.step), {})[row.name] = row.value
+                events.setdefault((row.stage, row.level, row.step, row.control), {})[row.name] = row.value
         if not events:
             continue
         names = list(dict.fromkeys(n for values in events.values() for n in values if n != "step"))
         table = Table(title=f"{kind} metrics")
-        for header in ("stage", "level", "step", *names):
+        for header in ("stage", "level", "step", *(["control"] if controls else []), *names):
             table.add_column(header, justify="right")
-        for (stage, level, step), values in events.items():
+        for (stage, level, step, control), values in events.items():
             cells = [_metric(values.get(n)) for n in names]
             table.add_row(
-                str(stage), "" if level is None else str(level), "" if step is None else str(step), *cells
+                str(stage),
+                "" if level is None else str(level),
+                "" if step is None else str(step),
+                *([control or ""] if controls else []),
+                *cells,
             )
         console.print(table)
 

@@ -1,8 +1,14 @@
 """The pipeline: runs a recipe's stages on one model.
 
 Every method is a recipe, so this runner has no per-method code: it only knows the five stage
-kinds. Seeds are derived from the recipe's seed, so the same recipe gives bit-identical masks
-and weights.
+kinds. Seeds are derived from the recipe's seed and the stage's number, so the same recipe gives
+bit-identical masks and weights.
+
+A repeat with `controls` branches off after each level's prune stage: each control runs the
+rest of the level on a copy of the pipeline (see `secateurs.controls`) with the same stage
+numbers, and its metric events and records are held back until the ticket reaches the stage
+that produced them. So a resumed run re-emits exactly what an interruption dropped, and the
+ticket's own trajectory is the same with and without controls.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from secateurs.allocation import unmatched_patterns
 from secateurs.checkpoint import load_checkpoint, save_checkpoint
+from secateurs.controls import CONTROLS, derived_seed, fork_index
 from secateurs.criteria import CRITERIA
 from secateurs.data import DatasetInfo, DataSplits, load_dataset
 from secateurs.errors import CheckpointError, ConfigError
 from secateurs.eval import count_costs, evaluate
 from secateurs.eval.beyond import beyond_accuracy
+from secateurs.layers import select_parameters
 from secateurs.masks import MaskHandle, MaskSet, masks_of, remove_masks, set_masks
 from secateurs.models import build_model
 from secateurs.outputs import read_checkpoint
@@ -38,10 +48,12 @@ from secateurs.recipe import (
     RepeatStage,
     ResetStage,
     TrainStage,
+    recipe_from_raw,
     walk,
+    walk_paths,
 )
 from secateurs.reset import Snapshot, apply_reset
-from secateurs.schedules import CubicSteps
+from secateurs.schedules import CubicSteps, LevelTarget
 from secateurs.train.config import OptimizerConfig
 from secateurs.train.engine import Callback, TrainState, train
 from secateurs.train.optim import build_optimizer
@@ -61,6 +73,7 @@ class MetricEvent:
     level: int | None  # repeat level (1-based), None outside repeats
     step: int | None  # optimizer step within the training stage; None for evaluate stages
     metrics: dict[str, float]
+    control: str | None = None  # the control experiment (e.g. "reinit") it belongs to; None: the run itself
 
 
 def numeric(row: dict[str, Any]) -> dict[str, float]:
@@ -84,7 +97,21 @@ class RunResult:
 
     @property
     def final(self) -> dict[str, Any]:
-        return self.records[-1] if self.records else {}
+        """The last evaluation of the run itself (control records left out)."""
+        return next((r for r in reversed(self.records) if r.get("control") is None), {})
+
+
+def best_of(history: list[dict[str, float]], metric: str = "test_accuracy") -> dict[str, float]:
+    """Where a training stage's `metric` peaked (the earliest evaluation on ties): early stopping's pick.
+
+    Returns `best_step` (the optimizer step within the stage) and `best_accuracy`; empty when
+    the stage never evaluated.
+    """
+    rows = [r for r in history if metric in r]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: r[metric])  # max keeps the first of equal values
+    return {"best_step": int(best["step"]), "best_accuracy": float(best[metric])}
 
 
 def model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False) -> dict[str, Any]:
@@ -178,6 +205,14 @@ class GradualPruning(Callback):
         self.handle = masks.attach(state.model, state.optimizer)
 
 
+@contextmanager
+def own_rng(model: nn.Module) -> Iterator[None]:
+    """Run a block on its own copy of the global random state (CPU, and the model's CUDA devices)."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 class RewindSnapshots(Callback):
     """Saves weights and optimizer state at the steps that `rewind` resets will need."""
 
@@ -213,35 +248,58 @@ class Pipeline:
         if recipe.init_from is not None:
             load_initial_weights(self.model, recipe.init_from)
         self.snapshots: dict[int, Snapshot] = {0: Snapshot.take(self.model, 0)}
+        self.first_training = self._first_training()  # (batches per epoch, steps) of the first train stage
         self.rewind_steps = {
-            s.step
+            self._rewind_step(s)
             for s in walk(recipe.stages)
-            if isinstance(s, ResetStage) and s.mode == "rewind" and s.step > 0
-        }
+            if isinstance(s, ResetStage) and s.mode == "rewind"
+        } - {0}
         self._check_rewind_reachable()
+        self._check_layer_rates()
         self.pending_optimizer_state: dict[str, Any] | None = None
         self.trained_once = False
         self.counter = 0  # stages run so far: derives per-stage seeds
         self.level: int | None = None  # repeat level of the stage being run
         self.dense_state: dict[str, torch.Tensor] | None = None  # weights before the first prune
         self.records: list[dict[str, Any]] = []
+        self.last_training: dict[str, float] | None = None  # best_of() the training that made the weights
+        self.control: str | None = None  # set on the copies that run a control
+        self.pending_controls: list[dict[str, Any]] = []  # control events not yet published
         self.resumed_from = self._resume() if self.workdir is not None else 0
 
-    def _check_rewind_reachable(self) -> None:
-        """Fail before any training when a rewind step lies beyond the first training stage."""
-        if not self.rewind_steps:
-            return
+    def _first_training(self) -> tuple[int, int] | None:
+        """(batches per epoch, optimizer steps) of the first training stage, where rewinds save."""
         first = next((s for s in walk(self.recipe.stages) if isinstance(s, TrainStage)), None)
         if first is None:
-            raise ConfigError(
-                f"rewind to step(s) {sorted(self.rewind_steps)} needs a training stage to save them",
-                fix="add a train stage before the rewind, or rewind to step 0",
-            )
+            return None
         config = self.recipe.train_config(first.options)
         per_epoch = len(self.data.train_loader(config.batch_size))
         steps = (
             config.iterations if config.iterations is not None else round((config.epochs or 0) * per_epoch)
         )
+        return per_epoch, steps
+
+    def _rewind_step(self, stage: ResetStage) -> int:
+        """The rewind target in steps: `step`, or round(`epoch` · batches per epoch of the first training)."""
+        if stage.epoch is None:
+            return stage.step
+        if self.first_training is None:
+            raise ConfigError(
+                f"rewind to epoch {stage.epoch} needs a training stage to count epochs in",
+                fix="add a train stage before the rewind, or rewind to step 0",
+            )
+        return round(stage.epoch * self.first_training[0])
+
+    def _check_rewind_reachable(self) -> None:
+        """Fail before any training when a rewind step lies beyond the first training stage."""
+        if not self.rewind_steps:
+            return
+        if self.first_training is None:
+            raise ConfigError(
+                f"rewind to step(s) {sorted(self.rewind_steps)} needs a training stage to save them",
+                fix="add a train stage before the rewind, or rewind to step 0",
+            )
+        steps = self.first_training[1]
         beyond = sorted(s for s in self.rewind_steps if s > steps)
         if beyond:
             raise ConfigError(
@@ -249,42 +307,113 @@ class Pipeline:
                 fix="rewind to a step the first training stage reaches",
             )
 
+    def _check_layer_rates(self) -> None:
+        """Fail before any training when a schedule's `layer_rates` pattern names no prunable layer."""
+        for path, stage in walk_paths(self.recipe.stages):
+            if not (isinstance(stage, RepeatStage) and getattr(stage.schedule, "layer_rates", None)):
+                continue
+            where = ".".join(map(str, (*path, "repeat", "schedule", "layer_rates")))
+            for prune in (s for s in stage.stages if isinstance(s, PruneStage)):
+                layers = prune.layers if prune.layers is not None else self.recipe.layers
+                names = select_parameters(self.model, layers)
+                for pattern in unmatched_patterns(names, stage.schedule.layer_rates):  # type: ignore[union-attr]
+                    raise ConfigError(
+                        f"{where}: pattern {pattern!r} matches no prunable layer",
+                        fix=f"prunable parameters are: {', '.join(names)}",
+                    )
+
     # -- stage kinds --------------------------------------------------------------------------
     def run(self) -> RunResult:
         torch.manual_seed(self.recipe.seed)
-        self._run_stages(self.recipe.stages, level=None, level_sparsity=self.recipe.sparsity)
+        self._run_stages(self.recipe.stages, level=None, target=LevelTarget(self.recipe.sparsity))
+        self._flush_controls()
         return RunResult(self.recipe, self.model, masks_of(self.model), self.data.info, self.records)
 
-    def _run_stages(self, stages: list[Any], *, level: int | None, level_sparsity: float | None) -> None:
-        for stage in stages:
+    def _run_stages(
+        self, stages: list[Any], *, level: int | None, target: LevelTarget, controls: list[str] | None = None
+    ) -> None:
+        fork = fork_index(stages) if controls and self.control is None else None
+        for index, stage in enumerate(stages):
             self.counter += 1
             if self.counter <= self.resumed_from and not isinstance(stage, RepeatStage):
                 continue  # done before an interruption: its effects are in the restored state
             self.level = level
-            if isinstance(stage, TrainStage):
-                self._train(stage, level_sparsity)
-            elif isinstance(stage, PruneStage):
-                self._set_masks(
-                    self._compute(stage, stage.sparsity if stage.sparsity is not None else level_sparsity)
-                )
-            elif isinstance(stage, ResetStage):
-                seed = self.recipe.seed * 1000 + self.counter
-                state = apply_reset(
-                    self.model, stage.mode, snapshots=self.snapshots, step=stage.step, seed=seed
-                )
-                self.pending_optimizer_state = state
-            elif isinstance(stage, EvaluateStage):
-                self._evaluate(stage, level)
-            elif isinstance(stage, RepeatStage):
-                for i, target in enumerate(stage.schedule.levels(level_sparsity)):
-                    log.info("level %d: target sparsity %.4f", i + 1, target)
-                    self._run_stages(stage.stages, level=i + 1, level_sparsity=target)
-            else:  # pragma: no cover - the recipe schema admits no other kind
-                raise TypeError(f"unknown stage {stage!r}")
+            self._flush_controls()
+            self._run_stage(stage, level, target)
+            if index == fork:
+                self._run_controls(controls or [], stages[index + 1 :], level, target)
             if not isinstance(stage, RepeatStage):
                 self._save_state()
 
-    def _compute(self, spec: PruneSpec, sparsity: float | None) -> MaskSet:
+    def _run_stage(self, stage: Any, level: int | None, target: LevelTarget) -> None:
+        if isinstance(stage, TrainStage):
+            self._train(stage, target.sparsity)
+        elif isinstance(stage, PruneStage):
+            if stage.sparsity is None:  # the level's target, with its per-layer overrides
+                masks = self._compute(stage, target.sparsity, target.layer_sparsities)
+            else:
+                masks = self._compute(stage, stage.sparsity)
+            self._set_masks(masks)
+            self.last_training = None
+        elif isinstance(stage, ResetStage):
+            seed = self.recipe.seed * 1000 + self.counter
+            self.pending_optimizer_state = apply_reset(
+                self.model, stage.mode, snapshots=self.snapshots, step=self._rewind_step(stage), seed=seed
+            )
+            self.last_training = None
+        elif isinstance(stage, EvaluateStage):
+            self._evaluate(stage, level)
+        elif isinstance(stage, RepeatStage):
+            for i, level_target in enumerate(stage.schedule.targets(target.sparsity)):
+                log.info("level %d: target sparsity %.4f", i + 1, level_target.sparsity)
+                self._run_stages(stage.stages, level=i + 1, target=level_target, controls=stage.controls)
+        else:  # pragma: no cover - the recipe schema admits no other kind
+            raise TypeError(f"unknown stage {stage!r}")
+
+    # -- controls -----------------------------------------------------------------------------
+    def _run_controls(
+        self, names: list[str], stages: list[Any], level: int | None, target: LevelTarget
+    ) -> None:
+        """Run each control on a copy of this pipeline from here to the end of the level."""
+        for name in names:
+            control = CONTROLS.get(name)
+            branch = self._fork(name)
+            masks = masks_of(branch.model)
+            assert masks is not None  # a prune stage just ran
+            set_masks(branch.model, control.masks(masks, derived_seed(self.recipe.seed, self.counter, name)))
+            log.info("level %s: control %s", level, name)
+            with own_rng(branch.model):
+                branch._run_stages(control.stages(stages), level=level, target=target)
+
+    def _fork(self, control: str) -> Pipeline:
+        """A copy that shares the recipe, data and snapshots so far, with its own model and records.
+
+        It keeps this pipeline's stage counter, so its stages get the ticket's seeds and data order;
+        what it publishes goes to `pending_controls`.
+        """
+        branch = copy.copy(self)
+        branch.control = control
+        branch.model = copy.deepcopy(self.model)
+        branch.snapshots = dict(self.snapshots)
+        branch.pending_optimizer_state = copy.deepcopy(self.pending_optimizer_state)
+        branch.records = []
+        branch.workdir, branch.on_metrics, branch.resumed_from = None, None, 0
+        return branch
+
+    def _flush_controls(self) -> None:
+        """Publish the held-back control events of the stages reached so far (see the module doc)."""
+        if self.control is not None:
+            return
+        due = [e for e in self.pending_controls if e["stage"] <= self.counter]
+        self.pending_controls[:] = [e for e in self.pending_controls if e["stage"] > self.counter]
+        for e in due:
+            if e["record"] is not None:
+                self.records.append(e["record"])
+            self._emit(MetricEvent(e["stage"], e["kind"], e["level"], e["step"], e["metrics"], e["control"]))
+
+    def _compute(
+        self, spec: PruneSpec, sparsity: float | None, layer_sparsities: dict[str, float] | None = None
+    ) -> MaskSet:
         layers = spec.layers if spec.layers is not None else self.recipe.layers
         data = None
         if CRITERIA.get(spec.criterion).needs_data:
@@ -303,6 +432,7 @@ class Pipeline:
             criterion_options=spec.criterion_options,
             allocation_options=spec.allocation_options,
             structure_options=spec.structure_options,
+            layer_sparsities=layer_sparsities or None,
         )
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:
@@ -348,7 +478,8 @@ class Pipeline:
             description=f"stage {self.counter}: train",
         )
         for row in result.history:
-            self._emit("train", row.get("step"), row)
+            self._publish("train", row.get("step"), row, record=False)
+        self.last_training = best_of(result.history)
         missing = self.rewind_steps - set(self.snapshots)
         if not self.trained_once and missing:
             raise ConfigError(
@@ -358,8 +489,11 @@ class Pipeline:
         self.trained_once = True
 
     def _evaluate(self, stage: EvaluateStage, level: int | None) -> None:
-        row = {"label": stage.label or f"stage {self.counter}", "level": level}
+        row: dict[str, Any] = {"label": stage.label or f"stage {self.counter}", "level": level}
+        if self.control is not None:
+            row["control"] = self.control
         row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
+        row.update(self.last_training or {})
         if stage.beyond or self.recipe.beyond:
             row.update(
                 beyond_accuracy(
@@ -370,19 +504,56 @@ class Pipeline:
                     seed=self.recipe.seed,
                 )
             )
-        log.info("%s: accuracy %.4f, sparsity %.4f", row["label"], row["accuracy"], row["sparsity"])
-        self.records.append(row)
-        self._emit("evaluate", None, row)
+        log.info(
+            "%s%s: accuracy %.4f, sparsity %.4f",
+            row["label"],
+            f" (control {self.control})" if self.control else "",
+            row["accuracy"],
+            row["sparsity"],
+        )
+        self._publish("evaluate", None, row, record=True)
 
-    def _emit(self, kind: str, step: Any, row: dict[str, Any]) -> None:
-        if self.on_metrics is not None:
-            self.on_metrics(
-                MetricEvent(self.counter, kind, self.level, None if step is None else int(step), numeric(row))
+    def _publish(self, kind: str, step: Any, row: dict[str, Any], *, record: bool) -> None:
+        """A metric event (and, for evaluations, a record); a control's wait in `pending_controls`."""
+        step = None if step is None else int(step)
+        if self.control is not None:
+            self.pending_controls.append(
+                {
+                    "stage": self.counter,
+                    "kind": kind,
+                    "level": self.level,
+                    "step": step,
+                    "control": self.control,
+                    "metrics": numeric(row),
+                    "record": row if record else None,
+                }
             )
+            return
+        if record:
+            self.records.append(row)
+        self._emit(MetricEvent(self.counter, kind, self.level, step, numeric(row)))
+
+    def _emit(self, event: MetricEvent) -> None:
+        if self.on_metrics is not None:
+            self.on_metrics(event)
 
     # -- resuming -------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
         return json.dumps(self.recipe.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+    def _same_recipe(self, saved: Any) -> bool:
+        """Whether a state file's recipe is this one: equal text, or equal non-default values.
+
+        The second test accepts states written before a field with a no-op default was added.
+        """
+        if saved == self._fingerprint():
+            return True
+        from secateurs.store.hashing import essential  # the store imports this module
+
+        try:
+            return essential(recipe_from_raw(json.loads(saved))) == essential(self.recipe)
+        except (TypeError, ValueError, ConfigError):
+            return False
 
     def _save_state(self) -> None:
         """After each stage: everything needed to continue from here, written atomically."""
@@ -404,6 +575,8 @@ class Pipeline:
                 "trained_once": self.trained_once,
                 "records": self.records,
                 "dense_state": self.dense_state,
+                "last_training": self.last_training,
+                "pending_controls": self.pending_controls,
             },
         )
 
@@ -414,7 +587,7 @@ class Pipeline:
         if not path.exists():
             return 0
         state = load_checkpoint(path)
-        if state.get("recipe") != self._fingerprint():
+        if not self._same_recipe(state.get("recipe")):
             raise CheckpointError(
                 f"{path} was written by a different recipe",
                 fix="use a fresh working directory for a changed recipe, or delete the stale state file",
@@ -431,6 +604,8 @@ class Pipeline:
             self.trained_once = bool(state["trained_once"])
             self.records = list(state["records"])
             self.dense_state = state["dense_state"]
+            self.last_training = state.get("last_training")  # absent from states of older versions
+            self.pending_controls = list(state.get("pending_controls", []))
         except (KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(
                 f"{path} is not a usable pipeline state ({err})", fix="delete it to start over"

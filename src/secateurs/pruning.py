@@ -44,8 +44,12 @@ def masks_from_scores(
     current: MaskSet | None = None,
     allow_collapse: bool = False,
     allocation_options: Mapping[str, Any] | None = None,
+    layer_sparsities: Mapping[str, float] | None = None,
 ) -> MaskSet:
-    """Turn per-parameter scores (higher = keep) into masks at the requested sparsity."""
+    """Turn per-parameter scores (higher = keep) into masks at the requested sparsity.
+
+    `layer_sparsities` (name pattern → sparsity) overrides the allocation for matching layers.
+    """
     structure = structure or build_structure("unstructured")
     layers = []
     for name, score in scores.items():
@@ -59,7 +63,12 @@ def masks_from_scores(
         shape = tuple(score.shape)
         layers.append(LayerInfo(name, shape, structure.group_size(shape), structure.group_scores(s)))
     keep = allocate(
-        allocation, layers, sparsity, allow_collapse=allow_collapse, **dict(allocation_options or {})
+        allocation,
+        layers,
+        sparsity,
+        allow_collapse=allow_collapse,
+        layer_sparsities=layer_sparsities,
+        **dict(allocation_options or {}),
     )
     masks = {}
     for layer in layers:
@@ -106,11 +115,13 @@ def compute_masks(
     criterion_options: Mapping[str, Any] | None = None,
     allocation_options: Mapping[str, Any] | None = None,
     structure_options: Mapping[str, Any] | None = None,
+    layer_sparsities: Mapping[str, float] | None = None,
 ) -> MaskSet:
     """Masks for `model` at `sparsity` (fraction removed), without changing the model.
 
     The result covers the selected parameters plus any previously masked ones, and is a
-    subset of the model's current masks (masks only shrink).
+    subset of the model's current masks (masks only shrink). `layer_sparsities` maps name
+    patterns to a sparsity of their own (see `secateurs.allocation.allocate`).
     """
     if sparsity is not None:
         check_sparsity(sparsity)
@@ -138,6 +149,7 @@ def compute_masks(
         current=current,
         allow_collapse=allow_collapse,
         allocation_options=allocation_options,
+        layer_sparsities=layer_sparsities,
     )
     if existing is None:
         return new

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from secateurs.controls import CONTROLS, check_controls
 from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection
 from secateurs.schedules import SCHEDULE_NAMES, Gradual, LevelSchedule
@@ -105,9 +106,25 @@ class PruneStage(PruneSpec):
 
 
 class ResetStage(StrictModel):
+    """Where the surviving weights restart (see `secateurs.reset`); `step`/`epoch` pick a rewind target."""
+
     kind: Literal["reset"] = "reset"
-    mode: Literal["keep", "rewind", "reinit", "orthp"] = "keep"
+    mode: Literal["keep", "rewind", "lr_rewind", "reinit", "orthp"] = "keep"
     step: int = Field(0, ge=0, description="rewind target: optimizer step of the first training stage")
+    epoch: float | None = Field(
+        None, ge=0, description="rewind target in epochs of the first training stage (instead of step)"
+    )
+
+    @model_validator(mode="after")
+    def _target_only_for_rewind(self) -> ResetStage:
+        if self.mode != "rewind" and (self.step != 0 or self.epoch is not None):
+            raise ValueError(
+                f"`step` and `epoch` choose where a rewind goes back to; reset mode {self.mode!r} "
+                "takes neither"
+            )
+        if self.step != 0 and self.epoch is not None:
+            raise ValueError("give the rewind target as `step` or as `epoch`, not both")
+        return self
 
 
 class EvaluateStage(StrictModel):
@@ -121,14 +138,31 @@ class EvaluateStage(StrictModel):
 
 
 class RepeatStage(StrictModel):
+    """Runs `stages` once per level of `schedule`; `controls` branch off after each level's prune."""
+
     kind: Literal["repeat"] = "repeat"
     schedule: LevelSchedule
     stages: list[Stage]
+    controls: list[str] = Field(
+        default_factory=list,
+        description="control experiments run beside every level: " + ", ".join(CONTROLS.names()),
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _unwrap_stages(cls, value: Any) -> Any:
         return _unwrap_stage_list(value)
+
+    @model_validator(mode="after")
+    def _check_level(self) -> RepeatStage:
+        if getattr(self.schedule, "layer_rates", None) and not any(
+            isinstance(s, PruneStage) for s in self.stages
+        ):
+            raise ValueError("the schedule's layer_rates apply to prune stages: add one to the repeat")
+        problem = check_controls(self.controls, self.stages)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 Stage = Annotated[
@@ -188,7 +222,47 @@ class Recipe(StrictModel):
         for path, stage in walk_paths(self.stages):
             if isinstance(stage, TrainStage):
                 self._check_train((*path, "train"), stage.options)
+        problems = self._lr_rewind_problems(self.stages, ("stages",))
+        if problems:
+            raise FieldProblems(problems)
         return self
+
+    def _lr_rewind_problems(
+        self, stages: list[Any], prefix: tuple[str | int, ...]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """An lr_rewind must be followed by a train stage replaying the first one's optimizer and LR schedule.
+
+        Learning-rate rewinding (Renda et al. 2020) retrains with the original schedule; with
+        another optimizer or schedule the run would be something else under that name.
+        """
+        first = next((s for s in walk(self.stages) if isinstance(s, TrainStage)), None)
+        problems = []
+        for i, stage in enumerate(stages):
+            path = (*prefix, i)
+            if isinstance(stage, RepeatStage):
+                problems += self._lr_rewind_problems(stage.stages, (*path, "repeat", "stages"))
+            if not (isinstance(stage, ResetStage) and stage.mode == "lr_rewind"):
+                continue
+            after = next((s for s in stages[i + 1 :] if isinstance(s, TrainStage)), None)
+            if after is None or first is None:
+                problems.append(((*path, "reset"), "lr_rewind needs a train stage after it to replay the LR"))
+                continue
+            original, replay = self.train_config(first.options), self.train_config(after.options)
+            differ = [
+                f"{key} {getattr(replay, key).model_dump()} vs {getattr(original, key).model_dump()}"
+                for key in ("optimizer", "lr_schedule")
+                if getattr(replay, key) != getattr(original, key)
+            ]
+            if differ:
+                problems.append(
+                    (
+                        (*path, "reset"),
+                        "lr_rewind replays the first training stage's LR schedule, but the train stage "
+                        f"after it differs: {'; '.join(differ)} (use the same optimizer and lr_schedule, "
+                        "or reset mode keep to finetune with other options)",
+                    )
+                )
+        return problems
 
     def _check_train(self, path: tuple[str | int, ...], overrides: dict[str, Any]) -> None:
         """Validate merged training options; errors name the field under `path`."""

@@ -3,6 +3,10 @@
 Runs are grouped by (data set, model, method, target sparsity) and summarised over seeds as
 mean ± std. The dense reference of a (data set, model) pair is every evaluation at sparsity 0
 found in its runs (the "dense" evaluation most recipes make before pruning), averaged.
+
+Runs with repeat levels also get ticket curves: per level, the last evaluation of the run itself
+("ticket") and of each control experiment ("control=reinit", ...), mean ± std over seeds against
+the remaining weights, with the early-stop step (where test accuracy peaked) of each level.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import fnmatch
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,14 @@ from typing import Any
 from secateurs.errors import ConfigError
 from secateurs.eval.potential import prune_potential
 from secateurs.fileio import atomic_write_text, save_figure
-from secateurs.store.db import ResultsDB
+from secateurs.store.db import MetricRow, ResultsDB
 
 SHIFT_PREFIX = "acc@"
+TICKET = "ticket"
+"""The series name of a run's own levels in ticket curves (controls are `control=<name>`)."""
+
+LevelKey = tuple[str | None, int]
+"""(control, level) of an evaluation; control None is the run itself."""
 
 
 @dataclass
@@ -37,6 +46,7 @@ class RunSummary:
     final: dict[str, float]
     dense: dict[str, float] | None = None
     masks_path: str | None = None
+    levels: dict[LevelKey, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,8 +61,8 @@ class Cell:
     def std(self) -> float:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
-    def text(self, scale: float = 100.0) -> str:
-        return f"{scale * self.mean:.2f} ± {scale * self.std:.2f}" if self.values else "—"
+    def text(self, scale: float = 100.0, digits: int = 2) -> str:
+        return f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}" if self.values else "—"
 
 
 def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
@@ -65,7 +75,8 @@ def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
     for record in db.list_runs(status="finished"):
         if name is not None and not fnmatch.fnmatchcase(record.name, name):
             continue
-        rows = [m for m in db.metrics(record.hash) if m.kind == "evaluate" and m.value is not None]
+        all_rows = db.metrics(record.hash)
+        rows = [m for m in all_rows if m.kind == "evaluate" and m.value is not None and m.control is None]
         by_stage: dict[int, dict[str, float]] = defaultdict(dict)
         for m in rows:
             by_stage[m.stage][m.name] = float(m.value)  # type: ignore[arg-type]
@@ -87,9 +98,168 @@ def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
                 final=final,
                 dense=dense,
                 masks_path=_artifact(root, db.artifacts(record.hash).get("model")),
+                levels=levels_from_rows(all_rows),
             )
         )
     return out
+
+
+# -- levels and ticket curves ---------------------------------------------------------------------
+def levels_from_rows(rows: Iterable[MetricRow]) -> dict[LevelKey, dict[str, float]]:
+    """The last evaluation of each (control, level) among one run's metric rows from the store."""
+    events: dict[tuple[int, str | None], dict[str, float]] = {}
+    level_of: dict[tuple[int, str | None], int] = {}
+    for m in rows:
+        if m.kind == "evaluate" and m.level is not None and m.value is not None:
+            events.setdefault((m.stage, m.control), {})[m.name] = float(m.value)
+            level_of[(m.stage, m.control)] = m.level
+    out: dict[LevelKey, dict[str, float]] = {}
+    for key in sorted(events, key=lambda k: k[0]):  # a later evaluation of a level replaces an earlier one
+        out[(key[1], level_of[key])] = events[key]
+    return out
+
+
+def levels_from_records(records: Iterable[Mapping[str, Any]]) -> dict[LevelKey, dict[str, float]]:
+    """The last evaluation of each (control, level) among a run's records (`RunResult.records`)."""
+    out: dict[LevelKey, dict[str, float]] = {}
+    for r in records:
+        if r.get("level") is not None:
+            out[(r.get("control"), int(r["level"]))] = {
+                k: float(v)
+                for k, v in r.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "level"
+            }
+    return out
+
+
+@dataclass
+class TicketPoint:
+    """One level of a ticket curve: remaining weights (fraction, mean over runs) and two cells over runs."""
+
+    level: int
+    remaining: float
+    metric: Cell
+    best_step: Cell
+
+
+def series_name(control: str | None) -> str:
+    return TICKET if control is None else f"control={control}"
+
+
+def ticket_curves(
+    runs: Iterable[Mapping[LevelKey, Mapping[str, float]]], metric: str = "accuracy"
+) -> dict[str, list[TicketPoint]]:
+    """Series ("ticket", "control=reinit", ...) → one point per level, mean ± std over `runs` (seeds).
+
+    Each element of `runs` is one run's levels, from `levels_from_rows` or `levels_from_records`.
+    """
+    found: dict[tuple[str | None, int], list[Mapping[str, float]]] = defaultdict(list)
+    for levels in runs:
+        for key, metrics in levels.items():
+            found[key].append(metrics)
+    out: dict[str, list[TicketPoint]] = {}
+    for (control, level), rows in sorted(found.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        remaining = [m["remaining"] for m in rows if "remaining" in m]
+        out.setdefault(series_name(control), []).append(
+            TicketPoint(
+                level,
+                statistics.fmean(remaining) if remaining else math.nan,
+                Cell([m[metric] for m in rows if metric in m]),
+                Cell([m["best_step"] for m in rows if "best_step" in m]),
+            )
+        )
+    return out
+
+
+def level_panels(
+    runs: list[RunSummary], metric: str = "accuracy"
+) -> tuple[dict[str, dict[str, list[TicketPoint]]], dict[str, Cell]]:
+    """Ticket curves per (data set, model, method) of the runs with levels, and each panel's dense cell.
+
+    Of a method's target sparsities the highest is shown: its levels pass through the others'
+    (the same seed gives the same levels until a schedule stops at its target).
+    """
+    groups: dict[tuple[str, str, str], list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        if r.levels:
+            groups[(r.data, r.model, r.method)].append(r)
+    panels, dense = {}, {}
+    for (data, model, method), group in sorted(groups.items()):
+        top = max(r.sparsity for r in group)
+        title = f"{method} · {data} · {model}"
+        if len({r.sparsity for r in group}) > 1:
+            title += f" (to sparsity {100 * top:g} %)"
+        panels[title] = ticket_curves([r.levels for r in group if r.sparsity == top], metric)
+        dense[title] = _dense(group, metric)
+    return panels, dense
+
+
+def ticket_table(panels: Mapping[str, Mapping[str, list[TicketPoint]]], metric: str = "accuracy") -> str:
+    """Markdown: per panel and level, remaining weights, each series' metric, the ticket's early stop."""
+    parts = []
+    for title, curves in panels.items():
+        names = list(curves)
+        levels = sorted({p.level for points in curves.values() for p in points})
+        by = {(n, p.level): p for n, points in curves.items() for p in points}
+        parts += [f"### {title}: test {metric} (%) per level, mean ± std over seeds", ""]
+        parts.append("| level | remaining | " + " | ".join(names) + " | early stop step (ticket) |")
+        parts.append("|---|---|" + "---|" * (len(names) + 1))
+        for level in levels:
+            point = by.get((TICKET, level)) or next(by[(n, level)] for n in names if (n, level) in by)
+            cells = [by[(n, level)].metric.text() if (n, level) in by else "—" for n in names]
+            ticket = by.get((TICKET, level))
+            stop = ticket.best_step.text(scale=1.0, digits=0) if ticket is not None else "—"
+            parts.append(f"| {level} | {100 * point.remaining:.2f} % | " + " | ".join(cells) + f" | {stop} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_ticket_curves(
+    panels: Mapping[str, Mapping[str, list[TicketPoint]]],
+    path: Path,
+    *,
+    dense: Mapping[str, Cell] | None = None,
+    metric: str = "accuracy",
+) -> Path:
+    """Ticket curves, one column per panel: the metric (mean ± std band) against the remaining weights
+    on a log axis, one line per series, and below it the early-stop step of each level.
+
+    `panels` maps a title to `ticket_curves(...)`; from records:
+    `plot_ticket_curves({"IMP": ticket_curves([levels_from_records(r.records) for r in results])}, path)`.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8), squeeze=False, sharex="col")
+    for column, (title, curves) in enumerate(panels.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        reference = (dense or {}).get(title)
+        if reference is not None and reference.values:
+            top.axhline(100 * reference.mean, color="black", linestyle="--", label="dense")
+        for name, points in curves.items():
+            x = [100 * p.remaining for p in points]
+            mean = [100 * p.metric.mean if p.metric.values else math.nan for p in points]
+            std = [100 * p.metric.std if p.metric.values else math.nan for p in points]
+            top.plot(x, mean, marker="o", label=name)
+            top.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                             [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
+            steps = [(100 * p.remaining, p.best_step) for p in points if p.best_step.values]
+            if steps:
+                xs, cells = [x for x, _ in steps], [c for _, c in steps]
+                bottom.errorbar(xs, [c.mean for c in cells], yerr=[c.std for c in cells], marker="o",
+                                capsize=3, label=name)  # fmt: skip
+        ticks = sorted({100 * p.remaining for points in curves.values() for p in points}, reverse=True)
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], fontsize=7)  # the levels' remaining weights
+            ax.minorticks_off()
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+        if not top.xaxis_inverted():
+            top.invert_xaxis()  # shared with the axes below: sparser to the right
+        top.set_title(title, fontsize=9)
+        top.set_ylabel(f"test {metric} (%)")
+        bottom.set_ylabel("early-stop step (best test accuracy)")
+        bottom.set_xlabel("remaining weights (%), log scale")
+    return save_figure(fig, path)
 
 
 def _artifact(root: Path, relative: str | None) -> str | None:
@@ -276,11 +446,21 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
     if not runs:
         raise ConfigError("no finished runs match", fix="check --name, or run the sweep first")
     out_dir = Path(out)
+    panels, dense = level_panels(runs)
     images = [p for p in (
         plot_accuracy(runs, out_dir / "accuracy_vs_remaining.png"),
         plot_excess_error(runs, out_dir / "excess_error.png"),
         plot_layer_sparsity(runs, out_dir / "layer_sparsity.png"),
+        plot_ticket_curves(panels, out_dir / "ticket_curves.png", dense=dense) if panels else None,
     ) if p is not None]  # fmt: skip
+    levels = [
+        "## Levels (lottery tickets)",
+        "",
+        "Per level of the runs' repeat stages: the run itself (ticket) and each control experiment,",
+        "with the step at which test accuracy peaked while the ticket retrained (early stopping).",
+        "",
+        ticket_table(panels),
+    ]
     text = [
         "# secateurs report",
         "",
@@ -295,6 +475,7 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
         "under each distribution shift (Liebenwein et al. 2021).",
         "",
         potential_table(runs, delta),
+        *(levels if panels else []),
         "## Plots",
         "",
         *[f"![{p.stem}]({p.name})" for p in images],

@@ -1,9 +1,15 @@
 """Resets: which weights the surviving connections start from after a prune step.
 
-- keep:    continue from the pruned weights (finetuning, PaT).
+- keep:    continue from the pruned weights (finetuning, PaT) with the next stage's own options.
+- lr_rewind: learning-rate rewinding (Renda et al. 2020): keep the pruned weights and start the
+           optimizer afresh (no momentum or Adam moments, step counters at 0); the next training
+           stage replays the LR schedule from its start. The recipe checks that this stage uses
+           the first training stage's optimizer and LR schedule. The weights are treated as by
+           `keep`: the two differ in what the next stage must be, so the name says what was run.
 - rewind:  restore the weights and buffers saved at training step k of the first training stage
            (k = 0: the initialisation, as in the lottery ticket hypothesis); the optimizer state
-           saved at k is handed to the next training stage.
+           saved at k (momentum, Adam moments and step counters) is handed to the next training
+           stage, whose LR schedule starts afresh.
 - reinit:  draw fresh initial weights (the "random reinit" control), same masks.
 - orthp:   keep the pruned weights but make every masked weight matrix (semi-)orthogonal under
            its mask (OrthP, Wang et al. 2021), restoring the dynamical isometry pruning broke.
@@ -24,7 +30,7 @@ from secateurs.eval.isometry import orthogonalize_
 from secateurs.masks import MaskSet, masks_of
 from secateurs.models import reinitialize
 
-ResetMode = Literal["keep", "rewind", "reinit", "orthp"]
+ResetMode = Literal["keep", "rewind", "lr_rewind", "reinit", "orthp"]
 
 
 @dataclass
@@ -62,10 +68,10 @@ def apply_reset(
         reinitialize(model, seed=seed)
     elif mode == "orthp":
         _orthogonalize_masked(model, masks_of(model))
-    elif mode != "keep":
+    elif mode not in ("keep", "lr_rewind"):  # both keep the weights; no optimizer state is handed on
         raise ConfigError(
             f"unknown reset mode {mode!r}",
-            fix="use keep, rewind or reinit, or orthp to orthogonalize a pruned model's weights",
+            fix="use keep, lr_rewind, rewind or reinit, or orthp to orthogonalize a pruned model's weights",
         )
     masks = masks_of(model)
     if masks is not None:

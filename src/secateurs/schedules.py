@@ -8,6 +8,7 @@ validated configs so they appear in recipes and hash the same way everywhere.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
@@ -17,7 +18,29 @@ from secateurs.errors import ConfigError
 from secateurs.train.config import StrictModel
 
 
-class OneShot(StrictModel):
+@dataclass(frozen=True)
+class LevelTarget:
+    """What one level of a repeat prunes to.
+
+    `sparsity` is the target of the level's prune stages; `layer_sparsities` (name pattern →
+    sparsity) gives some layers a target of their own (see `secateurs.allocation.allocate`).
+    """
+
+    sparsity: float | None
+    layer_sparsities: dict[str, float] = field(default_factory=dict)
+
+
+class _LevelSchedule(StrictModel):
+    """A schedule of sparsity per level; `targets` adds the per-layer overrides of each level."""
+
+    def levels(self, default: float | None = None) -> list[float]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def targets(self, default: float | None = None) -> list[LevelTarget]:
+        return [LevelTarget(s) for s in self.levels(default)]
+
+
+class OneShot(_LevelSchedule):
     """Prune once, straight to the target."""
 
     name: Literal["oneshot"] = "oneshot"
@@ -32,18 +55,28 @@ class OneShot(StrictModel):
         return [check_sparsity(target)]
 
 
-class Iterative(StrictModel):
+class Iterative(_LevelSchedule):
     """Remove a fixed fraction `rate` of the surviving weights per level.
 
     Sparsity after level l is 1 − (1 − rate)^l. Give either `levels` (how many), or a target
     `sparsity`: then levels continue until the target is reached and the last one stops
     exactly at it.
+
+    `layer_rates` (name pattern → rate r') prunes matching layers at their own rate: after
+    level l such a layer has sparsity 1 − (1 − r')^l, so it keeps n − round_half_up((1 − (1 − r')^l)·n)
+    of its n weights, at every level including a last level cut short to reach the target
+    (the lottery ticket's output layer at 10 % per level while the others lose 20 %). The
+    target `sparsity` is then that of the other layers; the whole network ends less sparse.
+    Prune stages of the repeat that set their own `sparsity` do not use the level's targets.
     """
 
     name: Literal["iterative"] = "iterative"
     rate: float = Field(0.2, gt=0, lt=1)
     levels_: int | None = Field(None, gt=0, alias="levels")
     sparsity: float | None = Field(None, ge=0, lt=1)
+    layer_rates: dict[str, float] = Field(
+        default_factory=dict, description="name pattern -> its own rate per level (e.g. {classifier: 0.1})"
+    )
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 
@@ -51,7 +84,16 @@ class Iterative(StrictModel):
     def _one_stop(self) -> Iterative:
         if self.levels_ is not None and self.sparsity is not None:
             raise ValueError("give the iterative schedule `levels` or a target `sparsity`, not both")
+        bad = {p: r for p, r in self.layer_rates.items() if not 0 < r < 1}
+        if bad:
+            raise ValueError(f"layer_rates must lie strictly between 0 and 1, got {bad}")
         return self
+
+    def targets(self, default: float | None = None) -> list[LevelTarget]:
+        return [
+            LevelTarget(s, {p: 1.0 - (1.0 - r) ** level for p, r in self.layer_rates.items()})
+            for level, s in enumerate(self.levels(default), start=1)
+        ]
 
     def levels(self, default: float | None = None) -> list[float]:
         if self.levels_ is not None:
@@ -70,7 +112,7 @@ class Iterative(StrictModel):
         return [*out, target]
 
 
-class Levels(StrictModel):
+class Levels(_LevelSchedule):
     """Prune to each listed sparsity in turn (an iterative schedule with hand-picked levels)."""
 
     name: Literal["levels"] = "levels"

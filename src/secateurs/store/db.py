@@ -8,6 +8,11 @@ its run directory count only once the row says `finished`.
 
 Opening checks before writing anything: a file that is not SQLite, or a SQLite database without
 our `meta` table, is refused, and so is a database written by a newer schema.
+
+Schema versions: 2 added `metrics.control`, the control experiment (e.g. "reinit") an event
+belongs to, NULL for the run's own events. A version-1 database is read as it is (no controls)
+and migrated only when a control event is first written to it, so processes of the older
+version working on it meanwhile are not refused.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 
 from secateurs.errors import ConfigError, SecateursError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CREATED_BY = "secateurs"
 DB_NAME = "results.db"
 STATUSES = ("pending", "running", "finished", "failed")
@@ -58,7 +63,8 @@ _SCHEMA = (
         level INTEGER,
         step INTEGER,
         name TEXT NOT NULL,
-        value REAL
+        value REAL,
+        control TEXT
     )""",
     "CREATE INDEX metrics_run ON metrics (run, stage)",
     """CREATE TABLE artifacts (
@@ -110,6 +116,7 @@ class MetricRow:
     step: int | None
     name: str
     value: float | None
+    control: str | None = None  # the control experiment, None for the run itself
 
 
 def _not_ours(path: Path) -> ConfigError:
@@ -173,6 +180,7 @@ class ResultsDB:
         self.conn.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_S * 1000)}")
         if self._inspect() == "ours":
             self._ensure_wal()
+            self._has_control = self._control_column()
             return
         if not create:
             raise _not_ours(self.path)
@@ -185,6 +193,19 @@ class ResultsDB:
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [("schema_version", str(SCHEMA_VERSION)), ("created_by", CREATED_BY)],
                 )
+        self._has_control = self._control_column()
+
+    def _control_column(self) -> bool:
+        """Whether `metrics` has the `control` column (schema version 2)."""
+        return any(row[1] == "control" for row in self.conn.execute("PRAGMA table_info(metrics)"))
+
+    def _add_control_column(self) -> None:
+        """Migrate a version-1 database to version 2 (one added column) before its first control event."""
+        with self._write() as conn:
+            if not self._control_column():  # another process may have migrated it meanwhile
+                conn.execute("ALTER TABLE metrics ADD COLUMN control TEXT")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        self._has_control = True
 
     def _inspect(self) -> str:
         """'empty' (no tables) or 'ours'; raises for a foreign or a newer database. Reads only."""
@@ -343,27 +364,45 @@ class ResultsDB:
         level: int | None,
         step: int | None,
         metrics: Mapping[str, float],
+        control: str | None = None,
     ) -> None:
+        """One event's metrics; `control` names the control experiment it belongs to (None: the run)."""
+        if control is not None and not self._has_control:
+            self._add_control_column()
         rows = [(run, stage, kind, level, step, name, float(value)) for name, value in metrics.items()]
+        columns = "run, stage, kind, level, step, name, value"
+        if control is not None:
+            rows = [(*row, control) for row in rows]
+            columns += ", control"
+        marks = ", ".join("?" for _ in columns.split(", "))
         with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO metrics (run, stage, kind, level, step, name, value)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            conn.executemany(f"INSERT INTO metrics ({columns}) VALUES ({marks})", rows)
+
+    def _control(self) -> str:
+        """The `control` column in a SELECT, NULL for a version-1 database (checked again each time:
+        another process may have migrated it since it was opened)."""
+        if not self._has_control:
+            self._has_control = self._control_column()
+        return "control" if self._has_control else "NULL"
 
     def metrics(self, run: str) -> list[MetricRow]:
         """All metric rows of a run in the order they were recorded."""
         rows = self._read(
-            "SELECT stage, kind, level, step, name, value FROM metrics WHERE run = ? ORDER BY rowid", (run,)
+            f"SELECT stage, kind, level, step, name, value, {self._control()} FROM metrics WHERE run = ?"
+            " ORDER BY rowid",
+            (run,),
         )
         return [MetricRow(*row) for row in rows]
 
     def final_metrics(self, run: str) -> dict[str, float | None]:
-        """The metrics of the run's last evaluation (or, without one, of its last event)."""
+        """The metrics of the run's last evaluation (or, without one, of its last event).
+
+        Control experiments' events are left out: they are not the run's result.
+        """
+        own = f"{self._control()} IS NULL"
         last = self._read(
-            "SELECT stage, kind, step FROM metrics WHERE run = ? ORDER BY kind = 'evaluate' DESC, rowid DESC"
-            " LIMIT 1",
+            f"SELECT stage, kind, step FROM metrics WHERE run = ? AND {own}"
+            " ORDER BY kind = 'evaluate' DESC, rowid DESC LIMIT 1",
             (run,),
         )
         if not last:
@@ -371,7 +410,7 @@ class ResultsDB:
         stage, kind, step = last[0]
         rows = self._read(
             "SELECT name, value FROM metrics WHERE run = ? AND stage = ? AND kind = ? AND step IS ?"
-            " ORDER BY rowid",
+            f" AND {own} ORDER BY rowid",
             (run, stage, kind, step),
         )
         return dict(rows)

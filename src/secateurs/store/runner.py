@@ -143,7 +143,7 @@ class _MetricWriter:
     def __call__(self, event: MetricEvent) -> None:
         self.db.add_metrics(
             self.run, stage=event.stage, kind=event.kind, level=event.level, step=event.step,
-            metrics=event.metrics,
+            metrics=event.metrics, control=event.control,
         )  # fmt: skip
 
 
