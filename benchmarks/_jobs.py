@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 from collections.abc import Callable
@@ -11,6 +12,15 @@ from typing import Any
 from secateurs.fileio import atomic_write_text
 
 Job = dict[str, Any]
+
+
+def benchmark_args(doc: str, quick_help: str) -> argparse.Namespace:
+    """The options every benchmark shares: --quick, --workers, --fresh."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes (one torch thread each)")
+    parser.add_argument("--fresh", action="store_true", help="forget finished jobs and start over")
+    return parser.parse_args()
 
 
 def load_done(store: Path) -> dict[str, Any]:

@@ -9,13 +9,12 @@ in a JSON file, so an interrupted benchmark resumes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from _jobs import load_done, run_phase
+from _jobs import benchmark_args, load_done, run_phase
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import Cell, levels_from_records, plot_ticket_curves, ticket_curves, ticket_table
@@ -122,11 +121,7 @@ def report(setup: dict[str, Any], done: dict[str, Any], stem: str, budget_text: 
 
 
 def main(setup: dict[str, Any], quick_setup: dict[str, Any], stem: str, doc: str) -> None:
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, few levels and epochs")
-    parser.add_argument("--workers", type=int, default=2, help="parallel processes (one torch thread each)")
-    parser.add_argument("--fresh", action="store_true", help="forget finished seeds and start over")
-    args = parser.parse_args()
+    args = benchmark_args(doc, "one seed, few levels and epochs")
     if args.quick:
         setup, stem = {**setup, **quick_setup}, f"{stem}_quick"
     store = RESULTS / f"{stem}_runs.json"

@@ -18,13 +18,12 @@ finetune_lr{,_quick}_runs.json, so an interrupted run resumes.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from _jobs import load_done, run_phase
+from _jobs import benchmark_args, load_done, run_phase
 
 from secateurs.fileio import atomic_write_text, save_figure
 
@@ -300,11 +299,7 @@ def plot(done: dict[str, Any], b: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, one model, one epoch per phase")
-    parser.add_argument("--workers", type=int, default=2, help="parallel processes (one torch thread each)")
-    parser.add_argument("--fresh", action="store_true", help="forget finished jobs and start over")
-    args = parser.parse_args()
+    args = benchmark_args(__doc__, "one seed, one model, one epoch per phase")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         (RESULTS / f"finetune_lr{'_quick' if args.quick else ''}_runs.json").unlink(missing_ok=True)

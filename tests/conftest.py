@@ -5,6 +5,9 @@ import os
 import pytest
 import torch
 
+from secateurs.masks import MaskSet
+from secateurs.pipeline import Pipeline
+
 torch.set_num_threads(1)
 
 
@@ -13,3 +16,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Tests never write to the user's cache; MNIST-1D is generated once per session directory."""
     if "SECATEURS_CACHE" not in os.environ:
         monkeypatch.setenv("SECATEURS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def mask_log(monkeypatch: pytest.MonkeyPatch) -> list[MaskSet]:
+    """Every mask set a pipeline installs on its model by pruning, in order."""
+    log: list[MaskSet] = []
+    original = Pipeline._set_masks
+
+    def spy(self: Pipeline, masks: MaskSet) -> MaskSet:
+        log.append(masks)
+        return original(self, masks)
+
+    monkeypatch.setattr(Pipeline, "_set_masks", spy)
+    return log

@@ -106,20 +106,6 @@ def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return calls
 
 
-@pytest.fixture
-def mask_log(monkeypatch: pytest.MonkeyPatch) -> list[MaskSet]:
-    """The masks of every prune stage the ticket runs (controls install theirs without pruning)."""
-    log: list[MaskSet] = []
-    original = Pipeline._set_masks
-
-    def spy(self: Pipeline, masks: MaskSet) -> MaskSet:
-        log.append(masks)
-        return original(self, masks)
-
-    monkeypatch.setattr(Pipeline, "_set_masks", spy)
-    return log
-
-
 def counts(masks: MaskSet) -> dict[str, int]:
     return {name: int(mask.sum()) for name, mask in masks.items()}
 

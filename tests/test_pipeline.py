@@ -57,20 +57,6 @@ def params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-@pytest.fixture
-def mask_log(monkeypatch: pytest.MonkeyPatch) -> list[MaskSet]:
-    """Every mask set the pipeline installs on its model, in order."""
-    log: list[MaskSet] = []
-    original = Pipeline._set_masks
-
-    def spy(self: Pipeline, masks: MaskSet) -> MaskSet:
-        log.append(masks)
-        return original(self, masks)
-
-    monkeypatch.setattr(Pipeline, "_set_masks", spy)
-    return log
-
-
 def assert_subset(inner: MaskSet, outer: MaskSet) -> None:
     assert list(inner) == list(outer)
     for name in inner:
