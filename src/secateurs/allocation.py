@@ -176,23 +176,17 @@ def explicit(
             "the explicit allocation needs `sparsities`, a mapping of layer patterns to sparsities",
             fix="set allocation_options: {sparsities: {'features.*': 0.5}}, or use the 'uniform' allocation",
         )
-    for pattern, value in sparsities.items():
-        check_sparsity(value, where=f"explicit sparsity for {pattern!r}")
-        if not any(_layer_matches(layer, pattern) for layer in layers):
-            raise ConfigError(
-                f"explicit allocation pattern {pattern!r} matches no prunable layer",
-                fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
-            )
-    out = {}
+    out = override_counts(layers, sparsities, what="explicit")
     for layer in layers:
-        value = next((v for p, v in sparsities.items() if _layer_matches(layer, p)), sparsity)
-        if value is None:
+        if layer.name in out:
+            continue
+        if sparsity is None:
             raise ConfigError(
                 f"no sparsity for layer {layer.name!r}",
                 fix="give it a pattern in `sparsities` or set the prune step's `sparsity`",
             )
-        out[layer.name] = _kept_after(layer.num_groups, value)
-    return out
+        out[layer.name] = _kept_after(layer.num_groups, sparsity)
+    return {layer.name: out[layer.name] for layer in layers}
 
 
 def _module(param_name: str) -> str:
@@ -209,17 +203,19 @@ def unmatched_patterns(names: Iterable[str], patterns: Iterable[str]) -> list[st
     return [p for p in patterns if not any(fnmatchcase(n, p) or fnmatchcase(_module(n), p) for n in names)]
 
 
-def override_counts(layers: list[LayerInfo], layer_sparsities: Mapping[str, float]) -> dict[str, int]:
+def override_counts(
+    layers: list[LayerInfo], layer_sparsities: Mapping[str, float], *, what: str = "layer"
+) -> dict[str, int]:
     """Keep counts of the layers named by an override pattern (first matching pattern wins).
 
     Every pattern must match a prunable layer: a typo would otherwise silently prune the
     layer at the common rate.
     """
     for pattern, value in layer_sparsities.items():
-        check_sparsity(value, where=f"layer sparsity for {pattern!r}")
+        check_sparsity(value, where=f"{what} sparsity for {pattern!r}")
     for pattern in unmatched_patterns((layer.name for layer in layers), layer_sparsities):
         raise ConfigError(
-            f"layer sparsity pattern {pattern!r} matches no prunable layer",
+            f"{what} sparsity pattern {pattern!r} matches no prunable layer",
             fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
         )
     out = {}
