@@ -319,8 +319,14 @@ def test_random_criterion_is_reproducible_by_seed() -> None:
 @pytest.mark.parametrize(
     ("options", "pattern"),
     [
-        ({"criterion": "magnitud"}, r"unknown criterion 'magnitud'.*magnitude, random, taylor"),
-        ({"allocation": "flat"}, r"unknown allocation 'flat'.*er, erk, explicit, global, uniform"),
+        (
+            {"criterion": "magnitud"},
+            r"unknown criterion 'magnitud'.*grasp, magnitude, random, snip, synflow, taylor",
+        ),
+        (
+            {"allocation": "flat"},
+            r"unknown allocation 'flat'.*er, erk, explicit, global, smart_ratio, uniform",
+        ),
         ({"structure": "blocks9"}, r"unknown structure 'blocks9'.*unstructured"),
         ({"criterion_options": {"power": 2}}, r"criterion 'magnitude' has no option 'power'.*\(none\)"),
         ({"criterion": "taylor", "criterion_options": {"batches": 2}}, r"no option 'batches'.*num_batches"),

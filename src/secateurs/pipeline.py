@@ -29,8 +29,8 @@ from torch import nn
 from secateurs.allocation import unmatched_patterns
 from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.controls import CONTROLS, derived_seed, fork_index
-from secateurs.criteria import CRITERIA
-from secateurs.data import DatasetInfo, DataSplits, load_dataset
+from secateurs.criteria import build_criterion
+from secateurs.data import DatasetInfo, DataSplits, class_balanced_batch, load_dataset
 from secateurs.errors import CheckpointError, ConfigError
 from secateurs.eval import count_costs, evaluate
 from secateurs.eval.beyond import beyond_accuracy
@@ -416,7 +416,11 @@ class Pipeline:
     ) -> MaskSet:
         layers = spec.layers if spec.layers is not None else self.recipe.layers
         data = None
-        if CRITERIA.get(spec.criterion).needs_data:
+        criterion = build_criterion(spec.criterion, **spec.criterion_options)
+        per_class = spec.samples_per_class or criterion.samples_per_class
+        if criterion.needs_data and per_class is not None:
+            data = [class_balanced_batch(self.data, per_class, seed=self.recipe.seed + self.counter)]
+        elif criterion.needs_data:
             loader = self.data.train_loader(spec.data_batch_size, seed=self.recipe.seed + self.counter)
             data = [batch for _, batch in zip(range(spec.data_batches), loader, strict=False)]
         return compute_masks(
@@ -433,6 +437,8 @@ class Pipeline:
             allocation_options=spec.allocation_options,
             structure_options=spec.structure_options,
             layer_sparsities=layer_sparsities or None,
+            input_shape=tuple(self.data.info.input_shape),
+            rounds=spec.rounds,
         )
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:

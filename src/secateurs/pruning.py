@@ -8,7 +8,8 @@ respects the model's existing mask: already-pruned entries score −∞ and stay
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -100,6 +101,40 @@ def _selection(layers: LayerSelection | Mapping[str, Any] | None) -> LayerSelect
         raise ConfigError(f"invalid layer selection: {problems}", fix=f"valid fields: {fields}") from None
 
 
+def round_sparsity(sparsity: float, k: int, rounds: int) -> float:
+    """Sparsity after round k of n on the exponential schedule: 1 − (1 − s)^(k/n), exactly s at k = n."""
+    return sparsity if k == rounds else 1.0 - (1.0 - sparsity) ** (k / rounds)
+
+
+def _check_rounds(rounds: object, sparsity: float | None) -> int:
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(
+            f"rounds must be a positive integer, got {rounds!r}", fix="use rounds: 1 for one prune"
+        )
+    if rounds > 1 and sparsity is None:
+        raise ConfigError(
+            "pruning in several rounds needs a target sparsity to split over the rounds",
+            fix="set `sparsity`, or use rounds: 1",
+        )
+    return rounds
+
+
+@contextmanager
+def _masked_weights(model: nn.Module, masks: MaskSet) -> Iterator[None]:
+    """Temporarily zero the masked-out weights, so a criterion scores the masked model."""
+    named = dict(model.named_parameters())
+    saved = {n: named[n].detach().clone() for n in masks}
+    try:
+        with torch.no_grad():
+            for n in masks:
+                named[n].mul_(masks[n].to(named[n].device))
+        yield
+    finally:
+        with torch.no_grad():
+            for n, value in saved.items():
+                named[n].copy_(value)
+
+
 def compute_masks(
     model: nn.Module,
     sparsity: float | None,
@@ -116,15 +151,23 @@ def compute_masks(
     allocation_options: Mapping[str, Any] | None = None,
     structure_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    rounds: int = 1,
 ) -> MaskSet:
     """Masks for `model` at `sparsity` (fraction removed), without changing the model.
 
     The result covers the selected parameters plus any previously masked ones, and is a
     subset of the model's current masks (masks only shrink). `layer_sparsities` maps name
-    patterns to a sparsity of their own (see `secateurs.allocation.allocate`).
+    patterns to a sparsity of their own (see `secateurs.allocation.allocate`). `input_shape`
+    (one sample, no batch dimension) is for data-free criteria that build their own input.
+
+    `rounds` > 1 prunes in n rounds on the exponential schedule: round k reaches sparsity
+    1 − (1 − s)^(k/n) (each layer override likewise), re-scoring the model with the previous
+    round's masks applied (SynFlow's 100 rounds; any criterion may use it).
     """
     if sparsity is not None:
         check_sparsity(sparsity)
+    rounds = _check_rounds(rounds, sparsity)
     selection = _selection(layers)
     names = select_parameters(model, selection)
     existing = masks_of(model)
@@ -139,22 +182,29 @@ def compute_masks(
         batches=as_batches(data),
         loss_fn=loss_fn,
         generator=torch.Generator().manual_seed(seed),
+        input_shape=tuple(input_shape) if input_shape is not None else None,
     )
-    scores = crit.score(ctx)
-    new = masks_from_scores(
-        scores,
-        sparsity,
-        allocation=allocation,
-        structure=build_structure(structure, **dict(structure_options or {})),
-        current=current,
-        allow_collapse=allow_collapse,
-        allocation_options=allocation_options,
-        layer_sparsities=layer_sparsities,
-    )
+    built = build_structure(structure, **dict(structure_options or {}))
+    for k in range(1, rounds + 1):
+        level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
+        overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
+        with _masked_weights(model, current) if k > 1 else nullcontext():
+            scores = crit.score(ctx)
+        current = masks_from_scores(
+            scores,
+            level,
+            allocation=allocation,
+            structure=built,
+            current=current,
+            allow_collapse=allow_collapse,
+            allocation_options=allocation_options,
+            layer_sparsities=overrides or None,
+        )
+        ctx.masks = current
     if existing is None:
-        return new
+        return current
     merged = {n: existing[n] for n in existing}
-    merged.update(new)
+    merged.update(current)
     return MaskSet(merged)
 
 

@@ -87,6 +87,13 @@ class PruneSpec(StrictModel):
     allow_collapse: bool = False
     data_batches: int = Field(1, gt=0, description="batches fed to data-dependent criteria")
     data_batch_size: int = Field(128, gt=0)
+    samples_per_class: int | None = Field(
+        None,
+        gt=0,
+        description="feed data-dependent criteria one class-balanced batch of this many samples per class "
+        "(default: the criterion's own, e.g. 10 for snip and grasp; loader batches for the others)",
+    )
+    rounds: int = Field(1, gt=0, description="prune in rounds on the exponential schedule (SynFlow: 100)")
 
 
 class GradualPrune(PruneSpec):

@@ -5,7 +5,8 @@ Higher score = more worth keeping. A new criterion is one small class overriding
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +22,11 @@ Batch = tuple[Tensor, Tensor]
 
 @dataclass
 class ScoringContext:
-    """Everything a criterion may use. Data-free criteria ignore `batches`."""
+    """Everything a criterion may use. Data-free criteria ignore `batches`.
+
+    `input_shape` (one sample's shape, without the batch dimension) lets data-free criteria
+    such as SynFlow build their own input.
+    """
 
     model: nn.Module
     names: list[str]
@@ -29,6 +34,7 @@ class ScoringContext:
     batches: Iterable[Batch] | None = None
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    input_shape: tuple[int, ...] | None = None
 
     def params(self) -> dict[str, nn.Parameter]:
         named = dict(self.model.named_parameters())
@@ -48,6 +54,8 @@ class Criterion:
 
     name: str = ""
     needs_data: bool = False
+    # Class-balanced batch the criterion asks the pipeline for (samples per class); None: loader batches.
+    samples_per_class: int | None = None
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -61,30 +69,19 @@ def build_criterion(name: str, **options: object) -> Criterion:
     return CRITERIA.build(name, **options)  # type: ignore[return-value]
 
 
-def accumulate_gradients(ctx: ScoringContext, criterion: str, max_batches: int) -> dict[str, Tensor]:
-    """Sum over up to `max_batches` batches of the loss gradient w.r.t. the scored parameters.
+@contextmanager
+def preserved_state(ctx: ScoringContext) -> Iterator[None]:
+    """Run in train mode, then restore the mode, the `.grad` fields and the buffers.
 
-    The model's own `.grad` fields, buffers (BatchNorm running statistics, which train-mode
-    forward passes would update) and train/eval mode are left as they were.
+    Train-mode forward passes would update BatchNorm running statistics; scoring must not.
     """
     params = ctx.params()
     saved = {n: p.grad for n, p in params.items()}
     buffers = [(b, b.detach().clone()) for b in ctx.model.buffers()]
     was_training = ctx.model.training
-    grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    seen = 0
     try:
         ctx.model.train()
-        for x, y in ctx.require_batches(criterion):
-            if seen >= max_batches:
-                break
-            device = next(iter(params.values())).device
-            loss = ctx.loss_fn(ctx.model(x.to(device)), y.to(device))
-            step = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-            for (n, _), g in zip(params.items(), step, strict=True):
-                if g is not None:
-                    grads[n] += g
-            seen += 1
+        yield
     finally:
         ctx.model.train(was_training)
         for n, p in params.items():
@@ -92,6 +89,34 @@ def accumulate_gradients(ctx: ScoringContext, criterion: str, max_batches: int) 
         with torch.no_grad():
             for buffer, value in buffers:
                 buffer.copy_(value)
-    if seen == 0:
+
+
+def take_batches(ctx: ScoringContext, criterion: str, max_batches: int) -> list[Batch]:
+    """Up to `max_batches` batches, moved to the parameters' device (at least one, or ConfigError)."""
+    device = next(iter(ctx.params().values())).device
+    out: list[Batch] = []
+    for x, y in ctx.require_batches(criterion):
+        if len(out) >= max_batches:
+            break
+        out.append((x.to(device), y.to(device)))
+    if not out:
         raise ConfigError(f"criterion {criterion!r} got no batches", fix="pass a non-empty loader")
+    return out
+
+
+def accumulate_gradients(ctx: ScoringContext, criterion: str, max_batches: int) -> dict[str, Tensor]:
+    """Sum over up to `max_batches` batches of the loss gradient w.r.t. the scored parameters.
+
+    The model's own `.grad` fields, buffers (BatchNorm running statistics, which train-mode
+    forward passes would update) and train/eval mode are left as they were.
+    """
+    params = ctx.params()
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    with preserved_state(ctx):
+        for x, y in take_batches(ctx, criterion, max_batches):
+            loss = ctx.loss_fn(ctx.model(x), y)
+            step = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for (n, _), g in zip(params.items(), step, strict=True):
+                if g is not None:
+                    grads[n] += g
     return grads
