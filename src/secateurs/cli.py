@@ -157,11 +157,17 @@ def methods() -> None:
     from secateurs.controls import CONTROLS
     from secateurs.criteria import CRITERIA
     from secateurs.recipe import preset_names, read_recipe_text
+    from secateurs.sanity import SANITY
     from secateurs.schedules import SCHEDULE_NAMES
     from secateurs.structures import STRUCTURES
 
     table = _table("pruning axes", "axis", "name", "what it does")
-    for axis, reg in (("criterion", CRITERIA), ("allocation", ALLOCATIONS), ("structure", STRUCTURES)):
+    for axis, reg in (
+        ("criterion", CRITERIA),
+        ("allocation", ALLOCATIONS),
+        ("structure", STRUCTURES),
+        ("sanity check", SANITY),
+    ):
         for name in reg.names():
             table.add_row(axis, name, reg.help(name))
     for name, cls in SCHEDULE_NAMES.items():

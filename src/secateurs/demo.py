@@ -47,6 +47,18 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
             "train.epochs=20",
         ],
     ),
+    ("SNIP (at init)", "prune-at-init", []),
+    ("GraSP (at init)", "prune-at-init", ["stages.0.prune.criterion=grasp"]),
+    (
+        "SynFlow (at init)",
+        "prune-at-init",
+        ["stages.0.prune.criterion=synflow", "stages.0.prune.rounds=100"],
+    ),
+    (
+        "random ERK (at init)",
+        "prune-at-init",
+        ["stages.0.prune.criterion=random", "stages.0.prune.allocation=erk"],
+    ),
 ]
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 QUICK_SPARSITIES = [0.5, 0.9]
@@ -62,8 +74,8 @@ def quick_overrides(preset: str) -> list[str]:
         ]
     if preset == "iterative-magnitude":
         return ["train.epochs=6", "stages.2.repeat.stages.2.train.epochs=1"]
-    if preset == "lottery-ticket":
-        return ["train.epochs=6"]  # every level retrains with the recipe's default budget
+    if preset in ("lottery-ticket", "prune-at-init"):
+        return ["train.epochs=6"]  # every (re)training uses the recipe's default budget
     return ["train.epochs=6", "stages.5.train.epochs=2"]
 
 

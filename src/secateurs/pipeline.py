@@ -53,6 +53,7 @@ from secateurs.recipe import (
     walk_paths,
 )
 from secateurs.reset import Snapshot, apply_reset
+from secateurs.sanity import reinit_kept, sanity_seed
 from secateurs.schedules import CubicSteps, LevelTarget
 from secateurs.train.config import OptimizerConfig
 from secateurs.train.engine import Callback, TrainState, train
@@ -114,6 +115,11 @@ def best_of(history: list[dict[str, float]], metric: str = "test_accuracy") -> d
     return {"best_step": int(best["step"]), "best_accuracy": float(best[metric])}
 
 
+def collapsed_layers(masks: MaskSet | None) -> int:
+    """How many masked parameters keep no entry at all: each one disconnects the network."""
+    return 0 if masks is None else sum(1 for n in masks if not bool(masks[n].any()))
+
+
 def model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False) -> dict[str, Any]:
     """Accuracy, loss, parameter and MAC counts (dense and nonzero), and mask sparsity."""
     scores = evaluate(model, data.test_loader())
@@ -128,6 +134,7 @@ def model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False
         "nonzero_macs": costs.nonzero_macs,
         "sparsity": masks.sparsity() if masks is not None else 0.0,
         "remaining": masks.density() if masks is not None else 1.0,
+        "collapsed_layers": collapsed_layers(masks),
     }
     if per_layer:
         out["layers"] = costs.table_rows()
@@ -354,6 +361,8 @@ class Pipeline:
             else:
                 masks = self._compute(stage, stage.sparsity)
             self._set_masks(masks)
+            if stage.sanity == "reinit":  # a seed of its own, not the recipe's
+                reinit_kept(self.model, sanity_seed(self.recipe.seed * 1000 + self.counter, "reinit"))
             self.last_training = None
         elif isinstance(stage, ResetStage):
             seed = self.recipe.seed * 1000 + self.counter
@@ -439,6 +448,7 @@ class Pipeline:
             layer_sparsities=layer_sparsities or None,
             input_shape=tuple(self.data.info.input_shape),
             rounds=spec.rounds,
+            sanity=spec.sanity,
         )
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:

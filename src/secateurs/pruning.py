@@ -24,6 +24,7 @@ from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection, select_parameters
 from secateurs.masks import MaskSet, masks_of, set_masks
 from secateurs.registry import check_options
+from secateurs.sanity import SANITY, CorruptedBatches, reinit_kept, sanity_seed, shuffle_masks
 from secateurs.structures import Structure, build_structure
 
 
@@ -153,6 +154,8 @@ def compute_masks(
     layer_sparsities: Mapping[str, float] | None = None,
     input_shape: tuple[int, ...] | None = None,
     rounds: int = 1,
+    invert: bool = False,
+    sanity: str = "none",
 ) -> MaskSet:
     """Masks for `model` at `sparsity` (fraction removed), without changing the model.
 
@@ -164,7 +167,13 @@ def compute_masks(
     `rounds` > 1 prunes in n rounds on the exponential schedule: round k reaches sparsity
     1 − (1 − s)^(k/n) (each layer override likewise), re-scoring the model with the previous
     round's masks applied (SynFlow's 100 rounds; any criterion may use it).
+
+    `invert` keeps the lowest scores instead of the highest. `sanity` names a sanity check
+    (`secateurs.sanity`): "invert" sets `invert`, "shuffle" permutes each layer's new mask,
+    "random_labels"/"random_pixels" corrupt `data`; "reinit" acts on weights, in `prune()`.
     """
+    check = SANITY.get(sanity)
+    invert = invert or sanity == "invert"
     if sparsity is not None:
         check_sparsity(sparsity)
     rounds = _check_rounds(rounds, sparsity)
@@ -175,11 +184,21 @@ def compute_masks(
     if existing is not None:
         current = MaskSet({n: existing[n] if n in existing else current[n] for n in names})
     crit = build_criterion(criterion, **dict(criterion_options or {}))
+    batches = as_batches(data)
+    if check.level == "data":
+        if not crit.needs_data:
+            raise ConfigError(
+                f"sanity check {sanity!r} corrupts the scoring data, but criterion {criterion!r} uses none",
+                fix="use it with a data-dependent criterion (snip, grasp, taylor)",
+            )
+        if batches is not None:  # without data the criterion's own error says what is missing
+            batches = CorruptedBatches(batches, sanity, sanity_seed(seed, sanity))
+    before = current
     ctx = ScoringContext(
         model=model,
         names=names,
         masks=current,
-        batches=as_batches(data),
+        batches=batches,
         loss_fn=loss_fn,
         generator=torch.Generator().manual_seed(seed),
         input_shape=tuple(input_shape) if input_shape is not None else None,
@@ -190,6 +209,8 @@ def compute_masks(
         overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
         with _masked_weights(model, current) if k > 1 else nullcontext():
             scores = crit.score(ctx)
+        if invert:  # negated element scores: exact for unstructured groups, the only structure
+            scores = {n: -s for n, s in scores.items()}
         current = masks_from_scores(
             scores,
             level,
@@ -201,6 +222,8 @@ def compute_masks(
             layer_sparsities=overrides or None,
         )
         ctx.masks = current
+    if check.level == "masks":
+        current = shuffle_masks(current, sanity_seed(seed, sanity), allowed=before)
     if existing is None:
         return current
     merged = {n: existing[n] for n in existing}
@@ -217,4 +240,6 @@ def prune(model: nn.Module, sparsity: float | None, **options: Any) -> nn.Module
     """
     check_options(compute_masks, options, where="prune()")
     set_masks(model, compute_masks(model, sparsity, **options))
+    if options.get("sanity") == "reinit":
+        reinit_kept(model, sanity_seed(int(options.get("seed", 0)), "reinit"))
     return model

@@ -94,12 +94,21 @@ class PruneSpec(StrictModel):
         "(default: the criterion's own, e.g. 10 for snip and grasp; loader batches for the others)",
     )
     rounds: int = Field(1, gt=0, description="prune in rounds on the exponential schedule (SynFlow: 100)")
+    sanity: Literal["none", "shuffle", "invert", "random_labels", "random_pixels", "reinit"] = Field(
+        "none", description="a sanity check of the criterion (see `secateurs.sanity`); none: no check"
+    )
 
 
 class GradualPrune(PruneSpec):
     """Pruning applied during a training stage, following a step schedule."""
 
     schedule: Gradual = Field(default_factory=Gradual)
+
+    @model_validator(mode="after")
+    def _no_reinit(self) -> GradualPrune:
+        if self.sanity == "reinit":
+            raise ValueError("sanity check reinit applies to prune stages, not to pruning during training")
+        return self
 
 
 class TrainStage(StrictModel):

@@ -47,6 +47,24 @@ class RunSummary:
     dense: dict[str, float] | None = None
     masks_path: str | None = None
     levels: dict[LevelKey, dict[str, float]] = field(default_factory=dict)
+    check: str | None = None  # the sanity check(s) its prune stages ran, e.g. "shuffle"
+
+    @property
+    def base_method(self) -> str:
+        """The method without its sanity check: what the check is compared with."""
+        return self.method.removesuffix(f" [{self.check}]") if self.check else self.method
+
+
+def sanity_checks(config: Any) -> list[str]:
+    """The sanity checks (other than "none") of every prune step in a stored recipe config."""
+    if isinstance(config, list):
+        return sorted({c for item in config for c in sanity_checks(item)})
+    if not isinstance(config, dict):
+        return []
+    found = {c for value in config.values() for c in sanity_checks(value)}
+    if config.get("sanity") not in (None, "none"):
+        found.add(str(config["sanity"]))
+    return sorted(found)
 
 
 @dataclass
@@ -87,10 +105,12 @@ def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
         final = evaluations[-1]
         config = record.config
         target = config.get("sparsity")
+        check = ", ".join(sanity_checks(config.get("stages", []))) or None
         out.append(
             RunSummary(
                 hash=record.hash,
-                method=record.name,
+                method=f"{record.name} [{check}]" if check else record.name,
+                check=check,
                 data=config["data"]["name"],
                 model=config["model"]["name"],
                 sparsity=float(target if target is not None else round(final.get("sparsity", 0.0), 4)),
@@ -306,6 +326,55 @@ def accuracy_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
     return "\n".join(parts)
 
 
+def sanity_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
+    """Markdown: per method, check and sparsity, the metric's change (points, mean over seeds) caused by
+    the check, relative to the same method without checks; empty when no run ran a check.
+    """
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        checked = sorted({(r.base_method, r.check) for r in group if r.check})
+        if not checked:
+            continue
+        sparsities = sorted({r.sparsity for r in group if r.check})
+        cells = _cells(group, metric)
+        parts += [
+            f"### {data} · {model}: change in test {metric} (points) under each check, "
+            "vs the method without checks (mean over seeds)",
+            "",
+            "| method | check | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
+            "|---|---|" + "---|" * len(sparsities),
+        ]
+        for base, check in checked:
+            row = []
+            for sp in sparsities:
+                checked_cell, plain = cells.get((f"{base} [{check}]", sp)), cells.get((base, sp))
+                ok = checked_cell is not None and plain is not None
+                row.append(f"{100 * (checked_cell.mean - plain.mean):+.2f}" if ok else "—")
+            parts.append(f"| {base} | {check} | " + " | ".join(row) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def collapse_lines(runs: list[RunSummary]) -> str:
+    """Markdown: per method, the lowest sparsity at which a run had a layer with no weight left.
+
+    Methods whose runs predate the `collapsed_layers` metric are left out.
+    """
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        lines = []
+        for method in sorted({r.method for r in group}):
+            measured = [r for r in group if r.method == method and "collapsed_layers" in r.final]
+            if not measured:
+                continue
+            collapsed = [r.sparsity for r in measured if r.final["collapsed_layers"] > 0]
+            where = f"first disconnects at {100 * min(collapsed):g} % sparsity" if collapsed else "never"
+            lines.append(f"- {method}: {where}")
+        if lines:
+            parts += [f"### {data} · {model}", "", *lines, ""]
+    return "\n".join(parts)
+
+
 def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
     """Markdown: prune potential (largest sparsity within δ of dense), clean and under each shift."""
     parts = []
@@ -461,6 +530,22 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
         "",
         ticket_table(panels),
     ]
+    sanity = [
+        "## Sanity checks",
+        "",
+        "Accuracy change caused by each sanity check of the pruning criterion (Frankle et al. 2021):",
+        "a change near zero means the criterion's choice of weights did not matter.",
+        "",
+        sanity_table(runs),
+    ]
+    collapse_text = collapse_lines(runs)
+    collapse = [
+        "## Layer collapse",
+        "",
+        "The lowest sparsity at which a run had a pruned layer with no weight left (the network is cut).",
+        "",
+        collapse_text,
+    ]
     text = [
         "# secateurs report",
         "",
@@ -476,6 +561,8 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
         "",
         potential_table(runs, delta),
         *(levels if panels else []),
+        *(sanity if any(r.check for r in runs) else []),
+        *(collapse if collapse_text else []),
         "## Plots",
         "",
         *[f"![{p.stem}]({p.name})" for p in images],
