@@ -23,7 +23,10 @@ def benchmark_args(doc: str, quick_help: str) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def load_done(store: Path) -> dict[str, Any]:
+def load_done(store: Path, *, fresh: bool = False) -> dict[str, Any]:
+    """Finished jobs kept in `store`; with `fresh`, forget them (the file is removed)."""
+    if fresh:
+        store.unlink(missing_ok=True)
     return json.loads(store.read_text()) if store.exists() else {}
 
 

@@ -125,9 +125,7 @@ def main(setup: dict[str, Any], quick_setup: dict[str, Any], stem: str, doc: str
     if args.quick:
         setup, stem = {**setup, **quick_setup}, f"{stem}_quick"
     store = RESULTS / f"{stem}_runs.json"
-    if args.fresh:
-        store.unlink(missing_ok=True)
-    done = load_done(store)
+    done = load_done(store, fresh=args.fresh)
     jobs = [{"setup": setup, "seed": s} for s in setup["seeds"]]
     run_phase(
         jobs,

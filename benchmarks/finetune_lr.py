@@ -152,11 +152,11 @@ def describe(job: dict[str, Any], r: dict[str, Any]) -> str:
     )
 
 
-def run_all(quick: bool, workers: int) -> dict[str, Any]:
+def run_all(quick: bool, workers: int, fresh: bool = False) -> dict[str, Any]:
     b = budget(quick)
     suffix = "_quick" if quick else ""
     store = RESULTS / f"finetune_lr{suffix}_runs.json"
-    done = load_done(store)
+    done = load_done(store, fresh=fresh)
     work_dir = WORK / f"finetune_lr{suffix}"
     pre = [
         {
@@ -301,10 +301,8 @@ def plot(done: dict[str, Any], b: dict[str, Any], path: Path) -> None:
 def main() -> None:
     args = benchmark_args(__doc__, "one seed, one model, one epoch per phase")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.fresh:
-        (RESULTS / f"finetune_lr{'_quick' if args.quick else ''}_runs.json").unlink(missing_ok=True)
     started = time.perf_counter()
-    done = run_all(args.quick, args.workers)
+    done = run_all(args.quick, args.workers, args.fresh)
     report(done, args.quick, time.perf_counter() - started)
     print((RESULTS / f"finetune_lr{'_quick' if args.quick else ''}.md").read_text())
 

@@ -136,11 +136,11 @@ def key(job: dict[str, Any]) -> str:
     return f"{job['method']}|{job['seed']}|{job.get('sparsity')}"
 
 
-def run_all(quick: bool, workers: int) -> dict[str, list[dict[str, Any]]]:
+def run_all(quick: bool, workers: int, fresh: bool = False) -> dict[str, list[dict[str, Any]]]:
     b = budget(quick)
     suffix = "_quick" if quick else ""
     store = RESULTS / f"pat_fashion_mnist{suffix}_runs.json"
-    done: dict[str, list[dict[str, Any]]] = load_done(store)
+    done: dict[str, list[dict[str, Any]]] = load_done(store, fresh=fresh)
     work = WORK / f"pat{suffix}"
     dense_jobs = [
         {"method": "dense", "seed": s, "quick": quick, "out": str(work / f"dense-{s}")} for s in b["seeds"]
@@ -266,10 +266,8 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     args = benchmark_args(__doc__, "one seed, one epoch per phase")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.fresh:
-        (RESULTS / f"pat_fashion_mnist{'_quick' if args.quick else ''}_runs.json").unlink(missing_ok=True)
     started = time.perf_counter()
-    done = run_all(args.quick, args.workers)
+    done = run_all(args.quick, args.workers, args.fresh)
     report(summarize(done), args.quick, time.perf_counter() - started, budget(args.quick))
     print((RESULTS / f"pat_fashion_mnist{'_quick' if args.quick else ''}.md").read_text())
 
