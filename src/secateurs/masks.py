@@ -153,7 +153,7 @@ class MaskSet(Mapping[str, Tensor]):
         if mask_grads:
             handles.append(optimizer.register_step_pre_hook(before_step))
         self.apply(model)
-        return MaskHandle(handles)
+        return MaskHandle(handles, dict(zip(self._masks, multipliers, strict=True)))
 
     # -- combination ------------------------------------------------------------------------
     def intersect(self, other: MaskSet) -> MaskSet:
@@ -188,10 +188,31 @@ class MaskSet(Mapping[str, Tensor]):
 
 
 class MaskHandle:
-    """Returned by `MaskSet.attach`; `remove()` stops keeping masks applied."""
+    """Returned by `MaskSet.attach`; `remove()` stops keeping masks applied.
 
-    def __init__(self, handles: list[RemovableHandle]) -> None:
+    `update(masks)` swaps in new masks for the same parameters without re-registering hooks:
+    the hooks' multipliers are overwritten in place. Masks that grow back (dynamic sparse
+    training) need this, since a second handle would keep zeroing the regrown entries.
+    """
+
+    def __init__(self, handles: list[RemovableHandle], multipliers: dict[str, Tensor] | None = None) -> None:
         self._handles = handles
+        self._multipliers = multipliers or {}
+
+    def covers(self, masks: MaskSet) -> bool:
+        """True when `masks` are for exactly the parameters this handle keeps masked."""
+        return bool(self._handles) and list(masks) == list(self._multipliers)
+
+    @torch.no_grad()
+    def update(self, masks: MaskSet) -> None:
+        """Keep `masks` applied from now on (same parameter names and shapes as attached)."""
+        if not self.covers(masks):
+            raise ConfigError(
+                "the new masks name other parameters than the attached ones",
+                fix="attach the new masks with MaskSet.attach instead of updating the handle",
+            )
+        for name, multiplier in self._multipliers.items():
+            multiplier.copy_(masks[name])
 
     def remove(self) -> None:
         for h in self._handles:

@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,13 @@ from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.controls import CONTROLS, derived_seed, fork_index
 from secateurs.criteria import build_criterion
 from secateurs.data import DatasetInfo, DataSplits, class_balanced_batch, load_dataset
+from secateurs.dst import DynamicSparseTraining
 from secateurs.errors import CheckpointError, ConfigError
 from secateurs.eval import count_costs, evaluate
 from secateurs.eval.beyond import beyond_accuracy
+from secateurs.eval.training_flops import TrainingFlops, forward_cost
 from secateurs.layers import select_parameters
-from secateurs.masks import MaskHandle, MaskSet, masks_of, remove_masks, set_masks
+from secateurs.masks import MaskSet, masks_of, remove_masks, set_masks
 from secateurs.models import build_model
 from secateurs.outputs import read_checkpoint
 from secateurs.pruning import compute_masks
@@ -55,6 +57,7 @@ from secateurs.recipe import (
 from secateurs.reset import Snapshot, apply_reset
 from secateurs.sanity import reinit_kept, sanity_seed
 from secateurs.schedules import CubicSteps, LevelTarget
+from secateurs.selection import SelectionHandle, SparseSelection, attach_selection
 from secateurs.train.config import OptimizerConfig
 from secateurs.train.engine import Callback, TrainState, train
 from secateurs.train.optim import build_optimizer
@@ -187,7 +190,6 @@ class GradualPruning(Callback):
     ):
         self.spec, self.prune, self.default = spec, prune, default
         self.steps: CubicSteps | None = None
-        self.handle: MaskHandle | None = None
 
     def on_train_start(self, state: TrainState) -> None:
         self.steps = self.spec.schedule.resolve(state.steps_per_epoch, state.total_steps, self.default)
@@ -196,20 +198,11 @@ class GradualPruning(Callback):
     def on_step_end(self, state: TrainState) -> None:
         self._maybe_prune(state)
 
-    def on_train_end(self, state: TrainState) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
-
     def _maybe_prune(self, state: TrainState) -> None:
         assert self.steps is not None
         if not self.steps.is_update_step(state.step):
             return
-        target = self.steps.sparsity_at(state.step)
-        masks = self.prune(self.spec, target)
-        if self.handle is not None:
-            self.handle.remove()
-        self.handle = masks.attach(state.model, state.optimizer)
+        state.install_masks(self.prune(self.spec, self.steps.sparsity_at(state.step)))
 
 
 @contextmanager
@@ -272,6 +265,7 @@ class Pipeline:
         self.last_training: dict[str, float] | None = None  # best_of() the training that made the weights
         self.control: str | None = None  # set on the copies that run a control
         self.pending_controls: list[dict[str, Any]] = []  # control events not yet published
+        self.train_flops = (0, 0)  # training FLOPs so far, and those of the same steps on the dense model
         self.resumed_from = self._resume() if self.workdir is not None else 0
 
     def _first_training(self) -> tuple[int, int] | None:
@@ -468,7 +462,16 @@ class Pipeline:
 
     def _train(self, stage: TrainStage, level_sparsity: float | None) -> None:
         config = self.recipe.train_config(stage.options)
-        callbacks: list[Callback] = []
+        dynamic = (
+            DynamicSparseTraining(stage.dst, seed=self.recipe.seed * 1000 + self.counter)
+            if stage.dst is not None
+            else None
+        )
+        cost = forward_cost(self.model, tuple(self.data.info.input_shape))
+        flops = TrainingFlops(cost, config.batch_size, dynamic.dense_gradient_at if dynamic else None)
+        callbacks: list[Callback] = [flops]  # first: it prices each step before others change the masks
+        if dynamic is not None:
+            callbacks.append(dynamic)
         if not self.trained_once and self.rewind_steps:
             callbacks.append(RewindSnapshots(self.rewind_steps, self.snapshots))
         if stage.prune is not None:
@@ -480,6 +483,7 @@ class Pipeline:
         if self.pending_optimizer_state is not None:
             optimizer = rewound_optimizer(self.model, config.optimizer, self.pending_optimizer_state)
             self.pending_optimizer_state = None
+        selection = self._attach_selection(stage.select, level_sparsity) if stage.select is not None else None
         test_loader = self.data.test_loader()
         result = train(
             self.model,
@@ -493,8 +497,13 @@ class Pipeline:
             optimizer=optimizer,
             description=f"stage {self.counter}: train",
         )
+        if selection is not None:
+            self._finish_selection(selection)
         for row in result.history:
             self._publish("train", row.get("step"), row, record=False)
+        for update in dynamic.records if dynamic is not None else []:
+            self._publish("dst", update.step, asdict(update), record=False)
+        self.train_flops = (self.train_flops[0] + flops.flops, self.train_flops[1] + flops.dense_flops)
         self.last_training = best_of(result.history)
         missing = self.rewind_steps - set(self.snapshots)
         if not self.trained_once and missing:
@@ -504,12 +513,52 @@ class Pipeline:
             )
         self.trained_once = True
 
+    def _attach_selection(self, spec: SparseSelection, level_sparsity: float | None) -> SelectionHandle:
+        """Freeze the model and attach the trainable scores of sparse selection (edge-popup, supermask)."""
+        if masks_of(self.model) is not None:
+            raise ConfigError(
+                "sparse selection learns its own mask and cannot start from a pruned model",
+                where="train.select",
+                fix="remove the prune stages before the selecting train stage",
+            )
+        sparsity = None
+        if spec.method == "edge_popup":
+            sparsity = next(
+                (s for s in (spec.sparsity, level_sparsity, self.recipe.sparsity) if s is not None), None
+            )
+            if sparsity is None:
+                raise ConfigError(
+                    "edge-popup needs a sparsity",
+                    where="train.select.sparsity",
+                    fix="set it, or the recipe's sparsity",
+                )
+        layers = spec.layers if spec.layers is not None else self.recipe.layers
+        return attach_selection(
+            self.model,
+            select_parameters(self.model, layers),
+            method=spec.method,
+            sparsity=sparsity,
+            weight_init=spec.weight_init,
+            seed=self.recipe.seed * 1000 + self.counter,
+        )
+
+    def _finish_selection(self, selection: SelectionHandle) -> None:
+        """The selected mask becomes the model's masks; the frozen, unmasked weights its dense parent."""
+        frozen = selection.frozen_weights()
+        masks = selection.finish()
+        dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._set_masks(masks)
+        self.dense_state = {**dense, **frozen}
+
     def _evaluate(self, stage: EvaluateStage, level: int | None) -> None:
         row: dict[str, Any] = {"label": stage.label or f"stage {self.counter}", "level": level}
         if self.control is not None:
             row["control"] = self.control
         row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
         row.update(self.last_training or {})
+        if self.train_flops[1]:
+            row["train_flops"] = self.train_flops[0]
+            row["train_flops_vs_dense"] = self.train_flops[0] / self.train_flops[1]
         if stage.beyond or self.recipe.beyond:
             row.update(
                 beyond_accuracy(
@@ -593,6 +642,7 @@ class Pipeline:
                 "dense_state": self.dense_state,
                 "last_training": self.last_training,
                 "pending_controls": self.pending_controls,
+                "train_flops": list(self.train_flops),
             },
         )
 
@@ -622,6 +672,8 @@ class Pipeline:
             self.dense_state = state["dense_state"]
             self.last_training = state.get("last_training")  # absent from states of older versions
             self.pending_controls = list(state.get("pending_controls", []))
+            flops, dense_flops = state.get("train_flops", (0, 0))  # absent from states of older versions
+            self.train_flops = (int(flops), int(dense_flops))
         except (KeyError, RuntimeError, TypeError) as err:
             raise CheckpointError(
                 f"{path} is not a usable pipeline state ({err})", fix="delete it to start over"

@@ -24,12 +24,15 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from secateurs.controls import CONTROLS, check_controls
+from secateurs.dst import UPDATERS, DynamicSparsity
 from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection
 from secateurs.schedules import SCHEDULE_NAMES, Gradual, LevelSchedule
+from secateurs.selection import SparseSelection
 from secateurs.train.config import StrictModel, TrainConfig
 
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
+TRAIN_BLOCKS = ("prune", "dst", "select")  # keys of a train stage that are not training options
 
 
 class FieldProblems(ValueError):
@@ -112,9 +115,30 @@ class GradualPrune(PruneSpec):
 
 
 class TrainStage(StrictModel):
+    """Training; at most one block changes the mask while it trains: `prune` (gradual) or `dst`."""
+
     kind: Literal["train"] = "train"
     options: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's `train`")
     prune: GradualPrune | None = None
+    dst: DynamicSparsity | None = Field(None, description="dynamic sparse training (see `secateurs.dst`)")
+    select: SparseSelection | None = Field(
+        None, description="sparse selection: train the mask, not the weights (see `secateurs.selection`)"
+    )
+
+    @model_validator(mode="after")
+    def _one_mask_changer(self) -> TrainStage:
+        given = [key for key in TRAIN_BLOCKS if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"a train stage changes the mask in one way, but this one has {' and '.join(given)}: "
+                "split it into train stages with one block each"
+            )
+        if self.dst is not None and self.dst.method not in UPDATERS:
+            raise ValueError(
+                f"unknown dynamic sparse training method {self.dst.method!r}; use one of "
+                + ", ".join(UPDATERS.names())
+            )
+        return self
 
 
 class PruneStage(PruneSpec):
@@ -200,8 +224,8 @@ def _unwrap(stage: Any) -> Any:
         raise ValueError(f"unknown stage {kind!r}; stages are {', '.join(STAGE_KINDS)}")
     body = dict(body or {})
     if kind == "train":
-        prune = body.pop("prune", None)
-        return {"kind": "train", "options": body, **({"prune": prune} if prune is not None else {})}
+        blocks = {key: body.pop(key) for key in TRAIN_BLOCKS if body.get(key) is not None}
+        return {"kind": "train", "options": body, **blocks}
     return {"kind": kind, **body}
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
 from secateurs.errors import ConfigError, SecateursError
-from secateurs.masks import MaskSet, masks_of
+from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.train.config import TrainConfig
 from secateurs.train.optim import build_lr_scheduler, build_optimizer
 
@@ -53,6 +53,22 @@ class TrainState:
     last_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
     stop: bool = False
+    mask_handle: MaskHandle | None = None
+    mask_grads: bool = False
+
+    def install_masks(self, masks: MaskSet) -> None:
+        """Record `masks` on the model and keep them (not the old ones) applied from the next step on.
+
+        The one way callbacks change masks mid-training (gradual pruning, dynamic sparse training):
+        the existing optimizer hooks are updated in place when the parameters are the same.
+        """
+        set_masks(self.model, masks)
+        if self.mask_handle is not None and self.mask_handle.covers(masks):
+            self.mask_handle.update(masks)
+            return
+        if self.mask_handle is not None:
+            self.mask_handle.remove()
+        self.mask_handle = masks.attach(self.model, self.optimizer, mask_grads=self.mask_grads)
 
 
 class Callback:
@@ -365,7 +381,9 @@ def train(
     if masks is None:
         masks = masks_of(model)
     state = TrainState(model, optimizer, scheduler, 0, 0, total_steps, steps_per_epoch, math.nan)
-    handle = masks.attach(model, optimizer, mask_grads=config.mask_grads) if masks else None
+    state.mask_grads = config.mask_grads
+    if masks:
+        state.mask_handle = masks.attach(model, optimizer, mask_grads=config.mask_grads)
     try:
         if masks and config.mask_grads:
             _mask_optimizer_state(model, optimizer, masks)
@@ -382,8 +400,8 @@ def train(
             )
             loop.run()
     finally:
-        if handle is not None:
-            handle.remove()
+        if state.mask_handle is not None:
+            state.mask_handle.remove()
     return _result(state, loop.losses, copy_state=given_optimizer)
 
 
