@@ -103,9 +103,8 @@ def sweeps(quick: bool) -> list[dict[str, Any]]:
             for label, o in PAI_METHODS
             for check in CHECKED.get(label, [])
         ]
-        out.append(
-            {"name": f"pai-{pair['data']}-checks", "recipes": checks, "sparsities": CHECK_SPARSITIES, **common}
-        )
+        name = f"pai-{pair['data']}-checks"
+        out.append({"name": name, "recipes": checks, "sparsities": CHECK_SPARSITIES, **common})
     return out
 
 
@@ -135,9 +134,7 @@ def summarise(runs: list[RunSummary]) -> dict[str, Any]:
             }
             for m, by_s in acc.items()
         }
-        checks = {
-            f"{r.base_method} [{r.check}]": r.base_method for r in group if r.check is not None
-        }
+        checks = {f"{r.base_method} [{r.check}]": r.base_method for r in group if r.check is not None}
         deltas = {
             checked: {
                 s: table[checked][s]["mean"] - table[base][s]["mean"]
@@ -173,7 +170,8 @@ def literature(summary: dict[str, Any]) -> list[str]:
         holds = (synflow is None and snip is not None) or (
             synflow is not None and snip is not None and synflow > snip
         )
-        verdict = "agrees" if holds else ("no collapse for either" if snip is synflow is None else "disagrees")
+        neither = snip is None and synflow is None
+        verdict = "agrees" if holds else ("no collapse for either" if neither else "disagrees")
         collapses = ", ".join(f"{m} {at(first.get(m))}" for m in [*SCORED, "magnitude at init"] if m in first)
         lines.append(
             f"- *SynFlow avoids layer collapse where SNIP collapses* (Tanaka et al. 2020): {verdict}. "

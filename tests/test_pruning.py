@@ -343,3 +343,18 @@ def test_unknown_names_and_options_list_the_valid_ones(options: dict[str, object
 def test_prune_rejects_sparsity_outside_unit_interval(bad: object) -> None:
     with pytest.raises(ConfigError, match=r"\[0, 1\)"):
         prune(mlp(), bad)  # type: ignore[arg-type]
+
+
+def test_topk_mask_selects_exactly_what_a_stable_descending_sort_selects() -> None:
+    """The selection shortcut (kthvalue, ties in index order) against the definition: ties, ±inf, NaN."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(600):
+        n = int(torch.randint(1, 40, (1,), generator=g))
+        x = torch.randint(-3, 4, (n,), generator=g).float()  # many ties
+        for value, every in ((float("-inf"), 3), (float("inf"), 7), (float("nan"), 11)):
+            if trial % every == 0:
+                x[torch.rand(n, generator=g) < 0.25] = value
+        k = int(torch.randint(0, n + 1, (1,), generator=g))
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[torch.argsort(x, descending=True, stable=True)[:k]] = True
+        assert torch.equal(topk_mask(x, k), expected), (x, k)

@@ -156,6 +156,7 @@ def methods() -> None:
     from secateurs.allocation import ALLOCATIONS
     from secateurs.controls import CONTROLS
     from secateurs.criteria import CRITERIA
+    from secateurs.dst import UPDATERS
     from secateurs.recipe import preset_names, read_recipe_text
     from secateurs.sanity import SANITY
     from secateurs.schedules import SCHEDULE_NAMES
@@ -182,6 +183,13 @@ def methods() -> None:
         table.add_row("reset", name, what)
     for name in CONTROLS.names():
         table.add_row("control", name, CONTROLS.help(name))
+    for name in UPDATERS.names():
+        table.add_row("dynamic sparse (train.dst)", name, UPDATERS.help(name))
+    for name, what in (
+        ("edge_popup", "train scores, keep the top-k per layer; weights frozen (Ramanujan et al. 2020)"),
+        ("supermask", "train Bernoulli mask probabilities; weights frozen (Zhou et al. 2019)"),
+    ):
+        table.add_row("selection (train.select)", name, what)
     console.print(table)
     presets = _table("preset recipes (secateurs run NAME)", "name", "description")
     import yaml

@@ -59,6 +59,8 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
         "prune-at-init",
         ["stages.0.prune.criterion=random", "stages.0.prune.allocation=erk"],
     ),
+    ("RigL (dynamic sparse)", "dynamic-sparse", []),
+    ("SET (dynamic sparse)", "dynamic-sparse", ["stages.2.train.dst.method=set"]),
 ]
 SPARSITIES = [0.5, 0.8, 0.9, 0.95]
 QUICK_SPARSITIES = [0.5, 0.9]
@@ -74,7 +76,7 @@ def quick_overrides(preset: str) -> list[str]:
         ]
     if preset == "iterative-magnitude":
         return ["train.epochs=6", "stages.2.repeat.stages.2.train.epochs=1"]
-    if preset in ("lottery-ticket", "prune-at-init"):
+    if preset in ("lottery-ticket", "prune-at-init", "dynamic-sparse", "edge-popup"):
         return ["train.epochs=6"]  # every (re)training uses the recipe's default budget
     return ["train.epochs=6", "stages.5.train.epochs=2"]
 

@@ -482,11 +482,11 @@ def recipe_to_raw(recipe: Recipe) -> dict[str, Any]:
 
 
 def _wrap(stage: dict[str, Any]) -> dict[str, Any]:
-    """`{kind: train, options: {...}, prune: ...}` → `{train: {..., prune: ...}}` (inverse of `_unwrap`)."""
+    """`{kind: train, options: {...}, dst: ...}` → `{train: {..., dst: ...}}` (inverse of `_unwrap`)."""
     body = {k: v for k, v in stage.items() if k != "kind"}
     if stage["kind"] == "train":
-        prune = body.get("prune")
-        body = {**body["options"], **({"prune": prune} if prune is not None else {})}
+        blocks = {key: body[key] for key in TRAIN_BLOCKS if body.get(key) is not None}
+        body = {**body["options"], **blocks}
     elif stage["kind"] == "repeat":
         body["stages"] = [_wrap(s) for s in body["stages"]]
     return {stage["kind"]: body}

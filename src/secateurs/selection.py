@@ -5,7 +5,8 @@ stays frozen; the layer computes with `W ⊙ m`:
 
 * ``edge_popup`` (Ramanujan et al. 2020): `m` keeps the top-k of `|s|` per layer, k fixed by the target
   sparsity (`numel - round_half_up(numel·sparsity)` entries, as the uniform allocation; ties to the
-  lower index). The gradient reaches the scores straight through the top-k of |s|: dL/ds = sign(s) ⊙ dL/dm = sign(s) ⊙ (dL/dW_eff) ⊙ W.
+  lower index). The gradient reaches the scores straight through the top-k of |s|:
+  dL/ds = sign(s) ⊙ dL/dm = sign(s) ⊙ (dL/dW_eff) ⊙ W.
 * ``supermask`` (Zhou et al. 2019): in training mode `m ~ Bernoulli(sigmoid(s))`, drawn anew on every
   forward from a generator the selection owns (seeded, so a run repeats bit for bit); the gradient
   passes straight through the sampling: dL/ds = dL/dm · sigmoid'(s). In eval mode the mask is the
@@ -58,6 +59,7 @@ class SparseSelection(StrictModel):
         if self.method == "supermask" and self.sparsity is not None:
             raise ValueError("the supermask learns its own sparsity: leave `sparsity` out")
         return self
+
 
 _SELECTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
