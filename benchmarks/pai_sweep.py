@@ -26,15 +26,11 @@ import argparse
 import json
 import math
 import shutil
-import statistics
-import subprocess
-import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import yaml
+from _sweeps import cells, mean, run_sweeps
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import RunSummary, collect, write_report
@@ -109,31 +105,17 @@ def sweeps(quick: bool) -> list[dict[str, Any]]:
 
 
 # -- the literature's findings, checked on our runs ---------------------------------------------------
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
 def summarise(runs: list[RunSummary]) -> dict[str, Any]:
     """Per (data·model): accuracy mean/std per method and sparsity, first collapse, sanity deltas."""
     out: dict[str, Any] = {}
-    groups: dict[str, list[RunSummary]] = defaultdict(list)
-    for r in runs:
-        groups[f"{r.data}·{r.model}"].append(r)
-    for name, group in sorted(groups.items()):
-        acc: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        collapse: dict[str, list[float]] = defaultdict(list)
+    accuracy = cells(runs, "accuracy")
+    for name, table in accuracy.items():
+        group = [r for r in runs if f"{r.data}·{r.model}" == name]
         dense = [r.dense["accuracy"] for r in group if r.dense is not None]
+        collapse: dict[str, list[float]] = defaultdict(list)
         for r in group:
-            acc[r.method][f"{r.sparsity:g}"].append(r.final["accuracy"])
             if r.final.get("collapsed_layers", 0) > 0:
                 collapse[r.method].append(r.sparsity)
-        table = {
-            m: {
-                s: {"mean": _mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
-                for s, v in by_s.items()
-            }
-            for m, by_s in acc.items()
-        }
         checks = {f"{r.base_method} [{r.check}]": r.base_method for r in group if r.check is not None}
         deltas = {
             checked: {
@@ -144,7 +126,7 @@ def summarise(runs: list[RunSummary]) -> dict[str, Any]:
             for checked, base in checks.items()
         }
         out[name] = {
-            "dense": {"mean": _mean(dense), "n": len(dense)},
+            "dense": {"mean": mean(dense), "n": len(dense)},
             "accuracy": table,
             "first_collapse": {m: min(collapse[m]) if collapse[m] else None for m in table},
             "sanity_delta": deltas,
@@ -165,7 +147,7 @@ def literature(summary: dict[str, Any]) -> list[str]:
         snip, synflow = first.get("SNIP"), first.get("SynFlow")
 
         def at(sparsity: float | None) -> str:
-            return "never (up to 99.9 %)" if sparsity is None else f"{100 * sparsity:g} %"
+            return "never (at the sparsities run)" if sparsity is None else f"{100 * sparsity:g} %"
 
         holds = (synflow is None and snip is not None) or (
             synflow is not None and snip is not None and synflow > snip
@@ -219,14 +201,7 @@ def main() -> None:
     root, out = WORK / f"pai_sweep{suffix}", RESULTS / f"pai_sweep{suffix}"
     if args.fresh and root.exists():
         shutil.rmtree(root)
-    cli = [sys.executable, "-m", "secateurs"]
-    started = time.perf_counter()
-    for sweep in sweeps(args.quick):
-        sweep_file = atomic_write_text(out / f"{sweep['name']}.yaml", yaml.safe_dump(sweep, sort_keys=False))
-        print(f"== {sweep['name']}", flush=True)
-        command = [*cli, "sweep", str(sweep_file), "--root", str(root), "--workers", str(args.workers)]
-        subprocess.run(command, check=True)
-    swept = time.perf_counter() - started
+    swept = run_sweeps(sweeps(args.quick), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     with ResultsDB(root / "results.db", create=False) as db:
         summary = summarise(collect(db))
@@ -239,11 +214,11 @@ def main() -> None:
         "",
         *literature(summary),
         f"Budget: {budget}; SGD 0.1, momentum 0.9, cosine, batch 128; {args.workers} workers; "
-        f"sweep wall time of this invocation {swept / 60:.1f} min (0 when every run was already stored).",
+        f"sweep wall time of this invocation {swept:.1f} min (0 when every run was already stored).",
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))
-    payload = {"budget": budget, "sweep_minutes": swept / 60, "pairs": summary}
+    payload = {"budget": budget, "sweep_minutes": swept, "pairs": summary}
     atomic_write_text(RESULTS / f"pai_sweep{suffix}.json", json.dumps(payload, indent=1))
     print(f"report: {report}")
 

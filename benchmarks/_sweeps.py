@@ -1,0 +1,56 @@
+"""Benchmarks that run sweep files through the CLI into one results store, then summarise the store."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from secateurs.fileio import atomic_write_text
+from secateurs.report import RunSummary
+
+
+def run_sweeps(sweeps: list[dict[str, Any]], *, root: Path, out: Path, workers: int) -> float:
+    """Write each sweep as `out/NAME.yaml` and run it with `secateurs sweep` into `root`; minutes taken.
+
+    Finished runs are skipped by the store, so an interrupted benchmark resumes where it stopped.
+    """
+    started = time.perf_counter()
+    cli = [sys.executable, "-m", "secateurs"]
+    for sweep in sweeps:
+        sweep_file = atomic_write_text(out / f"{sweep['name']}.yaml", yaml.safe_dump(sweep, sort_keys=False))
+        print(f"== {sweep['name']}", flush=True)
+        command = [*cli, "sweep", str(sweep_file), "--root", str(root), "--workers", str(workers)]
+        subprocess.run(command, check=True)
+    return (time.perf_counter() - started) / 60
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def cells(runs: list[RunSummary], metric: str) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{data·model: {method: {sparsity: {mean, std, n}}}} of a final metric over seeds."""
+    values: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for r in runs:
+        if metric in r.final and not math.isnan(r.final[metric]):
+            values[f"{r.data}·{r.model}"][r.method][f"{r.sparsity:g}"].append(r.final[metric])
+    return {
+        pair: {
+            method: {
+                s: {"mean": mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "n": len(v)}
+                for s, v in sorted(by_sparsity.items(), key=lambda kv: float(kv[0]))
+            }
+            for method, by_sparsity in sorted(methods.items())
+        }
+        for pair, methods in sorted(values.items())
+    }
