@@ -1,0 +1,127 @@
+"""Remove channel groups physically, or zero them where they are consumed (the equivalent soft form).
+
+`remove_channels` returns a plain, smaller `nn.Module`: every parameter and buffer a removed
+group reaches is sliced (`index_select`, contiguous), and the modules' size attributes
+(`in_channels`, `out_features`, `num_features`, a depthwise conv's `groups` …) are set to match,
+so the model runs its own, unchanged `forward`, saves and loads like any other model, and has
+no hooks or masks. `channel_masks` gives the same pruning as masks on the consuming weights'
+input channels: a model with those masks applied computes exactly what the smaller one does.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from secateurs.errors import ConfigError
+from secateurs.masks import MaskSet
+from secateurs.structured.graph import ChannelGraph, Site
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _removed_roots(graph: ChannelGraph, groups: Iterable[int]) -> set[int]:
+    known = {g.id for g in graph.groups}
+    chosen = set(groups)
+    unknown = chosen - known
+    if unknown:
+        raise ConfigError(
+            f"channel groups {sorted(unknown)[:5]} are not prunable groups of this graph",
+            fix="choose ids from graph.groups (frozen channels, such as the classes, are not in it)",
+        )
+    return chosen
+
+
+def _keep_indices(graph: ChannelGraph, site: Site, removed: set[int]) -> np.ndarray:
+    roots = graph.labels.roots(site.labels)
+    return np.nonzero(~np.isin(roots, np.fromiter(removed, np.int64, len(removed))))[0]
+
+
+def _slices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], dict[int, np.ndarray]]:
+    """(module, tensor) -> {dim: kept indices} for every site that loses something."""
+    out: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
+    for site in graph.sites:
+        keep = _keep_indices(graph, site, removed)
+        if len(keep) < len(site.labels):
+            if len(keep) == 0:
+                raise ConfigError(
+                    f"removing these groups leaves {site.module}.{site.tensor} with no channels",
+                    fix="prune fewer channels (keep at least one per layer)",
+                )
+            out[(site.module, site.tensor)][site.dim] = keep
+    return out
+
+
+def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]) -> nn.Module:
+    """A smaller copy of `model` without the channel `groups` (ids from `graph.groups`)."""
+    removed = _removed_roots(graph, groups)
+    pruned = copy.deepcopy(model)
+    modules = dict(pruned.named_modules())
+    for (module_name, tensor_name), dims in _slices(graph, removed).items():
+        module = modules[module_name]
+        old = getattr(module, tensor_name)
+        new = old.detach()
+        for dim, keep in dims.items():
+            new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
+        new = new.contiguous().clone()
+        if isinstance(old, nn.Parameter):
+            setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            persistent = tensor_name not in module._non_persistent_buffers_set
+            module.register_buffer(tensor_name, new, persistent=persistent)
+    for module in {modules[m] for m, _ in _slices(graph, removed)}:
+        _update_sizes(module)
+    return pruned
+
+
+def _update_sizes(module: nn.Module) -> None:
+    """Set a module's size attributes from its (sliced) tensors."""
+    if isinstance(module, _CONV):
+        if module.groups == module.in_channels and module.groups > 1:  # depthwise (with a multiplier)
+            multiplier = module.out_channels // module.in_channels
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.groups = module.out_channels // multiplier
+        else:
+            module.out_channels = module.weight.shape[0]
+            module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, _CONV_T):
+        module.in_channels = module.weight.shape[0]
+        module.out_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        source = module.weight if module.weight is not None else module.running_mean
+        if source is not None:
+            module.num_features = source.shape[0]
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = module.num_groups = module.weight.shape[0]
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = module.weight.shape[0]
+
+
+def channel_masks(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]) -> MaskSet:
+    """Masks on the consuming weights' input channels that compute what `remove_channels` builds."""
+    removed = _removed_roots(graph, groups)
+    params = dict(model.named_parameters())
+    masks: dict[str, Tensor] = {}
+    for site in graph.sites:
+        if site.role != "consumer":
+            continue
+        name = f"{site.module}.{site.tensor}" if site.module else site.tensor
+        keep = _keep_indices(graph, site, removed)
+        if len(keep) == len(site.labels):
+            continue
+        weight = params[name]
+        along = torch.zeros(weight.shape[site.dim], dtype=torch.bool)
+        along[torch.as_tensor(keep)] = True
+        shape = [1] * weight.dim()
+        shape[site.dim] = -1
+        mask = along.reshape(shape).expand_as(weight)
+        masks[name] = masks[name] & mask if name in masks else mask.clone()
+    return MaskSet(masks)

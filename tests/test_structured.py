@@ -1,0 +1,175 @@
+"""Channel dependency graph and physical removal: removal equals zeroing where consumed, exactly."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from structured_archs import ARCHITECTURES, build
+from torch import Tensor, fx, nn
+
+from secateurs.errors import ConfigError
+from secateurs.structured.channels import channel_masks, remove_channels
+from secateurs.structured.graph import RULES, Tracked, analyze, passthrough, register_function_rule
+
+SUPPORTED = [n for n in ARCHITECTURES if n not in ("vit_tiny", "vit_mha", "swin_block")]
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _random_groups(ids: list[int], fraction: float, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    return [i for i in ids if float(torch.rand(1, generator=g)) < fraction]
+
+
+@pytest.mark.parametrize("name", SUPPORTED)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_removal_equals_zeroing_the_channels_where_they_are_consumed(name: str, seed: int) -> None:
+    model, x = build(name)
+    graph = analyze(model, x)
+    assert graph.groups, "every architecture has prunable channels"
+    chosen = _random_groups([g.id for g in graph.groups], 0.4, seed)
+    small = remove_channels(model, graph, chosen)
+    reference = copy.deepcopy(model)
+    channel_masks(model, graph, chosen).apply(reference)
+    with torch.no_grad():
+        expected, got = reference(x), small(x)
+    assert got.shape == expected.shape == (2, 10)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert _params(small) < _params(model)
+    assert all(p.is_contiguous() for p in small.parameters())
+    assert not list(small._forward_hooks) and not list(small._forward_pre_hooks)
+    # the original is untouched
+    with torch.no_grad():
+        assert torch.equal(model(x), build(name)[0](x))
+
+
+def test_parameter_count_is_the_analytic_one_for_vgg() -> None:
+    model, x = build("vgg_bn")
+    graph = analyze(model, x)
+    by_module: dict[str, list[int]] = {}
+    for g in graph.groups:
+        (site, _), *_ = g.producers()
+        by_module.setdefault(site.module, []).append(g.id)
+    assert sorted(len(v) for v in by_module.values()) == [16, 32, 32, 64]  # fc2's 10 outputs are frozen
+    # remove 5 channels of block2's conv (32 -> 27) and 3 of block3's (32 -> 29), 7 of fc1 (64 -> 57)
+    chosen = by_module["block2.0"][:5] + by_module["block3.0"][:3] + by_module["fc1"][:7]
+    small = remove_channels(model, graph, chosen)
+    expected = (
+        (3 * 9 * 16 + 16 + 2 * 16)  # block1: conv + bias + BN γβ
+        + (16 * 9 * 27 + 27 + 2 * 27)  # block2
+        + (27 * 9 * 29 + 29 + 2 * 29)  # block3 reads 27 channels
+        + (29 * 16 * 57 + 57)  # fc1 reads 29 channels × 4·4 positions
+        + (57 * 10 + 10)  # fc2
+    )
+    assert _params(small) == expected
+    assert small.block2[0].out_channels == 27 and small.block2[1].num_features == 27
+    assert small.fc1.in_features == 29 * 16 and small.fc1.out_features == 57
+    assert small.block2[1].running_mean.shape == (27,)
+
+
+def test_residual_channels_form_one_group_across_the_blocks_of_a_stage() -> None:
+    model, x = build("resnet20")
+    graph = analyze(model, x)
+    stem = [g for g in graph.groups if any(s.module == "conv1" for s, _ in g.producers())]
+    assert len(stem) == 8  # half-width ResNet-20: the first stage carries 8 residual channels
+    producers = {s.module for s, _ in stem[0].producers()}
+    # the stem and the second conv of every block of stage 1 add into the same channels
+    assert producers == {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
+
+
+def test_depthwise_and_grouped_convs_keep_their_structure() -> None:
+    model, x = build("mobilenetv2_block")
+    graph = analyze(model, x)
+    small = remove_channels(model, graph, [g.id for g in graph.groups][::3])
+    for m in small.modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.weight.shape[0]  # still depthwise
+    model, x = build("resnext_block")
+    graph = analyze(model, x)
+    small = remove_channels(model, graph, [g.id for g in graph.groups][::2])
+    grouped = [m for m in small.modules() if isinstance(m, nn.Conv2d) and m.groups == 4]
+    assert grouped and all(m.in_channels % 4 == 0 and m.out_channels % 4 == 0 for m in grouped)
+
+
+def test_the_classifier_outputs_and_literal_reshapes_are_never_prunable() -> None:
+    model, x = build("se_block")
+    graph = analyze(model, x)
+    prunable = {s.module for g in graph.groups for s, _ in g.sites}
+    assert "head" not in {s.module for g in graph.groups for s, _ in g.producers()}
+    # the SE gate is viewed to (-1, self.channels, 1, 1) with a literal channel count: frozen
+    assert "se.expand" not in {s.module for g in graph.groups for s, _ in g.producers()}
+    assert prunable
+
+
+def test_an_op_without_a_rule_is_a_clear_error_naming_it_and_the_node() -> None:
+    model, x = build("vit_tiny")
+    with pytest.raises(
+        ConfigError, match=r"no channel rule for function 'matmul' at graph node 'matmul'.*register"
+    ):
+        analyze(model, x)
+
+
+def twice(x: Tensor) -> Tensor:
+    return x * 2
+
+
+fx.wrap("twice")
+
+
+class UsesACustomOp(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(twice(self.conv(x)).mean((2, 3)))
+
+
+def test_a_registered_rule_makes_an_unknown_op_prunable() -> None:
+    model, x = UsesACustomOp(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(ConfigError, match="function 'twice'"):
+        analyze(model, x)
+    register_function_rule(twice)(lambda ctx, node: passthrough(ctx, node))
+    try:
+        graph = analyze(model, x)
+        assert len(graph.groups) == 4
+        small = remove_channels(model, graph, [graph.groups[1].id])
+        assert small.conv.out_channels == 3 and small.head.in_features == 3
+    finally:
+        del RULES[twice]
+
+
+def test_removing_every_channel_of_a_layer_is_refused() -> None:
+    model, x = build("vgg_bn")
+    graph = analyze(model, x)
+    block1 = [g.id for g in graph.groups if any(s.module == "block1.0" for s, _ in g.producers())]
+    with pytest.raises(ConfigError, match="no channels"):
+        remove_channels(model, graph, block1)
+    with pytest.raises(ConfigError, match="not prunable groups"):
+        remove_channels(model, graph, [-1])
+
+
+def test_untraceable_models_are_a_clear_error() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    with pytest.raises(ConfigError, match=r"cannot trace the model with torch\.fx"):
+        analyze(Branchy(), torch.randn(1, 3, 8, 8))
+
+
+def test_tracked_labels_are_per_channel_not_per_weight() -> None:
+    model, x = build("resnet20")
+    graph = analyze(model, x)
+    channels = sum(len(s.labels) for s in graph.sites)
+    assert channels < _params(model) / 10  # a few integers per channel, not per weight
+    assert isinstance(Tracked((1,), graph.sites[0].labels), Tracked)
