@@ -1,9 +1,30 @@
 """Structured pruning that removes whole units, giving a smaller dense model.
 
 Unstructured masks save MACs only on paper (PyTorch's dense kernels still multiply the zeros);
-removing neurons shrinks the weight matrices themselves, so memory and time fall for real.
+removing channels and neurons shrinks the weight tensors themselves, so memory and time fall for
+real. `analyze` builds the channel dependency graph, `prune_channels` scores and removes channel
+groups, `fold_batchnorm` folds BatchNorm into the preceding layer for inference.
 """
 
+from secateurs.structured.channels import channel_masks, remove_channels
+from secateurs.structured.fold import fold_batchnorm, folded_count
+from secateurs.structured.graph import ChannelGraph, analyze, register_function_rule, register_module_rule
 from secateurs.structured.neurons import neuron_masks, neuron_scores_l1, prune_neurons
+from secateurs.structured.prune import CHANNEL_CRITERIA, prune_channels, select_groups
 
-__all__ = ["neuron_masks", "neuron_scores_l1", "prune_neurons"]
+__all__ = [
+    "CHANNEL_CRITERIA",
+    "ChannelGraph",
+    "analyze",
+    "channel_masks",
+    "fold_batchnorm",
+    "folded_count",
+    "neuron_masks",
+    "neuron_scores_l1",
+    "prune_channels",
+    "prune_neurons",
+    "register_function_rule",
+    "register_module_rule",
+    "remove_channels",
+    "select_groups",
+]

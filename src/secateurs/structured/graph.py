@@ -29,6 +29,7 @@ import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -837,8 +838,21 @@ def _unknown(node: fx.Node, kind: str) -> ConfigError:
     )
 
 
-def analyze(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> ChannelGraph:
-    """Trace `model`, follow its channels on `example_input` and return the channel groups."""
+def analyze(
+    model: nn.Module, example_input: Tensor | tuple[Tensor, ...], *, exclude: Sequence[str] = ()
+) -> ChannelGraph:
+    """Trace `model`, follow its channels on `example_input` and return the channel groups.
+
+    `exclude`: module name patterns (shell-style) whose output channels must be kept; a pattern
+    that matches no module is an error.
+    """
+    names = [n for n, _ in model.named_modules() if n]
+    for pattern in exclude:
+        if not any(fnmatchcase(n, pattern) for n in names):
+            raise ConfigError(
+                f"exclude pattern {pattern!r} matches no module",
+                fix=f"modules are: {', '.join(names[:20])} …",
+            )
     was_training = model.training
     model.eval()
     try:
@@ -851,6 +865,9 @@ def analyze(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> Cha
     ctx = Context(gm, model)
     for node in gm.graph.nodes:
         ctx.values[node] = _visit(ctx, node)
+    for site in ctx.sites:
+        if site.role == "producer" and any(fnmatchcase(site.module, p) for p in exclude):
+            ctx.labels.freeze(site.labels)
     return _groups(ctx)
 
 
