@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from structured_archs import ARCHITECTURES, build
 from torch import Tensor, fx, nn
 
 from secateurs.errors import ConfigError
-from secateurs.structured.channels import channel_masks, remove_channels
+from secateurs.structured.channels import channel_masks, remove_channels, resize_like
 from secateurs.structured.graph import RULES, Tracked, analyze, passthrough, register_function_rule
 
 SUPPORTED = [n for n in ARCHITECTURES if n not in ("vit_tiny", "vit_mha", "swin_block")]
@@ -173,3 +174,19 @@ def test_tracked_labels_are_per_channel_not_per_weight() -> None:
     channels = sum(len(s.labels) for s in graph.sites)
     assert channels < _params(model) / 10  # a few integers per channel, not per weight
     assert isinstance(Tracked((1,), graph.sites[0].labels), Tracked)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_block", "densenet_block"])
+def test_a_pruned_model_saves_loads_and_exports_without_pruning_again(name: str, tmp_path: Path) -> None:
+    model, x = build(name)
+    graph = analyze(model, x)
+    small = remove_channels(model, graph, _random_groups([g.id for g in graph.groups], 0.5, 0))
+    torch.save(small.state_dict(), tmp_path / "small.pt")
+    fresh, _ = build(name)
+    loaded = resize_like(fresh, torch.load(tmp_path / "small.pt", weights_only=True))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), small(x))
+    assert _params(loaded) == _params(small)
+    exported = torch.export.export(small, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), small(x))

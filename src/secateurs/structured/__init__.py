@@ -6,7 +6,7 @@ real. `analyze` builds the channel dependency graph, `prune_channels` scores and
 groups, `fold_batchnorm` folds BatchNorm into the preceding layer for inference.
 """
 
-from secateurs.structured.channels import channel_masks, remove_channels
+from secateurs.structured.channels import channel_masks, remove_channels, resize_like
 from secateurs.structured.fold import fold_batchnorm, folded_count
 from secateurs.structured.graph import ChannelGraph, analyze, register_function_rule, register_module_rule
 from secateurs.structured.neurons import neuron_masks, neuron_scores_l1, prune_neurons
@@ -26,5 +26,6 @@ __all__ = [
     "register_function_rule",
     "register_module_rule",
     "remove_channels",
+    "resize_like",
     "select_groups",
 ]

@@ -105,6 +105,41 @@ def _update_sizes(module: nn.Module) -> None:
         module.num_parameters = module.weight.shape[0]
 
 
+def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
+    """Shape `model` (the original architecture) like a pruned `state_dict`, then load it, in place.
+
+    Loads a model pruned by `remove_channels` without pruning again: every parameter or buffer
+    whose saved shape differs is replaced by one of the saved shape and the modules' size
+    attributes follow, so `torch.save(small.state_dict())` + `resize_like(build(), torch.load(...,
+    weights_only=True))` gives back the small model.
+    """
+    own = dict(model.state_dict())
+    extra = sorted(set(state_dict) - set(own))
+    if extra:
+        raise ConfigError(
+            f"the state dict has entries the model lacks: {', '.join(extra[:5])}",
+            fix="build the same architecture the pruned model came from",
+        )
+    modules = dict(model.named_modules())
+    touched = set()
+    for key, value in state_dict.items():
+        if tuple(own[key].shape) == tuple(value.shape):
+            continue
+        module_name, _, tensor_name = key.rpartition(".")
+        module = modules[module_name]
+        old = getattr(module, tensor_name)
+        new = torch.empty(value.shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module.register_buffer(tensor_name, new)
+        touched.add(module)
+    for module in touched:
+        _update_sizes(module)
+    model.load_state_dict(state_dict)
+    return model
+
+
 def channel_masks(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]) -> MaskSet:
     """Masks on the consuming weights' input channels that compute what `remove_channels` builds."""
     removed = _removed_roots(graph, groups)
