@@ -108,3 +108,48 @@ def test_prune_channels_is_deterministic_and_every_layer_keeps_a_channel() -> No
         assert a(x).shape == (2, 10)
     with pytest.raises(ConfigError, match="matches no module"):
         prune_channels(model, x, 0.5, exclude=["nothing*"])
+
+
+# -- through the pipeline (structure: channel) -------------------------------------------------------
+def _channel_recipe(*stages: dict) -> dict:
+    from tiny import tiny_recipe
+
+    return tiny_recipe({"train": {}}, *stages, {"evaluate": {"label": "final"}}, iterations=4)
+
+
+def test_a_channel_prune_stage_masks_whole_neurons_and_shrink_removes_them() -> None:
+    from secateurs.masks import masks_of
+    from secateurs.pipeline import Pipeline
+    from secateurs.recipe import recipe_from_raw
+    from secateurs.structured.masking import shrink
+
+    step = {"structure": "channel", "criterion": "l1"}
+    raw = _channel_recipe({"prune": {**step, "sparsity": 0.25}}, {"prune": {**step, "sparsity": 0.5}})
+    pipeline = Pipeline(recipe_from_raw(raw))
+    pipeline.run()
+    model = pipeline.model
+    masks = masks_of(model)
+    assert masks is not None
+    hidden = masks["features.1.weight"].all(dim=1)  # rows of the hidden layer kept
+    assert int(hidden.sum()) == 8  # 16 hidden neurons, half removed in total over both steps
+    assert torch.equal(masks["classifier.weight"].all(dim=0), hidden)  # the consumer's columns follow
+    x = torch.randn(5, 20)
+    small = shrink(model, x)
+    assert small.features[1].out_features == 8 and small.classifier.in_features == 8
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("prune", "message"),
+    [
+        ({"structure": "channel", "rounds": 2}, "does not take rounds 2"),
+        ({"structure": "channel", "structure_options": {"cap": 1}}, "no option cap"),
+        ({"structure": "channel", "criterion": "snip"}, "does not score channels"),
+    ],
+)
+def test_bad_channel_prune_stages_are_clear_errors(prune: dict, message: str) -> None:
+    import secateurs
+
+    with pytest.raises(ConfigError, match=message):
+        secateurs.run(_channel_recipe({"prune": prune}))

@@ -160,6 +160,7 @@ def methods() -> None:
     from secateurs.recipe import preset_names, read_recipe_text
     from secateurs.sanity import SANITY
     from secateurs.schedules import SCHEDULE_NAMES
+    from secateurs.structured.prune import CHANNEL_CRITERIA
     from secateurs.structures import STRUCTURES
 
     table = _table("pruning axes", "axis", "name", "what it does")
@@ -171,6 +172,10 @@ def methods() -> None:
     ):
         for name in reg.names():
             table.add_row(axis, name, reg.help(name))
+        if axis == "structure":
+            table.add_row(axis, "channel", "whole channels or neurons, with their dependencies (structured)")
+            for name in CHANNEL_CRITERIA.names():
+                table.add_row("channel criterion", name, CHANNEL_CRITERIA.help(name))
     for name, cls in SCHEDULE_NAMES.items():
         table.add_row("schedule", name, (cls.__doc__ or "").strip().splitlines()[0])
     for name, what in (

@@ -34,6 +34,11 @@ DEMO_METHODS: list[tuple[str, str, list[str]]] = [
         "oneshot-magnitude",
         ["stages.2.prune.criterion=random", "stages.2.prune.allocation=uniform"],
     ),
+    (
+        "one-shot channels, L1 (structured)",
+        "oneshot-magnitude",
+        [f"stages.2.prune.{k}" for k in ("structure=channel", "criterion=l1", "allocation=uniform")],
+    ),
     ("iterative magnitude", "iterative-magnitude", []),
     ("gradual magnitude", "gradual-magnitude", []),
     # Half the weights per level (the output layer a quarter) instead of the preset's 20 % (10 %),

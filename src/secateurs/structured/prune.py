@@ -167,12 +167,15 @@ def select_groups(
         return sorted(chosen)
     if allocation != "global":
         raise ConfigError(f"unknown channel allocation {allocation!r}", fix="use uniform or global")
-    mean = {name: sum(scores[g.id] for g in gs) / len(gs) for name, gs in layers.items()}
+    mean = {}
+    for name, gs in layers.items():
+        finite = [scores[g.id] for g in gs if math.isfinite(scores[g.id])]  # -inf: removed already
+        mean[name] = sum(finite) / len(finite) if finite else 0.0
     caps = {name: min(math.floor(max_per_layer * len(gs)), len(gs) - 1) for name, gs in layers.items()}
 
     def normalised(g: ChannelGroup) -> float:
-        m = mean[layer_of(g)]
-        return scores[g.id] / m if m > 0 else 0.0
+        m, score = mean[layer_of(g)], scores[g.id]
+        return score / m if m > 0 and math.isfinite(score) else (score if not math.isfinite(score) else 0.0)
 
     target = round_half_up(amount * len(graph.groups))
     taken: dict[str, int] = defaultdict(int)
