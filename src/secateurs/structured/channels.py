@@ -38,16 +38,23 @@ def _removed_roots(graph: ChannelGraph, groups: Iterable[int]) -> set[int]:
     return chosen
 
 
-def _keep_indices(graph: ChannelGraph, site: Site, removed: set[int]) -> np.ndarray:
-    roots = graph.labels.roots(site.labels)
-    return np.nonzero(~np.isin(roots, np.fromiter(removed, np.int64, len(removed))))[0]
+def _gone(graph: ChannelGraph, removed: set[int]) -> np.ndarray:
+    """A boolean per label class: True for the removed ones."""
+    gone = np.zeros(len(graph.labels.parent), dtype=bool)
+    gone[np.fromiter(removed, np.int64, len(removed))] = True
+    return gone
+
+
+def _keep_indices(graph: ChannelGraph, site: Site, gone: np.ndarray) -> np.ndarray:
+    return np.nonzero(~gone[graph.labels.roots(site.labels)])[0]
 
 
 def _slices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], dict[int, np.ndarray]]:
     """(module, tensor) -> {dim: kept indices} for every site that loses something."""
     out: dict[tuple[str, str], dict[int, np.ndarray]] = defaultdict(dict)
+    gone = _gone(graph, removed)
     for site in graph.sites:
-        keep = _keep_indices(graph, site, removed)
+        keep = _keep_indices(graph, site, gone)
         if len(keep) < len(site.labels):
             if len(keep) == 0:
                 raise ConfigError(
@@ -63,7 +70,8 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]
     removed = _removed_roots(graph, groups)
     pruned = copy.deepcopy(model)
     modules = dict(pruned.named_modules())
-    for (module_name, tensor_name), dims in _slices(graph, removed).items():
+    slices = _slices(graph, removed)
+    for (module_name, tensor_name), dims in slices.items():
         module = modules[module_name]
         old = getattr(module, tensor_name)
         new = old.detach()
@@ -75,7 +83,7 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]
         else:
             persistent = tensor_name not in module._non_persistent_buffers_set
             module.register_buffer(tensor_name, new, persistent=persistent)
-    for module in {modules[m] for m, _ in _slices(graph, removed)}:
+    for module in {modules[m] for m, _ in slices}:
         _update_sizes(module)
     return pruned
 
@@ -145,11 +153,12 @@ def channel_masks(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]) 
     removed = _removed_roots(graph, groups)
     params = dict(model.named_parameters())
     masks: dict[str, Tensor] = {}
+    gone = _gone(graph, removed)
     for site in graph.sites:
         if site.role != "consumer":
             continue
         name = f"{site.module}.{site.tensor}" if site.module else site.tensor
-        keep = _keep_indices(graph, site, removed)
+        keep = _keep_indices(graph, site, gone)
         if len(keep) == len(site.labels):
             continue
         weight = params[name]

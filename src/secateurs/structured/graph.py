@@ -52,6 +52,7 @@ class Labels:
         self.parent: list[int] = []
         self.kind: list[int] = []
         self.frozen: set[int] = set()  # labels (not roots): resolved at the end
+        self._root_of: np.ndarray | None = None  # cached classes, reset by every union
 
     def fresh(self, shape: Sequence[int], kind: int) -> np.ndarray:
         n = math.prod(shape)
@@ -73,14 +74,17 @@ class Labels:
             rx, ry = self.find(x), self.find(y)
             if rx != ry:
                 self.parent[max(rx, ry)] = min(rx, ry)
+                self._root_of = None
 
     def freeze(self, labels: np.ndarray) -> None:
         self.frozen.update(labels.reshape(-1).tolist())
 
     def roots(self, labels: np.ndarray) -> np.ndarray:
-        return np.fromiter(
-            (self.find(x) for x in labels.reshape(-1).tolist()), np.int64, labels.size
-        ).reshape(labels.shape)
+        """The class (root label) of every label; one vectorised lookup once classes are final."""
+        if self._root_of is None or len(self._root_of) != len(self.parent):
+            n = len(self.parent)
+            self._root_of = np.fromiter((self.find(i) for i in range(n)), np.int64, n)
+        return self._root_of[labels]
 
 
 class Opaque:
@@ -930,16 +934,23 @@ def _parameter(ctx: Context, node: fx.Node) -> Tracked | None:
 
 def _groups(ctx: Context) -> ChannelGraph:
     labels = ctx.labels
-    frozen_roots = {labels.find(x) for x in labels.frozen}
-    producer_roots = {labels.find(i) for i, k in enumerate(labels.kind) if k == PRODUCER}
+    n = len(labels.parent)
+    root_of = labels.roots(np.arange(n))
+    frozen_roots = set(root_of[np.fromiter(labels.frozen, np.int64, len(labels.frozen))].tolist())
+    prunable = np.zeros(n, dtype=bool)
+    prunable[root_of[np.asarray(labels.kind, dtype=bool)]] = True  # classes holding a producer's channels
+    prunable[np.fromiter(frozen_roots, np.int64, len(frozen_roots))] = False
     groups: dict[int, ChannelGroup] = {}
     for site in ctx.sites:
-        roots = labels.roots(site.labels)
-        for root in np.unique(roots).tolist():
-            if root in frozen_roots or root not in producer_roots:
-                continue
-            group = groups.setdefault(root, ChannelGroup(root, 0))
-            group.sites.append((site, np.nonzero(roots == root)[0]))
+        roots = root_of[site.labels]
+        order = np.argsort(roots, kind="stable")
+        values, starts, counts = np.unique(roots[order], return_index=True, return_counts=True)
+        for k in np.nonzero(prunable[values])[0].tolist():
+            root = int(values[k])
+            group = groups.get(root)
+            if group is None:
+                group = groups[root] = ChannelGroup(root, 0)
+            group.sites.append((site, np.sort(order[starts[k] : starts[k] + counts[k]])))
     for group in groups.values():
         producers = group.producers()
         group.size = len(producers[0][1]) if producers else 0

@@ -20,6 +20,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -35,27 +36,40 @@ ChannelCriterion = Callable[[nn.Module, ChannelGraph, Batch | None, int], dict[i
 CHANNEL_CRITERIA: Registry[ChannelCriterion] = Registry("channel criterion")
 
 
-def _rows(model: nn.Module, group: ChannelGroup, tensor: str = "weight") -> list[Tensor]:
-    """The group's slices of each producing layer's `tensor`, as (positions, rest) matrices."""
+def _per_group(
+    model: nn.Module,
+    graph: ChannelGraph,
+    statistic: Callable[[Tensor], Tensor],
+    tensors: tuple[str, ...] = ("weight",),
+) -> dict[int, float]:
+    """Σ over the group's producer positions of a per-position `statistic` of the producing tensors.
+
+    The statistic is computed once per producing tensor, on its positions laid out as rows.
+    """
     modules = dict(model.named_modules())
-    out = []
-    for site, index in group.producers():
-        if site.tensor != tensor:
-            continue
-        weight = getattr(modules[site.module], tensor).detach()
-        rows = weight.index_select(site.dim, torch.as_tensor(index)).movedim(site.dim, 0)
-        out.append(rows.reshape(rows.shape[0], -1))
-    return out
+    cache: dict[tuple[str, str, int], np.ndarray] = {}
+    scores = dict.fromkeys((g.id for g in graph.groups), 0.0)
+    for g in graph.groups:
+        for site, index in g.producers():
+            if site.tensor not in tensors:
+                continue
+            key = (site.module, site.tensor, site.dim)
+            if key not in cache:
+                rows = getattr(modules[site.module], site.tensor).detach().movedim(site.dim, 0)
+                cache[key] = statistic(rows.reshape(rows.shape[0], -1).double()).numpy()
+            scores[g.id] += float(cache[key][index].sum())
+    return scores
 
 
 @CHANNEL_CRITERIA.register("l1", "L1 norm of the group's filters (Li et al. 2017)")
 def l1_scores(model: nn.Module, graph: ChannelGraph, data: Batch | None, seed: int) -> dict[int, float]:
-    return {g.id: float(sum(r.abs().sum() for r in _rows(model, g))) for g in graph.groups}
+    return _per_group(model, graph, lambda rows: rows.abs().sum(1))
 
 
 @CHANNEL_CRITERIA.register("l2", "L2 norm of the group's filters")
 def l2_scores(model: nn.Module, graph: ChannelGraph, data: Batch | None, seed: int) -> dict[int, float]:
-    return {g.id: math.sqrt(float(sum(r.pow(2).sum() for r in _rows(model, g)))) for g in graph.groups}
+    squares = _per_group(model, graph, lambda rows: rows.pow(2).sum(1))
+    return {gid: math.sqrt(v) for gid, v in squares.items()}
 
 
 @CHANNEL_CRITERIA.register("bn_scale", "|γ| of the group's BatchNorms (network slimming)")
@@ -108,21 +122,7 @@ def taylor_scores(model: nn.Module, graph: ChannelGraph, data: Batch | None, see
 
 @CHANNEL_CRITERIA.register("fpgm", "distance to the layer's other filters (geometric median, He et al. 2019)")
 def fpgm_scores(model: nn.Module, graph: ChannelGraph, data: Batch | None, seed: int) -> dict[int, float]:
-    modules = dict(model.named_modules())
-    distance: dict[tuple[str, int], Tensor] = {}  # (module, dim) -> per-position sum of distances
-    for site in graph.sites:
-        if site.role == "producer" and site.tensor == "weight" and (site.module, site.dim) not in distance:
-            weight = modules[site.module].weight.detach().movedim(site.dim, 0)
-            flat = weight.reshape(weight.shape[0], -1).double()
-            distance[(site.module, site.dim)] = torch.cdist(flat, flat).sum(dim=1)
-    scores = {}
-    for g in graph.groups:
-        total = 0.0
-        for site, index in g.producers():
-            if site.tensor == "weight":
-                total += float(distance[(site.module, site.dim)][torch.as_tensor(index)].sum())
-        scores[g.id] = total
-    return scores
+    return _per_group(model, graph, lambda rows: torch.cdist(rows, rows).sum(1))
 
 
 @CHANNEL_CRITERIA.register("random", "uniform random scores (seeded)")

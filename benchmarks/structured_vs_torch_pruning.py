@@ -1,0 +1,202 @@
+"""Structured pruning of CIFAR ResNet-56, 50 % of channels by L1: secateurs vs Torch-Pruning.
+
+Both libraries prune the same model (our zoo's ResNet-56, option-B shortcuts) in one process:
+  secateurs      `secateurs.structured.prune_channels(model, x, 0.5, criterion="l1", allocation="uniform")`;
+  torch-pruning  `tp.pruner.MagnitudePruner(model, x, tp.importance.MagnitudeImportance(p=1),
+                 pruning_ratio=0.5, ignored_layers=[fc])` then `step()`.
+Per library: graph+prune seconds (median of 3), MACs and parameters before/after (our counter),
+and CPU latency at batch 1 and 64 of the pruned model against the dense one. Every model — the
+dense baseline included — goes through the same inference path: BatchNorm folded into the convs
+(`secateurs.structured.fold_batchnorm`), eager mode, `torch.inference_mode`, one thread. Latencies
+are the minimum over interleaved rounds. `speedup_over_macs_ratio` = (dense / pruned latency) /
+(dense / pruned MACs): the share of the theoretical speed-up that is realised.
+
+Torch-Pruning is an optional extra, only for this benchmark: `pip install -e ".[bench]"`.
+
+    python benchmarks/structured_vs_torch_pruning.py            # about 3 minutes
+    python benchmarks/structured_vs_torch_pruning.py --quick    # about a minute (fewer rounds)
+Writes benchmarks/results/structured_vs_torch_pruning{,_quick}.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from secateurs.eval.macs import count_costs
+from secateurs.fileio import atomic_write_text
+from secateurs.models import build_model
+from secateurs.structured import fold_batchnorm, prune_channels
+
+RESULTS = Path(__file__).parent / "results"
+SHAPE = (3, 32, 32)
+AMOUNT = 0.5
+TARGETS = {"b64": 0.85, "b1": 0.6}
+
+
+def dense_model() -> nn.Module:
+    model = build_model("resnet56", SHAPE, 10, seed=0)
+    with torch.no_grad():  # BN statistics of a trained-looking network (folding must matter)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def ours(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    return prune_channels(model, x, AMOUNT, criterion="l1", allocation="uniform", exclude=["fc"])
+
+
+def theirs(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model)
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=AMOUNT,
+        ignored_layers=[model.fc],
+    )
+    pruner.step()
+    return model
+
+
+def timed(
+    prune: Callable[[nn.Module, torch.Tensor], nn.Module], model: nn.Module, x: torch.Tensor
+) -> tuple[nn.Module, float]:
+    seconds, pruned = [], model
+    for _ in range(3):
+        started = time.perf_counter()
+        pruned = prune(model, x)
+        seconds.append(time.perf_counter() - started)
+    return pruned, statistics.median(seconds)
+
+
+def latencies(models: dict[str, nn.Module], batch: int, rounds: int, iters: int) -> dict[str, float]:
+    """Minimum time per forward (ms) of each model at `batch`, rounds interleaved across models."""
+    x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0))
+    best = {name: float("inf") for name in models}
+    with torch.inference_mode():
+        for m in models.values():
+            for _ in range(3):
+                m(x)
+        for _ in range(rounds):
+            for name, m in models.items():
+                started = time.perf_counter()
+                for _ in range(iters):
+                    m(x)
+                best[name] = min(best[name], (time.perf_counter() - started) / iters * 1000)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer latency rounds")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    try:
+        import torch_pruning
+    except ImportError:
+        raise SystemExit('error: torch-pruning is not installed. Fix: pip install -e ".[bench]"') from None
+    model = dense_model()
+    x = torch.randn(1, *SHAPE)
+    pruned = {"secateurs": timed(ours, model, x), "torch_pruning": timed(theirs, model, x)}
+    dense_cost = count_costs(model, SHAPE)
+    folded = {"dense": fold_batchnorm(model)} | {k: fold_batchnorm(m.eval()) for k, (m, _) in pruned.items()}
+    with torch.no_grad():
+        for name, m in folded.items():
+            assert m(x).shape == (1, 10), name
+    rounds = 5 if args.quick else 15
+    lat = {"b1": latencies(folded, 1, rounds, 20), "b64": latencies(folded, 64, rounds, 2)}
+    results: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread",
+        "torch_pruning_version": torch_pruning.__version__,
+        "model": "resnet56 (CIFAR, option-B shortcuts)",
+        "amount": AMOUNT,
+        "dense": {
+            "macs": dense_cost.macs,
+            "params": dense_cost.params,
+            "latency_ms": {b: lat[b]["dense"] for b in lat},
+        },
+        "libraries": {},
+    }
+    for name, (m, seconds) in pruned.items():
+        cost = count_costs(m, SHAPE)
+        macs_ratio = dense_cost.macs / cost.macs
+        entry: dict[str, Any] = {
+            "graph_prune_s": round(seconds, 3),
+            "macs_before": dense_cost.macs,
+            "macs_after": cost.macs,
+            "params_after": cost.params,
+            "macs_ratio": round(macs_ratio, 3),
+            "latency_ms": {b: round(lat[b][name], 3) for b in lat},
+        }
+        for b in lat:
+            speedup = lat[b]["dense"] / lat[b][name]
+            entry[f"speedup_{b}"] = round(speedup, 3)
+            entry[f"speedup_over_macs_ratio_{b}"] = round(speedup / macs_ratio, 3)
+        results["libraries"][name] = entry
+        print(name, entry, flush=True)
+    ours_entry, their_entry = results["libraries"]["secateurs"], results["libraries"]["torch_pruning"]
+    results["targets"] = {
+        **{
+            f"speedup_over_macs_ratio_{b}>={t}": ours_entry[f"speedup_over_macs_ratio_{b}"] >= t
+            for b, t in TARGETS.items()
+        },
+        "graph_prune_s<=torch_pruning": ours_entry["graph_prune_s"] <= their_entry["graph_prune_s"],
+    }
+    write(results, args.quick)
+
+
+def write(results: dict[str, Any], quick: bool) -> None:
+    stem = "structured_vs_torch_pruning" + ("_quick" if quick else "")
+    atomic_write_text(RESULTS / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    version, amount = results["torch_pruning_version"], int(100 * results["amount"])
+    lines = [
+        f"# ResNet-56, {amount} % of channels by L1: secateurs vs Torch-Pruning {version}",
+        "",
+        f"{results['machine']}; every model BN-folded, eager, `torch.inference_mode`; "
+        "latency = min over rounds.",
+        "",
+        "| library | graph+prune s | MACs after (ratio) | params after | speed-up b1 | realised b1 "
+        "| speed-up b64 | realised b64 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, e in results["libraries"].items():
+        cells = [
+            name,
+            f"{e['graph_prune_s']:.2f}",
+            f"{e['macs_after']:,} ({e['macs_ratio']:.2f}×)",
+            f"{e['params_after']:,}",
+            *(f"{e[k]:.2f}" for k in ("speedup_b1", "speedup_over_macs_ratio_b1")),
+            *(f"{e[k]:.2f}" for k in ("speedup_b64", "speedup_over_macs_ratio_b64")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    dense = results["dense"]
+    b1, b64 = dense["latency_ms"]["b1"], dense["latency_ms"]["b64"]
+    lines += [
+        "",
+        f"Dense: {dense['macs']:,} MACs, {dense['params']:,} parameters, {b1:.2f} ms at batch 1, "
+        f"{b64:.1f} ms at batch 64. Realised = speed-up / MACs ratio.",
+        "",
+        "Targets: "
+        + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in results["targets"].items())
+        + ".",
+    ]
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
