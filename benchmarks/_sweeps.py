@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,6 +16,15 @@ import yaml
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import RunSummary
+
+
+def prepare(name: str, work: Path, results: Path, *, quick: bool, fresh: bool) -> tuple[str, Path, Path]:
+    """(suffix, store root, output folder) of a sweep benchmark; `fresh` forgets the stored runs."""
+    suffix = "_quick" if quick else ""
+    root, out = work / f"{name}{suffix}", results / f"{name}{suffix}"
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    return suffix, root, out
 
 
 def run_sweeps(sweeps: list[dict[str, Any]], *, root: Path, out: Path, workers: int) -> float:

@@ -21,15 +21,14 @@ Writes benchmarks/results/dst_fashion_mnist{,_quick}.json and .../dst_fashion_mn
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
-from _sweeps import cells, run_sweeps
+from _jobs import benchmark_args
+from _sweeps import cells, prepare, run_sweeps
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import collect, write_report
@@ -129,15 +128,8 @@ def flops_table(accuracy: dict[str, Any], flops: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 90 %%, 60 training steps per run")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
-    args = parser.parse_args()
-    suffix = "_quick" if args.quick else ""
-    root, out = WORK / f"dst_fashion_mnist{suffix}", RESULTS / f"dst_fashion_mnist{suffix}"
-    if args.fresh and root.exists():
-        shutil.rmtree(root)
+    args = benchmark_args(__doc__, "1 seed, 90 %%, 60 training steps per run")
+    suffix, root, out = prepare("dst_fashion_mnist", WORK, RESULTS, quick=args.quick, fresh=args.fresh)
     swept = run_sweeps(sweeps(args.quick, out), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     with ResultsDB(root / "results.db", create=False) as db:

@@ -22,15 +22,14 @@ Writes benchmarks/results/pai_sweep{,_quick}.json and benchmarks/results/pai_swe
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _sweeps import cells, mean, run_sweeps
+from _jobs import benchmark_args
+from _sweeps import cells, mean, prepare, run_sweeps
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import RunSummary, collect, write_report
@@ -192,15 +191,8 @@ def literature(summary: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="MNIST-1D only, 1 seed, 90/98 %%, 4 epochs")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--fresh", action="store_true", help="forget finished runs and start over")
-    args = parser.parse_args()
-    suffix = "_quick" if args.quick else ""
-    root, out = WORK / f"pai_sweep{suffix}", RESULTS / f"pai_sweep{suffix}"
-    if args.fresh and root.exists():
-        shutil.rmtree(root)
+    args = benchmark_args(__doc__, "MNIST-1D only, 1 seed, 90/98 %%, 4 epochs")
+    suffix, root, out = prepare("pai_sweep", WORK, RESULTS, quick=args.quick, fresh=args.fresh)
     swept = run_sweeps(sweeps(args.quick), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     with ResultsDB(root / "results.db", create=False) as db:

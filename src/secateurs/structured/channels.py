@@ -148,22 +148,35 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
     return model
 
 
-def channel_masks(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]) -> MaskSet:
-    """Masks on the consuming weights' input channels that compute what `remove_channels` builds."""
+def channel_masks(
+    model: nn.Module,
+    graph: ChannelGraph,
+    groups: Iterable[int],
+    *,
+    roles: tuple[str, ...] = ("consumer",),
+    complete: bool = False,
+) -> MaskSet:
+    """Masks that compute what `remove_channels` builds: the groups' positions in every site of `roles`.
+
+    The consumers' input channels suffice for equal outputs; adding `"producer"` also zeroes the
+    removed filters (and biases), so nonzero counts see what really remains. With `complete`, every
+    site of those roles gets a mask (all True where nothing is removed), so that the names stay
+    the same from one pruning step to the next.
+    """
     removed = _removed_roots(graph, groups)
     params = dict(model.named_parameters())
     masks: dict[str, Tensor] = {}
     gone = _gone(graph, removed)
     for site in graph.sites:
-        if site.role != "consumer":
+        if site.role not in roles:
             continue
         name = f"{site.module}.{site.tensor}" if site.module else site.tensor
         keep = _keep_indices(graph, site, gone)
-        if len(keep) == len(site.labels):
+        if len(keep) == len(site.labels) and not complete:
             continue
         weight = params[name]
         along = torch.zeros(weight.shape[site.dim], dtype=torch.bool)
-        along[torch.as_tensor(keep)] = True
+        along[torch.as_tensor(keep, dtype=torch.long)] = True
         shape = [1] * weight.dim()
         shape[site.dim] = -1
         mask = along.reshape(shape).expand_as(weight)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from secateurs.errors import ConfigError
 from secateurs.masks import MaskSet, masks_of
-from secateurs.structured.channels import remove_channels
+from secateurs.structured.channels import channel_masks, remove_channels
 from secateurs.structured.graph import ChannelGraph, analyze
 from secateurs.structured.prune import CHANNEL_CRITERIA, Batch, select_groups
 
@@ -42,24 +42,6 @@ def removed_groups(model: nn.Module, graph: ChannelGraph, masks: MaskSet | None)
         ):
             out.add(group.id)
     return out
-
-
-def group_masks(model: nn.Module, graph: ChannelGraph, groups: set[int]) -> MaskSet:
-    """Masks that zero the groups' producer filters (weights, biases) and consumer input channels."""
-    params = dict(model.named_parameters())
-    masks: dict[str, Tensor] = {}
-    for site in graph.sites:
-        if site.role not in ("producer", "consumer"):
-            continue
-        name = f"{site.module}.{site.tensor}" if site.module else site.tensor
-        param = params[name]
-        roots = graph.labels.roots(site.labels)
-        drop = torch.as_tensor([int(r) in groups for r in roots.tolist()], dtype=torch.bool)
-        shape = [1] * param.dim()
-        shape[site.dim] = -1
-        keep = (~drop).reshape(shape).expand_as(param)
-        masks[name] = masks[name] & keep if name in masks else keep.clone()
-    return MaskSet(masks)
 
 
 def channel_prune_masks(
@@ -93,7 +75,7 @@ def channel_prune_masks(
     for gid in already:
         scores[gid] = float("-inf")  # removed before: stays removed and counts towards the target
     chosen = set(select_groups(graph, scores, sparsity, allocation=allocation, max_per_layer=max_per_layer))
-    masks = group_masks(model, graph, chosen | already)
+    masks = channel_masks(model, graph, chosen | already, roles=("producer", "consumer"), complete=True)
     if current is not None:
         merged = {n: current[n] & masks[n] if n in masks else current[n] for n in current}
         merged.update({n: m for n, m in masks.items() if n not in merged})
