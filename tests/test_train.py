@@ -543,3 +543,24 @@ def test_grad_clip_bounds_the_update() -> None:
     train(model, make_data(), config)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert 0.0099 < (after - before).norm().item() <= 0.01 + 1e-6
+
+
+def test_bn_l1_adds_the_l1_subgradient_to_every_batchnorm_scale() -> None:
+    """Network slimming: one SGD step with bn_l1 = λ moves γ by exactly −lr·λ·sign(γ) more."""
+    from torch import nn
+
+    from secateurs.train import TrainConfig, train
+
+    def run(bn_l1: float) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+        with torch.no_grad():
+            model[1].weight.copy_(torch.tensor([0.5, -0.3, 1.0, -2.0, 0.7, 0.1]))
+        x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1] * 4)
+        config = TrainConfig(iterations=1, batch_size=8, optimizer={"lr": 0.5, "momentum": 0.0}, bn_l1=bn_l1)
+        train(model, [(x, y)], config)
+        return model[1].weight.detach()
+
+    plain, slim = run(0.0), run(0.1)
+    expected = -0.5 * 0.1 * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, 1.0])
+    torch.testing.assert_close(slim - plain, expected, rtol=0, atol=1e-6)

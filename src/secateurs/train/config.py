@@ -61,6 +61,9 @@ class TrainConfig(StrictModel):
     eval_every_epoch: bool = True
     grad_clip: float | None = Field(None, gt=0)
     mask_grads: bool = False
+    bn_l1: float = Field(
+        0.0, ge=0, description="network slimming: λ of an L1 penalty on every BatchNorm scale γ (e.g. 1e-4)"
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:

@@ -256,6 +256,14 @@ class _Loop:
         self.description = description
         self.losses = _LossLog(description)
         self.params = [p for g in state.optimizer.param_groups for p in g["params"]]
+        # network slimming (Liu et al. 2017): the subgradient λ·sign(γ) of an L1 penalty on BN scales
+        self.bn_scales = [
+            m.weight
+            for m in state.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.weight is not None
+            and m.weight.requires_grad
+        ]
         self.device = next(iter(state.model.parameters()), torch.empty(0)).device
 
     def run(self) -> None:
@@ -308,6 +316,11 @@ class _Loop:
         st.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(st.model(x), y)
         loss.backward()
+        if self.config.bn_l1 and self.bn_scales:
+            with torch.no_grad():
+                for w in self.bn_scales:
+                    if w.grad is not None:
+                        w.grad.add_(torch.sign(w), alpha=self.config.bn_l1)
         if self.config.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         st.optimizer.step()
