@@ -64,3 +64,23 @@ def cells(runs: list[RunSummary], metric: str) -> dict[str, dict[str, dict[str, 
         }
         for pair, methods in sorted(values.items())
     }
+
+
+def store_minutes(root: Path) -> dict[str, float]:
+    """From the store's timestamps: wall minutes from the first run's start to the last run's end,
+    and the runs' own minutes summed (what the grid costs, whichever invocation ran it)."""
+    from datetime import datetime
+
+    from secateurs.store.db import ResultsDB
+
+    with ResultsDB(root / "results.db", create=False) as db:
+        spans = [
+            (datetime.fromisoformat(r.started), datetime.fromisoformat(r.finished))
+            for r in db.list_runs(status="finished")
+            if r.started and r.finished
+        ]
+    if not spans:
+        return {"wall_minutes": 0.0, "run_minutes": 0.0}
+    wall = (max(b for _, b in spans) - min(a for a, _ in spans)).total_seconds() / 60
+    total = sum((b - a).total_seconds() for a, b in spans) / 60
+    return {"wall_minutes": round(wall, 1), "run_minutes": round(total, 1)}

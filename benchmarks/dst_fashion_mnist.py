@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 from _jobs import benchmark_args
-from _sweeps import cells, prepare, run_sweeps
+from _sweeps import cells, prepare, run_sweeps, store_minutes
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import collect, write_report
@@ -132,6 +132,7 @@ def main() -> None:
     suffix, root, out = prepare("dst_fashion_mnist", WORK, RESULTS, quick=args.quick, fresh=args.fresh)
     swept = run_sweeps(sweeps(args.quick, out), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
+    timing = store_minutes(root)
     with ResultsDB(root / "results.db", create=False) as db:
         runs = collect(db)
     pair = "fashion_mnist·lenet5"
@@ -155,11 +156,18 @@ def main() -> None:
         *ordering(accuracy),
         "",
         f"Budget: {budget}, SGD 0.1 momentum 0.9 cosine, batch 128; {args.workers} workers; "
-        f"sweep wall time of this invocation {swept:.1f} min (0 when every run was already stored).",
+        f"the grid's runs took {timing['run_minutes']} min summed, {timing['wall_minutes']} min of wall time "
+        f"from the first start to the last end (this invocation: {swept:.1f} min).",
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))
-    payload = {"budget": budget, "sweep_minutes": swept, "accuracy": accuracy, "train_flops_vs_dense": flops}
+    payload = {
+        "budget": budget,
+        "sweep_minutes": swept,
+        **timing,
+        "accuracy": accuracy,
+        "train_flops_vs_dense": flops,
+    }
     atomic_write_text(RESULTS / f"dst_fashion_mnist{suffix}.json", json.dumps(payload, indent=1))
     print(f"report: {report}")
 

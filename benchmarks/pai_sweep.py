@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _jobs import benchmark_args
-from _sweeps import cells, mean, prepare, run_sweeps
+from _sweeps import cells, mean, prepare, run_sweeps, store_minutes
 
 from secateurs.fileio import atomic_write_text
 from secateurs.report import RunSummary, collect, write_report
@@ -195,6 +195,7 @@ def main() -> None:
     suffix, root, out = prepare("pai_sweep", WORK, RESULTS, quick=args.quick, fresh=args.fresh)
     swept = run_sweeps(sweeps(args.quick), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
+    timing = store_minutes(root)
     with ResultsDB(root / "results.db", create=False) as db:
         summary = summarise(collect(db))
     budget = ", ".join(
@@ -206,11 +207,12 @@ def main() -> None:
         "",
         *literature(summary),
         f"Budget: {budget}; SGD 0.1, momentum 0.9, cosine, batch 128; {args.workers} workers; "
-        f"sweep wall time of this invocation {swept:.1f} min (0 when every run was already stored).",
+        f"the grid's runs took {timing['run_minutes']} min summed, {timing['wall_minutes']} min of wall time "
+        f"from the first start to the last end (this invocation: {swept:.1f} min).",
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))
-    payload = {"budget": budget, "sweep_minutes": swept, "pairs": summary}
+    payload = {"budget": budget, "sweep_minutes": swept, **timing, "pairs": summary}
     atomic_write_text(RESULTS / f"pai_sweep{suffix}.json", json.dumps(payload, indent=1))
     print(f"report: {report}")
 
