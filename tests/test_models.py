@@ -302,3 +302,16 @@ def test_mlp_activation_option_builds_a_deep_linear_network() -> None:
     torch.testing.assert_close(linear(x), expected)
     with pytest.raises(ConfigError, match=r"activation='gelu' is not known.*relu, tanh, linear"):
         build_model("mlp", (6,), 3, activation="gelu")
+
+
+def test_lenet5_width_and_batchnorm_options() -> None:
+    from torch import nn
+
+    from secateurs.models import build_model
+
+    plain = build_model("lenet5", (1, 28, 28), 10, seed=0)
+    assert sum(p.numel() for p in plain.parameters()) == 61706  # the classic count, unchanged
+    slim = build_model("lenet5", (1, 28, 28), 10, seed=0, batchnorm=True, width=2.0)
+    norms = [m for m in slim.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    assert [m.num_features for m in norms] == [12, 32, 240, 168]
+    assert slim(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
