@@ -190,3 +190,40 @@ def test_a_pruned_model_saves_loads_and_exports_without_pruning_again(name: str,
     exported = torch.export.export(small, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), small(x))
+
+
+def test_a_pruned_model_exports_to_a_program_and_to_onnx_with_equal_outputs(tmp_path: Path) -> None:
+    import warnings
+
+    onnx = pytest.importorskip("onnx")  # installed by the test extras
+    from onnx.reference import ReferenceEvaluator
+
+    from secateurs.export import export_onnx, export_program
+
+    model, x = build("vgg_bn")
+    graph = analyze(model, x)
+    small = remove_channels(model, graph, _random_groups([g.id for g in graph.groups], 0.5, 3))
+    program = torch.export.load(export_program(small, x, tmp_path / "small.pt2"))
+    with torch.no_grad():
+        expected = small(x)
+        torch.testing.assert_close(program.module()(x), expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notice that the TorchScript-based exporter is legacy
+        path = export_onnx(small, x, tmp_path / "small.onnx")
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    (got,) = ReferenceEvaluator(proto).run(None, {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_without_onnx_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from secateurs.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
+    with pytest.raises(ConfigError, match=r"needs the onnx package.*\[export\]"):
+        export_onnx(nn.Linear(2, 2), torch.zeros(1, 2), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
