@@ -14,7 +14,7 @@ from secateurs.errors import ConfigError
 from secateurs.structured.channels import channel_masks, remove_channels, resize_like
 from secateurs.structured.graph import RULES, Tracked, analyze, passthrough, register_function_rule
 
-SUPPORTED = [n for n in ARCHITECTURES if n not in ("vit_tiny", "vit_mha", "swin_block")]
+SUPPORTED = list(ARCHITECTURES)
 
 
 def _params(model: nn.Module) -> int:
@@ -96,22 +96,56 @@ def test_depthwise_and_grouped_convs_keep_their_structure() -> None:
     assert grouped and all(m.in_channels % 4 == 0 and m.out_channels % 4 == 0 for m in grouped)
 
 
-def test_the_classifier_outputs_and_literal_reshapes_are_never_prunable() -> None:
+def test_the_classifier_outputs_are_never_prunable_and_reshape_attributes_follow() -> None:
     model, x = build("se_block")
     graph = analyze(model, x)
-    prunable = {s.module for g in graph.groups for s, _ in g.sites}
     assert "head" not in {s.module for g in graph.groups for s, _ in g.producers()}
-    # the SE gate is viewed to (-1, self.channels, 1, 1) with a literal channel count: frozen
-    assert "se.expand" not in {s.module for g in graph.groups for s, _ in g.producers()}
-    assert prunable
+    # the SE gate is viewed to (-1, self.channels, 1, 1): the attribute is rewritten with the channels
+    assert ("se", "channels") in graph.attributes
+    gate = [g for g in graph.groups if any(s.module == "se.expand" for s, _ in g.producers())]
+    small = remove_channels(model, graph, [gate[0].id, gate[1].id])
+    assert small.se.channels == model.se.channels - 2
+    # a literal that no module attribute holds freezes what it sizes (Swin's 4·dim merge view)
+    model, x = build("swin_block")
+    graph = analyze(model, x)
+    assert not any(
+        s.module == "merge.reduction" and s.role == "consumer" for g in graph.groups for s, _ in g.sites
+    )
+    # a two-dimensional table (relative position bias per head) keeps the heads it meets
+    assert not any(s.module == "block.attn.qkv" for g in graph.groups for s, _ in g.sites)
+
+
+class CumulativeChannels(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.cumsum(self.conv(x), dim=1).mean((2, 3)))
 
 
 def test_an_op_without_a_rule_is_a_clear_error_naming_it_and_the_node() -> None:
+    expected = r"no channel rule for function 'cumsum' at graph node 'cumsum'.*register"
+    with pytest.raises(ConfigError, match=expected):
+        analyze(CumulativeChannels(), torch.randn(2, 3, 8, 8))
+
+
+def test_attention_heads_are_removed_whole_and_the_head_count_follows() -> None:
     model, x = build("vit_tiny")
-    with pytest.raises(
-        ConfigError, match=r"no channel rule for function 'matmul' at graph node 'matmul'.*register"
-    ):
-        analyze(model, x)
+    graph = analyze(model, x)
+    heads = [g for g in graph.groups if any(s.module == "blocks.0.attn.qkv" for s, _ in g.producers())]
+    assert len(heads) == 4  # the qkv reshape reads self.num_heads: heads are the unit
+    assert {len(i) for s, i in heads[0].sites if s.module == "blocks.0.attn.qkv"} == {36}  # q, k, v rows
+    small = remove_channels(model, graph, [heads[1].id])
+    attn = small.blocks[0].attn
+    assert (attn.num_heads, attn.hidden_dim, attn.head_dim) == (3, 36, 12)  # head_dim is not rewritten
+    assert _params(model) - _params(small) == 36 * (48 + 1) + 12 * 48  # q/k/v rows + biases, proj columns
+    assert small.blocks[1].attn.num_heads == 4
+    # nn.MultiheadAttention ties its heads to the residual width: no group reaches inside it
+    model, x = build("vit_mha")
+    graph = analyze(model, x)
+    assert not any("attn" in s.module for g in graph.groups for s, _ in g.sites)
 
 
 def twice(x: Tensor) -> Tensor:

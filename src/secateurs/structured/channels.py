@@ -85,6 +85,16 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]
             module.register_buffer(tensor_name, new, persistent=persistent)
     for module in {modules[m] for m, _ in slices}:
         _update_sizes(module)
+    gone = _gone(graph, removed)
+    for (module_name, attribute), labels in graph.attributes.items():
+        kept = int((~gone[graph.labels.roots(labels)]).sum())
+        if kept < len(labels):
+            if kept == 0:
+                raise ConfigError(
+                    f"removing these groups sets {module_name}.{attribute} to 0",
+                    fix="prune fewer channels (keep at least one head or channel per layer)",
+                )
+            setattr(modules[module_name], attribute, kept)  # the forward reshapes with it
     return pruned
 
 

@@ -147,6 +147,7 @@ class ChannelGraph:
     sites: list[Site]
     labels: Labels
     frozen_roots: set[int]
+    attributes: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
     def group_of_root(self) -> dict[int, ChannelGroup]:
         return {g.id: g for g in self.groups}
@@ -163,6 +164,7 @@ class Context:
         self.labels = Labels()
         self.sites: list[Site] = []
         self._site_keys: dict[tuple[str, str, int], Site] = {}
+        self.attributes: dict[tuple[str, str], np.ndarray] = {}  # module size attributes and their units
         self.values: dict[fx.Node, Any] = {}
 
     def shape(self, node: Any) -> tuple[int, ...] | None:
@@ -185,6 +187,18 @@ class Context:
         site = Site(module, tensor, dim, labels.reshape(-1).copy(), role)
         self._site_keys[key] = site
         self.sites.append(site)
+
+    def attribute_site(self, module: str, attribute: str, labels: np.ndarray) -> None:
+        """`module.attribute` counts the positions `labels` (one per unit): pruning sets it to those kept."""
+        key = (module, attribute)
+        known = self.attributes.get(key)
+        if known is None:
+            self.attributes[key] = labels.reshape(-1).copy()
+        elif known.shape == labels.reshape(-1).shape:
+            self.labels.union(known, labels)
+        else:  # one attribute sizing different things: it cannot follow both
+            self.labels.freeze(known)
+            self.labels.freeze(labels)
 
     def fresh_channels(self, module: str, tensors: Sequence[tuple[str, int]], count: int) -> np.ndarray:
         """New producer labels for `count` output channels, recorded at each (tensor, dim) of `module`."""
@@ -339,15 +353,19 @@ def _reshape(ctx: Context, node: fx.Node, source: fx.Node, sizes: Sequence[Any])
         out_sizes = [out_shape[d] for d in out_dims]
         grid = block.reshape(out_sizes) if out_sizes else block.reshape(())
         kept_dims = [d for d in out_dims if out_shape[d] > 1]
-        literal = _literal_sizes(node, sizes, out_dims)
-        dynamic = [d for d in kept_dims if not literal[d]]
-        if not dynamic:
-            ctx.labels.freeze(block)  # the code fixes the channel count: it cannot shrink
-        for d in kept_dims if dynamic else []:
-            if d in dynamic:
+        kinds = _size_kinds(ctx, node, sizes, out_dims)
+        shrinkable = [d for d in kept_dims if kinds[d] != LITERAL]
+        if len(shrinkable) != 1:
+            ctx.labels.freeze(block)  # fixed by the code, or a grid of two free sizes: not followed
+        for d in kept_dims if len(shrinkable) == 1 else []:
+            axis = out_dims.index(d)
+            if d in shrinkable:
+                if kinds[d] != DYNAMIC:  # a module attribute holds this size: pruning updates it
+                    others = tuple(i for i in range(grid.ndim) if i != axis)
+                    along = grid.transpose((axis, *others)).reshape(grid.shape[axis], -1)[:, 0]
+                    ctx.attribute_site(*kinds[d], along)
                 continue
-            axis = out_dims.index(d)  # a literal sub-dim keeps its size: tie channels across it
-            first = np.take(grid, 0, axis=axis)
+            first = np.take(grid, 0, axis=axis)  # a literal sub-dim keeps its size: tie channels across it
             for i in range(1, grid.shape[axis]):
                 ctx.labels.union(first, np.take(grid, i, axis=axis))
         dims = tuple(d for d in out_dims if out_shape[d] > 1) or tuple(out_dims[:1])
@@ -356,15 +374,46 @@ def _reshape(ctx: Context, node: fx.Node, source: fx.Node, sizes: Sequence[Any])
     return None
 
 
-def _literal_sizes(node: fx.Node, sizes: Sequence[Any], out_dims: Sequence[int]) -> dict[int, bool]:
-    """For each output dim: is its size a literal int in the code (True) or computed at run time?"""
+# Module attributes that a reshape may read its size from and that pruning keeps up to date: a
+# count of units (heads) or a total width. Only these names, and only when exactly one of them
+# equals the literal, so a coincidental attribute is never rewritten.
+COUNT_ATTRIBUTES = ("num_heads", "n_heads", "heads", "num_attention_heads", "n_head")
+WIDTH_ATTRIBUTES = ("hidden_dim", "inner_dim", "all_head_size", "embed_dim", "dim", "channels", "hidden_size")
+LITERAL, DYNAMIC = "literal", "dynamic"
+
+
+def _owner(ctx: Context, node: fx.Node) -> str | None:
+    """The qualified name of the module whose forward created `node` (from fx's module stack)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    key, value = list(stack.items())[-1]
+    path = value[0] if isinstance(value, tuple) else key
+    return path if path in ctx.modules else None
+
+
+def _size_attribute(ctx: Context, node: fx.Node, value: int, names: Sequence[str]) -> tuple[str, str] | None:
+    owner = _owner(ctx, node)
+    if owner is None:
+        return None
+    module = ctx.modules[owner]
+    found = [n for n in names if type(getattr(module, n, None)) is int and getattr(module, n) == value]
+    return (owner, found[0]) if len(found) == 1 else None
+
+
+def _size_kinds(ctx: Context, node: fx.Node, sizes: Sequence[Any], out_dims: Sequence[int]) -> dict[int, Any]:
+    """For each output dim: LITERAL (an int in the code), DYNAMIC (computed at run time), or the
+    (module, attribute) an int literal was read from, which pruning may rewrite."""
     flat = list(sizes[0]) if len(sizes) == 1 and isinstance(sizes[0], list | tuple) else list(sizes)
-    if node.target in ("flatten",) or node.target is torch.flatten:
-        return {d: False for d in out_dims}  # flatten computes the merged size from the input
-    out: dict[int, bool] = {}
+    if node.target in ("flatten",) or node.target is torch.flatten or not flat:
+        return dict.fromkeys(out_dims, DYNAMIC)  # flatten / squeeze compute the sizes from the input
+    out: dict[int, Any] = {}
     for d in out_dims:
         value = flat[d] if d < len(flat) else None
-        out[d] = isinstance(value, int) and value != -1
+        if not isinstance(value, int) or value == -1:
+            out[d] = DYNAMIC
+        else:
+            out[d] = _size_attribute(ctx, node, value, (*COUNT_ATTRIBUTES, *WIDTH_ATTRIBUTES)) or LITERAL
     return out
 
 
@@ -698,6 +747,24 @@ def getitem_rule(ctx: Context, node: fx.Node) -> Any:
     return Tracked(tuple(od for _, od in new_dims), labels)
 
 
+@register_function_rule("unbind", torch.unbind)
+def unbind_rule(ctx: Context, node: fx.Node) -> list[Any] | None:
+    """`x.unbind(d)`: the pieces along d, as `x[i]` would give them (see getitem_rule)."""
+    t, shape = ctx.tracked(node.args[0]), ctx.shape(node.args[0])
+    if t is None or shape is None:
+        return None
+    dim = _norm_dim(int(_arg(node, 1, "dim", 0)), len(shape))
+    pieces: list[Any] = []
+    for i in range(shape[dim]):
+        if dim in t.dims:
+            axis = t.dims.index(dim)
+            dims = tuple(d - (d > dim) for d in t.dims if d != dim)
+            pieces.append(Tracked(dims, np.take(t.labels, i, axis=axis)) if dims else None)
+        else:
+            pieces.append(Tracked(tuple(d - (d > dim) for d in t.dims), t.labels))
+    return pieces
+
+
 @register_function_rule("view", "reshape", torch.reshape)
 def view_rule(ctx: Context, node: fx.Node) -> Tracked | None:
     return _reshape(ctx, node, node.args[0], node.args[1:])
@@ -788,6 +855,96 @@ def _softmax(ctx: Context, node: fx.Node, dim: Any) -> Tracked | None:
 @register_function_rule(F.softmax, torch.softmax, "softmax", F.log_softmax, "log_softmax")
 def softmax_rule(ctx: Context, node: fx.Node) -> Tracked | None:
     return _softmax(ctx, node, _arg(node, 1, "dim"))
+
+
+def _axis_labels(t: Tracked, dim: int) -> np.ndarray | None:
+    """Labels along tensor dim `dim` of `t` (positions tied across its other tracked dims)."""
+    if dim not in t.dims:
+        return None
+    axis = t.dims.index(dim)
+    others = tuple(i for i in range(t.labels.ndim) if i != axis)
+    return t.labels.transpose((axis, *others)).reshape(t.labels.shape[axis], -1)[:, 0]
+
+
+def _tie_within(ctx: Context, t: Tracked, keep: Sequence[int]) -> None:
+    """Tie `t`'s labels across every tracked dim not in `keep`, so each `keep` position is one unit."""
+    axes = [t.dims.index(d) for d in keep]
+    rest = [i for i in range(t.labels.ndim) if i not in axes]
+    if not rest:
+        return
+    grid = t.labels.transpose((*axes, *rest)).reshape(*[t.labels.shape[a] for a in axes], -1)
+    for i in range(1, grid.shape[-1]):
+        ctx.labels.union(grid[..., 0], grid[..., i])
+
+
+@register_function_rule(operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")
+def matmul_rule(ctx: Context, node: fx.Node) -> Tracked | None:
+    """a @ b over (..., n, k) @ (..., k, m): batch dims tie position by position, the contracted
+    k tie between a and b (removing a pair of them is zeroing both), n and m carry on."""
+    a, b = node.args[0], node.args[1]
+    ta, tb = ctx.tracked(a), ctx.tracked(b)
+    sa, sb, so = ctx.shape(a), ctx.shape(b), ctx.shape(node)
+    if (ta is None and tb is None) or sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
+        for t in (ta, tb):
+            if t is not None:
+                return _opaque(ctx, t)
+        return None
+    na, nb, no = len(sa), len(sb), len(so)
+    ka, kb = na - 1, nb - 2
+    if (ta is not None and ka in ta.dims) != (tb is not None and kb in tb.dims):
+        for t in (ta, tb):
+            if t is not None:
+                ctx.labels.freeze(t.labels)  # contracted channels on one side only: fixed on the other
+    elif ta is not None and tb is not None and ka in ta.dims:
+        la, lb = _axis_labels(ta, ka), _axis_labels(tb, kb)
+        assert la is not None and lb is not None
+        ctx.labels.union(la, lb)
+    out: dict[int, np.ndarray] = {}
+    for t, n in ((ta, na), (tb, nb)):
+        if t is None:
+            continue
+        for d in t.dims:
+            if d == (ka if n == na and t is ta else kb):
+                continue
+            od = d + (no - n)
+            if d >= n - 2:
+                od = no - 2 if (t is ta and d == n - 2) else no - 1
+            labels = _axis_labels(t, d)
+            assert labels is not None
+            if od in out:
+                ctx.labels.union(out[od], labels)
+            else:
+                out[od] = labels
+        _tie_within(ctx, t, [d for d in t.dims if d != (ka if t is ta else kb)] or list(t.dims[:1]))
+    if not out:
+        return None
+    dims = tuple(sorted(out))
+    if len(dims) == 1:
+        return Tracked(dims, out[dims[0]])
+    grid = np.empty([len(out[d]) for d in dims], dtype=np.int64)
+    for index in np.ndindex(*grid.shape):
+        grid[index] = out[dims[0]][index[0]]  # positions of one unit share its first axis' label
+    for d, labels in out.items():
+        if d != dims[0]:
+            axis = dims.index(d)
+            for i, lab in enumerate(labels.tolist()):
+                ctx.labels.union(np.take(grid, i, axis=axis).reshape(-1)[:1], np.array([lab]))
+    return Tracked(dims, grid)
+
+
+@register_module_rule(nn.MultiheadAttention)
+def multihead_attention_rule(ctx: Context, node: fx.Node, module: nn.Module) -> list[Any]:
+    """`nn.MultiheadAttention` ties its projections to `embed_dim`, its input and output width:
+    its heads cannot go without the residual width, so its channels are kept."""
+    for a in node.all_input_nodes:
+        t = ctx.tracked(a)
+        if t is not None:
+            ctx.labels.freeze(t.labels)
+    shape = ctx.shape(node.args[0])
+    assert shape is not None
+    out = ctx.labels.fresh((shape[-1],), PASSIVE)
+    ctx.labels.freeze(out)
+    return [Tracked((len(shape) - 1,), out), None]
 
 
 def _pixel_shuffle(ctx: Context, node: fx.Node) -> Tracked | None:
@@ -917,7 +1074,7 @@ def _visit(ctx: Context, node: fx.Node) -> Any:
     return rule(ctx, node)
 
 
-def _parameter(ctx: Context, node: fx.Node) -> Tracked | None:
+def _parameter(ctx: Context, node: fx.Node) -> Tracked | Opaque | None:
     """A parameter or buffer used directly in forward (a layer scale, a position embedding, a token)."""
     shape = ctx.shape(node)
     if not shape:
@@ -925,8 +1082,10 @@ def _parameter(ctx: Context, node: fx.Node) -> Tracked | None:
     path = str(node.target)
     module_name, _, tensor = path.rpartition(".")
     dims = [d for d, n in enumerate(shape) if n > 1]
-    if len(dims) != 1:
-        return None  # tied by the ops that use it (e.g. added to channels: see _broadcast)
+    if not dims:
+        return None  # a scalar-like tensor: broadcast, it constrains no channel
+    if len(dims) > 1:
+        return OPAQUE  # e.g. a position-bias table: channels it meets are kept, never guessed
     labels = ctx.labels.fresh((shape[dims[0]],), PASSIVE)
     ctx.site(module_name, tensor, dims[0], labels, "passive")
     return Tracked((dims[0],), labels)
@@ -954,6 +1113,5 @@ def _groups(ctx: Context) -> ChannelGraph:
     for group in groups.values():
         producers = group.producers()
         group.size = len(producers[0][1]) if producers else 0
-    return ChannelGraph(
-        ctx.model, sorted(groups.values(), key=lambda g: g.id), ctx.sites, labels, frozen_roots
-    )
+    ordered = sorted(groups.values(), key=lambda g: g.id)
+    return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes)
