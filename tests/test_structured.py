@@ -261,3 +261,31 @@ def test_onnx_export_without_onnx_says_how_to_install_it(
     with pytest.raises(ConfigError, match=r"needs the onnx package.*\[export\]"):
         export_onnx(nn.Linear(2, 2), torch.zeros(1, 2), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+class Bag(nn.Module):
+    """Token embeddings, averaged, then an MLP head: the embedding width is prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.fc = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.head(torch.relu(self.fc(self.embed(tokens).sum(1))))
+
+
+def test_embedding_dimensions_are_channels() -> None:
+    torch.manual_seed(0)
+    model, tokens = Bag().eval(), torch.randint(0, 20, (4, 5))
+    graph = analyze(model, tokens)
+    embedding = [g for g in graph.groups if any(s.module == "embed" for s, _ in g.producers())]
+    assert len(embedding) == 8
+    chosen = [embedding[0].id, embedding[3].id]
+    small = remove_channels(model, graph, chosen)
+    assert small.embed.embedding_dim == 6 and small.fc.in_features == 6
+    reference = copy.deepcopy(model)
+    channel_masks(model, graph, chosen).apply(reference)
+    with torch.no_grad():
+        torch.testing.assert_close(small(tokens), reference(tokens))

@@ -119,6 +119,8 @@ def _update_sizes(module: nn.Module) -> None:
             module.num_features = source.shape[0]
     elif isinstance(module, nn.GroupNorm):
         module.num_channels = module.num_groups = module.weight.shape[0]
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = module.weight.shape
     elif isinstance(module, nn.PReLU):
         module.num_parameters = module.weight.shape[0]
 

@@ -539,6 +539,16 @@ def channel_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked
     return t
 
 
+@register_module_rule(nn.Embedding)
+def embedding_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked:
+    """An embedding's vectors are new channels on the last dim (columns of its weight)."""
+    assert isinstance(module, nn.Embedding)
+    shape = ctx.shape(node)
+    assert shape is not None
+    labels = ctx.fresh_channels(str(node.target), [("weight", 1)], module.embedding_dim)
+    return Tracked((len(shape) - 1,), labels)
+
+
 @register_module_rule(nn.GroupNorm)
 def group_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
     assert isinstance(module, nn.GroupNorm)
