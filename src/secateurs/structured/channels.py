@@ -66,23 +66,26 @@ def _slices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], dic
 
 
 def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]) -> nn.Module:
-    """A smaller copy of `model` without the channel `groups` (ids from `graph.groups`)."""
+    """A smaller copy of `model` without the channel `groups` (ids from `graph.groups`).
+
+    The sliced tensors are handed to the copy directly (the deep copy's memo), so the original
+    weights are read once and never copied whole.
+    """
     removed = _removed_roots(graph, groups)
-    pruned = copy.deepcopy(model)
-    modules = dict(pruned.named_modules())
+    originals = dict(model.named_modules())
     slices = _slices(graph, removed)
+    memo: dict[int, object] = {}
     for (module_name, tensor_name), dims in slices.items():
-        module = modules[module_name]
-        old = getattr(module, tensor_name)
+        old = getattr(originals[module_name], tensor_name)
         new = old.detach()
         for dim, keep in dims.items():
             new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
-        new = new.contiguous().clone()
-        if isinstance(old, nn.Parameter):
-            setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
-        else:
-            persistent = tensor_name not in module._non_persistent_buffers_set
-            module.register_buffer(tensor_name, new, persistent=persistent)
+        new = new.contiguous()
+        memo[id(old)] = (
+            nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+        )
+    pruned = copy.deepcopy(model, memo)
+    modules = dict(pruned.named_modules())
     for module in {modules[m] for m, _ in slices}:
         _update_sizes(module)
     gone = _gone(graph, removed)
