@@ -153,3 +153,21 @@ def test_bad_channel_prune_stages_are_clear_errors(prune: dict, message: str) ->
 
     with pytest.raises(ConfigError, match=message):
         secateurs.run(_channel_recipe({"prune": prune}))
+
+
+def test_channels_prune_gradually_during_training() -> None:
+    from tiny import tiny_recipe
+
+    from secateurs.masks import masks_of
+    from secateurs.pipeline import Pipeline
+    from secateurs.recipe import recipe_from_raw
+
+    schedule = {"name": "gradual", "start_step": 0, "end_step": 4, "frequency": 2}
+    prune = {"structure": "channel", "criterion": "l1", "allocation": "uniform", "schedule": schedule}
+    raw = tiny_recipe({"train": {"prune": prune}}, {"evaluate": {}}, iterations=6)
+    pipeline = Pipeline(recipe_from_raw(raw))
+    record = pipeline.run().records[-1]
+    masks = masks_of(pipeline.model)
+    assert masks is not None
+    assert int(masks["features.1.weight"].all(dim=1).sum()) == 8  # half of the 16 hidden neurons remain
+    assert record["sparsity"] > 0.4
