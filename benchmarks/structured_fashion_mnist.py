@@ -1,7 +1,7 @@
 """Channel pruning on Fashion-MNIST: L1 vs BN slimming vs Taylor vs FPGM, one-shot vs iterative.
 
-Model: LeNet-5 at width 2 with BatchNorm after every conv and hidden linear (12-32 channels,
-240-168 neurons). Each seed trains two dense models: a plain one, and one with the network-
+Model: LeNet-5 with BatchNorm after every conv and hidden linear (6-16 channels,
+120-84 neurons). Each seed trains two dense models: a plain one, and one with the network-
 slimming L1 penalty on BN scales (`train.bn_l1`), from which `bn_scale` prunes. Then, from the
 dense weights, every criterion removes 30 / 50 / 70 % of the channels and neurons of every layer
 (`structure: channel`, uniform allocation, the classifier's outputs kept):
@@ -31,7 +31,7 @@ from secateurs.fileio import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / ".work"
-MODEL = {"name": "lenet5", "options": {"width": 2.0, "batchnorm": True}}
+MODEL = {"name": "lenet5", "options": {"width": 1.0, "batchnorm": True}}
 CRITERIA = ["l1", "bn_scale", "taylor", "fpgm"]
 SCHEDULES = ["one-shot", "iterative"]
 SLIMMING = 5e-4  # λ of the L1 penalty on BN scales while training the dense model for bn_scale
@@ -40,7 +40,7 @@ SLIMMING = 5e-4  # λ of the L1 penalty on BN scales while training the dense mo
 def budget(quick: bool) -> dict[str, Any]:
     if quick:
         return {"dense_epochs": 0.3, "ft_epochs": 0.1, "seeds": [0], "amounts": [0.5]}
-    return {"dense_epochs": 4, "ft_epochs": 1, "seeds": [0, 1, 2], "amounts": [0.3, 0.5, 0.7]}
+    return {"dense_epochs": 4, "ft_epochs": 0.5, "seeds": [0, 1, 2], "amounts": [0.3, 0.5, 0.7]}
 
 
 def recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +215,7 @@ def summarise(done: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def write(table: dict[str, Any], b: dict[str, Any], quick: bool, minutes: float) -> None:
     suffix = "_quick" if quick else ""
     lines = [
-        "# Channel pruning, LeNet-5 (width 2, BatchNorm) on Fashion-MNIST"
+        "# Channel pruning, LeNet-5 (BatchNorm) on Fashion-MNIST"
         + (" (QUICK budget)" if quick else ""),
         "",
         f"Budget: dense {b['dense_epochs']} epochs (SGD 0.1); finetuning {b['ft_epochs']} epoch(s) per prune "
