@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from _jobs import benchmark_args, load_done, run_phase
+from _timing import min_latency_ms
 
 from secateurs.fileio import atomic_write_text
 
@@ -84,16 +85,7 @@ def latency_ms(models: dict[str, Any], batch: int, rounds: int = 7) -> dict[str,
     import torch
 
     x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    iters = 40 if batch == 1 else 4
-    best = dict.fromkeys(models, float("inf"))
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, m in models.items():
-                started = time.perf_counter()
-                for _ in range(iters):
-                    m(x)
-                best[name] = min(best[name], (time.perf_counter() - started) / iters * 1000)
-    return best
+    return min_latency_ms(models, x, rounds=rounds, iters=40 if batch == 1 else 4)
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +207,7 @@ def summarise(done: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 def write(table: dict[str, Any], b: dict[str, Any], quick: bool, minutes: float) -> None:
     suffix = "_quick" if quick else ""
     lines = [
-        "# Channel pruning, LeNet-5 (BatchNorm) on Fashion-MNIST"
-        + (" (QUICK budget)" if quick else ""),
+        "# Channel pruning, LeNet-5 (BatchNorm) on Fashion-MNIST" + (" (QUICK budget)" if quick else ""),
         "",
         f"Budget: dense {b['dense_epochs']} epochs (SGD 0.1); finetuning {b['ft_epochs']} epoch(s) per prune "
         f"step (SGD 0.01); seeds {b['seeds']}; bn_scale prunes the dense model trained with "

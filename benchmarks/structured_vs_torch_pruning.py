@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timing import min_latency_ms
 from torch import nn
 
 from secateurs.eval.macs import count_costs
@@ -87,18 +88,7 @@ def timed(
 def latencies(models: dict[str, nn.Module], batch: int, rounds: int, iters: int) -> dict[str, float]:
     """Minimum time per forward (ms) of each model at `batch`, rounds interleaved across models."""
     x = torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(0))
-    best = {name: float("inf") for name in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(3):
-                m(x)
-        for _ in range(rounds):
-            for name, m in models.items():
-                started = time.perf_counter()
-                for _ in range(iters):
-                    m(x)
-                best[name] = min(best[name], (time.perf_counter() - started) / iters * 1000)
-    return best
+    return min_latency_ms(models, x, rounds=rounds, iters=iters)
 
 
 def main() -> None:
