@@ -10,7 +10,7 @@ Rounds interleave the variants (rotating their order); each round's epoch time o
 turned into a ratio against that round's dense epoch, and the median ratio over rounds is
 reported, for the thread's CPU time (steadier on a shared machine) and for wall time.
 
-    python benchmarks/dst_overhead.py            # about 6 minutes (LeNet-300-100 and LeNet-5, 5 rounds)
+    python benchmarks/dst_overhead.py            # about 8 minutes (LeNet-300-100 and LeNet-5, 9 rounds)
     python benchmarks/dst_overhead.py --quick    # about a minute (100 steps per "epoch", 3 rounds)
 Writes benchmarks/results/dst_overhead{,_quick}.{json,md}. Target: rigl_over_dense, set_over_dense ≤ 1.10.
 """
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100 steps per epoch, 3 rounds")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rounds = 3 if args.quick else 5
+    rounds = 3 if args.quick else 9
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "models": {},
