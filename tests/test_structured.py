@@ -289,3 +289,30 @@ def test_embedding_dimensions_are_channels() -> None:
     channel_masks(model, graph, chosen).apply(reference)
     with torch.no_grad():
         torch.testing.assert_close(small(tokens), reference(tokens))
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, affine: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 12, 3, padding=1)
+        self.norm = nn.GroupNorm(3, 12, affine=affine)
+        self.conv2 = nn.Conv2d(12, 6, 3)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.conv2(torch.relu(self.norm(self.conv1(x)))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_group_norm_loses_whole_groups(affine: bool) -> None:
+    torch.manual_seed(0)
+    model, x = GroupNormNet(affine).eval(), torch.randn(2, 3, 8, 8)
+    graph = analyze(model, x)
+    norm_groups = [g for g in graph.groups if any(s.module == "conv1" for s, _ in g.producers())]
+    assert len(norm_groups) == 3  # 12 channels in 3 groups of 4: a group is the unit
+    small = remove_channels(model, graph, [norm_groups[1].id])
+    assert (small.norm.num_groups, small.norm.num_channels, small.conv1.out_channels) == (2, 8, 8)
+    reference = copy.deepcopy(model)
+    channel_masks(model, graph, [norm_groups[1].id]).apply(reference)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), reference(x))

@@ -120,8 +120,6 @@ def _update_sizes(module: nn.Module) -> None:
         source = module.weight if module.weight is not None else module.running_mean
         if source is not None:
             module.num_features = source.shape[0]
-    elif isinstance(module, nn.GroupNorm):
-        module.num_channels = module.num_groups = module.weight.shape[0]
     elif isinstance(module, nn.Embedding):
         module.num_embeddings, module.embedding_dim = module.weight.shape
     elif isinstance(module, nn.PReLU):

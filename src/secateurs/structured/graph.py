@@ -555,10 +555,22 @@ def group_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked |
     t = ctx.tracked(node.args[0])
     if t is None:
         return None
-    if module.num_groups != module.num_channels or t.on(1) is None:
-        ctx.labels.freeze(t.labels)  # statistics over a group of channels change without any of them
+    x = t.on(1)
+    if x is None:
+        ctx.labels.freeze(t.labels)
         return t
-    return channel_norm_rule(ctx, node, module)
+    # Statistics are per group: a group can only go whole (its channels are tied), and then the
+    # other groups compute exactly what they did. num_groups and num_channels follow.
+    groups = x.reshape(module.num_groups, -1)
+    for j in range(1, groups.shape[1]):
+        ctx.labels.union(groups[:, 0], groups[:, j])
+    name = str(node.target)
+    for tensor in ("weight", "bias"):
+        if getattr(module, tensor, None) is not None:
+            ctx.site(name, tensor, 0, x, "passive")
+    ctx.attribute_site(name, "num_groups", groups[:, 0])
+    ctx.attribute_site(name, "num_channels", x)
+    return t
 
 
 @register_module_rule(nn.LayerNorm)
