@@ -316,3 +316,31 @@ def test_group_norm_loses_whole_groups(affine: bool) -> None:
     channel_masks(model, graph, [norm_groups[1].id]).apply(reference)
     with torch.no_grad():
         torch.testing.assert_close(small(x), reference(x))
+
+
+class SubPixel(nn.Module):
+    """A sub-pixel upsampler: an output channel of PixelShuffle(2) gathers 4 input channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 24, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.conv2 = nn.Conv2d(6, 5, 3)
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.conv2(self.shuffle(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def test_pixel_shuffle_removes_blocks_of_r_squared_channels() -> None:
+    torch.manual_seed(0)
+    model, x = SubPixel().eval(), torch.randn(2, 3, 6, 6)
+    graph = analyze(model, x)
+    blocks = [g for g in graph.groups if any(s.module == "conv1" for s, _ in g.producers())]
+    assert len(blocks) == 6 and all(len(i) == 4 for s, i in (b.producers()[0] for b in blocks))
+    small = remove_channels(model, graph, [blocks[2].id, blocks[4].id])
+    assert small.conv1.out_channels == 16 and small.conv2.in_channels == 4
+    reference = copy.deepcopy(model)
+    channel_masks(model, graph, [blocks[2].id, blocks[4].id]).apply(reference)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), reference(x))
