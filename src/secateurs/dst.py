@@ -38,6 +38,7 @@ from secateurs.pruning import topk_mask
 from secateurs.registry import Registry
 from secateurs.train.config import StrictModel
 from secateurs.train.engine import Callback, TrainState
+from secateurs.train.optim import zero_optimizer_state
 
 DenseGradients = Literal["never", "update", "always"]
 
@@ -359,7 +360,7 @@ class DynamicSparseTraining(Callback):
             # its value and state. Only weights new to the mask start at zero with fresh state.
             grown, dropped = u.mask & ~layer.mask, layer.mask & ~u.mask
             layer.weight.masked_fill_(grown, 0.0)
-            reset_optimizer_state(state.optimizer, params[layer.name], grown | dropped)
+            zero_optimizer_state(state.optimizer, params[layer.name], grown | dropped)
             moved += int(torch.count_nonzero(grown))
         state.install_masks(MaskSet({n: updates[n].mask for n in masks}))
         self.records.append(UpdateRecord(state.step, fraction, moved, after))
@@ -373,11 +374,3 @@ def momentum_of(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Tensor
         if isinstance(value, Tensor) and value.shape == param.shape:
             return value
     return None
-
-
-@torch.no_grad()
-def reset_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, where: Tensor) -> None:
-    """Zero the per-entry optimizer state (momentum, Adam moments) of `param` at `where`."""
-    for value in optimizer.state.get(param, {}).values():
-        if isinstance(value, Tensor) and value.shape == param.shape:
-            value.masked_fill_(where, 0)

@@ -24,7 +24,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from secateurs.errors import ConfigError, SecateursError
 from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.train.config import TrainConfig
-from secateurs.train.optim import build_lr_scheduler, build_optimizer
+from secateurs.train.optim import build_lr_scheduler, build_optimizer, zero_optimizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -145,10 +145,7 @@ def _mask_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, ma
     """
     params = dict(model.named_parameters())
     for name, mask in masks.items():
-        p = params[name]
-        for value in optimizer.state.get(p, {}).values():
-            if isinstance(value, Tensor) and value.shape == p.shape:
-                value.mul_(mask.to(device=value.device, dtype=value.dtype))
+        zero_optimizer_state(optimizer, params[name], ~mask)
 
 
 class _LossLog:

@@ -238,3 +238,14 @@ def build_lr_scheduler(
             )
         )
     return LambdaLR(optimizer, multipliers)
+
+
+@torch.no_grad()
+def zero_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, where: torch.Tensor) -> None:
+    """Zero the per-entry optimizer state (momentum, Adam moments) of `param` at `where` (a bool mask).
+
+    Scalar state (Adam's step count) is left alone; only tensors shaped like the parameter are per entry.
+    """
+    for value in optimizer.state.get(param, {}).values():
+        if isinstance(value, torch.Tensor) and value.shape == param.shape:
+            value.masked_fill_(where.to(value.device), 0)
