@@ -143,7 +143,6 @@ class Updater:
     """One mask update rule: `update(layers, fraction)` returns the new mask of every layer."""
 
     dense_gradients: DenseGradients = "never"  # when the method needs the dense gradient (training FLOPs)
-    needs_momentum = False
 
     def update(
         self, layers: list[LayerView], fraction: float, generator: torch.Generator
@@ -202,7 +201,6 @@ class RigLUpdater(PerLayerUpdater):
 @UPDATERS.register("snfs", "SNFS: drop by magnitude, regrow by momentum, layers shared by mean momentum")
 class SnfsUpdater(Updater):
     dense_gradients: DenseGradients = "always"  # the momentum of inactive weights needs dense gradients
-    needs_momentum = True
 
     def update(
         self, layers: list[LayerView], fraction: float, generator: torch.Generator

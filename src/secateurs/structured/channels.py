@@ -58,7 +58,7 @@ def _slices(graph: ChannelGraph, removed: set[int]) -> dict[tuple[str, str], dic
         if len(keep) < len(site.labels):
             if len(keep) == 0:
                 raise ConfigError(
-                    f"removing these groups leaves {site.module}.{site.tensor} with no channels",
+                    f"removing these groups leaves {site.name} with no channels",
                     fix="prune fewer channels (keep at least one per layer)",
                 )
             out[(site.module, site.tensor)][site.dim] = keep
@@ -183,7 +183,7 @@ def channel_masks(
     for site in graph.sites:
         if site.role not in roles:
             continue
-        name = f"{site.module}.{site.tensor}" if site.module else site.tensor
+        name = site.name
         keep = _keep_indices(graph, site, gone)
         if len(keep) == len(site.labels) and not complete:
             continue

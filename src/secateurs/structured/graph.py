@@ -122,13 +122,17 @@ class Site:
     labels: np.ndarray
     role: str  # "producer" (output channels), "consumer" (input channels) or "passive" (sliced along)
 
+    @property
+    def name(self) -> str:
+        """The tensor's qualified name, as in `model.named_parameters()`."""
+        return f"{self.module}.{self.tensor}" if self.module else self.tensor
+
 
 @dataclass
 class ChannelGroup:
     """Channels that are removed together: every position whose label is in this class."""
 
     id: int
-    size: int  # channel positions per producer site (e.g. 1, or k for a depthwise multiplier)
     sites: list[tuple[Site, np.ndarray]] = field(default_factory=list)  # (site, indices along its dim)
 
     def producers(self) -> list[tuple[Site, np.ndarray]]:
@@ -664,12 +668,9 @@ def cat_rule(ctx: Context, node: fx.Node) -> Tracked | None:
             tshape = ctx.shape(t)
             assert tshape is not None
             parts.append(info.labels if info is not None else ctx.labels.fresh((tshape[dim],), PASSIVE))
-        for info in infos:  # input channels that are not tracked (e.g. the image) cannot be removed
-            if info is None:
-                pass
         out = np.concatenate(parts)
         for part, info in zip(parts, infos, strict=True):
-            if info is None:
+            if info is None:  # channels we do not track (e.g. the image) cannot be removed
                 ctx.labels.freeze(part)
         return Tracked((dim,), out)
     # concatenation along another dim (e.g. a class token before the patches): channels tie
@@ -700,13 +701,13 @@ def split_rule(ctx: Context, node: fx.Node) -> list[Tracked | None] | None:
     is_chunk = node.target in ("chunk", torch.chunk)
     dim = _norm_dim(int(_arg(node, 2, "dim", 0)), len(shape))
     if t.on(dim) is None:
-        return [t] * _pieces(node, shape[dim]) if dim not in t.dims else _freeze_all(ctx, t)
+        return [t] * _pieces(node, shape[dim]) if dim not in t.dims else _opaque(ctx, t)
     size_arg = _arg(node, 1, "chunks" if is_chunk else "split_size_or_sections")
     if is_chunk:
         n = int(size_arg)
         pieces = np.array_split(t.labels, n)
         if len({len(p) for p in pieces}) != 1:
-            return _freeze_all(ctx, t)
+            return _opaque(ctx, t)
         for p in pieces[1:]:
             ctx.labels.union(pieces[0], p)  # chunk splits at equal sizes: every piece keeps the same offsets
         return [Tracked((dim,), p) for p in pieces]
@@ -722,10 +723,6 @@ def _pieces(node: fx.Node, length: int) -> int:
     if node.target in ("chunk", torch.chunk):
         return int(size_arg)  # type: ignore[arg-type]
     return len(size_arg) if isinstance(size_arg, list | tuple) else math.ceil(length / int(size_arg))  # type: ignore[arg-type]
-
-
-def _freeze_all(ctx: Context, t: Tracked) -> Opaque:
-    return _opaque(ctx, t)
 
 
 @register_function_rule(operator.getitem)
@@ -744,7 +741,7 @@ def getitem_rule(ctx: Context, node: fx.Node) -> Any:
         pos = items.index(Ellipsis)
         items = items[:pos] + [slice(None)] * (len(shape) - len(items) + 1) + items[pos + 1 :]
     if any(isinstance(i, fx.Node | Tensor) or i is None for i in items):
-        return _freeze_all(ctx, t)
+        return _opaque(ctx, t)
     items += [slice(None)] * (len(shape) - len(items))
     labels, dims, out_dim = t.labels, list(t.dims), 0
     new_dims = []
@@ -756,7 +753,7 @@ def getitem_rule(ctx: Context, node: fx.Node) -> Any:
                 dims = [x for x in dims if x != d]
                 continue
             if item != slice(None):
-                return _freeze_all(ctx, t)  # a slice of channels: positions are literal
+                return _opaque(ctx, t)  # a slice of channels: positions are literal
             new_dims.append((axis, out_dim))
         if isinstance(item, int):
             continue
@@ -805,7 +802,7 @@ def unit_dims_rule(ctx: Context, node: fx.Node) -> Tracked | None:
     in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)
     assert in_shape is not None and out_shape is not None
     if node.target in ("expand", "expand_as"):
-        return t if len(in_shape) == len(out_shape) else _freeze_all(ctx, t)
+        return t if len(in_shape) == len(out_shape) else _opaque(ctx, t)
     return _reshape(ctx, node, node.args[0], [])
 
 
@@ -943,14 +940,14 @@ def matmul_rule(ctx: Context, node: fx.Node) -> Tracked | None:
     dims = tuple(sorted(out))
     if len(dims) == 1:
         return Tracked(dims, out[dims[0]])
-    grid = np.empty([len(out[d]) for d in dims], dtype=np.int64)
-    for index in np.ndindex(*grid.shape):
-        grid[index] = out[dims[0]][index[0]]  # positions of one unit share its first axis' label
-    for d, labels in out.items():
-        if d != dims[0]:
-            axis = dims.index(d)
-            for i, lab in enumerate(labels.tolist()):
-                ctx.labels.union(np.take(grid, i, axis=axis).reshape(-1)[:1], np.array([lab]))
+    # Several channel dims in the product (heads × head positions): each position carries its
+    # first-dim label, and the other dims' labels are tied to the first one's first label, a
+    # conservative coarsening (in attention those labels are already tied within each head).
+    first = out[dims[0]]
+    shape = [len(out[d]) for d in dims]
+    grid = np.broadcast_to(first.reshape(-1, *[1] * (len(dims) - 1)), shape).copy()
+    for d in dims[1:]:
+        ctx.labels.union(np.full(len(out[d]), first[0]), out[d])
     return Tracked(dims, grid)
 
 
@@ -976,7 +973,7 @@ def _pixel_shuffle(ctx: Context, node: fx.Node) -> Tracked | None:
         return None
     x = t.on(1)
     if x is None:
-        return _freeze_all(ctx, t)
+        return _opaque(ctx, t)
     block = in_shape[1] // out_shape[1]
     grid = x.reshape(out_shape[1], block)
     for i in range(1, block):
@@ -1130,10 +1127,7 @@ def _groups(ctx: Context) -> ChannelGraph:
             root = int(values[k])
             group = groups.get(root)
             if group is None:
-                group = groups[root] = ChannelGroup(root, 0)
+                group = groups[root] = ChannelGroup(root)
             group.sites.append((site, np.sort(order[starts[k] : starts[k] + counts[k]])))
-    for group in groups.values():
-        producers = group.producers()
-        group.size = len(producers[0][1]) if producers else 0
     ordered = sorted(groups.values(), key=lambda g: g.id)
     return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes)

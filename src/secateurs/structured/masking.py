@@ -35,10 +35,8 @@ def removed_groups(model: nn.Module, graph: ChannelGraph, masks: MaskSet | None)
     out = set()
     for group in graph.groups:
         consumers = group.consumers()
-        names = [f"{s.module}.{s.tensor}" if s.module else s.tensor for s, _ in consumers]
         if consumers and all(
-            name in masks and _zero_along(masks[name], s.dim, torch.as_tensor(i))
-            for name, (s, i) in zip(names, consumers, strict=True)
+            s.name in masks and _zero_along(masks[s.name], s.dim, torch.as_tensor(i)) for s, i in consumers
         ):
             out.add(group.id)
     return out
