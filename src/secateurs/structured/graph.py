@@ -30,7 +30,7 @@ import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -218,26 +218,28 @@ RULES: dict[Any, FunctionRule] = {}  # call_function targets and call_method nam
 MODULE_RULES: dict[type, ModuleRule] = {}
 
 
-def register_function_rule(*targets: Any) -> Callable[[FunctionRule], FunctionRule]:
-    """Register a rule for functions (e.g. `torch.cat`) or tensor method names (e.g. "view")."""
+R = TypeVar("R")
 
-    def deco(rule: FunctionRule) -> FunctionRule:
-        for target in targets:
-            RULES[target] = rule
+
+def _registrar(table: dict[Any, R], keys: tuple[Any, ...]) -> Callable[[R], R]:
+    """A decorator that files its rule under every key of `keys` in `table`."""
+
+    def deco(rule: R) -> R:
+        for key in keys:
+            table[key] = rule
         return rule
 
     return deco
+
+
+def register_function_rule(*targets: Any) -> Callable[[FunctionRule], FunctionRule]:
+    """Register a rule for functions (e.g. `torch.cat`) or tensor method names (e.g. "view")."""
+    return _registrar(RULES, targets)
 
 
 def register_module_rule(*types: type) -> Callable[[ModuleRule], ModuleRule]:
     """Register a rule for module types (subclasses match too, nearest class first)."""
-
-    def deco(rule: ModuleRule) -> ModuleRule:
-        for t in types:
-            MODULE_RULES[t] = rule
-        return rule
-
-    return deco
+    return _registrar(MODULE_RULES, types)
 
 
 def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
