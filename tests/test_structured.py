@@ -111,8 +111,20 @@ def test_the_classifier_outputs_are_never_prunable_and_reshape_attributes_follow
     assert not any(
         s.module == "merge.reduction" and s.role == "consumer" for g in graph.groups for s, _ in g.sites
     )
-    # a two-dimensional table (relative position bias per head) keeps the heads it meets
-    assert not any(s.module == "block.attn.qkv" for g in graph.groups for s, _ in g.sites)
+    # a table per head (relative position bias, (2w-1)^2 x num_heads) loses its column with the head
+    heads = [g for g in graph.groups if any(s.tensor == "relative_position_bias_table" for s, _ in g.sites)]
+    assert len(heads) == 2
+    assert {(s.name, len(i)) for s, i in heads[1].sites} == {
+        ("block.attn.qkv.weight", 48),  # q, k, v rows of a 16-wide head
+        ("block.attn.qkv.bias", 48),
+        ("block.attn.proj.weight", 16),
+        ("block.attn.relative_position_bias_table", 1),
+    }
+    small = remove_channels(model, graph, [heads[1].id])
+    assert small.block.attn.num_heads == 1 and small.block.attn.dim == 16
+    assert torch.equal(
+        small.block.attn.relative_position_bias_table, model.block.attn.relative_position_bias_table[:, :1]
+    )
 
 
 class CumulativeChannels(nn.Module):
@@ -142,10 +154,6 @@ def test_attention_heads_are_removed_whole_and_the_head_count_follows() -> None:
     assert (attn.num_heads, attn.hidden_dim, attn.head_dim) == (3, 36, 12)  # head_dim is not rewritten
     assert _params(model) - _params(small) == 36 * (48 + 1) + 12 * 48  # q/k/v rows + biases, proj columns
     assert small.blocks[1].attn.num_heads == 4
-    # nn.MultiheadAttention ties its heads to the residual width: no group reaches inside it
-    model, x = build("vit_mha")
-    graph = analyze(model, x)
-    assert not any("attn" in s.module for g in graph.groups for s, _ in g.sites)
 
 
 def twice(x: Tensor) -> Tensor:
@@ -210,7 +218,7 @@ def test_tracked_labels_are_per_channel_not_per_weight() -> None:
     assert isinstance(Tracked((1,), graph.sites[0].labels), Tracked)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_block", "densenet_block"])
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_block", "densenet_block", "vit_mha"])
 def test_a_pruned_model_saves_loads_and_exports_without_pruning_again(name: str, tmp_path: Path) -> None:
     model, x = build(name)
     graph = analyze(model, x)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from secateurs.errors import ConfigError
 from secateurs.masks import MaskSet
+from secateurs.structured.attention import PrunedMultiheadAttention, adopt_pruned_attention
 from secateurs.structured.graph import ChannelGraph, Site
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -88,6 +89,7 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]
     modules = dict(pruned.named_modules())
     for module in {modules[m] for m, _ in slices}:
         _update_sizes(module)
+    _adopt_attention(pruned)
     gone = _gone(graph, removed)
     for (module_name, attribute), labels in graph.attributes.items():
         kept = int((~gone[graph.labels.roots(labels)]).sum())
@@ -126,6 +128,26 @@ def _update_sizes(module: nn.Module) -> None:
         module.num_parameters = module.weight.shape[0]
 
 
+def _adopt_attention(model: nn.Module) -> None:
+    """Every `nn.MultiheadAttention` whose tensors no longer fit its `embed_dim` becomes a
+    `PrunedMultiheadAttention` (same parameters, a forward that allows the new widths)."""
+    for module in model.modules():
+        if not isinstance(module, nn.MultiheadAttention) or isinstance(module, PrunedMultiheadAttention):
+            continue
+        e = module.embed_dim
+        if module._qkv_same_embed_dim:
+            shapes = {"in": (tuple(module.in_proj_weight.shape), (3 * e, e))}
+        else:
+            shapes = {
+                "q": (tuple(module.q_proj_weight.shape), (e, e)),
+                "k": (tuple(module.k_proj_weight.shape), (e, module.kdim)),
+                "v": (tuple(module.v_proj_weight.shape), (e, module.vdim)),
+            }
+        shapes["out"] = (tuple(module.out_proj.weight.shape), (e, e))
+        if any(have != want for have, want in shapes.values()):
+            adopt_pruned_attention(module)
+
+
 def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
     """Shape `model` (the original architecture) like a pruned `state_dict`, then load it, in place.
 
@@ -157,6 +179,7 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
         touched.add(module)
     for module in touched:
         _update_sizes(module)
+    _adopt_attention(model)
     model.load_state_dict(state_dict)
     return model
 

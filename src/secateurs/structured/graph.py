@@ -742,6 +742,9 @@ def getitem_rule(ctx: Context, node: fx.Node) -> Any:
     if any(i is Ellipsis for i in items):
         pos = items.index(Ellipsis)
         items = items[:pos] + [slice(None)] * (len(shape) - len(items) + 1) + items[pos + 1 :]
+    gathered = _gather_positions(ctx, node, t, shape, items)
+    if gathered is not None:
+        return gathered
     if any(isinstance(i, fx.Node | Tensor) or i is None for i in items):
         return _opaque(ctx, t)
     items += [slice(None)] * (len(shape) - len(items))
@@ -766,6 +769,25 @@ def getitem_rule(ctx: Context, node: fx.Node) -> Any:
     remaining_axes = sorted(order)
     labels = np.transpose(labels, [remaining_axes.index(a) for a in order]) if len(order) > 1 else labels
     return Tracked(tuple(od for _, od in new_dims), labels)
+
+
+def _gather_positions(
+    ctx: Context, node: fx.Node, t: Tracked, shape: tuple[int, ...], items: list[Any]
+) -> Tracked | None:
+    """`x[..., index, ...]` with one tensor index on a dim that holds no channels (a table of
+    positions, e.g. a relative position bias gathered by an index buffer): channels pass through,
+    shifted by the rank the index adds."""
+    advanced = [d for d, i in enumerate(items) if isinstance(i, fx.Node | Tensor)]
+    if len(advanced) != 1 or any(i is None for i in items):
+        return None
+    (d,) = advanced
+    if d in t.dims or any(i != slice(None) for j, i in enumerate(items) if j != d):
+        return None
+    out_shape = ctx.shape(node)
+    if out_shape is None:
+        return None
+    shift = len(out_shape) - len(shape)
+    return Tracked(tuple(x if x < d else x + shift for x in t.dims), t.labels)
 
 
 @register_function_rule("unbind", torch.unbind)
@@ -955,16 +977,42 @@ def matmul_rule(ctx: Context, node: fx.Node) -> Tracked | None:
 
 @register_module_rule(nn.MultiheadAttention)
 def multihead_attention_rule(ctx: Context, node: fx.Node, module: nn.Module) -> list[Any]:
-    """`nn.MultiheadAttention` ties its projections to `embed_dim`, its input and output width:
-    its heads cannot go without the residual width, so its channels are kept."""
-    for a in node.all_input_nodes:
-        t = ctx.tracked(a)
-        if t is not None:
-            ctx.labels.freeze(t.labels)
-    shape = ctx.shape(node.args[0])
+    """`nn.MultiheadAttention`: the inputs' channels are consumed by the q/k/v projections' columns,
+    the heads are new channels (one group per head: q, k, v rows and out_proj columns), and the
+    output projection makes new channels. Removal turns the module into a
+    `PrunedMultiheadAttention`, whose widths may differ (see `secateurs.structured.attention`)."""
+    assert isinstance(module, nn.MultiheadAttention)
+    name = str(node.target)
+    fused = module._qkv_same_embed_dim
+    for index, arg_name, own in ((0, "query", "q"), (1, "key", "k"), (2, "value", "v")):
+        t, shape = ctx.tracked(_arg(node, index, arg_name)), ctx.shape(_arg(node, index, arg_name))
+        if t is None or shape is None:
+            continue
+        x = t.on(len(shape) - 1)
+        if x is None:
+            ctx.labels.freeze(t.labels)  # channels on a token or batch dim are mixed by attention
+        else:
+            ctx.site(name, "in_proj_weight" if fused else f"{own}_proj_weight", 1, x, "consumer")
+    heads = ctx.labels.fresh((module.num_heads, module.head_dim), PRODUCER)
+    for j in range(1, module.head_dim):
+        ctx.labels.union(heads[:, 0], heads[:, j])  # a head goes whole: its scale 1/sqrt(head_dim) stays
+    inner = heads.reshape(-1)
+    if fused:
+        ctx.site(name, "in_proj_weight", 0, np.concatenate([inner] * 3), "producer")
+    else:
+        for own in ("q", "k", "v"):
+            ctx.site(name, f"{own}_proj_weight", 0, inner, "producer")
+    if module.in_proj_bias is not None:
+        ctx.site(name, "in_proj_bias", 0, np.concatenate([inner] * 3), "producer")
+    for tensor in ("bias_k", "bias_v"):
+        if getattr(module, tensor) is not None:
+            ctx.site(name, tensor, 2, inner, "passive")
+    out_proj = f"{name}.out_proj"
+    ctx.site(out_proj, "weight", 1, inner, "consumer")
+    bias = [("bias", 0)] if module.out_proj.bias is not None else []
+    out = ctx.fresh_channels(out_proj, [("weight", 0), *bias], module.out_proj.out_features)
+    shape = ctx.shape(_arg(node, 0, "query"))
     assert shape is not None
-    out = ctx.labels.fresh((shape[-1],), PASSIVE)
-    ctx.labels.freeze(out)
     return [Tracked((len(shape) - 1,), out), None]
 
 
@@ -989,10 +1037,20 @@ def pixel_shuffle_rule(ctx: Context, node: fx.Node) -> Tracked | None:
 
 
 # -- analysis ------------------------------------------------------------------------------------------
+class _RuleLeafTracer(fx.Tracer):
+    """fx's tracer, which also keeps a module whose type has a channel rule as one call (a leaf):
+    a rule registered for a custom module (or a subclass of a torch one) is then really used."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _module_rule(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """`torch.fx.symbolic_trace`, with a ConfigError that says what to do when it fails."""
     try:
-        return fx.symbolic_trace(model)
+        tracer = _RuleLeafTracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as err:  # fx raises many types (TraceError, TypeError, …)
         raise ConfigError(
             f"cannot trace the model with torch.fx ({type(err).__name__}: {str(err).splitlines()[0]})",
@@ -1069,7 +1127,7 @@ def _visit(ctx: Context, node: fx.Node) -> Any:
     )
     if any(ctx.values.get(a) is OPAQUE for a in node.all_input_nodes):
         module = ctx.modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(module, (*_CONV, *_CONV_T, nn.Linear)):
+        if isinstance(module, (*_CONV, *_CONV_T, nn.Linear, nn.MultiheadAttention)):
             pass  # unknown input channels are simply not prunable here; its outputs are new
         elif node.target in ("size", "dim", getattr, "numel"):
             return None
@@ -1106,7 +1164,12 @@ def _parameter(ctx: Context, node: fx.Node) -> Tracked | Opaque | None:
     if not dims:
         return None  # a scalar-like tensor: broadcast, it constrains no channel
     if len(dims) > 1:
-        return OPAQUE  # e.g. a position-bias table: channels it meets are kept, never guessed
+        owner = ctx.modules.get(module_name)
+        counts = {getattr(owner, a) for a in COUNT_ATTRIBUTES if type(getattr(owner, a, None)) is int}
+        along = [d for d in dims if shape[d] in counts]
+        if len(along) != 1:
+            return OPAQUE  # e.g. a table of unknown layout: channels it meets are kept, never guessed
+        dims = along  # a table per head (Swin's relative position bias): its other dims are positions
     labels = ctx.labels.fresh((shape[dims[0]],), PASSIVE)
     ctx.site(module_name, tensor, dims[0], labels, "passive")
     return Tracked((dims[0],), labels)
