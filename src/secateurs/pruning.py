@@ -1,9 +1,10 @@
 """The one place where scores become masks, and the `prune()` entry point.
 
 criterion (scores) × structure (groups) × allocation (keep counts per layer) → masks.
-Selection within a layer is a top-k over group scores with a deterministic tie-break (stable
-sort: the lower index wins), so the requested count is exact even when scores tie. A prune
-respects the model's existing mask: already-pruned entries score −∞ and stay pruned.
+Selection within a layer is a top-k over group scores (or the structure's own `select`, such as
+N:M's balanced top-k) with a deterministic tie-break (stable sort: the lower index wins), so the
+requested count is exact even when scores tie. A prune respects the model's existing mask:
+already-pruned entries score −∞ and stay pruned.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def masks_from_scores(
         if current is not None and name in current:
             s = s.masked_fill(~current[name].to(s.device), float("-inf"))
         shape = tuple(score.shape)
+        check = getattr(structure, "check", None)  # a structure that cannot group it says so by name
+        if check is not None:
+            check(name, shape)
         layers.append(LayerInfo(name, shape, structure.group_size(shape), structure.group_scores(s)))
     keep = allocate(
         allocation,
@@ -87,9 +91,12 @@ def masks_from_scores(
         layer_sparsities=layer_sparsities,
         **dict(allocation_options or {}),
     )
+    select = getattr(structure, "select", None)  # e.g. N:M spreads k over its groups; default top-k
     masks = {}
     for layer in layers:
-        mask = structure.expand(topk_mask(layer.scores, keep[layer.name]), layer.shape)
+        k = keep[layer.name]
+        chosen = select(layer.scores, k, layer.shape) if select is not None else topk_mask(layer.scores, k)
+        mask = structure.expand(chosen, layer.shape)
         if current is not None and layer.name in current:
             mask = mask & current[layer.name].to(mask.device)
         masks[layer.name] = mask
@@ -219,12 +226,18 @@ def compute_masks(
         input_shape=tuple(input_shape) if input_shape is not None else None,
     )
     built = build_structure(structure, **dict(structure_options or {}))
+    if invert and not getattr(built, "invertible", False):
+        raise ConfigError(
+            f"invert (sanity check 'invert') is not defined for structure {structure!r}: negating the "
+            "element scores does not reverse the order of its group scores (they pool |scores|)",
+            fix="run the invert sanity check with structure unstructured or nm",
+        )
     for k in range(1, rounds + 1):
         level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
         overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
         with _masked_weights(model, current) if k > 1 else nullcontext():
             scores = crit.score(ctx)
-        if invert:  # negated element scores: exact for unstructured groups, the only structure
+        if invert:  # negated element scores: exact where selection ranks them (structure.invertible)
             scores = {n: -s for n, s in scores.items()}
         current = masks_from_scores(
             scores,
