@@ -26,8 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # "N:M:" must not become an emoji
+err_console = Console(stderr=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -157,6 +157,7 @@ def methods() -> None:
     from secateurs.controls import CONTROLS
     from secateurs.criteria import CRITERIA
     from secateurs.dst import UPDATERS
+    from secateurs.projections import PROJECTIONS
     from secateurs.recipe import preset_names, read_recipe_text
     from secateurs.sanity import SANITY
     from secateurs.schedules import SCHEDULE_NAMES
@@ -195,6 +196,8 @@ def methods() -> None:
         ("supermask", "train Bernoulli mask probabilities; weights frozen (Zhou et al. 2019)"),
     ):
         table.add_row("selection (train.select)", name, what)
+    for name in PROJECTIONS.names():
+        table.add_row("ADMM projection (train.admm)", name, PROJECTIONS.help(name))
     console.print(table)
     presets = _table("preset recipes (secateurs run NAME)", "name", "description")
     import yaml

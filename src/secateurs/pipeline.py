@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from secateurs.admm import ADMMConfig, ADMMTraining
 from secateurs.allocation import unmatched_patterns
 from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.controls import CONTROLS, derived_seed, fork_index
@@ -525,6 +526,9 @@ class Pipeline:
             callbacks.append(
                 GradualPruning(stage.prune, lambda spec, s: self._set_masks(self._compute(spec, s)), default)
             )
+        admm = self._admm(stage.admm, level_sparsity) if stage.admm is not None else None
+        if admm is not None:
+            callbacks.append(admm)
         optimizer = None
         if self.pending_optimizer_state is not None:
             optimizer = rewound_optimizer(self.model, config.optimizer, self.pending_optimizer_state)
@@ -549,6 +553,8 @@ class Pipeline:
             self._publish("train", row.get("step"), row, record=False)
         for update in dynamic.records if dynamic is not None else []:
             self._publish("dst", update.step, asdict(update), record=False)
+        for dual in admm.records if admm is not None else []:
+            self._publish("admm", dual.step, asdict(dual), record=False)
         self.train_flops = (self.train_flops[0] + flops.flops, self.train_flops[1] + flops.dense_flops)
         self.last_training = best_of(result.history)
         missing = self.rewind_steps - set(self.snapshots)
@@ -558,6 +564,17 @@ class Pipeline:
                 fix="rewind to a step the first training stage reaches",
             )
         self.trained_once = True
+
+    def _admm(self, spec: ADMMConfig, level_sparsity: float | None) -> ADMMTraining:
+        """The ADMM callback: its layers and sparsity default to the stage's level and the recipe's."""
+        layers = spec.layers if spec.layers is not None else self.recipe.layers
+        return ADMMTraining(
+            spec, select_parameters(self.model, layers), self._block_sparsity(spec.sparsity, level_sparsity)
+        )
+
+    def _block_sparsity(self, own: float | None, level_sparsity: float | None) -> float | None:
+        """A train block's sparsity: its own, else the stage's level, else the recipe's (None if none)."""
+        return next((s for s in (own, level_sparsity, self.recipe.sparsity) if s is not None), None)
 
     def _attach_selection(self, spec: SparseSelection, level_sparsity: float | None) -> SelectionHandle:
         """Freeze the model and attach the trainable scores of sparse selection (edge-popup, supermask)."""
@@ -569,9 +586,7 @@ class Pipeline:
             )
         sparsity = None
         if spec.method == "edge_popup":
-            sparsity = next(
-                (s for s in (spec.sparsity, level_sparsity, self.recipe.sparsity) if s is not None), None
-            )
+            sparsity = self._block_sparsity(spec.sparsity, level_sparsity)
             if sparsity is None:
                 raise ConfigError(
                     "edge-popup needs a sparsity",

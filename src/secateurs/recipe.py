@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from secateurs.admm import ADMMConfig
 from secateurs.controls import CONTROLS, check_controls
 from secateurs.dst import UPDATERS, DynamicSparsity
 from secateurs.errors import ConfigError
@@ -32,7 +33,7 @@ from secateurs.selection import SparseSelection
 from secateurs.train.config import StrictModel, TrainConfig
 
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
-TRAIN_BLOCKS = ("prune", "dst", "select")  # keys of a train stage that are not training options
+TRAIN_BLOCKS = ("prune", "dst", "select", "admm")  # keys of a train stage that are not training options
 
 
 class FieldProblems(ValueError):
@@ -123,6 +124,9 @@ class TrainStage(StrictModel):
     dst: DynamicSparsity | None = Field(None, description="dynamic sparse training (see `secateurs.dst`)")
     select: SparseSelection | None = Field(
         None, description="sparse selection: train the mask, not the weights (see `secateurs.selection`)"
+    )
+    admm: ADMMConfig | None = Field(
+        None, description="ADMM toward a constraint set, then a hard prune (see `secateurs.admm`)"
     )
 
     @model_validator(mode="after")

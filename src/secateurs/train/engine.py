@@ -77,6 +77,10 @@ class Callback:
     def on_train_start(self, state: TrainState) -> None:
         """Before the first step (masks attached, optimizer and scheduler built)."""
 
+    def on_backward(self, state: TrainState) -> None:
+        """After `loss.backward()`, before clipping and `optimizer.step()`: where a penalty whose
+        gradient is known in closed form adds it to `.grad` (ADMM's ρ(W − Z + U))."""
+
     def on_step_end(self, state: TrainState) -> None:
         """After `optimizer.step()` and `scheduler.step()`; `state.step` counts this step."""
 
@@ -101,6 +105,13 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+def _overriding(callbacks: Iterable[Callback], hook: str) -> list[Callable[[TrainState], None]]:
+    """The bound `hook` methods of the callbacks that override it (the base one does nothing)."""
+    base = getattr(Callback, hook)
+    bound = [getattr(cb, hook) for cb in callbacks]
+    return [h for h in bound if getattr(h, "__func__", None) is not base]
+
+
 def _steps_per_epoch(loader: Iterable[Any]) -> int:
     try:
         n = len(loader)  # type: ignore[arg-type]
@@ -245,9 +256,9 @@ class _Loop:
         self.config = config
         self.evaluate_fn = evaluate_fn
         self.callbacks = list(callbacks)
-        # Only callbacks that override on_step_end are called per step (keeps the loop lean).
-        hooks = [cb.on_step_end for cb in self.callbacks]
-        self.step_hooks = [h for h in hooks if getattr(h, "__func__", None) is not Callback.on_step_end]
+        # Only callbacks that override a per-step hook are called per step (keeps the loop lean).
+        self.step_hooks = _overriding(self.callbacks, "on_step_end")
+        self.backward_hooks = _overriding(self.callbacks, "on_backward")
         self.loss_fn = loss_fn
         self.bar = bar
         self.description = description
@@ -313,6 +324,8 @@ class _Loop:
         st.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(st.model(x), y)
         loss.backward()
+        for hook in self.backward_hooks:
+            hook(st)
         if self.config.bn_l1 and self.bn_scales:
             with torch.no_grad():
                 for w in self.bn_scales:
