@@ -51,7 +51,7 @@ class ADMMConfig(StrictModel):
     sparsity: float | None = Field(
         None, ge=0, lt=1, description="per-layer sparsity; default: the stage's level, else the recipe's"
     )
-    rho: float = Field(1e-3, gt=0, description="initial penalty ρ")
+    rho: float = Field(1e-2, gt=0, description="initial penalty ρ")
     rho_growth: float = Field(1.3, ge=1, description="ρ is multiplied by this at every dual update")
     rho_max: float = Field(1.0, gt=0, description="ρ stops growing here")
     update_every: int | None = Field(
