@@ -39,6 +39,7 @@ def run(
 
     With `out`, the recipe, metrics and final checkpoint are written there atomically.
     """
+    from secateurs.distributed import world
     from secateurs.outputs import check_output_dir, save_run
     from secateurs.pipeline import run_recipe
     from secateurs.recipe import Recipe, load_recipe, recipe_from_raw, recipe_to_raw
@@ -54,6 +55,8 @@ def run(
         raise ConfigError(
             f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict"
         )
+    if not world().main:
+        out = None  # under torchrun only rank 0 writes
     if out is not None:
         check_output_dir(out)  # before training, not after
     result = run_recipe(recipe, progress=progress)

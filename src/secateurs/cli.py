@@ -111,19 +111,47 @@ def run(
     threads: Annotated[
         int, typer.Option(help="CPU threads for torch: 1 suits small models; raise it for large conv nets")
     ] = 1,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            help="data-parallel processes: launches torchrun (PyTorch DDP; gloo on CPU, NCCL on GPU)",
+        ),
+    ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe: train, prune, reset, repeat and evaluate as its stages say."""
     import secateurs
+    from secateurs.distributed import init_from_environment, launched_by_torchrun, shutdown
 
-    _setup_logging(verbose)
-    _set_threads(threads)
-    result = secateurs.run(
-        recipe, overrides=list(set_ or []), out=out, progress=progress and sys.stderr.isatty()
-    )
-    console.print(records_table(result.records, f"recipe {result.recipe.name}"))
-    if out is not None:
-        console.print(f"results written to {out}")
+    if nproc < 1:
+        raise SecateursError(f"--nproc must be at least 1, got {nproc}")
+    if nproc > 1 and not launched_by_torchrun():
+        args = ["run", recipe, *(a for s in set_ or [] for a in ("--set", s)), "--threads", str(threads)]
+        args += ["--out", str(out)] if out is not None else []
+        args += ["--progress" if progress else "--no-progress"] + (["--verbose"] if verbose else [])
+        raise typer.Exit(launch_torchrun(nproc, args))
+    main = init_from_environment().main
+    try:
+        _setup_logging(verbose and main)
+        _set_threads(threads)
+        result = secateurs.run(
+            recipe, overrides=list(set_ or []), out=out, progress=progress and sys.stderr.isatty()
+        )
+        if main:
+            console.print(records_table(result.records, f"recipe {result.recipe.name}"))
+            if out is not None:
+                console.print(f"results written to {out}")
+    finally:
+        shutdown()
+
+
+def launch_torchrun(nproc: int, args: list[str]) -> int:
+    """Run `secateurs ARGS` in `nproc` processes on this machine with torchrun; its exit code."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.call([*command, "-m", "secateurs", *args])
 
 
 @app.command()
@@ -275,6 +303,13 @@ def sweep(
     _set_threads(threads)
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    from secateurs.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():
+        raise ConfigError(
+            "secateurs sweep runs each recipe in its own worker process and does not run under torchrun",
+            fix="spread a sweep with --workers N; run one big recipe data-parallel with run --nproc N",
+        )
     selected = parse_shard(shard) if shard is not None else None
     config = load_sweep(sweep_file)
     points = expand_sweep(config, sweep_file.parent)  # every point validated before anything runs

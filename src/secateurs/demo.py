@@ -83,6 +83,8 @@ def quick_overrides(preset: str) -> list[str]:
         return ["train.epochs=6", "stages.2.repeat.stages.2.train.epochs=1"]
     if preset in ("lottery-ticket", "prune-at-init", "dynamic-sparse", "edge-popup"):
         return ["train.epochs=6"]  # every (re)training uses the recipe's default budget
+    if preset == "admm":
+        return ["train.epochs=6", "stages.2.train.epochs=2", "stages.3.train.epochs=2"]
     return ["train.epochs=6", "stages.5.train.epochs=2"]
 
 

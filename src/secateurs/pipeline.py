@@ -32,6 +32,7 @@ from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.controls import CONTROLS, derived_seed, fork_index
 from secateurs.criteria import build_criterion
 from secateurs.data import DatasetInfo, DataSplits, class_balanced_batch, load_dataset
+from secateurs.distributed import check_same_masks, world
 from secateurs.dst import DynamicSparseTraining
 from secateurs.errors import CheckpointError, ConfigError
 from secateurs.eval import count_costs, evaluate
@@ -239,7 +240,8 @@ class Pipeline:
         on_metrics: Callable[[MetricEvent], None] | None = None,
     ) -> None:
         self.recipe = recipe
-        self.progress = progress
+        self.world = world()
+        self.progress = progress and self.world.main
         self.workdir = Path(workdir) if workdir is not None else None
         self.on_metrics = on_metrics
         self.data = data if data is not None else load_dataset(recipe.data.name, **recipe.data.options)
@@ -496,6 +498,7 @@ class Pipeline:
         if self.dense_state is None and masks_of(self.model) is None:
             self.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         set_masks(self.model, masks)
+        check_same_masks(masks, f"the prune of stage {self.counter}")
         return masks
 
     def dense_parent(self) -> nn.Module | None:
@@ -537,7 +540,9 @@ class Pipeline:
         test_loader = self.data.test_loader()
         result = train(
             self.model,
-            self.data.train_loader(config.batch_size, seed=self.recipe.seed * 1000 + self.counter),
+            self.data.train_loader(
+                config.batch_size, seed=self.recipe.seed * 1000 + self.counter, world=self.world
+            ),
             config,
             evaluate_fn=lambda m: evaluate(m, test_loader),
             callbacks=callbacks,
@@ -682,8 +687,8 @@ class Pipeline:
             return False
 
     def _save_state(self) -> None:
-        """After each stage: everything needed to continue from here, written atomically."""
-        if self.workdir is None:
+        """After each stage: everything needed to continue from here, written atomically (by rank 0)."""
+        if self.workdir is None or not self.world.main:
             return
         masks = masks_of(self.model)
         save_checkpoint(

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from secateurs.allocation import LayerInfo, allocate, check_sparsity
 from secateurs.criteria import ScoringContext, build_criterion
 from secateurs.criteria.base import Batch
+from secateurs.distributed import sync_scores
 from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection, select_parameters
 from secateurs.masks import MaskSet, masks_of, set_masks
@@ -236,7 +237,7 @@ def compute_masks(
         level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
         overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
         with _masked_weights(model, current) if k > 1 else nullcontext():
-            scores = crit.score(ctx)
+            scores = sync_scores(crit.score(ctx))  # rank 0's under torchrun (see secateurs.distributed)
         if invert:  # negated element scores: exact where selection ranks them (structure.invertible)
             scores = {n: -s for n, s in scores.items()}
         current = masks_from_scores(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from secateurs.distributed import World, shard_batch
 from secateurs.errors import ConfigError
 
 __all__ = [
@@ -79,6 +80,7 @@ class TensorLoader:
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        world: World | None = None,
     ) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
@@ -91,6 +93,9 @@ class TensorLoader:
         self._shuffle = shuffle
         self._seed = seed
         self._drop_last = drop_last
+        self._world = world if world is not None and world.active else None
+        if self._world is not None and not shuffle:
+            raise ValueError("a sharded loader shards the shuffled training order; use shuffle=True")
         self._epoch = 0
 
     @property
@@ -136,6 +141,8 @@ class TensorLoader:
                 yield self._x[start:stop], self._y[start:stop]
             else:
                 idx = order[start:stop]
+                if self._world is not None:  # this rank's part of the global batch (secateurs.distributed)
+                    idx = shard_batch(idx, order, self._world)
                 yield self._x[idx], self._y[idx]
 
 
@@ -164,11 +171,17 @@ class DataSplits:
             raise ValueError(f"{self.info.name} {split}_y must be int64 of shape ({n},)")
 
     def train_loader(
-        self, batch_size: int, *, seed: int = 0, shuffle: bool = True, drop_last: bool = False
+        self,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        world: World | None = None,
     ) -> TensorLoader:
-        return TensorLoader(
-            self.train_x, self.train_y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
+        """Shuffled mini-batches; with a distributed `world`, this rank's share of each global batch."""
+        x, y = self.train_x, self.train_y
+        return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, world=world)
 
     def test_loader(self, batch_size: int = 1024) -> TensorLoader:
         return TensorLoader(self.test_x, self.test_y, batch_size, shuffle=False)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from secateurs.distributed import check_same_masks, world
 from secateurs.errors import ConfigError, SecateursError
 from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.train.config import TrainConfig
@@ -63,6 +64,7 @@ class TrainState:
         the existing optimizer hooks are updated in place when the parameters are the same.
         """
         set_masks(self.model, masks)
+        check_same_masks(masks, f"the mask update at step {self.step}")
         if self.mask_handle is not None and self.mask_handle.covers(masks):
             self.mask_handle.update(masks)
             return
@@ -105,6 +107,18 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
+def _data_parallel(model: nn.Module) -> nn.Module:
+    """The module training calls forward on: under torchrun, `model` wrapped in PyTorch's DDP
+    (which averages gradients over the ranks); else `model` itself. Callbacks and masks keep
+    using `model` and its parameter names."""
+    if not world().active or not any(p.requires_grad for p in model.parameters()):
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(iter(model.parameters())).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
 def _overriding(callbacks: Iterable[Callback], hook: str) -> list[Callable[[TrainState], None]]:
     """The bound `hook` methods of the callbacks that override it (the base one does nothing)."""
     base = getattr(Callback, hook)
@@ -273,6 +287,7 @@ class _Loop:
             and m.weight.requires_grad
         ]
         self.device = next(iter(state.model.parameters()), torch.empty(0)).device
+        self.forward = _data_parallel(state.model)
 
     def run(self) -> None:
         st = self.state
@@ -322,7 +337,7 @@ class _Loop:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         st.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(st.model(x), y)
+        loss = self.loss_fn(self.forward(x), y)
         loss.backward()
         for hook in self.backward_hooks:
             hook(st)

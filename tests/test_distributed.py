@@ -1,0 +1,150 @@
+"""Data-parallel runs (gloo, two real processes): masks identical on every rank and equal to one process's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from tiny import tiny_recipe
+
+import secateurs
+from secateurs.data.core import TensorLoader
+from secateurs.distributed import World, masks_digest, shard_batch
+from secateurs.masks import masks_of
+from secateurs.pipeline import run_recipe
+from secateurs.recipe import recipe_from_raw
+
+IMP = {
+    "schedule": {"name": "iterative", "levels": 2, "rate": 0.3},
+    "stages": [{"prune": {"allocation": "uniform"}}, {"reset": {"mode": "rewind", "step": 0}}, {"train": {}}],
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "one-shot magnitude": tiny_recipe(),
+    "snip": tiny_recipe({"prune": {"criterion": "snip"}}, {"train": {}}, {"evaluate": {"label": "final"}}),
+    "imp (2 levels)": tiny_recipe({"train": {}}, {"repeat": IMP}, {"evaluate": {"label": "final"}}),
+    "rigl": tiny_recipe(
+        {"prune": {"criterion": "random", "allocation": "erk"}},
+        {"train": {"dst": {"method": "rigl", "update_every": 2, "end_fraction": 1.0}}},
+        {"evaluate": {"label": "final"}},
+        iterations=6,
+    ),
+}
+
+
+def _outcome(raw: dict[str, Any]) -> dict[str, Any]:
+    result = run_recipe(recipe_from_raw(raw))
+    masks = masks_of(result.model)
+    return {
+        "masks": {n: m.clone() for n, m in (masks or {}).items()},
+        "state": {k: v.clone() for k, v in result.model.state_dict().items()},
+        "accuracy": result.records[-1]["accuracy"],
+    }
+
+
+def _worker(rank: int, size: int, port: int, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        outcomes = {name: _outcome(raw) for name, raw in RECIPES.items()}
+        from secateurs.distributed import DistributedError, check_same_masks
+
+        differs = {"w": torch.tensor([rank == 1])}  # rank 1's mask differs
+        try:
+            check_same_masks(differs, "a test")
+            mismatch = "not detected"
+        except DistributedError as err:
+            mismatch = str(err)
+        torch.save({"outcomes": outcomes, "mismatch": mismatch}, Path(folder) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    folder = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(_worker, args=(2, _free_port(), str(folder)), nprocs=2, start_method="spawn")
+    return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_masks_are_identical_on_both_ranks_and_equal_to_one_process(name: str, two_ranks: list) -> None:
+    rank0, rank1 = (r["outcomes"][name] for r in two_ranks)
+    single = _outcome(RECIPES[name])
+    assert rank0["masks"], "the recipe prunes"
+    assert masks_digest(rank0["masks"]) == masks_digest(rank1["masks"]) == masks_digest(single["masks"])
+    for key, value in single["state"].items():
+        assert torch.equal(rank0["state"][key], rank1["state"][key]), key  # DDP keeps ranks in lockstep
+        # the same global batches, averaged over two half batches: equal up to float summation order
+        torch.testing.assert_close(rank0["state"][key], value, rtol=1e-4, atol=1e-5)
+    assert rank0["accuracy"] == rank1["accuracy"] == pytest.approx(single["accuracy"], abs=1 / 48)
+
+
+def test_a_mask_mismatch_between_ranks_stops_every_rank_with_a_clear_error(two_ranks: list) -> None:
+    for rank in two_ranks:
+        assert "the ranks' masks differ after a test" in rank["mismatch"]
+
+
+def test_the_shards_of_a_global_batch_are_the_one_process_batch() -> None:
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(0))
+    batch = order[8:10]  # a last, partial batch of 2 with 3 ranks: padded from the epoch's start
+    worlds = [World(r, 3) for r in range(3)]
+    shards = [shard_batch(batch, order, w) for w in worlds]
+    assert [len(s) for s in shards] == [1, 1, 1]
+    assert torch.equal(torch.cat(shards).sort().values, torch.cat([batch, order[:1]]).sort().values)
+    full = order[:6]
+    assert torch.equal(torch.stack([shard_batch(full, order, w) for w in worlds], 1).reshape(-1), full)
+
+
+def test_a_sharded_loader_yields_this_ranks_part_of_every_one_process_batch() -> None:
+    x, y = torch.arange(20.0).unsqueeze(1), torch.arange(20)
+    single = list(TensorLoader(x, y, 8, shuffle=True, seed=3))
+    parts = [list(TensorLoader(x, y, 8, shuffle=True, seed=3, world=World(r, 2))) for r in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(single) == 3
+    for k, (_, yb) in enumerate(single):  # batches of 8, 8 and 4: split evenly, no padding
+        merged = torch.cat([parts[0][k][1], parts[1][k][1]])
+        assert torch.equal(merged.sort().values, yb.sort().values)
+
+
+def test_secateurs_run_nproc_2_trains_with_torchrun_and_only_rank_0_writes(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    import yaml
+
+    recipe.write_text(yaml.safe_dump(tiny_recipe()))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "secateurs",
+            "run",
+            str(recipe),
+            "--nproc",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(secateurs.__file__).parents[1])},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("results written to") == 1  # rank 0 prints, rank 1 stays quiet
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "recipe.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.yaml"]  # no second writer's leftovers
