@@ -115,7 +115,7 @@ def run(
         int,
         typer.Option(
             "--nproc",
-            help="data-parallel processes: launches torchrun (PyTorch DDP; gloo on CPU, NCCL on GPU)",
+            help="data-parallel processes on this machine: launches torchrun (PyTorch DDP over gloo)",
         ),
     ] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,

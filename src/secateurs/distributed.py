@@ -1,4 +1,4 @@
-"""Data-parallel runs under `torchrun` (PyTorch DDP: gloo on CPU, NCCL on GPU).
+"""Data-parallel runs under `torchrun` (PyTorch DDP over gloo, the CPU backend).
 
 Every rank runs the whole recipe on its own copy of the model; what makes them one run:
 
@@ -65,9 +65,11 @@ def launched_by_torchrun() -> bool:
 
 
 def init_from_environment() -> World:
-    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU).
+    """Join the process group torchrun describes in the environment.
 
-    A no-op outside torchrun or when already initialised.
+    The backend is gloo: the pipeline trains on the CPU (it has no device option yet), and gloo
+    is PyTorch's CPU backend, over TCP between machines too. A no-op outside torchrun or when
+    already initialised.
     """
     if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
         return world()
@@ -76,11 +78,8 @@ def init_from_environment() -> World:
             "this PyTorch build has no torch.distributed",
             fix="install a PyTorch build with distributed support",
         )
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="gloo")
     except (RuntimeError, ValueError) as err:
         raise DistributedError(
             f"cannot join the process group ({err})",
