@@ -173,17 +173,25 @@ class MaskSet(Mapping[str, Tensor]):
         return {n: m.clone() for n, m in self._masks.items()}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, Tensor], model: nn.Module | None = None) -> MaskSet:
-        """Rebuild masks; with `model`, check every name and shape against it."""
+    def from_state_dict(
+        cls, state: Mapping[str, Tensor], model: nn.Module | None = None, *, where: str | None = None
+    ) -> MaskSet:
+        """Rebuild masks; with `model`, check every name and shape against it.
+
+        `where` (the file they were read from) goes into the error, so that a mask of the wrong
+        shape is traced to its file rather than reported as a bare shape mismatch.
+        """
         for name, mask in state.items():
             if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-                raise CheckpointError(f"mask {name!r} is not a boolean tensor", fix="re-save the masks")
+                raise CheckpointError(
+                    f"mask {name!r} is not a boolean tensor", where=where, fix="re-save the masks"
+                )
         masks = cls(state)
         if model is not None:
             try:
                 masks._bound(model)
             except ConfigError as err:
-                raise CheckpointError(err.what, fix=err.fix) from None
+                raise CheckpointError(err.what, where=where, fix=err.fix) from None
         return masks
 
 
@@ -211,6 +219,13 @@ class MaskHandle:
                 "the new masks name other parameters than the attached ones",
                 fix="attach the new masks with MaskSet.attach instead of updating the handle",
             )
+        for name, multiplier in self._multipliers.items():  # copy_ would broadcast a wrong shape
+            if masks[name].shape != multiplier.shape:
+                raise ConfigError(
+                    f"the new mask for {name!r} has shape {tuple(masks[name].shape)}, "
+                    f"the parameter has {tuple(multiplier.shape)}",
+                    fix="compute the new masks for the same model as the attached ones",
+                )
         for name, multiplier in self._multipliers.items():
             multiplier.copy_(masks[name])
 

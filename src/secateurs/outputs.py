@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from torch import Tensor
 
 from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.errors import CheckpointError, ConfigError
@@ -95,6 +96,37 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], MaskS
     payload = load_checkpoint(p)
     if not isinstance(payload, dict) or "model" not in payload:
         raise CheckpointError(f"{p} holds no model weights", fix="pass a model.pt written by `secateurs run`")
-    masks_state = payload.get("masks") or {}
-    masks = MaskSet.from_state_dict(masks_state) if masks_state else None
-    return payload["model"], masks, dict(payload.get("meta") or {})
+    state, masks_state = payload["model"], payload.get("masks") or {}
+    if not isinstance(state, dict) or not isinstance(masks_state, dict):
+        raise CheckpointError(
+            "`model` and `masks` must be mappings of tensors",
+            where=str(p),
+            fix="pass a model.pt written by `secateurs run`",
+        )
+    check_masks_fit(masks_state, state, str(p))
+    masks = MaskSet.from_state_dict(masks_state, where=str(p)) if masks_state else None
+    return state, masks, dict(payload.get("meta") or {})
+
+
+def check_masks_fit(masks: dict[str, Any], weights: dict[str, Any], where: str) -> None:
+    """Every mask must name a weight of the same checkpoint and have its shape.
+
+    Checked on reading, before any model is built: a mask of another shape would otherwise
+    broadcast or fail later with a bare shape error far from the file that caused it.
+    """
+    for name, mask in masks.items():
+        weight = weights.get(name)
+        if not isinstance(weight, Tensor):
+            raise CheckpointError(
+                f"the checkpoint has a mask for {name!r} but no such weight "
+                f"(weights: {', '.join(map(str, weights)) or 'none'})",
+                where=where,
+                fix="the masks come from another model: re-create the checkpoint with `secateurs run`",
+            )
+        if isinstance(mask, Tensor) and tuple(mask.shape) != tuple(weight.shape):
+            raise CheckpointError(
+                f"the mask for {name!r} has shape {tuple(mask.shape)} but the weight has shape "
+                f"{tuple(weight.shape)}",
+                where=where,
+                fix="the masks come from another model: re-create the checkpoint with `secateurs run`",
+            )

@@ -727,7 +727,9 @@ class Pipeline:
         try:
             self.model.load_state_dict(state["model"])
             masks = state["masks"]
-            set_masks(self.model, MaskSet.from_state_dict(masks, self.model) if masks else None)
+            set_masks(
+                self.model, MaskSet.from_state_dict(masks, self.model, where=str(path)) if masks else None
+            )
             self.snapshots = {
                 int(step): Snapshot(int(step), s["model"], s["optimizer"])
                 for step, s in state["snapshots"].items()

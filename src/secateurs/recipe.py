@@ -102,6 +102,37 @@ class PruneSpec(StrictModel):
         "none", description="a sanity check of the criterion (see `secateurs.sanity`); none: no check"
     )
 
+    @model_validator(mode="after")
+    def _known_names(self) -> PruneSpec:
+        """Unknown names fail when the recipe is read, not stages later (nor in a sweep's run)."""
+        from secateurs.allocation import ALLOCATIONS
+        from secateurs.criteria import CRITERIA
+        from secateurs.structured.masking import CRITERION_ALIASES
+        from secateurs.structured.prune import CHANNEL_CRITERIA
+        from secateurs.structures import STRUCTURES
+
+        if self.structure == "channel":
+            valid = [*CHANNEL_CRITERIA.names(), *CRITERION_ALIASES]
+            if self.criterion not in valid:
+                raise ValueError(
+                    f"criterion {self.criterion!r} does not score channels; use one of {', '.join(valid)}"
+                )
+            if self.allocation not in ("global", "uniform"):
+                raise ValueError(f"structure channel allocates uniform or global, not {self.allocation!r}")
+            return self
+        for registry, value in ((STRUCTURES, self.structure), (CRITERIA, self.criterion)):
+            _known(registry, value)
+        _known(ALLOCATIONS, self.allocation)
+        return self
+
+
+def _known(registry: Any, name: str) -> None:
+    """The registry's own message for an unknown name (with its "did you mean"), as a field error."""
+    try:
+        registry.get(name)
+    except ConfigError as err:
+        raise ValueError(f"{err.what} Use one of: {', '.join(registry.names())}") from None
+
 
 class GradualPrune(PruneSpec):
     """Pruning applied during a training stage, following a step schedule."""
@@ -226,6 +257,8 @@ def _unwrap(stage: Any) -> Any:
     ((kind, body),) = stage.items()
     if kind not in STAGE_KINDS:
         raise ValueError(f"unknown stage {kind!r}; stages are {', '.join(STAGE_KINDS)}")
+    if body is not None and not isinstance(body, dict):
+        raise ValueError(f"the body of a {kind!r} stage must be a mapping of its options, got {body!r}")
     body = dict(body or {})
     if kind == "train":
         blocks = {key: body.pop(key) for key in TRAIN_BLOCKS if body.get(key) is not None}
@@ -262,6 +295,20 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
+        from secateurs.data import DATASETS
+        from secateurs.models import MODELS
+
+        problems = []
+        for field, value, registry in (
+            ("data", self.data.name, DATASETS),
+            ("model", self.model.name, MODELS),
+        ):
+            try:
+                _known(registry, value)
+            except ValueError as err:
+                problems.append(((field,), str(err)))
+        if problems:
+            raise FieldProblems(problems)
         self._check_train(("train",), {})  # the defaults must be valid on their own
         for path, stage in walk_paths(self.stages):
             if isinstance(stage, TrainStage):
