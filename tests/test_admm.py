@@ -189,3 +189,24 @@ def test_bad_admm_blocks_are_clear_errors(admm: dict, message: str) -> None:
 def test_a_sparsity_is_required_where_the_set_has_one() -> None:
     with pytest.raises(ConfigError, match="ADMM projection 'unstructured' needs a sparsity"):
         ADMMTraining(ADMMConfig(), NAMES, None)
+
+
+def test_held_unification_keeps_support_and_levels_and_moves_each_level_to_its_mean() -> None:
+    from secateurs.admm import UnifiedBlocks
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 8, generator=g)
+    unified = project(w, "unify", sparsity=0.5, bh=1, bw=4, levels=2)
+    held = UnifiedBlocks.of(unified, {"bh": 1, "bw": 4})
+    assert held.levels == 2 and int((held.level < 0).sum()) == 6  # 12 blocks, half pruned
+    assert torch.equal(held.project(unified), unified)  # a point of the set stays put
+    moved = unified + 0.1 * torch.randn(6, 8, generator=g)
+    out = held.project(moved).reshape(12, 4)
+    means = moved.reshape(12, 4).abs().double().mean(1)
+    for level in range(2):
+        members = held.level == level
+        expected = means[members].mean().float()
+        torch.testing.assert_close(out[members].abs(), expected.expand(int(members.sum()), 4))
+    assert torch.equal(out[held.level < 0], torch.zeros(6, 4))
+    signs = torch.where(moved.reshape(12, 4) >= 0, 1.0, -1.0)
+    assert torch.equal(torch.sign(out[held.level >= 0]), signs[held.level >= 0])

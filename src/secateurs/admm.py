@@ -35,6 +35,7 @@ from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection
 from secateurs.masks import MaskSet, masks_of
 from secateurs.projections import PROJECTIONS, project_with_mask, unification_cost
+from secateurs.structures import Block
 from secateurs.train.config import StrictModel
 from secateurs.train.engine import Callback, TrainState
 
@@ -105,6 +106,7 @@ class ADMMTraining(Callback):
         self.params: dict[str, nn.Parameter] = {}
         self.records: list[DualUpdate] = []
         self.every = 1
+        self.codebooks: dict[str, UnifiedBlocks] = {}  # hold + unify: each block's magnitude level
 
     def project(self, w: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """Π_S(w) and its support; an error names the parameter `name`."""
@@ -179,11 +181,55 @@ class ADMMTraining(Callback):
     def _hold(self) -> None:
         with torch.no_grad():
             for name, p in self.params.items():
-                p.copy_(self.project(p, name)[0])
+                if name in self.codebooks:
+                    p.copy_(self.codebooks[name].project(p))
+                else:
+                    p.copy_(self.project(p, name)[0])
+                    if self.config.projection == "unify":
+                        self.codebooks[name] = UnifiedBlocks.of(p, self.options)
+
+
+@dataclass
+class UnifiedBlocks:
+    """A unified weight's partition: which blocks are kept, and which magnitude level each one uses.
+
+    Projected training with unification holds this partition fixed after the first projection:
+    the nearest point with the same support and the same blocks sharing each level gives each
+    block its own signs and each level the mean |w| over its blocks, which costs O(numel) per step
+    where a fresh projection re-runs the k-means over the levels (10-100× slower).
+    """
+
+    block: Block
+    level: Tensor  # per block: its level index, −1 for a pruned block
+    levels: int
+
+    @classmethod
+    def of(cls, unified: Tensor, options: dict[str, Any]) -> UnifiedBlocks:
+        block = Block(int(options.get("bh", 1)), int(options.get("bw", 4)))
+        magnitude = block.to_blocks(unified.detach()).abs()[:, 0]
+        values, level = torch.unique(magnitude, return_inverse=True)
+        level = torch.where(magnitude > 0, level - int(values[0] == 0), -1)
+        return cls(block, level, int((values > 0).sum()))
+
+    def project(self, w: Tensor) -> Tensor:
+        blocks = self.block.to_blocks(w.detach())
+        kept = self.level >= 0
+        means = blocks.abs().double().mean(1)
+        total = torch.zeros(self.levels, dtype=torch.float64).index_add_(0, self.level[kept], means[kept])
+        count = torch.bincount(self.level[kept], minlength=self.levels).clamp_min(1)
+        magnitude = torch.zeros_like(means)
+        magnitude[kept] = (total / count)[self.level[kept]]
+        sign = torch.where(blocks >= 0, 1.0, -1.0).to(torch.float64)
+        z = torch.where(magnitude[:, None] > 0, sign * magnitude[:, None], 0.0).to(w.dtype)
+        return self.block.from_blocks(z, tuple(w.shape))
 
 
 def unification_report(model: nn.Module, names: list[str], bh: int, bw: int) -> dict[str, float]:
-    """Storage (bits) and arithmetic of the unified layers `names`, summed (see `unification_cost`)."""
+    """Storage (bits) and arithmetic of the unified layers `names`, summed (see `unification_cost`).
+
+    Multiply-adds are counted per output position (each weight once), so the sum weighs a conv's
+    kernel like a Linear's weight: exact for Linear layers; for convs, weigh by output positions.
+    """
     params = dict(model.named_parameters())
     totals: dict[str, float] = {}
     for name in names:
