@@ -246,6 +246,12 @@ def test_invert_is_refused_for_blocks() -> None:
         compute_masks(convnet(), 0.5, structure="block", structure_options={"bh": 2, "bw": 4}, invert=True)
 
 
+@pytest.mark.parametrize(("structure", "options"), [("nm", {"n": 2, "m": 4}), ("block", {"bh": 2, "bw": 4})])
+def test_the_shuffle_sanity_check_is_refused_for_patterned_structures(structure: str, options: dict) -> None:
+    with pytest.raises(ConfigError, match=rf"shuffle.*break the '{structure}' pattern.*Fix: .*unstructured"):
+        compute_masks(convnet(), 0.5, structure=structure, structure_options=options, sanity="shuffle")
+
+
 # -- errors ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("structure", "options", "pattern"),

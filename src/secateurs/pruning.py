@@ -227,6 +227,11 @@ def compute_masks(
         input_shape=tuple(input_shape) if input_shape is not None else None,
     )
     built = build_structure(structure, **dict(structure_options or {}))
+    if check.level == "masks" and structure != "unstructured":
+        raise ConfigError(
+            f"sanity check {sanity!r} permutes single weights, which would break the {structure!r} pattern",
+            fix="run the shuffle check with structure unstructured",
+        )
     if invert and not getattr(built, "invertible", False):
         raise ConfigError(
             f"invert (sanity check 'invert') is not defined for structure {structure!r}: negating the "
