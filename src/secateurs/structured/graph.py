@@ -1193,6 +1193,7 @@ def _groups(ctx: Context) -> ChannelGraph:
             group = groups.get(root)
             if group is None:
                 group = groups[root] = ChannelGroup(root)
-            group.sites.append((site, np.sort(order[starts[k] : starts[k] + counts[k]])))
+            # a stable argsort keeps equal roots in index order: the slice is already sorted
+            group.sites.append((site, order[starts[k] : starts[k] + counts[k]]))
     ordered = sorted(groups.values(), key=lambda g: g.id)
     return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes)
