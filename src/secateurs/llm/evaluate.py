@@ -1,0 +1,93 @@
+"""Evaluating pruned language models: perplexity, embedding similarity, sparsity.
+
+Perplexity is measured on non-overlapping windows of a fixed context length from held-out text,
+with a fixed token budget, so numbers of different methods are comparable; the number of
+predicted tokens is reported beside it. Encoders have no perplexity: we compare the pruned
+model's mean-pooled sentence embeddings with the dense model's on real sentences.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from secateurs.llm.models import decoder_layers, layer_linears
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    """exp(mean next-token NLL) over `tokens` predicted tokens in `windows` windows of `seq_len`."""
+
+    perplexity: float
+    nll: float
+    tokens: int
+    windows: int
+    seq_len: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 2) -> Perplexity:
+    """Perplexity of a causal LM on [n, seq_len] token windows (each window scored on its own).
+
+    Within a window every token after the first is predicted from the ones before it, so a
+    window of L tokens contributes L − 1 predictions. Small batches bound the logits' memory
+    (batch · L · vocab floats).
+    """
+    model.eval()
+    total_nll = 0.0
+    total = 0
+    for batch in windows.split(batch_size):
+        logits = model(input_ids=batch, use_cache=False).logits.float()
+        nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total_nll += float(nll)
+        total += batch[:, 1:].numel()
+    mean = total_nll / total
+    return Perplexity(math.exp(mean), mean, total, int(windows.shape[0]), int(windows.shape[1]))
+
+
+@torch.no_grad()
+def sentence_embeddings(
+    model: nn.Module, tokenizer: Any, sentences: Sequence[str], batch_size: int = 32
+) -> Tensor:
+    """Mean-pooled last hidden states over real (non-padding) tokens: [n, hidden]."""
+    model.eval()
+    out = []
+    for i in range(0, len(sentences), batch_size):
+        enc = tokenizer(
+            list(sentences[i : i + batch_size]), padding=True, truncation=True, return_tensors="pt"
+        )
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+    return torch.cat(out)
+
+
+def embedding_similarity(reference: Tensor, other: Tensor) -> dict[str, float]:
+    """Cosine similarity of matching rows (pruned vs dense embeddings): mean, min, median."""
+    cos = F.cosine_similarity(reference.float(), other.float(), dim=-1)
+    return {"mean": float(cos.mean()), "min": float(cos.min()), "median": float(cos.median())}
+
+
+def linear_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in the Linear weights of the transformer blocks, per layer and overall."""
+    result: dict[str, float] = {}
+    zeros = total = 0
+    for li, block in enumerate(decoder_layers(model)):
+        for name, lin in layer_linears(block).items():
+            z = int((lin.weight == 0).sum())
+            result[f"{li}.{name}"] = z / lin.weight.numel()
+            zeros += z
+            total += lin.weight.numel()
+    result["overall"] = zeros / total if total else 0.0
+    return result

