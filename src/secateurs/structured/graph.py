@@ -1184,16 +1184,25 @@ def _groups(ctx: Context) -> ChannelGraph:
     prunable[root_of[np.asarray(labels.kind, dtype=bool)]] = True  # classes holding a producer's channels
     prunable[np.fromiter(frozen_roots, np.int64, len(frozen_roots))] = False
     groups: dict[int, ChannelGroup] = {}
-    for site in ctx.sites:
-        roots = root_of[site.labels]
-        order = np.argsort(roots, kind="stable")
-        values, starts, counts = np.unique(roots[order], return_index=True, return_counts=True)
-        for k in np.nonzero(prunable[values])[0].tolist():
-            root = int(values[k])
+    if ctx.sites:
+        # every (site, position) of a prunable class, sorted by class, then site, then position:
+        # one vectorised sort instead of one per site; each run of equal (class, site) is one entry
+        lengths = [len(site.labels) for site in ctx.sites]
+        site_of = np.repeat(np.arange(len(ctx.sites)), lengths)
+        position = np.concatenate([np.arange(n) for n in lengths])
+        roots = root_of[np.concatenate([site.labels for site in ctx.sites])]
+        keep = prunable[roots]
+        site_of, position, roots = site_of[keep], position[keep], roots[keep]
+        order = np.lexsort((position, site_of, roots))
+        site_of, position, roots = site_of[order], position[order], roots[order]
+        change = np.ones(len(roots), dtype=bool)
+        change[1:] = (roots[1:] != roots[:-1]) | (site_of[1:] != site_of[:-1])
+        starts = np.flatnonzero(change)
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(roots)], strict=True):
+            root = int(roots[a])
             group = groups.get(root)
             if group is None:
                 group = groups[root] = ChannelGroup(root)
-            # a stable argsort keeps equal roots in index order: the slice is already sorted
-            group.sites.append((site, order[starts[k] : starts[k] + counts[k]]))
+            group.sites.append((ctx.sites[int(site_of[a])], position[a:b]))
     ordered = sorted(groups.values(), key=lambda g: g.id)
     return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes)
