@@ -233,7 +233,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{default_threads} default threads",
-        "note": "a shared machine (other jobs were running on its cores): single timings are noisy.",
+        "note": "a shared machine: timings of a few microseconds move by ±20 % between identical modules.",
         "rounds": rounds,
         "seconds": round(time.perf_counter() - started, 1),
         "extension": "built" if ext else "unavailable (torch kernels only)",
