@@ -103,7 +103,13 @@ def test_sparsify_follows_injected_timings_per_layer_and_keeps_dense_winners_den
     sparse = sparsify(model, measure=measure)
     first, second, last = sparse.features[1], sparse.features[3], sparse.classifier
     assert isinstance(first, SparseLinear) and isinstance(second, SparseLinear)
-    assert type(last) is nn.Linear
+    # kept dense, but wrapped: after sparse layers its input is their transposed view, read in place
+    assert isinstance(last, SparseLinear) and last.plan == ((1, "dense"),)
+    x = torch.randn(64, 1, 28, 28)
+    with torch.inference_mode():
+        hidden = sparse.features(x)
+        assert not hidden.is_contiguous() and hidden.t().is_contiguous()
+        torch.testing.assert_close(sparse(x), model(x), atol=ATOL, rtol=0)
     expected = ((1, "csr_ext"), (64, "torch_csr")) if _ext.extension() else ((1, "torch_csr"),)
     assert first.plan == second.plan == expected
     assert first.weight is None  # no dense copy when dense never runs

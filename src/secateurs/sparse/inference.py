@@ -173,6 +173,12 @@ class SparseLinear(_SparseBase):
         """One named kernel on x2 (rows, in). The sparse kernels return a transposed view for
         several rows, and take one as input without copying, so sparse layers chain for free."""
         if kernel == DENSE and self.weight is not None:
+            if x2.shape[0] > 1 and not x2.is_contiguous() and x2.t().is_contiguous():
+                # the transposed view a sparse layer before returns: (W xᵀ)ᵀ reads it in place, where
+                # F.linear would copy it (twice the time of the product for a small layer)
+                if self.bias is None:
+                    return torch.mm(self.weight, x2.t()).t()
+                return torch.addmm(self.bias.unsqueeze(1), self.weight, x2.t()).t()
             return F.linear(x2, self.weight, self.bias)
         if kernel == CSR_EXT and x2.dtype == torch.float32:
             ext = _ext.extension()
@@ -346,8 +352,25 @@ def sparsify(
                     new = replacement
     finally:
         torch.set_num_threads(before)
+    if any(entry.replaced for entry in report):
+        _wrap_dense_linears(new, targets, masks, report)
     new.__dict__[_REPORT] = report
     return new
+
+
+def _wrap_dense_linears(
+    model: nn.Module, targets: list[tuple[str, nn.Module, str]], masks: MaskSet, report: list[LayerPlan]
+) -> None:
+    """Masked Linear layers kept dense become SparseLinear with a dense-only plan: in a model with
+    sparse layers their input may be the transposed view the sparse kernels return, which this
+    module's dense kernel reads in place while nn.Linear would copy it."""
+    for (name, module, kind), entry in zip(targets, report, strict=True):
+        if kind != "linear" or entry.replaced or not name:
+            continue
+        key = f"{name}.weight"
+        keep = masks[key].reshape(module.weight.shape).to(torch.bool)
+        bias = module.bias.detach() if module.bias is not None else None
+        _set_module(model, name, SparseLinear(module.weight.detach(), keep, bias, ((1, DENSE),)))
 
 
 def _convert(
