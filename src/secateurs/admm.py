@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from secateurs.errors import ConfigError
 from secateurs.layers import LayerSelection
 from secateurs.masks import MaskSet, masks_of
-from secateurs.projections import PROJECTIONS, project_with_mask, unification_cost
+from secateurs.projections import PROJECTIONS, project_with_mask, signed_blocks, unification_cost
 from secateurs.structures import Block
 from secateurs.train.config import StrictModel
 from secateurs.train.engine import Callback, TrainState
@@ -125,11 +125,12 @@ class ADMMTraining(Callback):
             )
         self.params = {n: named[n] for n in self.names}
         self.every = self.config.update_every or state.steps_per_epoch
+        if self.config.hold:  # projected training: no Z or U, the first projection happens here
+            self._hold()
+            return
         for name, p in self.params.items():
             z, _ = self.project(p, name)  # fails early, by name, on a shape the set cannot group
             self.z[name], self.u[name] = z, torch.zeros_like(p.detach())
-        if self.config.hold:
-            self._hold()
 
     def on_backward(self, state: TrainState) -> None:
         if self.config.hold:
@@ -153,11 +154,10 @@ class ADMMTraining(Callback):
                 projected, mask = self.project(p, name)
                 p.copy_(projected)
                 masks[name] = mask
-        existing = masks_of(state.model)
-        if existing is not None:
-            masks = {n: masks[n] & existing[n] if n in existing else masks[n] for n in masks}
-            masks = {**{n: existing[n] for n in existing}, **masks}
-        state.install_masks(MaskSet(masks))
+        merged = dict(masks_of(state.model) or {})  # masks only shrink; other layers keep theirs
+        for name, mask in masks.items():
+            merged[name] = mask & merged[name] if name in merged else mask
+        state.install_masks(MaskSet(merged))
 
     def _dual_step(self, step: int) -> None:
         primal = dual = total = 0.0
@@ -219,9 +219,7 @@ class UnifiedBlocks:
         count = torch.bincount(self.level[kept], minlength=self.levels).clamp_min(1)
         magnitude = torch.zeros_like(means)
         magnitude[kept] = (total / count)[self.level[kept]]
-        sign = torch.where(blocks >= 0, 1.0, -1.0).to(torch.float64)
-        z = torch.where(magnitude[:, None] > 0, sign * magnitude[:, None], 0.0).to(w.dtype)
-        return self.block.from_blocks(z, tuple(w.shape))
+        return self.block.from_blocks(signed_blocks(blocks, magnitude).to(w.dtype), tuple(w.shape))
 
 
 def unification_report(model: nn.Module, names: list[str], bh: int, bw: int) -> dict[str, float]:

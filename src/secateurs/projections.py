@@ -216,10 +216,15 @@ def _unify(
     magnitude = torch.zeros_like(means)
     kept = means[keep]
     magnitude[keep] = kept if levels is None else quantize_1d(kept, levels)
-    sign = torch.where(blocks >= 0, 1.0, -1.0).to(torch.float64)  # the sign of 0 counts as +
-    z = torch.where(magnitude[:, None] > 0, sign * magnitude[:, None], 0.0).to(w.dtype)  # no −0.0
     mask = blk.expand(keep, shape)
-    return Projection(blk.from_blocks(z, shape), mask)
+    return Projection(blk.from_blocks(signed_blocks(blocks, magnitude).to(w.dtype), shape), mask)
+
+
+def signed_blocks(blocks: Tensor, magnitude: Tensor) -> Tensor:
+    """Blocks (one per row) at one `magnitude` each, every entry with its own sign in `blocks`
+    (the sign of 0 counts as +); a block of magnitude 0 is all zeros (no −0.0). float64."""
+    sign = torch.where(blocks >= 0, 1.0, -1.0).to(torch.float64)
+    return torch.where(magnitude[:, None] > 0, sign * magnitude[:, None], 0.0)
 
 
 def _call(kind: str, w: Tensor, options: dict[str, Any]) -> Projection:
