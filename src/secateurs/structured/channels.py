@@ -135,16 +135,16 @@ def _adopt_attention(model: nn.Module) -> None:
         if not isinstance(module, nn.MultiheadAttention) or isinstance(module, PrunedMultiheadAttention):
             continue
         e = module.embed_dim
+        fits = [(module.out_proj.weight.shape, (e, e))]
         if module._qkv_same_embed_dim:
-            shapes = {"in": (tuple(module.in_proj_weight.shape), (3 * e, e))}
+            fits.append((module.in_proj_weight.shape, (3 * e, e)))
         else:
-            shapes = {
-                "q": (tuple(module.q_proj_weight.shape), (e, e)),
-                "k": (tuple(module.k_proj_weight.shape), (e, module.kdim)),
-                "v": (tuple(module.v_proj_weight.shape), (e, module.vdim)),
-            }
-        shapes["out"] = (tuple(module.out_proj.weight.shape), (e, e))
-        if any(have != want for have, want in shapes.values()):
+            fits += [
+                (module.q_proj_weight.shape, (e, e)),
+                (module.k_proj_weight.shape, (e, module.kdim)),
+                (module.v_proj_weight.shape, (e, module.vdim)),
+            ]
+        if any(tuple(have) != want for have, want in fits):
             adopt_pruned_attention(module)
 
 

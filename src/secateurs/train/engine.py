@@ -123,6 +123,27 @@ def _data_parallel(model: nn.Module) -> nn.Module:
     )
 
 
+class _SlimmingPenalty(Callback):
+    """Network slimming (Liu et al. 2017): the subgradient λ·sign(γ) of an L1 penalty on the
+    BatchNorm scales (`train.bn_l1`), added after backward like any closed-form penalty."""
+
+    def __init__(self, model: nn.Module, strength: float) -> None:
+        self.strength = strength
+        self.scales = [
+            m.weight
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and m.weight is not None
+            and m.weight.requires_grad
+        ]
+
+    def on_backward(self, state: TrainState) -> None:
+        with torch.no_grad():
+            for w in self.scales:
+                if w.grad is not None:
+                    w.grad.add_(torch.sign(w), alpha=self.strength)
+
+
 def _overriding(callbacks: Iterable[Callback], hook: str) -> list[Callable[[TrainState], None]]:
     """The bound `hook` methods of the callbacks that override it (the base one does nothing)."""
     base = getattr(Callback, hook)
@@ -274,6 +295,8 @@ class _Loop:
         self.config = config
         self.evaluate_fn = evaluate_fn
         self.callbacks = list(callbacks)
+        if config.bn_l1:
+            self.callbacks.append(_SlimmingPenalty(state.model, config.bn_l1))
         # Only callbacks that override a per-step hook are called per step (keeps the loop lean).
         self.step_hooks = _overriding(self.callbacks, "on_step_end")
         self.backward_hooks = _overriding(self.callbacks, "on_backward")
@@ -282,14 +305,6 @@ class _Loop:
         self.description = description
         self.losses = _LossLog(description)
         self.params = [p for g in state.optimizer.param_groups for p in g["params"]]
-        # network slimming (Liu et al. 2017): the subgradient λ·sign(γ) of an L1 penalty on BN scales
-        self.bn_scales = [
-            m.weight
-            for m in state.model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.weight is not None
-            and m.weight.requires_grad
-        ]
         self.device = next(iter(state.model.parameters()), torch.empty(0)).device
         self.forward = _data_parallel(state.model)
 
@@ -345,11 +360,6 @@ class _Loop:
         loss.backward()
         for hook in self.backward_hooks:
             hook(st)
-        if self.config.bn_l1 and self.bn_scales:
-            with torch.no_grad():
-                for w in self.bn_scales:
-                    if w.grad is not None:
-                        w.grad.add_(torch.sign(w), alpha=self.config.bn_l1)
         if self.config.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         st.optimizer.step()
