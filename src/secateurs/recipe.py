@@ -120,9 +120,12 @@ class PruneSpec(StrictModel):
             if self.allocation not in ("global", "uniform"):
                 raise ValueError(f"structure channel allocates uniform or global, not {self.allocation!r}")
             return self
-        for registry, value in ((STRUCTURES, self.structure), (CRITERIA, self.criterion)):
+        for registry, value in (
+            (STRUCTURES, self.structure),
+            (CRITERIA, self.criterion),
+            (ALLOCATIONS, self.allocation),
+        ):
             _known(registry, value)
-        _known(ALLOCATIONS, self.allocation)
         return self
 
 

@@ -351,6 +351,7 @@ def sparsify(
     if threads is not None:
         torch.set_num_threads(threads)
     report: list[LayerPlan] = []
+    converted: list[tuple[str, str, nn.Module]] = []
     try:
         for name, module, kind in targets:
             key = f"{name}.weight" if name else "weight"
@@ -358,32 +359,21 @@ def sparsify(
                 name, module, kind, masks[key], sizes, spatial.get(name), rounds, margin, measure
             )
             report.append(entry)
-            if replacement is not None:
-                if name:
-                    _set_module(new, name, replacement)
-                else:
-                    new = replacement
+            converted.append((name, kind, replacement))
     finally:
         torch.set_num_threads(before)
-    if any(entry.replaced for entry in report):
-        _wrap_dense_linears(new, targets, masks, report)
+    # A masked Linear kept dense in a model with sparse layers is still swapped in (dense-only plan):
+    # its input may be the transposed view the sparse kernels return, which its dense kernel reads
+    # in place where nn.Linear would copy it.
+    any_sparse = any(entry.replaced for entry in report)
+    for (name, kind, replacement), entry in zip(converted, report, strict=True):
+        if entry.replaced or (any_sparse and kind == "linear" and name):
+            if name:
+                _set_module(new, name, replacement)
+            else:
+                new = replacement
     new.__dict__[_REPORT] = report
     return new
-
-
-def _wrap_dense_linears(
-    model: nn.Module, targets: list[tuple[str, nn.Module, str]], masks: MaskSet, report: list[LayerPlan]
-) -> None:
-    """Masked Linear layers kept dense become SparseLinear with a dense-only plan: in a model with
-    sparse layers their input may be the transposed view the sparse kernels return, which this
-    module's dense kernel reads in place while nn.Linear would copy it."""
-    for (name, module, kind), entry in zip(targets, report, strict=True):
-        if kind != "linear" or entry.replaced or not name:
-            continue
-        key = f"{name}.weight"
-        keep = masks[key].reshape(module.weight.shape).to(torch.bool)
-        bias = module.bias.detach() if module.bias is not None else None
-        _set_module(model, name, SparseLinear(module.weight.detach(), keep, bias, ((1, DENSE),)))
 
 
 def _convert(
@@ -396,7 +386,7 @@ def _convert(
     rounds: int,
     margin: float,
     measure: Measure | None,
-) -> tuple[nn.Module | None, LayerPlan]:
+) -> tuple[nn.Module, LayerPlan]:
     weight = module.weight.detach()
     w2 = weight.reshape(weight.shape[0], -1)
     keep = mask.reshape(w2.shape).to(device=w2.device, dtype=torch.bool)
@@ -429,7 +419,7 @@ def _convert(
         replaced=replaced,
         plan=plan,
     )
-    return (cls(w2, keep, bias, plan) if replaced else None), entry
+    return cls(w2, keep, bias, plan), entry
 
 
 def sparse_plan(model: nn.Module) -> list[LayerPlan]:
