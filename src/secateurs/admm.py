@@ -154,10 +154,8 @@ class ADMMTraining(Callback):
                 projected, mask = self.project(p, name)
                 p.copy_(projected)
                 masks[name] = mask
-        merged = dict(masks_of(state.model) or {})  # masks only shrink; other layers keep theirs
-        for name, mask in masks.items():
-            merged[name] = mask & merged[name] if name in merged else mask
-        state.install_masks(MaskSet(merged))
+        current, support = masks_of(state.model), MaskSet(masks)  # masks only shrink
+        state.install_masks(current.intersect(support) if current is not None else support)
 
     def _dual_step(self, step: int) -> None:
         primal = dual = total = 0.0

@@ -74,11 +74,7 @@ def channel_prune_masks(
         scores[gid] = float("-inf")  # removed before: stays removed and counts towards the target
     chosen = set(select_groups(graph, scores, sparsity, allocation=allocation, max_per_layer=max_per_layer))
     masks = channel_masks(model, graph, chosen | already, roles=("producer", "consumer"), complete=True)
-    if current is not None:
-        merged = {n: current[n] & masks[n] if n in masks else current[n] for n in current}
-        merged.update({n: m for n, m in masks.items() if n not in merged})
-        masks = MaskSet(merged)
-    return masks
+    return current.intersect(masks) if current is not None else masks
 
 
 def shrink(model: nn.Module, example_input: Tensor) -> nn.Module:
