@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from secateurs.errors import ConfigError
 
 
 def _umask_mode() -> int:
@@ -38,6 +44,38 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A staging directory beside `path` to write into; when the block ends without error it
+    replaces `path` (an existing directory is set aside, then deleted), otherwise it is deleted.
+    Readers see the old directory or the new one, never a half-written one.
+
+    The staging directory gets the umask's mode (tempfile.mkdtemp would make it private, 0700).
+    A directory that cannot be created is a ConfigError naming it.
+    """
+    target = Path(path)
+    staging = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the output directory {target} ({err})", fix="choose another --out"
+        ) from None
+    try:
+        yield staging
+        if target.exists():
+            aside = staging.with_suffix(".old")
+            os.replace(target, aside)
+            os.replace(staging, target)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +18,7 @@ from torch import Tensor
 
 from secateurs.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.errors import CheckpointError, ConfigError
+from secateurs.fileio import atomic_directory
 from secateurs.masks import MaskSet
 from secateurs.recipe import recipe_to_raw
 
@@ -60,31 +59,17 @@ def check_output_dir(out: str | os.PathLike[str], *, overwrite: bool = False) ->
 def save_run(result: RunResult, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write the run's files into `out` atomically; refuse to clobber unless `overwrite`."""
     target = check_output_dir(out, overwrite=overwrite)
-    # Not tempfile.mkdtemp: its directories are private (0700); this one gets the usual umask mode.
-    staging = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
+        with atomic_directory(target) as staging:
+            (staging / "recipe.yaml").write_text(
+                yaml.safe_dump(recipe_to_raw(result.recipe), sort_keys=False), encoding="utf-8"
+            )
+            (staging / "metrics.json").write_text(json.dumps(result.records, indent=2), encoding="utf-8")
+            save_checkpoint(staging / CHECKPOINT_NAME, checkpoint_payload(result))
     except OSError as err:
-        raise ConfigError(
-            f"cannot create the output directory {target} ({err})", fix="choose another --out"
+        raise CheckpointError(
+            f"could not write the run directory {target} ({err})", fix="check free space and permissions"
         ) from None
-    try:
-        (staging / "recipe.yaml").write_text(
-            yaml.safe_dump(recipe_to_raw(result.recipe), sort_keys=False), encoding="utf-8"
-        )
-        (staging / "metrics.json").write_text(json.dumps(result.records, indent=2), encoding="utf-8")
-        save_checkpoint(staging / CHECKPOINT_NAME, checkpoint_payload(result))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise CheckpointError(
-                f"could not write the run directory {target} ({err})", fix="check free space and permissions"
-            ) from None
-        raise
     return target
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from secateurs.errors import ConfigError
+from secateurs.fileio import atomic_directory
 
 LLM_EXTRA_FIX = 'pip install -e ".[llm]"'
 
@@ -182,28 +183,15 @@ def save_model(
     leaves a half-written model that `load_model` would later accept.
     """
     import json
-    import shutil
-    import tempfile
 
     target = Path(out)
     if target.exists() and not overwrite:
         raise ConfigError(
             f"{target} already exists", where="--out", fix="choose a new directory or pass --overwrite"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    old = target.parent / f".{target.name}.old"
-    try:
+    with atomic_directory(target) as stage:
         loaded.model.save_pretrained(stage)
         loaded.tokenizer.save_pretrained(stage)
         if metadata is not None:
             (stage / "pruning.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(stage, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return target
