@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
 
 Job = dict[str, Any]
 

@@ -16,8 +16,14 @@ from typing import Any
 
 from _jobs import benchmark_args, load_done, run_phase
 
-from secateurs.fileio import atomic_write_text
-from secateurs.report import Cell, levels_from_records, plot_ticket_curves, ticket_curves, ticket_table
+from secateurs.core.fileio import atomic_write_text
+from secateurs.results.report import (
+    Cell,
+    levels_from_records,
+    plot_ticket_curves,
+    ticket_curves,
+    ticket_table,
+)
 
 RESULTS = Path(__file__).parent / "results"
 TOLERANCE = 0.005  # "matches dense": within half a point

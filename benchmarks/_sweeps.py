@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from secateurs.fileio import atomic_write_text
-from secateurs.report import RunSummary
+from secateurs.core.fileio import atomic_write_text
+from secateurs.results.report import RunSummary
 
 
 def prepare(name: str, work: Path, results: Path, *, quick: bool, fresh: bool) -> tuple[str, Path, Path]:
@@ -71,7 +71,7 @@ def store_minutes(root: Path) -> dict[str, float]:
     and the runs' own minutes summed (what the grid costs, whichever invocation ran it)."""
     from datetime import datetime
 
-    from secateurs.store.db import ResultsDB
+    from secateurs.results.db import ResultsDB
 
     with ResultsDB(root / "results.db", create=False) as db:
         spans = [

@@ -21,18 +21,18 @@ Methods:
            is projected once and trained with projection after every step for the same 2 + 1 epochs.
 Layers a structure cannot tile (LeNet-5's convs for m = 4; the 10-way classifiers for 4×4 blocks)
 stay dense; the results list them. The unification table is computed from the final checkpoints
-(`secateurs.admm.unification_report`): bits vs dense float32, compression, multiplies saved.
+(`secateurs.methods.training.admm.unification_report`): bits vs dense float32, compression, multiplies saved.
 
 Unification finetuning (`hold`) keeps the partition of the first projection (which blocks are
 kept, which level each uses) and moves each level to the mean |w| of its blocks after every step:
-O(weights) per step instead of a k-means over the levels (`secateurs.admm.UnifiedBlocks`).
+O(weights) per step instead of a k-means over the levels (`secateurs.methods.training.admm.UnifiedBlocks`).
 
 Grid: 6 dense runs (2 models × 3 seeds, 3 epochs) + 84 sparse runs (2 models × 14 method ×
 structure pairs × 3 seeds, 2 + 1 epochs), 270 epochs in all, 6 × 4 of them projected unification
 epochs (held partition: cheap).
 
 The grid is written as sweep YAML files and run by the CLI (`secateurs sweep`) into one results
-store, then reported (`secateurs.report.write_report`) with the tables below. Finished runs are
+store, then reported (`secateurs.results.report.write_report`) with the tables below. Finished runs are
 skipped, so an interrupted benchmark resumes.
 
     python benchmarks/admm_fashion_mnist.py            # about 35 min, 2 workers on 2 otherwise idle cores
@@ -51,10 +51,10 @@ import yaml
 from _jobs import benchmark_args
 from _sweeps import cells, mean, prepare, run_sweeps, store_minutes
 
-from secateurs.errors import ConfigError
-from secateurs.fileio import atomic_write_text
-from secateurs.report import RunSummary, collect, write_report
-from secateurs.store.db import ResultsDB
+from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import atomic_write_text
+from secateurs.results.db import ResultsDB
+from secateurs.results.report import RunSummary, collect, write_report
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"
@@ -137,9 +137,9 @@ def budget(quick: bool) -> dict[str, Any]:
 
 def dense_layers(model: str, s: Structure) -> list[str]:
     """Module names of the prunable layers the structure cannot tile: they stay dense (excluded)."""
-    from secateurs.layers import select_parameters
+    from secateurs.methods.layers import select_parameters
+    from secateurs.methods.structures import NM, Block
     from secateurs.models import build_model
-    from secateurs.structures import NM, Block
 
     net = build_model(model, INPUT, CLASSES, seed=0)
     params = dict(net.named_parameters())
@@ -276,11 +276,11 @@ def unification(runs: list[RunSummary]) -> dict[str, dict[str, dict[str, Any]]]:
     """{model: {method: storage and arithmetic of its unified layers}}, mean over seeds, from checkpoints."""
     import torch
 
-    from secateurs.admm import unification_report
     from secateurs.eval.macs import count_costs
-    from secateurs.layers import LayerSelection, select_parameters
+    from secateurs.methods.layers import LayerSelection, select_parameters
+    from secateurs.methods.training.admm import unification_report
     from secateurs.models import build_model
-    from secateurs.outputs import read_checkpoint
+    from secateurs.pipeline.outputs import read_checkpoint
 
     s = next(x for x in STRUCTURES if x.projection == "unify")
     per: dict[str, dict[str, list[dict[str, float]]]] = {}
@@ -339,8 +339,8 @@ def admm_residuals(root: Path, runs: list[RunSummary]) -> dict[str, dict[str, di
 def structure_violations(runs: list[RunSummary]) -> list[str]:
     """Final checkpoints whose mask breaks their structure: an N:M group with more than n kept, or a
     block only partly kept (unification is checked by `unification_report` instead)."""
-    from secateurs.outputs import read_checkpoint
-    from secateurs.structures import NM, Block
+    from secateurs.methods.structures import NM, Block
+    from secateurs.pipeline.outputs import read_checkpoint
 
     by_label = {x.label: x for x in STRUCTURES}
     bad = []
@@ -361,7 +361,7 @@ def structure_violations(runs: list[RunSummary]) -> list[str]:
 
 
 def select_layers_text(model: str, s: Structure) -> str:
-    from secateurs.layers import LayerSelection, select_parameters
+    from secateurs.methods.layers import LayerSelection, select_parameters
     from secateurs.models import build_model
 
     net = build_model(model, INPUT, CLASSES, seed=0)
@@ -498,7 +498,8 @@ def main() -> None:
         "",
         "## Unification: storage and arithmetic",
         "",
-        f"{s_unify.label}: final checkpoints, mean over seeds (`secateurs.admm.unification_report`).",
+        f"{s_unify.label}: final checkpoints, mean over seeds "
+        "(`secateurs.methods.training.admm.unification_report`).",
         "Bits: dense float32 vs presence bitmap + sign bits + codebook index per kept block + float32",
         "codebook. Multiplies per sample: a kept 1×4 block needs one (sum the signed inputs, then",
         "scale); 'whole model' divides the multiplies saved by all of the model's MACs, dense layers",

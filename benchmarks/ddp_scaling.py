@@ -33,9 +33,9 @@ from typing import Any
 import torch
 import yaml
 
-from secateurs.checkpoint import load_checkpoint
-from secateurs.distributed import masks_digest
-from secateurs.fileio import atomic_write_text
+from secateurs.core.checkpoint import load_checkpoint
+from secateurs.core.distributed import masks_digest
+from secateurs.core.fileio import atomic_write_text
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

@@ -10,7 +10,7 @@ Every run records its training FLOPs as in the RigL paper (appendix H); the tabl
 relative to dense training of the same steps.
 
 The grid is written as sweep YAML files and run by the CLI (`secateurs sweep`) into one results
-store, then reported (`secateurs.report.write_report`) with an accuracy/FLOPs table and a check
+store, then reported (`secateurs.results.report.write_report`) with an accuracy/FLOPs table and a check
 of the literature's ordering at 90 %+ (RigL ≥ SET ≥ static random). Finished runs are skipped, so
 an interrupted benchmark resumes.
 
@@ -30,9 +30,9 @@ import yaml
 from _jobs import benchmark_args
 from _sweeps import cells, prepare, run_sweeps, store_minutes
 
-from secateurs.fileio import atomic_write_text
-from secateurs.report import collect, write_report
-from secateurs.store.db import ResultsDB
+from secateurs.core.fileio import atomic_write_text
+from secateurs.results.db import ResultsDB
+from secateurs.results.report import collect, write_report
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"

@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from secateurs.core.fileio import atomic_write_text
 from secateurs.data import load_dataset
-from secateurs.dst import DynamicSparseTraining, DynamicSparsity
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
-from secateurs.fileio import atomic_write_text
+from secateurs.methods.pruning import prune
+from secateurs.methods.training.dst import DynamicSparseTraining, DynamicSparsity
 from secateurs.models import build_model
-from secateurs.pruning import prune
 from secateurs.train import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results"

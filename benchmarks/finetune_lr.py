@@ -25,7 +25,7 @@ from typing import Any
 
 from _jobs import benchmark_args, load_done, run_phase
 
-from secateurs.fileio import atomic_write_text, save_figure
+from secateurs.core.fileio import atomic_write_text, save_figure
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / ".work"
@@ -90,7 +90,7 @@ def finetune(job: dict[str, Any]) -> dict[str, Any]:
     from secateurs.eval import evaluate
     from secateurs.eval.isometry import jsv_stats, orthogonalize_
     from secateurs.models import build_model
-    from secateurs.outputs import read_checkpoint
+    from secateurs.pipeline.outputs import read_checkpoint
     from secateurs.structured import prune_neurons
     from secateurs.train.config import TrainConfig
     from secateurs.train.engine import train

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
 from secateurs.llm.calibrate import prune_model
 from secateurs.llm.evaluate import embedding_similarity, sentence_embeddings
 from secateurs.llm.methods import make_pattern

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = [

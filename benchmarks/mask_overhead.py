@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import secateurs
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
 from secateurs.models import build_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
+from secateurs.methods.pruning import compute_masks
 from secateurs.models import build_model
-from secateurs.pruning import compute_masks
 
 RESULTS = Path(__file__).parent / "results"
 CASES = {"resnet20": (3, 32, 32), "lenet300": (1, 28, 28)}

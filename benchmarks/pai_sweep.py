@@ -12,7 +12,7 @@ pixels for the data-dependent ones (SNIP, GraSP).
 
 The grid is written as sweep YAML files and run by the CLI exactly as a user would
 (`secateurs sweep FILE --root ROOT --workers 2`) into one results store, then reported with
-`secateurs.report.write_report` plus a section that checks three findings of the literature.
+`secateurs.results.report.write_report` plus a section that checks three findings of the literature.
 Finished runs are skipped, so an interrupted benchmark resumes.
 
     python benchmarks/pai_sweep.py            # about 40 minutes on 2 cores
@@ -31,9 +31,9 @@ from typing import Any
 from _jobs import benchmark_args
 from _sweeps import cells, mean, prepare, run_sweeps, store_minutes
 
-from secateurs.fileio import atomic_write_text
-from secateurs.report import RunSummary, collect, write_report
-from secateurs.store.db import ResultsDB
+from secateurs.core.fileio import atomic_write_text
+from secateurs.results.db import ResultsDB
+from secateurs.results.report import RunSummary, collect, write_report
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"

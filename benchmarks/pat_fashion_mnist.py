@@ -26,7 +26,7 @@ from typing import Any
 
 from _jobs import benchmark_args, load_done, run_phase
 
-from secateurs.fileio import atomic_write_text, save_figure
+from secateurs.core.fileio import atomic_write_text, save_figure
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / ".work"

@@ -34,9 +34,9 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import min_latency_ms
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
+from secateurs.methods.pruning import prune
 from secateurs.models import build_model
-from secateurs.pruning import prune
 from secateurs.sparse import _ext, sparse_plan, sparsify
 
 RESULTS = Path(__file__).parent / "results"

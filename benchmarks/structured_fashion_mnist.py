@@ -28,7 +28,7 @@ from typing import Any
 from _jobs import benchmark_args, load_done, run_phase
 from _timing import min_latency_ms
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / ".work"
@@ -96,10 +96,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     import secateurs
     from secateurs.eval.macs import count_costs
+    from secateurs.graph.masking import shrink
     from secateurs.models import build_model
-    from secateurs.outputs import read_checkpoint
+    from secateurs.pipeline.outputs import read_checkpoint
     from secateurs.structured import fold_batchnorm
-    from secateurs.structured.masking import shrink
 
     torch.set_num_threads(1)
     b = budget(job["quick"])

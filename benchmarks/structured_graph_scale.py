@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
 from secateurs.models import build_model
 from secateurs.structured import analyze
 

@@ -39,8 +39,8 @@ import torch
 from _timing import min_latency_ms
 from torch import nn
 
+from secateurs.core.fileio import atomic_write_text
 from secateurs.eval.macs import count_costs
-from secateurs.fileio import atomic_write_text
 from secateurs.models import build_model
 from secateurs.structured import fold_batchnorm, prune_channels
 

@@ -1,6 +1,6 @@
 """Every method on MNIST-1D (MLP and 1-D CNN) at 50/80/90/95 %, 3 seeds, through the results store.
 
-The grid is the demo's method list (`secateurs.demo.DEMO_METHODS`) with beyond-accuracy metrics
+The grid is the demo's method list (`secateurs.front.demo.DEMO_METHODS`) with beyond-accuracy metrics
 at every evaluation; it is written to a sweep YAML and run by the CLI exactly as a user would:
     secateurs sweep SWEEP.yaml --root ROOT --workers 2
     secateurs report --root ROOT --out benchmarks/results/sweep_mnist1d
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from secateurs.demo import demo_sweep
-from secateurs.fileio import atomic_write_text
+from secateurs.core.fileio import atomic_write_text
+from secateurs.front.demo import demo_sweep
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"

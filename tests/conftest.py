@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from secateurs.masks import MaskSet
-from secateurs.pipeline import Pipeline
+from secateurs.core.masks import MaskSet
+from secateurs.pipeline.runner import Pipeline
 
 torch.set_num_threads(1)
 

@@ -10,12 +10,12 @@ from tiny import tiny_recipe
 from torch import Tensor, nn
 
 import secateurs
-from secateurs.admm import ADMMConfig, ADMMTraining, dual_update, unification_report
-from secateurs.errors import ConfigError
-from secateurs.masks import masks_of
-from secateurs.pipeline import MetricEvent, run_recipe
-from secateurs.projections import project, unification_cost
-from secateurs.recipe import recipe_from_raw
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import masks_of
+from secateurs.methods.projections import project, unification_cost
+from secateurs.methods.training.admm import ADMMConfig, ADMMTraining, dual_update, unification_report
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import MetricEvent, run_recipe
 from secateurs.train import TrainConfig, train
 from secateurs.train.engine import Callback, TrainState
 
@@ -192,7 +192,7 @@ def test_a_sparsity_is_required_where_the_set_has_one() -> None:
 
 
 def test_held_unification_keeps_support_and_levels_and_moves_each_level_to_its_mean() -> None:
-    from secateurs.admm import UnifiedBlocks
+    from secateurs.methods.training.admm import UnifiedBlocks
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 8, generator=g)

@@ -8,8 +8,8 @@ from fractions import Fraction
 import pytest
 import torch
 
-from secateurs.allocation import ALLOCATIONS, LayerInfo, allocate, check_sparsity, round_half_up
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
+from secateurs.methods.allocations import ALLOCATIONS, LayerInfo, allocate, check_sparsity, round_half_up
 
 
 def layer(name: str, shape: tuple[int, ...], scores: list[float] | None = None) -> LayerInfo:

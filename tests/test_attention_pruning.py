@@ -9,9 +9,9 @@ import torch
 from structured_archs import build
 from torch import Tensor, nn
 
-from secateurs.structured.attention import PrunedMultiheadAttention, adopt_pruned_attention
-from secateurs.structured.channels import channel_masks, remove_channels
-from secateurs.structured.graph import analyze
+from secateurs.graph.attention import PrunedMultiheadAttention, adopt_pruned_attention
+from secateurs.graph.core import analyze
+from secateurs.graph.removal import channel_masks, remove_channels
 
 CONFIGS = [
     {"batch_first": True},

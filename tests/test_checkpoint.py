@@ -1,4 +1,4 @@
-"""Specification of `secateurs.checkpoint`: exact round trips, atomic writes, safe loads."""
+"""Specification of `secateurs.core.checkpoint`: exact round trips, atomic writes, safe loads."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ import torch
 from tiny import tiny_recipe
 from torch import Tensor, nn
 
-from secateurs.checkpoint import load_checkpoint, save_checkpoint
-from secateurs.errors import CheckpointError, ConfigError
-from secateurs.masks import MaskSet
-from secateurs.outputs import read_checkpoint
-from secateurs.pipeline import STATE_FILE, run_recipe
-from secateurs.recipe import recipe_from_raw
+from secateurs.core.checkpoint import load_checkpoint, save_checkpoint
+from secateurs.core.errors import CheckpointError, ConfigError
+from secateurs.core.masks import MaskSet
+from secateurs.pipeline.outputs import read_checkpoint
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import STATE_FILE, run_recipe
 
 
 def _assert_identical(got: object, want: object) -> None:

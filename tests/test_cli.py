@@ -20,19 +20,19 @@ from tiny import tiny_recipe
 from typer.testing import CliRunner
 
 import secateurs
-import secateurs.cli as cli
-import secateurs.demo as demo
-import secateurs.outputs as outputs
-from secateurs.allocation import ALLOCATIONS
-from secateurs.criteria import CRITERIA
+import secateurs.front.cli as cli
+import secateurs.front.demo as demo
+import secateurs.pipeline.outputs as outputs
+from secateurs.core.errors import CheckpointError, SecateursError
+from secateurs.core.masks import masks_of
 from secateurs.data import DATASETS, load_dataset
-from secateurs.errors import CheckpointError, SecateursError
-from secateurs.masks import masks_of
+from secateurs.methods.allocations import ALLOCATIONS
+from secateurs.methods.criteria import CRITERIA
+from secateurs.methods.schedules import SCHEDULE_NAMES
+from secateurs.methods.structures import STRUCTURES
 from secateurs.models import MODELS
-from secateurs.pipeline import Pipeline
-from secateurs.recipe import load_recipe, preset_names
-from secateurs.schedules import SCHEDULE_NAMES
-from secateurs.structures import STRUCTURES
+from secateurs.pipeline.recipe import load_recipe, preset_names
+from secateurs.pipeline.runner import Pipeline
 
 RECIPE = tiny_recipe()
 RUN_FILES = ["metrics.json", "model.pt", "recipe.yaml"]

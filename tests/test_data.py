@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from secateurs.core.errors import ConfigError, DataUnavailableError
 from secateurs.data import (
     DATASETS,
     DatasetInfo,
@@ -25,7 +26,6 @@ from secateurs.data import (
     load_dataset,
 )
 from secateurs.data.fashion import DEFAULT_ROOT, FILES, MEAN, STD, read_idx
-from secateurs.errors import ConfigError, DataUnavailableError
 
 FASHION_PRESENT = all((DEFAULT_ROOT / name).is_file() for name in FILES.values())
 INSTALL = re.escape("apt-get install -y dataset-fashion-mnist")

@@ -15,11 +15,11 @@ import torch.multiprocessing as mp
 from tiny import tiny_recipe
 
 import secateurs
+from secateurs.core.distributed import World, masks_digest, shard_batch
+from secateurs.core.masks import masks_of
 from secateurs.data.core import TensorLoader
-from secateurs.distributed import World, masks_digest, shard_batch
-from secateurs.masks import masks_of
-from secateurs.pipeline import run_recipe
-from secateurs.recipe import recipe_from_raw
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import run_recipe
 
 IMP = {
     "schedule": {"name": "iterative", "levels": 2, "rate": 0.3},
@@ -54,7 +54,7 @@ def _worker(rank: int, size: int, port: int, folder: str) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=size)
     try:
         outcomes = {name: _outcome(raw) for name, raw in RECIPES.items()}
-        from secateurs.distributed import DistributedError, check_same_masks
+        from secateurs.core.distributed import DistributedError, check_same_masks
 
         differs = {"w": torch.tensor([rank == 1])}  # rank 1's mask differs
         try:

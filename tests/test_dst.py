@@ -10,7 +10,11 @@ from tiny import tiny_recipe
 from torch import nn
 
 import secateurs
-from secateurs.dst import (
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet, masks_of
+from secateurs.eval.training_flops import TrainingFlops, forward_cost
+from secateurs.methods.pruning import prune
+from secateurs.methods.training.dst import (
     UPDATERS,
     DsrUpdater,
     DynamicSparseTraining,
@@ -21,12 +25,8 @@ from secateurs.dst import (
     distribute,
     drop_fraction_at,
 )
-from secateurs.errors import ConfigError
-from secateurs.eval.training_flops import TrainingFlops, forward_cost
-from secateurs.masks import MaskSet, masks_of
-from secateurs.pipeline import MetricEvent, run_recipe
-from secateurs.pruning import prune
-from secateurs.recipe import recipe_from_raw
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import MetricEvent, run_recipe
 from secateurs.train import TrainConfig, train
 from secateurs.train.engine import Callback, TrainState
 

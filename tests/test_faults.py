@@ -25,11 +25,11 @@ import torch
 import yaml
 from tiny import tiny_recipe
 
-from secateurs.checkpoint import load_checkpoint
-from secateurs.outputs import read_checkpoint
-from secateurs.pipeline import STATE_FILE, MetricEvent, run_recipe
-from secateurs.store import ResultsDB, run_dir
-from secateurs.sweep import expand_sweep, load_sweep
+from secateurs.core.checkpoint import load_checkpoint
+from secateurs.pipeline.outputs import read_checkpoint
+from secateurs.pipeline.runner import STATE_FILE, MetricEvent, run_recipe
+from secateurs.results import ResultsDB, run_dir
+from secateurs.results.sweep import expand_sweep, load_sweep
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RECIPE: dict[str, Any] = tiny_recipe(
@@ -46,8 +46,8 @@ CHILD = """
 import sys, time
 from pathlib import Path
 import torch
-import secateurs.sweep, secateurs.store.runner
-from secateurs.cli import main
+import secateurs.results.sweep, secateurs.results.runner
+from secateurs.front.cli import main
 
 torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # torch's lazy imports, done now
 Path(sys.argv[1]).touch()
@@ -136,7 +136,7 @@ def test_two_processes_running_the_same_sweep_at_once_finish_every_run_exactly_o
 HOOKED_SWEEP = """
 import os, sys, time
 from pathlib import Path
-import secateurs.store.runner as runner
+import secateurs.results.runner as runner
 
 pauses = dict(item.split(":") for item in os.environ.get("PAUSE_AT", "").split(",") if item)  # run:stage
 markers, events = Path(os.environ["MARKERS"]), Path(os.environ["EVENTS"])
@@ -153,7 +153,7 @@ def hooked_write(self, event):
 runner._MetricWriter.__call__ = hooked_write
 
 if __name__ == "__main__":
-    from secateurs.cli import main
+    from secateurs.front.cli import main
 
     sys.argv = ["secateurs", "sweep", *sys.argv[1:]]
     main()

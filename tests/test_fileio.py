@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import secateurs.fileio as fileio
-from secateurs.fileio import atomic_write_text
+import secateurs.core.fileio as fileio
+from secateurs.core.fileio import atomic_write_text
 
 
 def test_atomic_write_replaces_the_file_with_umask_permissions(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils import parametrize, prune
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
+from secateurs.graph.fold import fold_batchnorm, folded_count
 from secateurs.models import build_model
-from secateurs.structured.fold import fold_batchnorm, folded_count
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 

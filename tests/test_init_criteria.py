@@ -12,14 +12,14 @@ import torch.nn.functional as F
 from tiny import tiny_recipe
 from torch import Tensor, nn
 
-import secateurs.pruning as pruning_module
+import secateurs.methods.pruning as pruning_module
 from secateurs import ConfigError, MaskSet, compute_masks
-from secateurs.allocation import ALLOCATIONS, LayerInfo, allocate
-from secateurs.criteria import CRITERIA, ScoringContext, build_criterion
-from secateurs.criteria.grasp import Grasp
-from secateurs.criteria.snip import Snip
-from secateurs.pipeline import run_recipe
-from secateurs.recipe import recipe_from_raw
+from secateurs.methods.allocations import ALLOCATIONS, LayerInfo, allocate
+from secateurs.methods.criteria import CRITERIA, ScoringContext, build_criterion
+from secateurs.methods.criteria.grasp import Grasp
+from secateurs.methods.criteria.snip import Snip
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import run_recipe
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

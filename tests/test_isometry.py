@@ -8,7 +8,7 @@ from torch import nn
 
 from secateurs import ConfigError, MaskSet, masks_of, prune, set_masks
 from secateurs.eval.isometry import jacobian_singular_values, jsv_stats, orthogonalize_, polar_factor
-from secateurs.reset import apply_reset
+from secateurs.methods.resets import apply_reset
 from secateurs.structured import neuron_masks
 
 ATOL = 1e-5

@@ -17,11 +17,10 @@ transformers = pytest.importorskip("transformers")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from secateurs.allocation import round_half_up  # noqa: E402
-from secateurs.errors import ConfigError  # noqa: E402
+from secateurs.core.errors import ConfigError  # noqa: E402
+from secateurs.front.llm_cli import llm_app  # noqa: E402
 from secateurs.llm import models as llm_models  # noqa: E402
 from secateurs.llm.calibrate import capture_block_inputs, prune_model  # noqa: E402
-from secateurs.llm.cli import llm_app  # noqa: E402
 from secateurs.llm.evaluate import (  # noqa: E402
     embedding_similarity,
     linear_sparsity,
@@ -39,7 +38,8 @@ from secateurs.llm.methods import (  # noqa: E402
 )
 from secateurs.llm.models import decoder_layers, layer_linears, load_model  # noqa: E402
 from secateurs.llm.text import calibration_batch, eval_windows, load_text  # noqa: E402
-from secateurs.structures import NM  # noqa: E402
+from secateurs.methods.allocations import round_half_up  # noqa: E402
+from secateurs.methods.structures import NM  # noqa: E402
 
 VOCAB = 100
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

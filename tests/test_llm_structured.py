@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.structured import channel_masks, select_groups
 
 transformers = pytest.importorskip("transformers")

@@ -21,19 +21,20 @@ from rich.console import Console
 from tiny import TINY_DATA, tiny_recipe
 from typer.testing import CliRunner
 
-import secateurs.cli as cli
-import secateurs.controls as controls_module
-import secateurs.pipeline as pipeline_module
-from secateurs.allocation import LayerInfo, allocate, round_half_up
-from secateurs.checkpoint import load_checkpoint, save_checkpoint
-from secateurs.demo import DEMO_METHODS, quick_overrides
-from secateurs.errors import CheckpointError, ConfigError
-from secateurs.masks import MaskSet
+import secateurs.front.cli as cli
+import secateurs.methods.controls as controls_module
+import secateurs.pipeline.runner as pipeline_module
+from secateurs.core.checkpoint import load_checkpoint, save_checkpoint
+from secateurs.core.errors import CheckpointError, ConfigError
+from secateurs.core.masks import MaskSet
+from secateurs.front.demo import DEMO_METHODS, quick_overrides
+from secateurs.methods.allocations import LayerInfo, allocate, round_half_up
+from secateurs.methods.pruning import compute_masks
 from secateurs.models import build_model
-from secateurs.pipeline import STATE_FILE, MetricEvent, Pipeline, best_of, run_recipe
-from secateurs.pruning import compute_masks
-from secateurs.recipe import Recipe, load_recipe, recipe_from_raw
-from secateurs.report import (
+from secateurs.pipeline.recipe import Recipe, load_recipe, recipe_from_raw
+from secateurs.pipeline.runner import STATE_FILE, MetricEvent, Pipeline, best_of, run_recipe
+from secateurs.results import ResultsDB, execute, run_hash
+from secateurs.results.report import (
     collect,
     levels_from_records,
     levels_from_rows,
@@ -41,7 +42,6 @@ from secateurs.report import (
     ticket_curves,
     write_report,
 )
-from secateurs.store import ResultsDB, execute, run_hash
 
 ALL = ["reinit", "random_mask", "finetune_only"]
 SIZES = {"features.1.weight": 320, "classifier.weight": 48}

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.eval import CostReport, LayerCost, count_costs, evaluate, parameter_counts
 
 

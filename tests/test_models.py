@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.models import MODELS, build_model, reinitialize
 
 # One input shape per model that exercises it quickly (small widths where the model is large).

@@ -15,15 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-import secateurs.pipeline as pipeline_module
+import secateurs.pipeline.runner as pipeline_module
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet, masks_of
 from secateurs.data import load_dataset
-from secateurs.demo import quick_overrides
-from secateurs.errors import ConfigError
 from secateurs.eval import evaluate
-from secateurs.masks import MaskSet, masks_of
+from secateurs.front.demo import quick_overrides
 from secateurs.models import build_model
-from secateurs.pipeline import Pipeline, RunResult, run_recipe
-from secateurs.recipe import Recipe, load_recipe, preset_names, recipe_from_raw
+from secateurs.pipeline.recipe import Recipe, load_recipe, preset_names, recipe_from_raw
+from secateurs.pipeline.runner import Pipeline, RunResult, run_recipe
 
 DATA = {
     "name": "synthetic",

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from secateurs import ConfigError, compute_masks
-from secateurs.projections import (
+from secateurs.methods.projections import (
     PROJECTIONS,
     project,
     project_block,
@@ -23,7 +23,7 @@ from secateurs.projections import (
     quantize_1d,
     unification_cost,
 )
-from secateurs.structures import NM, Block
+from secateurs.methods.structures import NM, Block
 
 
 def weight(*shape: int, seed: int = 0) -> torch.Tensor:

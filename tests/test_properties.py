@@ -2,7 +2,7 @@
 
 Invalid input of any shape must stop with one ConfigError before anything is written: no
 exception of another type, no database row, no run directory. Valid small recipes must prune
-to exactly the requested count, as `secateurs.allocation` documents its rounding.
+to exactly the requested count, as `secateurs.methods.allocations` documents its rounding.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 from tiny import tiny_recipe
 from typer.testing import CliRunner
 
-import secateurs.cli as cli
-from secateurs.allocation import round_half_up
-from secateurs.errors import ConfigError
-from secateurs.pipeline import run_recipe
-from secateurs.recipe import STAGE_KINDS, Recipe, recipe_from_raw
-from secateurs.sweep import expand_sweep, load_sweep
+import secateurs.front.cli as cli
+from secateurs.core.errors import ConfigError
+from secateurs.methods.allocations import round_half_up
+from secateurs.pipeline.recipe import STAGE_KINDS, Recipe, recipe_from_raw
+from secateurs.pipeline.runner import run_recipe
+from secateurs.results.sweep import expand_sweep, load_sweep
 
 FAST = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 # The tiny MLP's prunable weights (default selection: Linear weights) and their sizes.

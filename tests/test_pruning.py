@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateurs import ConfigError, MaskSet, compute_masks, masks_of, prune
-from secateurs.allocation import round_half_up
-from secateurs.criteria import ScoringContext, build_criterion
-from secateurs.layers import LayerSelection, select_parameters
-from secateurs.pruning import masks_from_scores, topk_mask
-from secateurs.schedules import Iterative
+from secateurs.methods.allocations import round_half_up
+from secateurs.methods.criteria import ScoringContext, build_criterion
+from secateurs.methods.layers import LayerSelection, select_parameters
+from secateurs.methods.pruning import masks_from_scores, topk_mask
+from secateurs.methods.schedules import Iterative
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secateurs.masks import masks_of
-from secateurs.recipe import recipe_from_raw
-from secateurs.sweep import expand_sweep, parse_sweep
+from secateurs.core.masks import masks_of
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.results.sweep import expand_sweep, parse_sweep
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

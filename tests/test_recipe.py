@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secateurs.errors import ConfigError
-from secateurs.recipe import (
+from secateurs.core.errors import ConfigError
+from secateurs.methods.schedules import Gradual, Iterative
+from secateurs.pipeline.recipe import (
     EvaluateStage,
     GradualPrune,
     PruneStage,
@@ -32,7 +33,6 @@ from secateurs.recipe import (
     recipe_to_raw,
     walk,
 )
-from secateurs.schedules import Gradual, Iterative
 
 TINY = """\
 name: tiny

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from secateurs.cli import app
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.eval.potential import prune_potential
-from secateurs.recipe import recipe_from_raw
-from secateurs.report import accuracy_table, collect, potential_table, write_report
-from secateurs.store import ResultsDB, execute
+from secateurs.front.cli import app
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.results import ResultsDB, execute
+from secateurs.results.report import accuracy_table, collect, potential_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from secateurs import ConfigError, masks_of, prune
-from secateurs.allocation import round_half_up
-from secateurs.masks import MaskSet
+from secateurs.core.masks import MaskSet
+from secateurs.methods.allocations import round_half_up
+from secateurs.methods.resets import Snapshot, apply_reset
 from secateurs.models import build_model
-from secateurs.reset import Snapshot, apply_reset
 
 SHAPE = (3, 8, 8)
 

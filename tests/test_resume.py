@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-import secateurs.pipeline as pipeline_module
-from secateurs.errors import CheckpointError
-from secateurs.pipeline import STATE_FILE, MetricEvent, Pipeline, run_recipe
-from secateurs.recipe import Recipe, recipe_from_raw
+import secateurs.pipeline.runner as pipeline_module
+from secateurs.core.errors import CheckpointError
+from secateurs.pipeline.recipe import Recipe, recipe_from_raw
+from secateurs.pipeline.runner import STATE_FILE, MetricEvent, Pipeline, run_recipe
 
 STAGES: list[dict[str, Any]] = [
     {"train": {}},

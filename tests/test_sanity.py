@@ -12,14 +12,14 @@ from tiny import tiny_recipe
 from torch import Tensor, nn
 
 from secateurs import ConfigError, compute_masks, masks_of, prune
-from secateurs.errors import SecateursError
-from secateurs.masks import MaskSet
-from secateurs.pipeline import run_recipe
-from secateurs.recipe import PruneSpec, recipe_from_raw
-from secateurs.report import collapse_lines, collect, sanity_table, write_report
-from secateurs.sanity import SANITY, noise_inputs, shuffle_masks
-from secateurs.store import ResultsDB, execute
-from secateurs.store.hashing import run_hash
+from secateurs.core.errors import SecateursError
+from secateurs.core.masks import MaskSet
+from secateurs.methods.sanity import SANITY, noise_inputs, shuffle_masks
+from secateurs.pipeline.hashing import run_hash
+from secateurs.pipeline.recipe import PruneSpec, recipe_from_raw
+from secateurs.pipeline.runner import run_recipe
+from secateurs.results import ResultsDB, execute
+from secateurs.results.report import collapse_lines, collect, sanity_table, write_report
 
 
 def mlp(seed: int = 0) -> nn.Sequential:

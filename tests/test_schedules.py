@@ -8,8 +8,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from secateurs.errors import ConfigError
-from secateurs.schedules import SCHEDULE_NAMES, CubicSteps, Gradual, Iterative, OneShot
+from secateurs.core.errors import ConfigError
+from secateurs.methods.schedules import SCHEDULE_NAMES, CubicSteps, Gradual, Iterative, OneShot
 
 # -- one-shot -------------------------------------------------------------------------------------
 

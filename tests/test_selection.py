@@ -11,12 +11,12 @@ from tiny import tiny_recipe
 from torch import Tensor, nn
 
 import secateurs
-from secateurs.allocation import round_half_up
-from secateurs.errors import ConfigError
-from secateurs.masks import masks_of
-from secateurs.pipeline import Pipeline
-from secateurs.recipe import recipe_from_raw
-from secateurs.selection import attach_selection
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import masks_of
+from secateurs.methods.allocations import round_half_up
+from secateurs.methods.training.selection import attach_selection
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import Pipeline
 
 MLP_NAMES = ["0.weight", "2.weight"]
 CONV_NAMES = ["0.weight", "3.weight"]

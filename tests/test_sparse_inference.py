@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from secateurs.errors import ConfigError
-from secateurs.masks import MaskSet, masks_of
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet, masks_of
+from secateurs.methods.pruning import prune
 from secateurs.models import build_model
-from secateurs.pruning import prune
 from secateurs.sparse import SparseConv1x1, SparseLinear, _ext, choose, sparse_plan, sparsify
 from secateurs.sparse.inference import _kernel_for
 

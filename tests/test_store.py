@@ -19,14 +19,14 @@ import yaml
 from tiny import tiny_recipe
 
 import secateurs
-import secateurs.store.db as db_module
-from secateurs.errors import ConfigError, SecateursError
-from secateurs.outputs import read_checkpoint
-from secateurs.pipeline import STATE_FILE, MetricEvent, Pipeline, run_recipe
-from secateurs.recipe import Recipe, load_recipe, recipe_from_raw
-from secateurs.store import ResultsDB, execute, run_dir, run_hash
-from secateurs.store.db import SCHEMA_VERSION, export_rows, flatten, render_export
-from secateurs.store.runner import ALREADY_FINISHED, BUSY, FINISHED, run_lock
+import secateurs.results.db as db_module
+from secateurs.core.errors import ConfigError, SecateursError
+from secateurs.pipeline.outputs import read_checkpoint
+from secateurs.pipeline.recipe import Recipe, load_recipe, recipe_from_raw
+from secateurs.pipeline.runner import STATE_FILE, MetricEvent, Pipeline, run_recipe
+from secateurs.results import ResultsDB, execute, run_dir, run_hash
+from secateurs.results.db import SCHEMA_VERSION, export_rows, flatten, render_export
+from secateurs.results.runner import ALREADY_FINISHED, BUSY, FINISHED, run_lock
 
 RAW: dict[str, Any] = tiny_recipe(
     {"train": {}},

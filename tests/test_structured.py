@@ -10,9 +10,9 @@ import torch
 from structured_archs import ARCHITECTURES, build
 from torch import Tensor, fx, nn
 
-from secateurs.errors import ConfigError
-from secateurs.structured.channels import channel_masks, remove_channels, resize_like
-from secateurs.structured.graph import RULES, Tracked, analyze, passthrough, register_function_rule
+from secateurs.core.errors import ConfigError
+from secateurs.graph.core import RULES, Tracked, analyze, passthrough, register_function_rule
+from secateurs.graph.removal import channel_masks, remove_channels, resize_like
 
 SUPPORTED = list(ARCHITECTURES)
 

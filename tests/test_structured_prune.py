@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from structured_archs import build
 from torch import nn
 
-from secateurs.errors import ConfigError
-from secateurs.structured.graph import analyze
-from secateurs.structured.prune import CHANNEL_CRITERIA, layer_of, prune_channels, select_groups
+from secateurs.core.errors import ConfigError
+from secateurs.graph.core import analyze
+from secateurs.graph.prune import CHANNEL_CRITERIA, layer_of, prune_channels, select_groups
 
 
 def _tiny() -> tuple[nn.Module, torch.Tensor]:
@@ -118,10 +118,10 @@ def _channel_recipe(*stages: dict) -> dict:
 
 
 def test_a_channel_prune_stage_masks_whole_neurons_and_shrink_removes_them() -> None:
-    from secateurs.masks import masks_of
-    from secateurs.pipeline import Pipeline
-    from secateurs.recipe import recipe_from_raw
-    from secateurs.structured.masking import shrink
+    from secateurs.core.masks import masks_of
+    from secateurs.graph.masking import shrink
+    from secateurs.pipeline.recipe import recipe_from_raw
+    from secateurs.pipeline.runner import Pipeline
 
     step = {"structure": "channel", "criterion": "l1"}
     raw = _channel_recipe({"prune": {**step, "sparsity": 0.25}}, {"prune": {**step, "sparsity": 0.5}})
@@ -158,9 +158,9 @@ def test_bad_channel_prune_stages_are_clear_errors(prune: dict, message: str) ->
 def test_channels_prune_gradually_during_training() -> None:
     from tiny import tiny_recipe
 
-    from secateurs.masks import masks_of
-    from secateurs.pipeline import Pipeline
-    from secateurs.recipe import recipe_from_raw
+    from secateurs.core.masks import masks_of
+    from secateurs.pipeline.recipe import recipe_from_raw
+    from secateurs.pipeline.runner import Pipeline
 
     schedule = {"name": "gradual", "start_step": 0, "end_step": 4, "frequency": 2}
     prune = {"structure": "channel", "criterion": "l1", "allocation": "uniform", "schedule": schedule}

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from secateurs import ConfigError, MaskSet, compute_masks, masks_of, prune
-from secateurs.allocation import round_half_up
-from secateurs.pipeline import run_recipe
-from secateurs.pruning import masks_from_scores, round_sparsity
-from secateurs.recipe import recipe_from_raw
-from secateurs.structures import NM, STRUCTURES, Block, balanced_topk, build_structure
+from secateurs.methods.allocations import round_half_up
+from secateurs.methods.pruning import masks_from_scores, round_sparsity
+from secateurs.methods.structures import NM, STRUCTURES, Block, balanced_topk, build_structure
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import run_recipe
 
 
 def convnet(seed: int = 0) -> nn.Sequential:

@@ -19,12 +19,12 @@ from rich.console import Console
 from tiny import tiny_recipe
 from typer.testing import CliRunner
 
-import secateurs.cli as cli
-from secateurs.errors import ConfigError
-from secateurs.recipe import load_recipe
-from secateurs.store import ResultsDB, run_hash
-from secateurs.store.runner import ALREADY_FINISHED, FAILED, FINISHED
-from secateurs.sweep import (
+import secateurs.front.cli as cli
+from secateurs.core.errors import ConfigError
+from secateurs.pipeline.recipe import load_recipe
+from secateurs.results import ResultsDB, run_hash
+from secateurs.results.runner import ALREADY_FINISHED, FAILED, FINISHED
+from secateurs.results.sweep import (
     SweepPoint,
     expand_sweep,
     load_sweep,
@@ -270,7 +270,7 @@ def test_workers_give_the_same_results_as_one_process(folder: Path) -> None:
 def test_an_interrupted_sweep_resumes_and_keeps_finished_runs(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import secateurs.sweep as sweep_module
+    import secateurs.results.sweep as sweep_module
 
     points = points_of(folder, sparsities=[0.25, 0.5, 0.75])
     root = folder / "results"

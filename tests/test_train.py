@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError, SecateursError
-from secateurs.masks import MaskSet, set_masks
+from secateurs.core.errors import ConfigError, SecateursError
+from secateurs.core.masks import MaskSet, set_masks
 from secateurs.train import (
     AtStep,
     Callback,

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from secateurs.errors import CheckpointError, ConfigError, DataUnavailableError, SecateursError
-from secateurs.masks import MaskSet, masks_of, remove_masks, set_masks
-from secateurs.pruning import compute_masks, prune
+from secateurs.core.errors import CheckpointError, ConfigError, DataUnavailableError, SecateursError
+from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
+from secateurs.methods.pruning import compute_masks, prune
 
 __version__ = "0.1.0"
 
@@ -39,10 +39,10 @@ def run(
 
     With `out`, the recipe, metrics and final checkpoint are written there atomically.
     """
-    from secateurs.distributed import world
-    from secateurs.outputs import check_output_dir, save_run
-    from secateurs.pipeline import run_recipe
-    from secateurs.recipe import Recipe, load_recipe, recipe_from_raw, recipe_to_raw
+    from secateurs.core.distributed import world
+    from secateurs.pipeline.outputs import check_output_dir, save_run
+    from secateurs.pipeline.recipe import Recipe, load_recipe, recipe_from_raw, recipe_to_raw
+    from secateurs.pipeline.runner import run_recipe
 
     if isinstance(recipe, Recipe):
         if overrides:

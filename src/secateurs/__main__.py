@@ -1,5 +1,5 @@
 """`python -m secateurs` runs the CLI."""
 
-from secateurs.cli import main
+from secateurs.front.cli import main
 
 main()

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
-from secateurs.fileio import atomic_write_bytes
+from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import atomic_write_bytes
 
 
 def export_program(model: nn.Module, example_input: Tensor, path: str | os.PathLike[str]) -> Path:

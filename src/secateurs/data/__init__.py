@@ -24,7 +24,7 @@ __all__ = [
 
 def dataset_status(name: str) -> str:
     """One line saying whether data set `name` can be loaded here, and how if not."""
-    from secateurs.errors import DataUnavailableError
+    from secateurs.core.errors import DataUnavailableError
 
     DATASETS.get(name)
     if name == "fashion_mnist":

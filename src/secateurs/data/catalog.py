@@ -7,9 +7,9 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from secateurs.core.errors import ConfigError
+from secateurs.core.registry import Registry
 from secateurs.data.core import DataSplits
-from secateurs.errors import ConfigError
-from secateurs.registry import Registry
 
 __all__ = ["DATASETS", "Loader", "dataset", "load_dataset"]
 

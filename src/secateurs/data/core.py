@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from secateurs.distributed import World, shard_batch
-from secateurs.errors import ConfigError
+from secateurs.core.distributed import World, shard_batch
+from secateurs.core.errors import ConfigError
 
 __all__ = [
     "DataSplits",
@@ -141,7 +141,7 @@ class TensorLoader:
                 yield self._x[start:stop], self._y[start:stop]
             else:
                 idx = order[start:stop]
-                if self._world is not None:  # this rank's part of the global batch (secateurs.distributed)
+                if self._world is not None:  # this rank's part of the global batch (core.distributed)
                     idx = shard_batch(idx, order, self._world)
                 yield self._x[idx], self._y[idx]
 

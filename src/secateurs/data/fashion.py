@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from secateurs.core.errors import ConfigError, DataUnavailableError
 from secateurs.data.catalog import dataset
 from secateurs.data.core import DatasetInfo, DataSplits
-from secateurs.errors import ConfigError, DataUnavailableError
 
 __all__ = ["DEFAULT_ROOT", "INSTALL_COMMAND", "load_fashion_mnist", "read_idx"]
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from secateurs.core.errors import ConfigError
 from secateurs.data.cache import cache_dir, read_npz, write_npz_atomic
 from secateurs.data.catalog import dataset
 from secateurs.data.core import DatasetInfo, DataSplits, seeded_generator
-from secateurs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.eval.metrics import eval_mode, model_device
 
 __all__ = ["agreement", "per_class_accuracy", "per_class_drop", "predict"]

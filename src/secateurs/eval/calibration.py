@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 
 __all__ = ["expected_calibration_error"]
 

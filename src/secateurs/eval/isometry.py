@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.eval.metrics import eval_mode, model_device
 
 __all__ = ["jacobian_singular_values", "jsv_stats", "orthogonalize_", "polar_factor"]

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.eval.metrics import eval_mode, model_device
 
 __all__ = ["cpu_latency"]

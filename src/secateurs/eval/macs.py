@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.eval.metrics import eval_mode, model_device, parameter_counts
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 

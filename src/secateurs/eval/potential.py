@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 
 __all__ = ["excess_error", "prune_potential"]
 

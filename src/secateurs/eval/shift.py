@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from secateurs.core.errors import ConfigError
+from secateurs.core.registry import Registry
 from secateurs.data.core import DatasetInfo, DataSplits, seeded_generator
-from secateurs.errors import ConfigError
-from secateurs.registry import Registry
 
 __all__ = [
     "CORRUPTIONS",

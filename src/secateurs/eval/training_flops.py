@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from secateurs.core.masks import MaskSet, masks_of
 from secateurs.eval.macs import count_costs
-from secateurs.masks import MaskSet, masks_of
 from secateurs.train.engine import Callback, TrainState
 
 

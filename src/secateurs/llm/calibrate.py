@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.llm.methods import Pattern, check_method, magnitude_mask, sparsegpt_prune, wanda_mask
 from secateurs.llm.models import decoder_layers, layer_linears
 

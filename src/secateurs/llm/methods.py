@@ -1,7 +1,7 @@
 """One-shot pruning of one Linear weight [out, in]: magnitude, Wanda and SparseGPT.
 
 All three take a sparsity and an optional N:M pattern. N:M groups are runs of m consecutive
-inputs of one output row, exactly `secateurs.structures.NM` grouping, and each group keeps
+inputs of one output row, exactly `secateurs.methods.structures.NM` grouping, and each group keeps
 exactly n weights (ties to the lower index, `balanced_topk`). Unstructured counts are exact:
 a layer of N weights loses round_half_up(s·N); where a method compares within smaller groups
 (Wanda's rows, SparseGPT's column blocks) that total is spread over the groups, never
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from secateurs.allocation import check_sparsity, round_half_up
-from secateurs.errors import ConfigError
-from secateurs.pruning import topk_mask
-from secateurs.structures import NM, balanced_topk
+from secateurs.core.errors import ConfigError
+from secateurs.methods.allocations import check_sparsity, round_half_up
+from secateurs.methods.pruning import topk_mask
+from secateurs.methods.structures import NM, balanced_topk
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 

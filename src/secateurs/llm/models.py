@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from secateurs.errors import ConfigError
-from secateurs.fileio import atomic_directory
+from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import atomic_directory
 
 LLM_EXTRA_FIX = 'pip install -e ".[llm]"'
 

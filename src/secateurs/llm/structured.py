@@ -39,11 +39,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
-from secateurs.registry import Registry
-from secateurs.structured.channels import channel_masks, remove_channels
-from secateurs.structured.graph import PRODUCER, ChannelGraph, ChannelGroup, Labels, Site
-from secateurs.structured.prune import select_groups
+from secateurs.core.errors import ConfigError
+from secateurs.core.registry import Registry
+from secateurs.graph.core import PRODUCER, ChannelGraph, ChannelGroup, Labels, Site
+from secateurs.graph.prune import select_groups
+from secateurs.graph.removal import channel_masks, remove_channels
 
 __all__ = [
     "LAYER_SIZES_KEY",

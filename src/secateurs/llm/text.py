@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from secateurs.errors import ConfigError, DataUnavailableError
+from secateurs.core.errors import ConfigError, DataUnavailableError
 
 SOURCES = ("kjv", "fortunes", "gpl3")
 SPLITS = ("calibration", "evaluation", "all")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 
 _MAX_SEARCHED_SIZE = 4096
 

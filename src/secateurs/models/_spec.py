@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from secateurs.registry import Registry
+from secateurs.core.registry import Registry
 
 ModelFactory = Callable[..., nn.Module]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.models._spec import MODELS, RANK_DATA, RANK_SHAPES, ModelSpec
 from secateurs.models.init import reinitialize, seeded_rng
 

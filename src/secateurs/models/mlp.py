@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.models._checks import positive_ints
 from secateurs.models._spec import register_model
 from secateurs.models.init import init_weights

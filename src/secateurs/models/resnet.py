@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.models._checks import positive_float, scale
 from secateurs.models._spec import register_model
 from secateurs.models.init import init_weights

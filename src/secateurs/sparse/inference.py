@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from secateurs.errors import ConfigError
-from secateurs.masks import MaskSet, masks_of, remove_masks
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet, masks_of, remove_masks
 from secateurs.sparse import _ext
 
 DENSE, TORCH_CSR, CSR_EXT = "dense", "torch_csr", "csr_ext"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.train.engine import Callback, TrainState
 
 StateFn = Callable[[TrainState], None]

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from secateurs.distributed import check_same_masks, world
-from secateurs.errors import ConfigError, SecateursError
-from secateurs.masks import MaskHandle, MaskSet, masks_of, set_masks
+from secateurs.core.distributed import check_same_masks, world
+from secateurs.core.errors import ConfigError, SecateursError
+from secateurs.core.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.train.config import TrainConfig
 from secateurs.train.optim import build_lr_scheduler, build_optimizer, zero_optimizer_state
 

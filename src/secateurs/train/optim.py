@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from secateurs.errors import ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.train.config import LRScheduleConfig, OptimizerConfig
 
 logger = logging.getLogger(__name__)

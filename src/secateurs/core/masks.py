@@ -1,0 +1,254 @@
+"""Masks that live beside a model, not inside its parameter names.
+
+A `MaskSet` maps parameter names (as in `model.named_parameters()`) to boolean tensors:
+True = keep. The model's `state_dict` keys never change; masks are saved beside it.
+
+Keeping masks applied is cheap: the weights are zeroed once, and after every optimizer step
+the masked parameters are multiplied in place by their masks (one fused `_foreach_mul_`),
+through PyTorch's own optimizer step hooks, so any training loop keeps them. Unlike
+`torch.nn.utils.prune` nothing is recomputed through autograd in the forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from secateurs.core.errors import CheckpointError, ConfigError
+
+_ATTR = "_secateurs_masks"
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One row of a per-layer sparsity report."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    kept: int
+
+    @property
+    def pruned(self) -> int:
+        return self.numel - self.kept
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / self.numel if self.numel else 0.0
+
+
+class MaskSet(Mapping[str, Tensor]):
+    """Boolean keep-masks for some of a model's parameters, keyed by parameter name."""
+
+    def __init__(self, masks: Mapping[str, Tensor]) -> None:
+        self._masks: dict[str, Tensor] = {}
+        for name, mask in masks.items():
+            if not isinstance(mask, Tensor):
+                raise TypeError(f"mask for {name!r} must be a tensor, got {type(mask).__name__}")
+            self._masks[name] = mask.detach().to(torch.bool).clone()
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def dense(cls, model: nn.Module, names: Iterable[str]) -> MaskSet:
+        """All-True masks for the named parameters (the state before any pruning)."""
+        names = list(names)  # may be a one-shot iterator; it is read twice
+        params = dict(model.named_parameters())
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise ConfigError(f"parameters not in the model: {', '.join(missing)}")
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
+
+    # -- mapping protocol -------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __repr__(self) -> str:
+        return f"MaskSet({len(self)} tensors, sparsity={self.sparsity():.4f})"
+
+    # -- statistics -------------------------------------------------------------------------
+    def numel(self) -> int:
+        return sum(m.numel() for m in self._masks.values())
+
+    def kept(self) -> int:
+        return int(sum(int(m.sum()) for m in self._masks.values()))
+
+    def sparsity(self) -> float:
+        """Fraction of the masked parameters' entries that are pruned."""
+        n = self.numel()
+        return (n - self.kept()) / n if n else 0.0
+
+    def density(self) -> float:
+        return 1.0 - self.sparsity()
+
+    def report(self) -> list[LayerSparsity]:
+        return [
+            LayerSparsity(name, tuple(m.shape), m.numel(), int(m.sum())) for name, m in self._masks.items()
+        ]
+
+    def equal(self, other: MaskSet) -> bool:
+        """Bit-for-bit equality of names and masks."""
+        return list(self) == list(other) and all(torch.equal(self[n], other[n]) for n in self)
+
+    # -- application ------------------------------------------------------------------------
+    def _bound(self, model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
+        params = dict(model.named_parameters())
+        pairs = []
+        for name, mask in self._masks.items():
+            if name not in params:
+                raise ConfigError(
+                    f"mask names parameter {name!r}, which the model does not have",
+                    fix="load masks saved from the same architecture",
+                )
+            p = params[name]
+            if tuple(p.shape) != tuple(mask.shape):
+                raise ConfigError(
+                    f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}",
+                    fix="load masks saved from the same architecture",
+                )
+            pairs.append((p, mask))
+        return pairs
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> None:
+        """Zero the pruned entries of the model's parameters, in place (identities preserved)."""
+        pairs = self._bound(model)
+        if pairs:
+            multipliers = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
+            torch._foreach_mul_([p for p, _ in pairs], multipliers)
+
+    def attach(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, mask_grads: bool = False
+    ) -> MaskHandle:
+        """Keep the masks applied while `optimizer` trains `model`.
+
+        After every `optimizer.step()` the masked parameters are multiplied by their masks, so
+        pruned weights stay exactly zero whatever the update rule (momentum, weight decay, Adam).
+        With `mask_grads=True` gradients are masked before the step too, which keeps optimizer
+        state (momentum, Adam moments) of pruned entries at zero.
+        """
+        pairs = self._bound(model)
+        params = [p for p, _ in pairs]
+        multipliers = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
+
+        def after_step(*_: object) -> None:
+            with torch.no_grad():
+                torch._foreach_mul_(params, multipliers)
+
+        def before_step(*_: object) -> None:
+            with_grad = [(p.grad, m) for p, m in zip(params, multipliers, strict=True) if p.grad is not None]
+            if with_grad:
+                torch._foreach_mul_([g for g, _ in with_grad], [m for _, m in with_grad])
+
+        handles = [optimizer.register_step_post_hook(after_step)]
+        if mask_grads:
+            handles.append(optimizer.register_step_pre_hook(before_step))
+        self.apply(model)
+        return MaskHandle(handles, dict(zip(self._masks, multipliers, strict=True)))
+
+    # -- combination ------------------------------------------------------------------------
+    def intersect(self, other: MaskSet) -> MaskSet:
+        """Entries kept by both (masks only shrink)."""
+        names = set(self) | set(other)
+        out = {}
+        for n in names:
+            if n in self and n in other:
+                out[n] = self[n] & other[n]
+            else:
+                out[n] = self[n] if n in self else other[n]
+        return MaskSet({n: out[n] for n in list(self) + [n for n in other if n not in self]})
+
+    # -- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain dict of boolean tensors, safe to `torch.save` and load with `weights_only=True`."""
+        return {n: m.clone() for n, m in self._masks.items()}
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Tensor], model: nn.Module | None = None, *, where: str | None = None
+    ) -> MaskSet:
+        """Rebuild masks; with `model`, check every name and shape against it.
+
+        `where` (the file they were read from) goes into the error, so that a mask of the wrong
+        shape is traced to its file rather than reported as a bare shape mismatch.
+        """
+        for name, mask in state.items():
+            if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+                raise CheckpointError(
+                    f"mask {name!r} is not a boolean tensor", where=where, fix="re-save the masks"
+                )
+        masks = cls(state)
+        if model is not None:
+            try:
+                masks._bound(model)
+            except ConfigError as err:
+                raise CheckpointError(err.what, where=where, fix=err.fix) from None
+        return masks
+
+
+class MaskHandle:
+    """Returned by `MaskSet.attach`; `remove()` stops keeping masks applied.
+
+    `update(masks)` swaps in new masks for the same parameters without re-registering hooks:
+    the hooks' multipliers are overwritten in place. Masks that grow back (dynamic sparse
+    training) need this, since a second handle would keep zeroing the regrown entries.
+    """
+
+    def __init__(self, handles: list[RemovableHandle], multipliers: dict[str, Tensor] | None = None) -> None:
+        self._handles = handles
+        self._multipliers = multipliers or {}
+
+    def covers(self, masks: MaskSet) -> bool:
+        """True when `masks` are for exactly the parameters this handle keeps masked."""
+        return bool(self._handles) and list(masks) == list(self._multipliers)
+
+    @torch.no_grad()
+    def update(self, masks: MaskSet) -> None:
+        """Keep `masks` applied from now on (same parameter names and shapes as attached)."""
+        if not self.covers(masks):
+            raise ConfigError(
+                "the new masks name other parameters than the attached ones",
+                fix="attach the new masks with MaskSet.attach instead of updating the handle",
+            )
+        for name, multiplier in self._multipliers.items():  # copy_ would broadcast a wrong shape
+            if masks[name].shape != multiplier.shape:
+                raise ConfigError(
+                    f"the new mask for {name!r} has shape {tuple(masks[name].shape)}, "
+                    f"the parameter has {tuple(multiplier.shape)}",
+                    fix="compute the new masks for the same model as the attached ones",
+                )
+        for name, multiplier in self._multipliers.items():
+            multiplier.copy_(masks[name])
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def masks_of(model: nn.Module) -> MaskSet | None:
+    """The masks recorded on `model` by `secateurs.prune` (None for a dense model)."""
+    return model.__dict__.get(_ATTR)
+
+
+def set_masks(model: nn.Module, masks: MaskSet | None) -> None:
+    """Record `masks` on `model` (outside its state_dict) and zero the pruned weights."""
+    if masks is None:
+        model.__dict__.pop(_ATTR, None)
+        return
+    masks.apply(model)
+    model.__dict__[_ATTR] = masks
+
+
+def remove_masks(model: nn.Module) -> MaskSet | None:
+    """Forget the masks of `model`; its weights keep their zeros. Returns the removed masks."""
+    return model.__dict__.pop(_ATTR, None)

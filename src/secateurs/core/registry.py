@@ -1,0 +1,86 @@
+"""Name → object registries.
+
+Strings are dispatched only here: an unknown name raises a `ConfigError` listing the valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from secateurs.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of plug-ins (criteria, allocations, models, data sets …)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str = "") -> Callable[[T], T]:
+        """Decorator: register `obj` under `name`; a duplicate name is a programming error."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj, help)
+            return obj
+
+        return deco
+
+    def add(self, name: str, obj: T, help: str = "") -> None:
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = obj
+        doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[:1]
+        self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._items), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}.{hint}",
+                fix=f"use one of: {', '.join(sorted(self._items))}",
+            ) from None
+
+    def build(self, name: str, **options: object) -> object:
+        """Call the registered factory with `options`; an option it does not take is a ConfigError."""
+        factory = self.get(name)
+        check_options(factory, options, where=f"{self.kind} {name!r}")  # type: ignore[arg-type]
+        return factory(**options)  # type: ignore[operator]
+
+    def help(self, name: str) -> str:
+        return self._help.get(name, "")
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def check_options(factory: Callable[..., object], options: dict[str, object], *, where: str) -> None:
+    """Raise a ConfigError naming any option that `factory` does not accept."""
+    sig = inspect.signature(factory)
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [
+        n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n != "self"
+    ]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"{where} has no option {', '.join(map(repr, unknown))}",
+            fix=f"valid options: {', '.join(accepted) or '(none)'}",
+        )

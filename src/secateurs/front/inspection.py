@@ -1,0 +1,54 @@
+"""`secateurs inspect`: what is in a checkpoint, layer by layer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from secateurs.core.errors import CheckpointError, SecateursError
+from secateurs.core.masks import set_masks
+from secateurs.eval import count_costs
+from secateurs.models import build_model
+from secateurs.pipeline.outputs import read_checkpoint
+
+
+def inspect_checkpoint(path: Path, console: Console) -> None:
+    """Print the per-layer sparsity table and totals of a checkpoint written by `secateurs run`."""
+    state, masks, meta = read_checkpoint(path)
+    console.print(f"[bold]{path}[/]: model {meta.get('model', '?')} on data {meta.get('data', '?')}")
+    table = Table(title="per-layer sparsity")
+    for col in ("parameter", "shape", "kept", "total", "sparsity"):
+        table.add_column(col, justify="left" if col in ("parameter", "shape") else "right")
+    for row in masks.report() if masks is not None else []:
+        table.add_row(row.name, str(row.shape), f"{row.kept:,}", f"{row.numel:,}", f"{row.sparsity:.4f}")
+    console.print(table)
+    if masks is not None:
+        console.print(
+            f"masked parameters: sparsity {masks.sparsity():.4f} ({masks.kept():,} of {masks.numel():,} kept)"
+        )
+    if "model" in meta and "input_shape" in meta:
+        try:
+            model = build_model(
+                meta["model"],
+                tuple(meta["input_shape"]),
+                int(meta["num_classes"]),
+                **json.loads(meta["model_options"]),
+            )
+            model.load_state_dict(state)
+        except (SecateursError, RuntimeError, KeyError, ValueError) as err:
+            detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line
+            raise CheckpointError(
+                f"weights do not fit model {meta['model']!r} ({detail})",
+                where=str(path),
+                fix="the checkpoint's metadata and weights disagree: re-create it with `secateurs run`",
+            ) from None
+        if masks is not None:
+            set_masks(model, masks)
+        costs = count_costs(model, tuple(meta["input_shape"]))
+        console.print(
+            f"parameters: {costs.nonzero_params:,} nonzero of {costs.params:,}; "
+            f"MACs per sample: {costs.nonzero_macs:,} nonzero of {costs.macs:,}"
+        )

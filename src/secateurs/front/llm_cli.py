@@ -1,0 +1,187 @@
+"""`secateurs llm`: one-shot pruning and evaluation of pretrained transformers (offline)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from secateurs.core.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+llm_app = typer.Typer(
+    name="llm",
+    help="Prune pretrained transformers (SmolLM2, MiniLM or a saved directory): magnitude, Wanda, SparseGPT.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", help="smollm2, minilm, or a directory from `llm prune --out`")
+]
+TextOpt = Annotated[str, typer.Option("--text", help="text source: kjv, fortunes or gpl3")]
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per window")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch")]
+
+
+def friendly_errors(fn: F) -> F:
+    """The main CLI's one-line errors, looked up at call time: secateurs.front.cli imports this module."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from secateurs.front.cli import friendly_errors as main_friendly_errors
+
+        return main_friendly_errors(fn)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print(text: str) -> None:
+    from secateurs.front.cli import console
+
+    console.print(text, highlight=False)
+
+
+def _quiet_transformers() -> None:
+    from secateurs.llm.models import require_transformers
+
+    transformers = require_transformers()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _threads(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise ConfigError(
+            f"--threads must be at least 1, got {threads}", where="--threads", fix="pass 1 or more"
+        )
+    torch.set_num_threads(threads)
+
+
+@llm_app.command()
+@friendly_errors
+def prune(
+    model: ModelOpt = "smollm2",
+    method: Annotated[str, typer.Option(help="magnitude, wanda or sparsegpt")] = "wanda",
+    sparsity: Annotated[
+        float | None, typer.Option(help="fraction of each Linear removed (0 ≤ s < 1)")
+    ] = None,
+    nm: Annotated[
+        str | None, typer.Option("--nm", help="N:M pattern, e.g. 2:4 (implies the sparsity)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write the pruned model here (save_pretrained)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+    samples: Annotated[int, typer.Option(help="calibration windows")] = 32,
+    seq_len: SeqLenOpt = 512,
+    text: TextOpt = "kjv",
+    seed: Annotated[int, typer.Option(help="seed of the calibration window offsets")] = 0,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """One-shot prune every Linear of the transformer blocks, block by block on calibration text."""
+    from secateurs.llm.calibrate import prune_model
+    from secateurs.llm.methods import check_method, make_pattern
+    from secateurs.llm.models import load_model, save_model
+    from secateurs.llm.text import calibration_batch, load_text, tokenize
+
+    _threads(threads)
+    check_method(method)
+    pattern = make_pattern(sparsity, nm)
+    if out is not None and out.exists() and not overwrite:
+        raise ConfigError(
+            f"{out} already exists", where="--out", fix="choose a new directory or pass --overwrite"
+        )
+    _quiet_transformers()
+    loaded = load_model(model)
+    calib = None
+    if method != "magnitude":
+        ids = tokenize(loaded.tokenizer, load_text(text, "calibration"))
+        calib = calibration_batch(ids, samples, seq_len, seed)
+    started = time.perf_counter()
+    reports = prune_model(loaded.model, method, pattern, calib)
+    seconds = time.perf_counter() - started
+    pruned = sum(r.pruned for r in reports)
+    total = sum(r.numel for r in reports)
+    _print(
+        f"{method} {pattern.label}: pruned {pruned:,} of {total:,} block Linear weights "
+        f"({pruned / total:.2%}) in {len(reports)} layers, {seconds:.1f} s"
+    )
+    if out is not None:
+        meta: dict[str, Any] = {
+            "model": model,
+            "method": method,
+            "sparsity": pattern.sparsity,
+            "nm": list(pattern.nm) if pattern.nm else None,
+            "calibration": None
+            if calib is None
+            else {"text": text, "split": "calibration", "samples": samples, "seq_len": seq_len, "seed": seed},
+            "seconds": seconds,
+            "layers": [r.__dict__ for r in reports],
+        }
+        save_model(loaded, out, meta, overwrite=overwrite)
+        _print(f"wrote {out}")
+
+
+@llm_app.command("eval")
+@friendly_errors
+def eval_(
+    model: ModelOpt = "smollm2",
+    text: TextOpt = "kjv",
+    seq_len: SeqLenOpt = 512,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", help="token budget of the evaluation text")
+    ] = 16384,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="encoders: compare mean-pooled embeddings with this model (e.g. minilm)"),
+    ] = None,
+    sentences: Annotated[int, typer.Option(help="encoders: how many held-out sentences")] = 256,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Perplexity on held-out text (causal LMs) or embedding similarity to a reference (encoders)."""
+    from secateurs.llm.evaluate import embedding_similarity, linear_sparsity, perplexity, sentence_embeddings
+    from secateurs.llm.models import load_model
+    from secateurs.llm.text import eval_windows, load_text, tokenize
+    from secateurs.llm.text import sentences as held_out_sentences
+
+    _threads(threads)
+    if max_tokens < 1:
+        raise ConfigError(
+            f"--max-tokens must be positive, got {max_tokens}", where="--max-tokens", fix="e.g. 16384"
+        )
+    _quiet_transformers()
+    loaded = load_model(model)
+    sparsity = linear_sparsity(loaded.model)["overall"]
+    if loaded.kind == "causal":
+        windows = eval_windows(tokenize(loaded.tokenizer, load_text(text, "evaluation")), seq_len, max_tokens)
+        result = perplexity(loaded.model, windows)
+        _print(
+            f"{model}: perplexity {result.perplexity:.3f} on {result.tokens:,} predicted tokens "
+            f"({result.windows} windows × {result.seq_len}, {text} evaluation split); "
+            f"block Linear sparsity {sparsity:.2%}"
+        )
+        return
+    if reference is None:
+        raise ConfigError(
+            f"{model} is an encoder: it has no perplexity",
+            where="llm eval",
+            fix="pass --reference minilm to compare its sentence embeddings with the dense model",
+        )
+    ref = load_model(reference)
+    batch = held_out_sentences(text, "evaluation", sentences)
+    sim = embedding_similarity(
+        sentence_embeddings(ref.model, ref.tokenizer, batch),
+        sentence_embeddings(loaded.model, loaded.tokenizer, batch),
+    )
+    _print(
+        f"{model} vs {reference}: cosine similarity of mean-pooled embeddings on {len(batch)} sentences: "
+        f"mean {sim['mean']:.4f}, median {sim['median']:.4f}, min {sim['min']:.4f}; "
+        f"block Linear sparsity {sparsity:.2%}"
+    )

@@ -1,0 +1,122 @@
+"""The criterion axis: a criterion turns a model (and maybe data) into one score per weight.
+
+Higher score = more worth keeping. A new criterion is one small class overriding `score`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet
+from secateurs.core.registry import Registry
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class ScoringContext:
+    """Everything a criterion may use. Data-free criteria ignore `batches`.
+
+    `input_shape` (one sample's shape, without the batch dimension) lets data-free criteria
+    such as SynFlow build their own input.
+    """
+
+    model: nn.Module
+    names: list[str]
+    masks: MaskSet
+    batches: Iterable[Batch] | None = None
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    input_shape: tuple[int, ...] | None = None
+
+    def params(self) -> dict[str, nn.Parameter]:
+        named = dict(self.model.named_parameters())
+        return {n: named[n] for n in self.names}
+
+    def require_batches(self, criterion: str) -> Iterable[Batch]:
+        if self.batches is None:
+            raise ConfigError(
+                f"criterion {criterion!r} needs data to compute gradients",
+                fix="pass batches (an (x, y) tuple or a loader) to prune(), or use a data-free criterion",
+            )
+        return self.batches
+
+
+class Criterion:
+    """Base class: subclasses set `name` and implement `score`."""
+
+    name: str = ""
+    needs_data: bool = False
+    # Class-balanced batch the criterion asks the pipeline for (samples per class); None: loader batches.
+    samples_per_class: int | None = None
+
+    def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+CRITERIA: Registry[type[Criterion]] = Registry("criterion")
+
+
+def build_criterion(name: str, **options: object) -> Criterion:
+    """Instantiate a registered criterion with its options (unknown option → ConfigError)."""
+    return CRITERIA.build(name, **options)  # type: ignore[return-value]
+
+
+@contextmanager
+def preserved_state(ctx: ScoringContext) -> Iterator[None]:
+    """Run in train mode, then restore the mode, the `.grad` fields and the buffers.
+
+    Train-mode forward passes would update BatchNorm running statistics; scoring must not.
+    """
+    params = ctx.params()
+    saved = {n: p.grad for n, p in params.items()}
+    buffers = [(b, b.detach().clone()) for b in ctx.model.buffers()]
+    was_training = ctx.model.training
+    try:
+        ctx.model.train()
+        yield
+    finally:
+        ctx.model.train(was_training)
+        for n, p in params.items():
+            p.grad = saved[n]
+        with torch.no_grad():
+            for buffer, value in buffers:
+                buffer.copy_(value)
+
+
+def take_batches(ctx: ScoringContext, criterion: str, max_batches: int) -> list[Batch]:
+    """Up to `max_batches` batches, moved to the parameters' device (at least one, or ConfigError)."""
+    device = next(iter(ctx.params().values())).device
+    out: list[Batch] = []
+    for x, y in ctx.require_batches(criterion):
+        if len(out) >= max_batches:
+            break
+        out.append((x.to(device), y.to(device)))
+    if not out:
+        raise ConfigError(f"criterion {criterion!r} got no batches", fix="pass a non-empty loader")
+    return out
+
+
+def accumulate_gradients(ctx: ScoringContext, criterion: str, max_batches: int) -> dict[str, Tensor]:
+    """Sum over up to `max_batches` batches of the loss gradient w.r.t. the scored parameters.
+
+    The model's own `.grad` fields, buffers (BatchNorm running statistics, which train-mode
+    forward passes would update) and train/eval mode are left as they were.
+    """
+    params = ctx.params()
+    grads = {n: torch.zeros_like(p) for n, p in params.items()}
+    with preserved_state(ctx):
+        for x, y in take_batches(ctx, criterion, max_batches):
+            loss = ctx.loss_fn(ctx.model(x), y)
+            step = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            for (n, _), g in zip(params.items(), step, strict=True):
+                if g is not None:
+                    grads[n] += g
+    return grads

@@ -1,0 +1,72 @@
+"""SynFlow (Tanaka et al. 2020): data-free synaptic saliency |θ ⊙ ∂R/∂θ| of the linearised net.
+
+Every parameter (BatchNorm affine ones included) is replaced by |θ| and the model runs in eval
+mode on an all-ones input of batch 1, so R = Σ output is a positive path sum. Values and mode
+are restored exactly afterwards. One call scores once; the iterative 100-round SynFlow is
+`compute_masks(..., rounds=100)`, which re-scores the already-masked model each round.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from secateurs.core.errors import ConfigError
+from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@CRITERIA.register("synflow", "|θ·∂R/∂θ| of the |θ| network on an all-ones input (data-free)")
+class Synflow(Criterion):
+    """`dtype="float64"` scores a double-precision copy (deep nets overflow float32 path sums)."""
+
+    name = "synflow"
+
+    def __init__(self, dtype: Literal["float32", "float64"] = "float32") -> None:
+        if dtype not in _DTYPES:
+            raise ConfigError(f"synflow dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
+
+    def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        if ctx.input_shape is None:
+            raise ConfigError(
+                "criterion 'synflow' needs the model's input shape to build its all-ones input",
+                fix="pass input_shape=(C, H, W) (one sample, no batch dimension) to prune()/compute_masks()",
+            )
+        if self.dtype == "float64":
+            model = copy.deepcopy(ctx.model).to(torch.float64)
+            return _saliency(model, ctx.names, ctx.input_shape, torch.float64)
+        return _saliency(ctx.model, ctx.names, ctx.input_shape, torch.float32)
+
+
+def _saliency(
+    model: nn.Module, names: list[str], input_shape: tuple[int, ...], dtype: torch.dtype
+) -> dict[str, Tensor]:
+    """|θ ⊙ ∂R/∂θ| with all parameters at |θ|; the model's values, grads and mode come back intact."""
+    named = dict(model.named_parameters())
+    saved = {n: p.detach().clone() for n, p in named.items()}
+    grads = {n: p.grad for n, p in named.items()}
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for p in named.values():
+                p.abs_()
+        device = next(iter(named.values())).device
+        out = model(torch.ones((1, *input_shape), dtype=dtype, device=device))
+        scored = [named[n] for n in names]
+        step = torch.autograd.grad(out.sum(), scored, allow_unused=True)
+        return {
+            n: (p.detach() * g).abs() if g is not None else torch.zeros_like(p)
+            for n, p, g in zip(names, scored, step, strict=True)
+        }
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(saved[n])
+                p.grad = grads[n]

@@ -1,0 +1,25 @@
+"""First-order Taylor: |g ⊙ θ|, the loss change predicted by removing each weight."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from secateurs.core.errors import ConfigError
+from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext, accumulate_gradients
+
+
+@CRITERIA.register("taylor", "|g·θ|: first-order estimate of the loss change (needs data)")
+class Taylor(Criterion):
+    """Gradient summed over `num_batches` batches, times the weight, in absolute value."""
+
+    name = "taylor"
+    needs_data = True
+
+    def __init__(self, num_batches: int = 1) -> None:
+        if num_batches < 1:
+            raise ConfigError(f"taylor num_batches must be ≥ 1, got {num_batches}")
+        self.num_batches = num_batches
+
+    def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        grads = accumulate_gradients(ctx, self.name, self.num_batches)
+        return {n: (grads[n] * p.detach()).abs() for n, p in ctx.params().items()}

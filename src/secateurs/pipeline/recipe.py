@@ -1,0 +1,552 @@
+"""Recipes: a pruning method as an ordered list of stages, validated with pydantic.
+
+A recipe YAML names the data, the model, default training options and the stages:
+
+    stages:
+      - train: {}                                  # the default `train` options
+      - prune: {criterion: magnitude, allocation: global}
+      - reset: {mode: keep}
+      - train: {epochs: 5, optimizer: {lr: 0.01}}  # partial override of the defaults
+      - evaluate: {}
+
+A `repeat` stage runs its stages once per level of an iterative schedule; a `train` stage with
+a `prune` block prunes gradually while it trains. Unknown fields anywhere are errors.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from secateurs.core.errors import ConfigError
+from secateurs.methods.controls import CONTROLS, check_controls
+from secateurs.methods.layers import LayerSelection
+from secateurs.methods.schedules import SCHEDULE_NAMES, Gradual, LevelSchedule
+from secateurs.methods.training.admm import ADMMConfig
+from secateurs.methods.training.dst import UPDATERS, DynamicSparsity
+from secateurs.methods.training.selection import SparseSelection
+from secateurs.train.config import StrictModel, TrainConfig
+
+STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
+TRAIN_BLOCKS = ("prune", "dst", "select", "admm")  # keys of a train stage that are not training options
+
+
+class FieldProblems(ValueError):
+    """Problems found by a validator at paths below the object it validates.
+
+    Pydantic reports a validator's error at the validator's own level (e.g. the whole recipe);
+    carrying the paths lets `format_validation_error` name the exact field the user wrote.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{_dotted(path) or '(top level)'}: {msg}" for path, msg in problems))
+
+
+def _dotted(path: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _unwrap_stage_list(value: Any) -> Any:
+    """Unwrap every `{kind: body}` stage of a mapping's `stages` list, naming a bad one by index."""
+    if not (isinstance(value, dict) and isinstance(value.get("stages"), list)):
+        return value
+    stages = []
+    for i, stage in enumerate(value["stages"]):
+        try:
+            stages.append(_unwrap(stage))
+        except ValueError as err:
+            raise FieldProblems([(("stages", i), str(err))]) from None
+    return {**value, "stages": stages}
+
+
+class NamedOptions(StrictModel):
+    """A registry name with its options (YAML may give just the name)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class PruneSpec(StrictModel):
+    """criterion × allocation × structure × layers, at a sparsity."""
+
+    criterion: str = "magnitude"
+    criterion_options: dict[str, Any] = Field(default_factory=dict)
+    allocation: str = "global"
+    allocation_options: dict[str, Any] = Field(default_factory=dict)
+    structure: str = "unstructured"
+    structure_options: dict[str, Any] = Field(default_factory=dict)
+    sparsity: float | None = Field(None, ge=0, lt=1)
+    layers: LayerSelection | None = None
+    allow_collapse: bool = False
+    data_batches: int = Field(1, gt=0, description="batches fed to data-dependent criteria")
+    data_batch_size: int = Field(128, gt=0)
+    samples_per_class: int | None = Field(
+        None,
+        gt=0,
+        description="feed data-dependent criteria one class-balanced batch of this many samples per class "
+        "(default: the criterion's own, e.g. 10 for snip and grasp; loader batches for the others)",
+    )
+    rounds: int = Field(1, gt=0, description="prune in rounds on the exponential schedule (SynFlow: 100)")
+    sanity: Literal["none", "shuffle", "invert", "random_labels", "random_pixels", "reinit"] = Field(
+        "none", description="a sanity check of the criterion (see `secateurs.methods.sanity`); none: no check"
+    )
+
+    @model_validator(mode="after")
+    def _known_names(self) -> PruneSpec:
+        """Unknown names fail when the recipe is read, not stages later (nor in a sweep's run)."""
+        from secateurs.graph.masking import CRITERION_ALIASES
+        from secateurs.graph.prune import CHANNEL_CRITERIA
+        from secateurs.methods.allocations import ALLOCATIONS
+        from secateurs.methods.criteria import CRITERIA
+        from secateurs.methods.structures import STRUCTURES
+
+        if self.structure == "channel":
+            valid = [*CHANNEL_CRITERIA.names(), *CRITERION_ALIASES]
+            if self.criterion not in valid:
+                raise ValueError(
+                    f"criterion {self.criterion!r} does not score channels; use one of {', '.join(valid)}"
+                )
+            if self.allocation not in ("global", "uniform"):
+                raise ValueError(f"structure channel allocates uniform or global, not {self.allocation!r}")
+            return self
+        for registry, value in (
+            (STRUCTURES, self.structure),
+            (CRITERIA, self.criterion),
+            (ALLOCATIONS, self.allocation),
+        ):
+            _known(registry, value)
+        return self
+
+
+def _known(registry: Any, name: str) -> None:
+    """The registry's own message for an unknown name (with its "did you mean"), as a field error."""
+    try:
+        registry.get(name)
+    except ConfigError as err:
+        raise ValueError(f"{err.what} Use one of: {', '.join(registry.names())}") from None
+
+
+class GradualPrune(PruneSpec):
+    """Pruning applied during a training stage, following a step schedule."""
+
+    schedule: Gradual = Field(default_factory=Gradual)
+
+    @model_validator(mode="after")
+    def _no_reinit(self) -> GradualPrune:
+        if self.sanity == "reinit":
+            raise ValueError("sanity check reinit applies to prune stages, not to pruning during training")
+        return self
+
+
+class TrainStage(StrictModel):
+    """Training; at most one block changes the mask while it trains: `prune` (gradual) or `dst`."""
+
+    kind: Literal["train"] = "train"
+    options: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's `train`")
+    prune: GradualPrune | None = None
+    dst: DynamicSparsity | None = Field(None, description="dynamic sparse training (methods.training.dst)")
+    select: SparseSelection | None = Field(
+        None, description="sparse selection: train the mask, not the weights (methods.training.selection)"
+    )
+    admm: ADMMConfig | None = Field(
+        None, description="ADMM toward a constraint set, then a hard prune (methods.training.admm)"
+    )
+
+    @model_validator(mode="after")
+    def _one_mask_changer(self) -> TrainStage:
+        given = [key for key in TRAIN_BLOCKS if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"a train stage changes the mask in one way, but this one has {' and '.join(given)}: "
+                "split it into train stages with one block each"
+            )
+        if self.dst is not None and self.dst.method not in UPDATERS:
+            raise ValueError(
+                f"unknown dynamic sparse training method {self.dst.method!r}; use one of "
+                + ", ".join(UPDATERS.names())
+            )
+        return self
+
+
+class PruneStage(PruneSpec):
+    kind: Literal["prune"] = "prune"
+
+
+class ResetStage(StrictModel):
+    """Where the surviving weights restart (methods.resets); `step`/`epoch` pick a rewind target."""
+
+    kind: Literal["reset"] = "reset"
+    mode: Literal["keep", "rewind", "lr_rewind", "reinit", "orthp"] = "keep"
+    step: int = Field(0, ge=0, description="rewind target: optimizer step of the first training stage")
+    epoch: float | None = Field(
+        None, ge=0, description="rewind target in epochs of the first training stage (instead of step)"
+    )
+
+    @model_validator(mode="after")
+    def _target_only_for_rewind(self) -> ResetStage:
+        if self.mode != "rewind" and (self.step != 0 or self.epoch is not None):
+            raise ValueError(
+                f"`step` and `epoch` choose where a rewind goes back to; reset mode {self.mode!r} "
+                "takes neither"
+            )
+        if self.step != 0 and self.epoch is not None:
+            raise ValueError("give the rewind target as `step` or as `epoch`, not both")
+        return self
+
+
+class EvaluateStage(StrictModel):
+    kind: Literal["evaluate"] = "evaluate"
+    label: str = ""
+    per_layer: bool = False
+    beyond: bool = Field(
+        False, description="also compute beyond-accuracy metrics: calibration, shifts, agreement, JSV"
+    )
+    latency: bool = Field(True, description="with beyond: also time CPU inference at batch 1 and 64")
+
+
+class RepeatStage(StrictModel):
+    """Runs `stages` once per level of `schedule`; `controls` branch off after each level's prune."""
+
+    kind: Literal["repeat"] = "repeat"
+    schedule: LevelSchedule
+    stages: list[Stage]
+    controls: list[str] = Field(
+        default_factory=list,
+        description="control experiments run beside every level: " + ", ".join(CONTROLS.names()),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_stages(cls, value: Any) -> Any:
+        return _unwrap_stage_list(value)
+
+    @model_validator(mode="after")
+    def _check_level(self) -> RepeatStage:
+        if getattr(self.schedule, "layer_rates", None) and not any(
+            isinstance(s, PruneStage) for s in self.stages
+        ):
+            raise ValueError("the schedule's layer_rates apply to prune stages: add one to the repeat")
+        problem = check_controls(self.controls, self.stages)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+Stage = Annotated[
+    TrainStage | PruneStage | ResetStage | EvaluateStage | RepeatStage, Field(discriminator="kind")
+]
+RepeatStage.model_rebuild()
+
+
+def _unwrap(stage: Any) -> Any:
+    """`{train: {...}}` → `{kind: train, ...}`; a train stage's overrides move under `options`."""
+    if not isinstance(stage, dict) or "kind" in stage:
+        return stage
+    if len(stage) != 1:
+        raise ValueError(
+            f"a stage is a mapping with one key (one of {', '.join(STAGE_KINDS)}), got {list(stage)}"
+        )
+    ((kind, body),) = stage.items()
+    if kind not in STAGE_KINDS:
+        raise ValueError(f"unknown stage {kind!r}; stages are {', '.join(STAGE_KINDS)}")
+    if body is not None and not isinstance(body, dict):
+        raise ValueError(f"the body of a {kind!r} stage must be a mapping of its options, got {body!r}")
+    body = dict(body or {})
+    if kind == "train":
+        blocks = {key: body.pop(key) for key in TRAIN_BLOCKS if body.get(key) is not None}
+        return {"kind": "train", "options": body, **blocks}
+    return {"kind": kind, **body}
+
+
+class Recipe(StrictModel):
+    """A complete, validated pruning experiment."""
+
+    name: str = "recipe"
+    description: str = ""
+    seed: int = 0
+    data: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mnist1d"))
+    model: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mlp"))
+    init_from: str | None = Field(
+        None,
+        description="start from these weights (and masks): a model.pt or run directory of `secateurs run`",
+    )
+    beyond: bool = Field(
+        False, description="every evaluate stage also measures robustness, calibration, agreement, latency"
+    )
+    sparsity: float | None = Field(
+        None, ge=0, lt=1, description="default target of prune steps and schedules"
+    )
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+    train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 10})
+    stages: list[Stage]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap_stages(cls, value: Any) -> Any:
+        return _unwrap_stage_list(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Recipe:
+        from secateurs.data import DATASETS
+        from secateurs.models import MODELS
+
+        problems = []
+        for field, value, registry in (
+            ("data", self.data.name, DATASETS),
+            ("model", self.model.name, MODELS),
+        ):
+            try:
+                _known(registry, value)
+            except ValueError as err:
+                problems.append(((field,), str(err)))
+        if problems:
+            raise FieldProblems(problems)
+        self._check_train(("train",), {})  # the defaults must be valid on their own
+        for path, stage in walk_paths(self.stages):
+            if isinstance(stage, TrainStage):
+                self._check_train((*path, "train"), stage.options)
+        problems = self._lr_rewind_problems(self.stages, ("stages",))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    def _lr_rewind_problems(
+        self, stages: list[Any], prefix: tuple[str | int, ...]
+    ) -> list[tuple[tuple[str | int, ...], str]]:
+        """An lr_rewind must be followed by a train stage replaying the first one's optimizer and LR schedule.
+
+        Learning-rate rewinding (Renda et al. 2020) retrains with the original schedule; with
+        another optimizer or schedule the run would be something else under that name.
+        """
+        first = next((s for s in walk(self.stages) if isinstance(s, TrainStage)), None)
+        problems = []
+        for i, stage in enumerate(stages):
+            path = (*prefix, i)
+            if isinstance(stage, RepeatStage):
+                problems += self._lr_rewind_problems(stage.stages, (*path, "repeat", "stages"))
+            if not (isinstance(stage, ResetStage) and stage.mode == "lr_rewind"):
+                continue
+            after = next((s for s in stages[i + 1 :] if isinstance(s, TrainStage)), None)
+            if after is None or first is None:
+                problems.append(((*path, "reset"), "lr_rewind needs a train stage after it to replay the LR"))
+                continue
+            original, replay = self.train_config(first.options), self.train_config(after.options)
+            differ = [
+                f"{key} {getattr(replay, key).model_dump()} vs {getattr(original, key).model_dump()}"
+                for key in ("optimizer", "lr_schedule")
+                if getattr(replay, key) != getattr(original, key)
+            ]
+            if differ:
+                problems.append(
+                    (
+                        (*path, "reset"),
+                        "lr_rewind replays the first training stage's LR schedule, but the train stage "
+                        f"after it differs: {'; '.join(differ)} (use the same optimizer and lr_schedule, "
+                        "or reset mode keep to finetune with other options)",
+                    )
+                )
+        return problems
+
+    def _check_train(self, path: tuple[str | int, ...], overrides: dict[str, Any]) -> None:
+        """Validate merged training options; errors name the field under `path`."""
+        try:
+            self.train_config(overrides)
+        except ValidationError as err:
+            raise FieldProblems([((*path, *e["loc"]), _message(e)) for e in err.errors()]) from None
+
+    def train_config(self, overrides: dict[str, Any]) -> TrainConfig:
+        """The recipe's default training options merged with a stage's overrides."""
+        merged = deep_merge(self.train, overrides)
+        if "epochs" in overrides and "iterations" not in overrides:
+            merged.pop("iterations", None)
+        if "iterations" in overrides and "epochs" not in overrides:
+            merged.pop("epochs", None)
+        return TrainConfig(**merged)
+
+
+def walk(stages: list[Any]) -> list[Any]:
+    """All stages, depth first, including those inside `repeat` blocks."""
+    out: list[Any] = []
+    for stage in stages:
+        out.append(stage)
+        if isinstance(stage, RepeatStage):
+            out.extend(walk(stage.stages))
+    return out
+
+
+def walk_paths(
+    stages: list[Any], prefix: tuple[str | int, ...] = ("stages",)
+) -> list[tuple[tuple[str | int, ...], Any]]:
+    """(path, stage) for every stage, depth first; paths as `--set` takes them (stages.2.repeat.stages.0)."""
+    out: list[tuple[tuple[str | int, ...], Any]] = []
+    for i, stage in enumerate(stages):
+        out.append(((*prefix, i), stage))
+        if isinstance(stage, RepeatStage):
+            out.extend(walk_paths(stage.stages, (*prefix, i, "repeat", "stages")))
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# -- loading --------------------------------------------------------------------------------------
+def preset_names() -> list[str]:
+    """Names of the recipes shipped in `secateurs/recipes/`."""
+    folder = resources.files("secateurs") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_recipe_text(source: str | Path) -> tuple[str, str]:
+    """(text, origin) of a recipe given as a file path or a preset name."""
+    path = Path(source)
+    if path.is_file():
+        return path.read_text(encoding="utf-8"), str(path)
+    name = str(source).removesuffix(".yaml")
+    if name in preset_names():
+        return (resources.files("secateurs") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"), name
+    raise ConfigError(
+        f"recipe {str(source)!r} is neither a file nor a preset",
+        fix=f"give a YAML path or one of the presets: {', '.join(preset_names())}",
+    )
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} is not key=value", fix="write e.g. --set train.epochs=3")
+    key, _, text = assignment.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"override {assignment!r}: the value is not valid YAML ({problem})",
+            fix="quote strings that contain YAML syntax, e.g. --set \"name='a: b'\"",
+        ) from None
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(
+                    f"override {key!r}: {where!r} needs a list index below {len(node)}",
+                    fix="stages are numbered from 0, e.g. --set stages.1.prune.sparsity=0.8",
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            parent = ".".join(parts[:i])
+            raise ConfigError(
+                f"override {key!r}: {parent!r} is a value, not a mapping",
+                fix=f"set {parent!r} as a whole, e.g. --set '{parent}={{name: ..., options: {{...}}}}'",
+            )
+
+
+def _message(error: Any) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _user_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Pydantic's location as the user wrote it: schedule names are union tags, not YAML keys."""
+    tags = {i for i in range(1, len(loc)) if loc[i - 1] == "schedule" and loc[i] in SCHEDULE_NAMES}
+    return tuple(p for i, p in enumerate(loc) if i not in tags)
+
+
+def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
+    """One ConfigError naming every invalid field by its dotted path (the path `--set` takes)."""
+    lines = []
+    for e in err.errors():
+        loc = _user_path(e["loc"])
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldProblems):
+            lines.extend(f"{_dotted((*loc, *path)) or '(top level)'}: {msg}" for path, msg in cause.problems)
+        else:
+            lines.append(f"{_dotted(loc) or '(top level)'}: {_message(e)}")
+    return ConfigError(
+        "invalid recipe: " + "; ".join(lines),
+        where=origin,
+        fix="see `secateurs methods` and the presets in secateurs/recipes/ for valid fields",
+    )
+
+
+def parse_recipe(text: str, origin: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+    """Parse YAML text, apply overrides, validate; every problem becomes one ConfigError."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"YAML syntax error{at}: {getattr(err, 'problem', err)}", where=origin) from None
+    return recipe_from_raw(raw, origin, overrides)
+
+
+def recipe_from_raw(raw: Any, origin: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+    """Validate a recipe given as plain data (the parsed YAML); `raw` itself is not modified."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a recipe must be a YAML mapping with a `stages` list", where=origin)
+    raw = copy.deepcopy(raw)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    try:
+        return Recipe(**raw)
+    except ValidationError as err:
+        raise format_validation_error(err, origin) from None
+    except ValueError as err:
+        raise ConfigError(f"invalid recipe: {err}", where=origin) from None
+
+
+def recipe_to_raw(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as plain data in the form users write (one key per stage), every default filled in.
+
+    Written as a run's `recipe.yaml`; loading it gives an equal recipe, and `--set` paths such
+    as `stages.2.prune.sparsity` work on it as on the original file.
+    """
+    raw = recipe.model_dump(mode="json", by_alias=True)
+    raw["stages"] = [_wrap(stage) for stage in raw["stages"]]
+    return raw
+
+
+def _wrap(stage: dict[str, Any]) -> dict[str, Any]:
+    """`{kind: train, options: {...}, dst: ...}` → `{train: {..., dst: ...}}` (inverse of `_unwrap`)."""
+    body = {k: v for k, v in stage.items() if k != "kind"}
+    if stage["kind"] == "train":
+        blocks = {key: body[key] for key in TRAIN_BLOCKS if body.get(key) is not None}
+        body = {**body["options"], **blocks}
+    elif stage["kind"] == "repeat":
+        body["stages"] = [_wrap(s) for s in body["stages"]]
+    return {stage["kind"]: body}
+
+
+def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe from a YAML path or a preset name, with `key=value` overrides."""
+    text, origin = read_recipe_text(source)
+    return parse_recipe(text, origin, overrides)

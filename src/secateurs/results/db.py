@@ -1,0 +1,483 @@
+"""The results database: one SQLite file that several processes read and write at once.
+
+SQLite (stdlib `sqlite3`, no server) in WAL mode lets readers proceed while one writer commits,
+and every write here is one short `BEGIN IMMEDIATE` transaction, so sweep shards and workers on
+one machine share a database without a coordinator: a writer that finds the database busy waits
+(`busy_timeout`) instead of failing. A run's row is the source of truth for its status; files in
+its run directory count only once the row says `finished`.
+
+Opening checks before writing anything: a file that is not SQLite, or a SQLite database without
+our `meta` table, is refused, and so is a database written by a newer schema.
+
+Schema versions: 2 added `metrics.control`, the control experiment (e.g. "reinit") an event
+belongs to, NULL for the run's own events. A version-1 database is read as it is (no controls)
+and migrated only when a control event is first written to it, so processes of the older
+version working on it meanwhile are not refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from secateurs.core.errors import ConfigError, SecateursError
+
+SCHEMA_VERSION = 2
+CREATED_BY = "secateurs"
+DB_NAME = "results.db"
+STATUSES = ("pending", "running", "finished", "failed")
+TIMEOUT_S = 60.0
+"""How long a writer waits for another one before giving up (a commit here takes milliseconds)."""
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE runs (
+        hash TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        config TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'running', 'finished', 'failed')),
+        created TEXT NOT NULL,
+        started TEXT,
+        finished TEXT,
+        version TEXT,
+        git_revision TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE metrics (
+        run TEXT NOT NULL REFERENCES runs (hash),
+        stage INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        level INTEGER,
+        step INTEGER,
+        name TEXT NOT NULL,
+        value REAL,
+        control TEXT
+    )""",
+    "CREATE INDEX metrics_run ON metrics (run, stage)",
+    """CREATE TABLE artifacts (
+        run TEXT NOT NULL REFERENCES runs (hash),
+        kind TEXT NOT NULL,
+        path TEXT NOT NULL,
+        PRIMARY KEY (run, kind)
+    )""",
+)
+_RUN_COLUMNS = (
+    "hash, name, config, status, created, started, finished, version, git_revision, error, attempts"
+)
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC with microseconds: sortable text, precise enough to tell two runs apart."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the `runs` table, config parsed."""
+
+    hash: str
+    name: str
+    config: dict[str, Any]
+    status: str
+    created: str
+    started: str | None
+    finished: str | None
+    version: str | None
+    git_revision: str | None
+    error: str | None
+    attempts: int
+
+    @property
+    def sparsity(self) -> float | None:
+        """The recipe's target sparsity (None when the recipe sets it per stage only)."""
+        return self.config.get("sparsity")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One metric value of one event of a run (see `secateurs.pipeline.runner.MetricEvent`)."""
+
+    stage: int
+    kind: str
+    level: int | None
+    step: int | None
+    name: str
+    value: float | None
+    control: str | None = None  # the control experiment, None for the run itself
+
+
+def _not_ours(path: Path) -> ConfigError:
+    return ConfigError(
+        f"{path} is not a secateurs results database",
+        fix="pass --root a directory of secateurs results (or a new one), or move this file away",
+    )
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a non-SQLite file before sqlite3 touches it (an empty file is a new database)."""
+    with path.open("rb") as handle:
+        head = handle.read(len(_SQLITE_HEADER))
+    if head and head != _SQLITE_HEADER:
+        raise _not_ours(path)
+
+
+class ResultsDB:
+    """Access to one results database; use as a context manager (or call `close`)."""
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise ConfigError(f"{self.path} is a directory, not a results database")
+        exists = self.path.exists()
+        if not exists and not create:
+            raise ConfigError(
+                f"no results database at {self.path}",
+                fix="run `secateurs sweep` first, or pass the --root that holds results.db",
+            )
+        if exists:
+            _check_header(self.path)
+        elif not self.path.parent.is_dir():
+            raise ConfigError(f"the directory {self.path.parent} does not exist")
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as err:
+            raise ConfigError(f"cannot open the results database {self.path} ({err})") from None
+        try:
+            self._prepare(create)
+        except BaseException as err:
+            self.conn.close()
+            if isinstance(err, sqlite3.Error):
+                raise self._error(err) from None
+            raise
+
+    def __enter__(self) -> ResultsDB:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- opening ------------------------------------------------------------------------------
+    def _prepare(self, create: bool) -> None:
+        """Check the database is ours and current; create the schema in a new one."""
+        self.conn.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_S * 1000)}")
+        if self._inspect() == "ours":
+            self._ensure_wal()
+            self._has_control = self._control_column()
+            return
+        if not create:
+            raise _not_ours(self.path)
+        self._ensure_wal()
+        with self._write() as conn:
+            if self._inspect() == "empty":  # another process may have created it meanwhile
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("schema_version", str(SCHEMA_VERSION)), ("created_by", CREATED_BY)],
+                )
+        self._has_control = self._control_column()
+
+    def _control_column(self) -> bool:
+        """Whether `metrics` has the `control` column (schema version 2)."""
+        return any(row[1] == "control" for row in self.conn.execute("PRAGMA table_info(metrics)"))
+
+    def _add_control_column(self) -> None:
+        """Migrate a version-1 database to version 2 (one added column) before its first control event."""
+        with self._write() as conn:
+            if not self._control_column():  # another process may have migrated it meanwhile
+                conn.execute("ALTER TABLE metrics ADD COLUMN control TEXT")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        self._has_control = True
+
+    def _inspect(self) -> str:
+        """'empty' (no tables) or 'ours'; raises for a foreign or a newer database. Reads only."""
+        try:
+            tables = {
+                row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if not tables:
+                return "empty"
+            if "meta" not in tables:
+                raise _not_ours(self.path)
+            meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError:
+            raise _not_ours(self.path) from None
+        if meta.get("created_by") != CREATED_BY:
+            raise _not_ours(self.path)
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise _not_ours(self.path) from None
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.path} was written by a newer secateurs (schema version {version}; "
+                f"this one reads version {SCHEMA_VERSION})",
+                fix="upgrade secateurs (pip install -U secateurs) to read and extend these results",
+            )
+        if version < 1:
+            raise _not_ours(self.path)
+        return "ours"
+
+    def _ensure_wal(self) -> None:
+        """WAL lets readers and one writer work at once; switching writes, so only when needed."""
+        mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            self.conn.execute("PRAGMA journal_mode=WAL")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; BEGIN IMMEDIATE takes the write lock up front (or waits)."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException as err:
+            if self.conn.in_transaction:  # some errors (a full disk) already rolled it back
+                self.conn.execute("ROLLBACK")
+            if isinstance(err, sqlite3.Error):
+                raise self._error(err) from None
+            raise
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as err:
+            raise self._error(err) from None
+
+    def _error(self, err: sqlite3.Error) -> SecateursError:
+        return SecateursError(
+            f"the results database failed ({err})",
+            where=str(self.path),
+            fix="check free space and permissions; if it stays locked, stop the other processes using it",
+        )
+
+    # -- runs ---------------------------------------------------------------------------------
+    def add_runs(self, runs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
+        """Insert (hash, name, config) rows as pending; existing runs are left as they are."""
+        rows = [(h, name, json.dumps(config, sort_keys=True), utc_now()) for h, name, config in runs]
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO runs (hash, name, config, status, created)"
+                " VALUES (?, ?, ?, 'pending', ?)",
+                rows,
+            )
+            return conn.total_changes - before
+
+    def get_run(self, run: str) -> RunRecord | None:
+        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE hash = ?", (run,))
+        return _record(rows[0]) if rows else None
+
+    def find_run(self, prefix: str) -> RunRecord:
+        """The run whose hash is `prefix` or starts with it (unique), else a ConfigError."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._read(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE hash LIKE ? ESCAPE '\\' ORDER BY hash LIMIT 3", (pattern,)
+        )
+        exact = [row for row in rows if row[0] == prefix]
+        if exact:
+            return _record(exact[0])
+        if not rows:
+            raise ConfigError(f"no run {prefix!r} in {self.path}", fix="list the runs with `secateurs runs`")
+        if len(rows) > 1:
+            raise ConfigError(
+                f"{prefix!r} matches several runs ({', '.join(r[0] for r in rows)}, ...)",
+                fix="give more characters of the hash",
+            )
+        return _record(rows[0])
+
+    def list_runs(self, *, status: str | None = None, name: str | None = None) -> list[RunRecord]:
+        """Runs in creation order, optionally of one status and with a name matching a glob."""
+        if status is not None and status not in STATUSES:
+            raise ConfigError(f"unknown run status {status!r}", fix=f"use one of {', '.join(STATUSES)}")
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        params: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        records = [_record(row) for row in self._read(sql + " ORDER BY created, hash", params)]
+        return [r for r in records if name is None or fnmatchcase(r.name, name)]
+
+    def claim(self, run: str, *, version: str, git_revision: str | None) -> int | None:
+        """Mark a run running for one more attempt; its attempt number, or None if it is finished."""
+        with self._write() as conn:
+            row = conn.execute(
+                "UPDATE runs SET status = 'running', attempts = attempts + 1, started = ?, finished = NULL,"
+                " error = NULL, version = ?, git_revision = ? WHERE hash = ? AND status != 'finished'"
+                " RETURNING attempts",
+                (utc_now(), version, git_revision, run),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def mark_finished(self, run: str, artifacts: Mapping[str, str]) -> None:
+        """Finished, with its files: one transaction, so a finished run always lists them."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'finished', finished = ?, error = NULL WHERE hash = ?",
+                (utc_now(), run),
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO artifacts (run, kind, path) VALUES (?, ?, ?)",
+                [(run, kind, path) for kind, path in artifacts.items()],
+            )
+
+    def mark_failed(self, run: str, error: str) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE hash = ?",
+                (utc_now(), error, run),
+            )
+
+    # -- metrics and artifacts ----------------------------------------------------------------
+    def delete_metrics_after(self, run: str, stage: int) -> int:
+        """Drop the rows of stages after `stage` (left by an attempt that did not finish them)."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM metrics WHERE run = ? AND stage > ?", (run, stage)).rowcount
+
+    def add_metrics(
+        self,
+        run: str,
+        *,
+        stage: int,
+        kind: str,
+        level: int | None,
+        step: int | None,
+        metrics: Mapping[str, float],
+        control: str | None = None,
+    ) -> None:
+        """One event's metrics; `control` names the control experiment it belongs to (None: the run)."""
+        if control is not None and not self._has_control:
+            self._add_control_column()
+        rows = [(run, stage, kind, level, step, name, float(value)) for name, value in metrics.items()]
+        columns = "run, stage, kind, level, step, name, value"
+        if control is not None:
+            rows = [(*row, control) for row in rows]
+            columns += ", control"
+        marks = ", ".join("?" for _ in columns.split(", "))
+        with self._write() as conn:
+            conn.executemany(f"INSERT INTO metrics ({columns}) VALUES ({marks})", rows)
+
+    def _control(self) -> str:
+        """The `control` column in a SELECT, NULL for a version-1 database (checked again each time:
+        another process may have migrated it since it was opened)."""
+        if not self._has_control:
+            self._has_control = self._control_column()
+        return "control" if self._has_control else "NULL"
+
+    def metrics(self, run: str) -> list[MetricRow]:
+        """All metric rows of a run in the order they were recorded."""
+        rows = self._read(
+            f"SELECT stage, kind, level, step, name, value, {self._control()} FROM metrics WHERE run = ?"
+            " ORDER BY rowid",
+            (run,),
+        )
+        return [MetricRow(*row) for row in rows]
+
+    def final_metrics(self, run: str) -> dict[str, float | None]:
+        """The metrics of the run's last evaluation (or, without one, of its last event).
+
+        Control experiments' events are left out: they are not the run's result.
+        """
+        own = f"{self._control()} IS NULL"
+        last = self._read(
+            f"SELECT stage, kind, step FROM metrics WHERE run = ? AND {own}"
+            " ORDER BY kind = 'evaluate' DESC, rowid DESC LIMIT 1",
+            (run,),
+        )
+        if not last:
+            return {}
+        stage, kind, step = last[0]
+        rows = self._read(
+            "SELECT name, value FROM metrics WHERE run = ? AND stage = ? AND kind = ? AND step IS ?"
+            f" AND {own} ORDER BY rowid",
+            (run, stage, kind, step),
+        )
+        return dict(rows)
+
+    def artifacts(self, run: str) -> dict[str, str]:
+        return dict(self._read("SELECT kind, path FROM artifacts WHERE run = ? ORDER BY kind", (run,)))
+
+
+def _record(row: tuple[Any, ...]) -> RunRecord:
+    values = list(row)
+    values[2] = json.loads(values[2])
+    return RunRecord(*values)
+
+
+# -- export ---------------------------------------------------------------------------------------
+RUN_FIELDS = (
+    "hash", "name", "status", "attempts", "created", "started", "finished", "version", "git_revision",
+    "error",
+)  # fmt: skip
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (`model.options.hidden`); lists and values stay as they are."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def export_rows(db: ResultsDB) -> list[dict[str, Any]]:
+    """One flat row per run: its status fields, `config.*` (flattened) and `final.*` metrics."""
+    rows = []
+    for record in db.list_runs():
+        row: dict[str, Any] = {key: getattr(record, key) for key in RUN_FIELDS}
+        row.update(flatten(record.config, "config."))
+        row.update({f"final.{k}": v for k, v in db.final_metrics(record.hash).items()})
+        rows.append(row)
+    return rows
+
+
+EXPORT_FORMATS = ("csv", "json")
+
+
+def render_export(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The rows as JSON (a list of objects) or CSV (one column per key; lists as JSON text)."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt != "csv":
+        raise ConfigError(f"unknown export format {fmt!r}", fix=f"use one of {', '.join(EXPORT_FORMATS)}")
+    columns = dict.fromkeys(RUN_FIELDS)  # an ordered set: first appearance decides the order
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key)) for key in columns})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True)
+    return value

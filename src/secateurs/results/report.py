@@ -1,0 +1,571 @@
+"""Reports from the results store: markdown tables and PNG plots, readable without a terminal.
+
+Runs are grouped by (data set, model, method, target sparsity) and summarised over seeds as
+mean ± std. The dense reference of a (data set, model) pair is every evaluation at sparsity 0
+found in its runs (the "dense" evaluation most recipes make before pruning), averaged.
+
+Runs with repeat levels also get ticket curves: per level, the last evaluation of the run itself
+("ticket") and of each control experiment ("control=reinit", ...), mean ± std over seeds against
+the remaining weights, with the early-stop step (where test accuracy peaked) of each level.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import atomic_write_text, save_figure
+from secateurs.eval.potential import prune_potential
+from secateurs.results.db import MetricRow, ResultsDB
+
+SHIFT_PREFIX = "acc@"
+TICKET = "ticket"
+"""The series name of a run's own levels in ticket curves (controls are `control=<name>`)."""
+
+LevelKey = tuple[str | None, int]
+"""(control, level) of an evaluation; control None is the run itself."""
+
+
+@dataclass
+class RunSummary:
+    """What the report needs of one finished run."""
+
+    hash: str
+    method: str
+    data: str
+    model: str
+    sparsity: float
+    seed: int
+    final: dict[str, float]
+    dense: dict[str, float] | None = None
+    masks_path: str | None = None
+    levels: dict[LevelKey, dict[str, float]] = field(default_factory=dict)
+    check: str | None = None  # the sanity check(s) its prune stages ran, e.g. "shuffle"
+
+    @property
+    def base_method(self) -> str:
+        """The method without its sanity check: what the check is compared with."""
+        return self.method.removesuffix(f" [{self.check}]") if self.check else self.method
+
+
+def sanity_checks(config: Any) -> list[str]:
+    """The sanity checks (other than "none") of every prune step in a stored recipe config."""
+    if isinstance(config, list):
+        return sorted({c for item in config for c in sanity_checks(item)})
+    if not isinstance(config, dict):
+        return []
+    found = {c for value in config.values() for c in sanity_checks(value)}
+    if config.get("sanity") not in (None, "none"):
+        found.add(str(config["sanity"]))
+    return sorted(found)
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def text(self, scale: float = 100.0, digits: int = 2) -> str:
+        return f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}" if self.values else "—"
+
+
+def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
+    """Finished runs (optionally those whose name matches a shell pattern) with their final metrics.
+
+    Artifact paths in the store are relative to the results root, the database's directory.
+    """
+    root = Path(db.path).parent
+    out = []
+    for record in db.list_runs(status="finished"):
+        if name is not None and not fnmatch.fnmatchcase(record.name, name):
+            continue
+        all_rows = db.metrics(record.hash)
+        rows = [m for m in all_rows if m.kind == "evaluate" and m.value is not None and m.control is None]
+        by_stage: dict[int, dict[str, float]] = defaultdict(dict)
+        for m in rows:
+            by_stage[m.stage][m.name] = float(m.value)  # type: ignore[arg-type]
+        if not by_stage:
+            continue
+        evaluations = [by_stage[s] for s in sorted(by_stage)]
+        dense = next((e for e in evaluations if e.get("sparsity", 1.0) == 0.0), None)
+        final = evaluations[-1]
+        config = record.config
+        target = config.get("sparsity")
+        check = ", ".join(sanity_checks(config.get("stages", []))) or None
+        out.append(
+            RunSummary(
+                hash=record.hash,
+                method=f"{record.name} [{check}]" if check else record.name,
+                check=check,
+                data=config["data"]["name"],
+                model=config["model"]["name"],
+                sparsity=float(target if target is not None else round(final.get("sparsity", 0.0), 4)),
+                seed=int(config.get("seed", 0)),
+                final=final,
+                dense=dense,
+                masks_path=_artifact(root, db.artifacts(record.hash).get("model")),
+                levels=levels_from_rows(all_rows),
+            )
+        )
+    return out
+
+
+# -- levels and ticket curves ---------------------------------------------------------------------
+def levels_from_rows(rows: Iterable[MetricRow]) -> dict[LevelKey, dict[str, float]]:
+    """The last evaluation of each (control, level) among one run's metric rows from the store."""
+    events: dict[tuple[int, str | None], dict[str, float]] = {}
+    level_of: dict[tuple[int, str | None], int] = {}
+    for m in rows:
+        if m.kind == "evaluate" and m.level is not None and m.value is not None:
+            events.setdefault((m.stage, m.control), {})[m.name] = float(m.value)
+            level_of[(m.stage, m.control)] = m.level
+    out: dict[LevelKey, dict[str, float]] = {}
+    for key in sorted(events, key=lambda k: k[0]):  # a later evaluation of a level replaces an earlier one
+        out[(key[1], level_of[key])] = events[key]
+    return out
+
+
+def levels_from_records(records: Iterable[Mapping[str, Any]]) -> dict[LevelKey, dict[str, float]]:
+    """The last evaluation of each (control, level) among a run's records (`RunResult.records`)."""
+    out: dict[LevelKey, dict[str, float]] = {}
+    for r in records:
+        if r.get("level") is not None:
+            out[(r.get("control"), int(r["level"]))] = {
+                k: float(v)
+                for k, v in r.items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and k != "level"
+            }
+    return out
+
+
+@dataclass
+class TicketPoint:
+    """One level of a ticket curve: remaining weights (fraction, mean over runs) and two cells over runs."""
+
+    level: int
+    remaining: float
+    metric: Cell
+    best_step: Cell
+
+
+def series_name(control: str | None) -> str:
+    return TICKET if control is None else f"control={control}"
+
+
+def ticket_curves(
+    runs: Iterable[Mapping[LevelKey, Mapping[str, float]]], metric: str = "accuracy"
+) -> dict[str, list[TicketPoint]]:
+    """Series ("ticket", "control=reinit", ...) → one point per level, mean ± std over `runs` (seeds).
+
+    Each element of `runs` is one run's levels, from `levels_from_rows` or `levels_from_records`.
+    """
+    found: dict[tuple[str | None, int], list[Mapping[str, float]]] = defaultdict(list)
+    for levels in runs:
+        for key, metrics in levels.items():
+            found[key].append(metrics)
+    out: dict[str, list[TicketPoint]] = {}
+    for (control, level), rows in sorted(found.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
+        remaining = [m["remaining"] for m in rows if "remaining" in m]
+        out.setdefault(series_name(control), []).append(
+            TicketPoint(
+                level,
+                statistics.fmean(remaining) if remaining else math.nan,
+                Cell([m[metric] for m in rows if metric in m]),
+                Cell([m["best_step"] for m in rows if "best_step" in m]),
+            )
+        )
+    return out
+
+
+def level_panels(
+    runs: list[RunSummary], metric: str = "accuracy"
+) -> tuple[dict[str, dict[str, list[TicketPoint]]], dict[str, Cell]]:
+    """Ticket curves per (data set, model, method) of the runs with levels, and each panel's dense cell.
+
+    Of a method's target sparsities the highest is shown: its levels pass through the others'
+    (the same seed gives the same levels until a schedule stops at its target).
+    """
+    groups: dict[tuple[str, str, str], list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        if r.levels:
+            groups[(r.data, r.model, r.method)].append(r)
+    panels, dense = {}, {}
+    for (data, model, method), group in sorted(groups.items()):
+        top = max(r.sparsity for r in group)
+        title = f"{method} · {data} · {model}"
+        if len({r.sparsity for r in group}) > 1:
+            title += f" (to sparsity {100 * top:g} %)"
+        panels[title] = ticket_curves([r.levels for r in group if r.sparsity == top], metric)
+        dense[title] = _dense(group, metric)
+    return panels, dense
+
+
+def ticket_table(panels: Mapping[str, Mapping[str, list[TicketPoint]]], metric: str = "accuracy") -> str:
+    """Markdown: per panel and level, remaining weights, each series' metric, the ticket's early stop."""
+    parts = []
+    for title, curves in panels.items():
+        names = list(curves)
+        levels = sorted({p.level for points in curves.values() for p in points})
+        by = {(n, p.level): p for n, points in curves.items() for p in points}
+        parts += [f"### {title}: test {metric} (%) per level, mean ± std over seeds", ""]
+        parts.append("| level | remaining | " + " | ".join(names) + " | early stop step (ticket) |")
+        parts.append("|---|---|" + "---|" * (len(names) + 1))
+        for level in levels:
+            point = by.get((TICKET, level)) or next(by[(n, level)] for n in names if (n, level) in by)
+            cells = [by[(n, level)].metric.text() if (n, level) in by else "—" for n in names]
+            ticket = by.get((TICKET, level))
+            stop = ticket.best_step.text(scale=1.0, digits=0) if ticket is not None else "—"
+            parts.append(f"| {level} | {100 * point.remaining:.2f} % | " + " | ".join(cells) + f" | {stop} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_ticket_curves(
+    panels: Mapping[str, Mapping[str, list[TicketPoint]]],
+    path: Path,
+    *,
+    dense: Mapping[str, Cell] | None = None,
+    metric: str = "accuracy",
+) -> Path:
+    """Ticket curves, one column per panel: the metric (mean ± std band) against the remaining weights
+    on a log axis, one line per series, and below it the early-stop step of each level.
+
+    `panels` maps a title to `ticket_curves(...)`; from records:
+    `plot_ticket_curves({"IMP": ticket_curves([levels_from_records(r.records) for r in results])}, path)`.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8), squeeze=False, sharex="col")
+    for column, (title, curves) in enumerate(panels.items()):
+        top, bottom = axes[0][column], axes[1][column]
+        reference = (dense or {}).get(title)
+        if reference is not None and reference.values:
+            top.axhline(100 * reference.mean, color="black", linestyle="--", label="dense")
+        for name, points in curves.items():
+            x = [100 * p.remaining for p in points]
+            mean = [100 * p.metric.mean if p.metric.values else math.nan for p in points]
+            std = [100 * p.metric.std if p.metric.values else math.nan for p in points]
+            top.plot(x, mean, marker="o", label=name)
+            top.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                             [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
+            steps = [(100 * p.remaining, p.best_step) for p in points if p.best_step.values]
+            if steps:
+                xs, cells = [x for x, _ in steps], [c for _, c in steps]
+                bottom.errorbar(xs, [c.mean for c in cells], yerr=[c.std for c in cells], marker="o",
+                                capsize=3, label=name)  # fmt: skip
+        ticks = sorted({100 * p.remaining for points in curves.values() for p in points}, reverse=True)
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], fontsize=7)  # the levels' remaining weights
+            ax.minorticks_off()
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+        if not top.xaxis_inverted():
+            top.invert_xaxis()  # shared with the axes below: sparser to the right
+        top.set_title(title, fontsize=9)
+        top.set_ylabel(f"test {metric} (%)")
+        bottom.set_ylabel("early-stop step (best test accuracy)")
+        bottom.set_xlabel("remaining weights (%), log scale")
+    return save_figure(fig, path)
+
+
+def _artifact(root: Path, relative: str | None) -> str | None:
+    return str(root / relative) if relative else None
+
+
+def _groups(runs: Iterable[RunSummary]) -> dict[tuple[str, str], list[RunSummary]]:
+    groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        groups[(r.data, r.model)].append(r)
+    return dict(sorted(groups.items()))
+
+
+def _cells(runs: list[RunSummary], metric: str) -> dict[tuple[str, float], Cell]:
+    cells: dict[tuple[str, float], Cell] = defaultdict(Cell)
+    for r in runs:
+        if metric in r.final and r.final[metric] is not None and not math.isnan(r.final[metric]):
+            cells[(r.method, r.sparsity)].values.append(r.final[metric])
+    return cells
+
+
+def _dense(runs: list[RunSummary], metric: str) -> Cell:
+    return Cell([r.dense[metric] for r in runs if r.dense is not None and metric in r.dense])
+
+
+def accuracy_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
+    """Markdown: one table per (data set, model); rows methods, columns target sparsities."""
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        sparsities = sorted({r.sparsity for r in group})
+        methods = list(dict.fromkeys(r.method for r in sorted(group, key=lambda r: r.method)))
+        cells = _cells(group, metric)
+        parts += [f"### {data} · {model}: test {metric} (%), mean ± std over seeds", ""]
+        parts.append("| method | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " | seeds |")
+        parts.append("|---|" + "---|" * (len(sparsities) + 1))
+        dense = _dense(group, metric)
+        if dense.values:
+            parts.append(f"| dense | {dense.text()} |" + " |" * len(sparsities))
+        for m in methods:
+            row = [cells[(m, s)].text() if (m, s) in cells else "—" for s in sparsities]
+            seeds = len({r.seed for r in group if r.method == m})
+            parts.append(f"| {m} | " + " | ".join(row) + f" | {seeds} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def sanity_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
+    """Markdown: per method, check and sparsity, the metric's change (points, mean over seeds) caused by
+    the check, relative to the same method without checks; empty when no run ran a check.
+    """
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        checked = sorted({(r.base_method, r.check) for r in group if r.check})
+        if not checked:
+            continue
+        sparsities = sorted({r.sparsity for r in group if r.check})
+        cells = _cells(group, metric)
+        parts += [
+            f"### {data} · {model}: change in test {metric} (points) under each check, "
+            "vs the method without checks (mean over seeds)",
+            "",
+            "| method | check | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
+            "|---|---|" + "---|" * len(sparsities),
+        ]
+        for base, check in checked:
+            row = []
+            for sp in sparsities:
+                checked_cell, plain = cells.get((f"{base} [{check}]", sp)), cells.get((base, sp))
+                ok = checked_cell is not None and plain is not None
+                row.append(f"{100 * (checked_cell.mean - plain.mean):+.2f}" if ok else "—")
+            parts.append(f"| {base} | {check} | " + " | ".join(row) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def collapse_lines(runs: list[RunSummary]) -> str:
+    """Markdown: per method, the lowest sparsity at which a run had a layer with no weight left.
+
+    Methods whose runs predate the `collapsed_layers` metric are left out.
+    """
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        lines = []
+        for method in sorted({r.method for r in group}):
+            measured = [r for r in group if r.method == method and "collapsed_layers" in r.final]
+            if not measured:
+                continue
+            collapsed = [r.sparsity for r in measured if r.final["collapsed_layers"] > 0]
+            where = f"first disconnects at {100 * min(collapsed):g} % sparsity" if collapsed else "never"
+            lines.append(f"- {method}: {where}")
+        if lines:
+            parts += [f"### {data} · {model}", "", *lines, ""]
+    return "\n".join(parts)
+
+
+def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
+    """Markdown: prune potential (largest sparsity within δ of dense), clean and under each shift."""
+    parts = []
+    for (data, model), group in _groups(runs).items():
+        shifts = sorted({k for r in group for k in r.final if k.startswith(SHIFT_PREFIX)})
+        metrics = ["accuracy", *shifts]
+        parts += [f"### {data} · {model}: prune potential (δ = {100 * delta:g} points)", ""]
+        parts.append(
+            "| method | "
+            + " | ".join("clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics)
+            + " |"
+        )
+        parts.append("|---|" + "---|" * len(metrics))
+        for method in sorted({r.method for r in group}):
+            row = []
+            for metric in metrics:
+                dense = _dense(group, metric)
+                cells = _cells([r for r in group if r.method == method], metric)
+                if not dense.values or not cells:
+                    row.append("—")
+                    continue
+                points = [(s, c.mean) for (_, s), c in cells.items()]
+                row.append(f"{100 * prune_potential(points, dense.mean, delta):g} %")
+            parts.append(f"| {method} | " + " | ".join(row) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot_accuracy(runs: list[RunSummary], path: Path, metric: str = "accuracy") -> Path:
+    """Accuracy vs remaining weights (log x), one line with an error band per method."""
+    plt = _pyplot()
+    groups = _groups(runs)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
+    for ax, ((data, model), group) in zip(axes[0], groups.items(), strict=True):
+        dense = _dense(group, metric)
+        if dense.values:
+            ax.axhline(100 * dense.mean, color="black", linestyle="--", label="dense")
+        cells = _cells(group, metric)
+        for method in sorted({r.method for r in group}):
+            pts = sorted((s, c) for (m, s), c in cells.items() if m == method)
+            x = [100 * (1 - s) for s, _ in pts]
+            mean = [100 * c.mean for _, c in pts]
+            std = [100 * c.std for _, c in pts]
+            ax.plot(x, mean, marker="o", label=method)
+            ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("remaining weights (%), log scale")
+        ax.set_ylabel(f"test {metric} (%)")
+        ax.set_title(f"{data} · {model}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_excess_error(runs: list[RunSummary], path: Path) -> Path | None:
+    """Excess error under each shift vs sparsity (error increase under shift beyond the clean one)."""
+    rows = []
+    for r in runs:
+        if r.dense is None:
+            continue
+        for k, v in r.final.items():
+            if k.startswith(SHIFT_PREFIX) and k in r.dense:
+                clean = r.dense["accuracy"] - r.final["accuracy"]
+                rows.append((r.data, r.model, r.method, k, r.sparsity, (r.dense[k] - v) - clean))
+    if not rows:
+        return None
+    plt = _pyplot()
+    keys = sorted({(d, m, meth) for d, m, meth, *_ in rows})
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
+    for ax, (data, model, method) in zip(axes[0], keys, strict=True):
+        for shift in sorted({k for d, m, meth, k, *_ in rows if (d, m, meth) == (data, model, method)}):
+            by_s: dict[float, list[float]] = defaultdict(list)
+            for d, m, meth, k, s, e in rows:
+                if (d, m, meth, k) == (data, model, method, shift):
+                    by_s[s].append(e)
+            xs = sorted(by_s)
+            ax.plot([100 * s for s in xs], [100 * statistics.fmean(by_s[s]) for s in xs], marker=".",
+                    label=shift[len(SHIFT_PREFIX) :])  # fmt: skip
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("excess error (points)")
+        ax.set_title(f"{method} on {data} · {model}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return save_figure(fig, path)
+
+
+def plot_layer_sparsity(runs: list[RunSummary], path: Path) -> Path | None:
+    """Per-layer sparsity bars of one run per method (its highest sparsity, first seed)."""
+    from secateurs.pipeline.outputs import read_checkpoint
+
+    chosen: dict[str, RunSummary] = {}
+    for r in sorted(runs, key=lambda r: (r.method, -r.sparsity, r.seed)):
+        if r.masks_path and r.method not in chosen:
+            chosen[r.method] = r
+    reports = {}
+    for method, r in chosen.items():
+        _, masks, _ = read_checkpoint(r.masks_path)  # type: ignore[arg-type]
+        if masks is not None:
+            reports[f"{method} ({100 * r.sparsity:g} %)"] = masks.report()
+    if not reports:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(reports)
+    for i, (label, layers) in enumerate(reports.items()):
+        ax.bar([j + i * width for j in range(len(layers))], [100 * layer.sparsity for layer in layers], width,
+               label=label)  # fmt: skip
+    first = next(iter(reports.values()))
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], [layer.name for layer in first],
+                  rotation=30, ha="right", fontsize=7)  # fmt: skip
+    ax.set_ylabel("sparsity (%)")
+    ax.set_title("per-layer sparsity")
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(root: str | Path, out: str | Path, *, name: str | None = None, delta: float = 0.005) -> Path:
+    """Write report.md and PNGs for the finished runs under results root `root` into `out`."""
+    db_path = Path(root) / "results.db"
+    if not db_path.exists():
+        raise ConfigError(
+            f"no results database at {db_path}", fix="run `secateurs sweep` first or pass --root"
+        )
+    with ResultsDB(db_path, create=False) as db:
+        runs = collect(db, name=name)
+    if not runs:
+        raise ConfigError("no finished runs match", fix="check --name, or run the sweep first")
+    out_dir = Path(out)
+    panels, dense = level_panels(runs)
+    images = [p for p in (
+        plot_accuracy(runs, out_dir / "accuracy_vs_remaining.png"),
+        plot_excess_error(runs, out_dir / "excess_error.png"),
+        plot_layer_sparsity(runs, out_dir / "layer_sparsity.png"),
+        plot_ticket_curves(panels, out_dir / "ticket_curves.png", dense=dense) if panels else None,
+    ) if p is not None]  # fmt: skip
+    levels = [
+        "## Levels (lottery tickets)",
+        "",
+        "Per level of the runs' repeat stages: the run itself (ticket) and each control experiment,",
+        "with the step at which test accuracy peaked while the ticket retrained (early stopping).",
+        "",
+        ticket_table(panels),
+    ]
+    sanity = [
+        "## Sanity checks",
+        "",
+        "Accuracy change caused by each sanity check of the pruning criterion (Frankle et al. 2021):",
+        "a change near zero means the criterion's choice of weights did not matter.",
+        "",
+        sanity_table(runs),
+    ]
+    collapse_text = collapse_lines(runs)
+    collapse = [
+        "## Layer collapse",
+        "",
+        "The lowest sparsity at which a run had a pruned layer with no weight left (the network is cut).",
+        "",
+        collapse_text,
+    ]
+    text = [
+        "# secateurs report",
+        "",
+        f"{len(runs)} finished runs from `{db_path}`" + (f" matching `{name}`" if name else "") + ".",
+        "",
+        "## Accuracy",
+        "",
+        accuracy_table(runs),
+        "## Prune potential",
+        "",
+        "The largest sparsity whose accuracy stays within δ of the dense model, on clean test data and",
+        "under each distribution shift (Liebenwein et al. 2021).",
+        "",
+        potential_table(runs, delta),
+        *(levels if panels else []),
+        *(sanity if any(r.check for r in runs) else []),
+        *(collapse if collapse_text else []),
+        "## Plots",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in images],
+        "",
+    ]
+    return atomic_write_text(out_dir / "report.md", "\n".join(text))
