@@ -165,14 +165,14 @@ def test_synflow_needs_the_input_shape() -> None:
 # -- rounds -------------------------------------------------------------------------------------
 def spy_rounds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float | None, MaskSet]]:
     seen: list[tuple[float | None, MaskSet]] = []
-    real = pruning_module.masks_from_scores
+    real = pruning_module.select_masks
 
-    def spy(scores: Any, sparsity: float | None, **options: Any) -> MaskSet:
-        out = real(scores, sparsity, **options)
+    def spy(layout: Any, scores: Any, sparsity: float | None, **options: Any) -> MaskSet:
+        out = real(layout, scores, sparsity, **options)
         seen.append((sparsity, out))
         return out
 
-    monkeypatch.setattr(pruning_module, "masks_from_scores", spy)
+    monkeypatch.setattr(pruning_module, "select_masks", spy)
     return seen
 
 

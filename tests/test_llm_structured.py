@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.structured import channel_masks, select_groups
+from secateurs.graph.masking import removed_groups
+from secateurs.methods.pruning import compute_masks, score_groups
+from secateurs.structured import channel_masks
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,7 +24,6 @@ from secateurs.llm.structured import (  # noqa: E402
     prune_heads,
     prune_structured,
     remove_groups,
-    structured_scores,
 )
 
 HIDDEN, FFN, LAYERS, HEADS, KV, VOCAB = 64, 96, 2, 4, 2, 100
@@ -181,12 +182,21 @@ def test_non_uniform_keeps_config_and_load_pruned_restores(tmp_path) -> None:
     assert torch.equal(out(loaded), out(small))
 
 
+Q0 = "model.layers.0.self_attn.q_proj"  # the unit of block 0's head groups
+
+
+def heads_scores(model: nn.Module, criterion: str, **options: object) -> torch.Tensor:
+    """Block 0's head-group scores as a prune with structure `heads` ranks them."""
+    _, scores = score_groups(model, criterion=criterion, structure="heads", **options)
+    return scores[Q0]
+
+
 def test_criteria_rank_as_defined() -> None:
     model = llama()
     graph = hf_channel_graph(model, ("heads",))
     with torch.no_grad():
         model.model.layers[0].self_attn.o_proj.weight[:, : HEAD_DIM * 2] *= 0.01  # kv group 0 of block 0
-    scores = structured_scores(model, graph, "magnitude")
+    scores = heads_scores(model, "magnitude")
     first = graph.groups[0]
     modules = dict(model.named_modules())
     expected = sum(
@@ -194,9 +204,9 @@ def test_criteria_rank_as_defined() -> None:
         for s, i in first.sites
         if s.tensor == "weight"
     )
-    assert scores[first.id] == pytest.approx(expected**0.5, rel=1e-12)
+    assert float(scores[0]) == pytest.approx(expected**0.5, rel=1e-12)
     calib = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(2))
-    wanda = structured_scores(model, graph, "wanda", calibration=calib)
+    wanda = heads_scores(model, "wanda", data=calib)
     # Σ |W_ij| ‖X_j‖ over o_proj columns of group 0, with X the inputs o_proj saw
     seen = []
     handle = model.model.layers[0].self_attn.o_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
@@ -206,25 +216,28 @@ def test_criteria_rank_as_defined() -> None:
     x = seen[0].double().reshape(-1, HIDDEN)
     w = model.model.layers[0].self_attn.o_proj.weight.detach().double().abs()
     expected_w = float((w.sum(0) * x.pow(2).sum(0).sqrt())[: HEAD_DIM * 2].sum())
-    assert wanda[first.id] == pytest.approx(expected_w, rel=1e-9)
-    chosen = select_groups(graph, wanda, 0.5)
-    assert first.id in chosen  # the shrunken group goes first in its block
-    random_a = structured_scores(model, graph, "random", seed=3)
-    assert random_a == structured_scores(model, graph, "random", seed=3)
-    assert random_a != structured_scores(model, graph, "random", seed=4)
+    assert float(wanda[0]) == pytest.approx(expected_w, rel=1e-6)
+    masks = compute_masks(model, 0.5, criterion="wanda", structure="heads", allocation="uniform", data=calib)
+    assert first.id in removed_groups(graph, masks)  # the shrunken group goes first in its block
+    random_a = heads_scores(model, "random", seed=3)
+    assert torch.equal(random_a, heads_scores(model, "random", seed=3))
+    assert not torch.equal(random_a, heads_scores(model, "random", seed=4))
 
 
 def test_wanda_ignores_padding() -> None:
     model = bert()
-    graph = hf_channel_graph(model, ("ffn",))
     ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))
     mask = torch.ones(2, 6, dtype=torch.long)
     mask[1, 3:] = 0
-    padded = structured_scores(model, graph, "wanda", calibration={"input_ids": ids, "attention_mask": mask})
+
+    def ffn_scores(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return score_groups(model, criterion="wanda", structure="ffn", data=batch)[1]
+
+    padded = ffn_scores({"input_ids": ids, "attention_mask": mask})
     other = ids.clone()
     other[1, 3:] = (other[1, 3:] + 7) % VOCAB  # different padding tokens: same scores
-    again = structured_scores(model, graph, "wanda", calibration={"input_ids": other, "attention_mask": mask})
-    assert padded == pytest.approx(again, rel=1e-12)
+    again = ffn_scores({"input_ids": other, "attention_mask": mask})
+    assert all(torch.allclose(padded[u], again[u], rtol=1e-6) for u in padded)
 
 
 def test_errors() -> None:

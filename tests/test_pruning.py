@@ -321,7 +321,7 @@ def test_random_criterion_is_reproducible_by_seed() -> None:
     [
         (
             {"criterion": "magnitud"},
-            r"unknown criterion 'magnitud'.*grasp, magnitude, random, snip, synflow, taylor",
+            r"unknown criterion 'magnitud'.*bn_scale, fpgm, grasp, l1, l2, magnitude, random, snip, synflow, taylor, wanda",
         ),
         (
             {"allocation": "flat"},

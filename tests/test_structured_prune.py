@@ -10,7 +10,10 @@ from torch import nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.graph.core import analyze
-from secateurs.graph.prune import CHANNEL_CRITERIA, layer_of, prune_channels, select_groups
+from secateurs.graph.masking import removed_groups
+from secateurs.methods.pruning import compute_masks, score_groups
+from secateurs.methods.structures.groups import layer_of
+from secateurs.structured import prune_channels
 
 
 def _tiny() -> tuple[nn.Module, torch.Tensor]:
@@ -24,76 +27,117 @@ def _tiny() -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(5, 2, 8, 8)
 
 
-def _by_layer(graph, scores):
-    out: dict[str, list[float]] = {}
-    for g in graph.groups:
-        out.setdefault(layer_of(g), []).append(scores[g.id])
-    return out
+def _scores(model: nn.Module, x: torch.Tensor, criterion: str, **options: object) -> dict[str, list[float]]:
+    """Per layer (unit), the channel groups' scores as a channel prune ranks them."""
+    _, scores = score_groups(model, criterion=criterion, structure="channel", example_input=x, **options)
+    return {unit: s.tolist() for unit, s in scores.items()}
 
 
 def test_l1_l2_bn_scores_are_the_filter_norms_and_gammas() -> None:
     model, x = _tiny()
-    graph = analyze(model, x)
-    l1 = _by_layer(graph, CHANNEL_CRITERIA.get("l1")(model, graph, None, 0))
-    l2 = _by_layer(graph, CHANNEL_CRITERIA.get("l2")(model, graph, None, 0))
+    l1 = _scores(model, x, "l1")
+    l2 = _scores(model, x, "l2")
     w0, w3 = model[0].weight.detach(), model[3].weight.detach()
     assert l1["0"] == pytest.approx(w0.abs().sum((1, 2, 3)).tolist(), rel=1e-6)
     assert l1["3"] == pytest.approx(w3.abs().sum((1, 2, 3)).tolist(), rel=1e-6)
     assert l2["0"] == pytest.approx(w0.pow(2).sum((1, 2, 3)).sqrt().tolist(), rel=1e-6)
-    with pytest.raises(ConfigError, match=r"bn_scale needs a BatchNorm.*exclude=\['3'\]"):
-        CHANNEL_CRITERIA.get("bn_scale")(model, graph, None, 0)
-    graph = analyze(model, x, exclude=["3"])
-    bn = _by_layer(graph, CHANNEL_CRITERIA.get("bn_scale")(model, graph, None, 0))
+    # magnitude pooled by l2 is the l2 criterion: the pooling is an option of the structure
+    assert _scores(model, x, "magnitude", structure_options={"pool": "l2"}) == l2
+    with pytest.raises(ConfigError, match=r"bn_scale needs a BatchNorm.*exclude: \['3'\]"):
+        _scores(model, x, "bn_scale")
+    bn = _scores(model, x, "bn_scale", structure_options={"exclude": ["3"]})
     assert bn == {"0": pytest.approx(model[1].weight.detach().abs().tolist(), rel=1e-6)}
 
 
 def test_taylor_is_the_squared_sum_of_gradient_times_weight_per_filter() -> None:
     model, x = _tiny()
     y = torch.tensor([0, 1, 2, 0, 1])
-    graph = analyze(model, x)
-    scores = _by_layer(graph, CHANNEL_CRITERIA.get("taylor")(model, graph, (x, y), 0))
+    scores = _scores(model, x, "taylor", data=(x, y))
+    assert model.training is False  # scored in train mode, handed back in eval mode
+    model.train()
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()
+    model.eval()
     w, b = model[0].weight, model[0].bias
     expected = ((w * w.grad).sum((1, 2, 3)) + b * b.grad).pow(2).tolist()  # the whole group, then squared
     assert scores["0"] == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ConfigError, match="taylor needs a batch"):
-        CHANNEL_CRITERIA.get("taylor")(model, graph, None, 0)
+    with pytest.raises(ConfigError, match="taylor' needs data"):
+        _scores(model, x, "taylor")
 
 
 def test_fpgm_is_the_sum_of_distances_to_the_other_filters() -> None:
     model, x = _tiny()
-    graph = analyze(model, x)
-    scores = _by_layer(graph, CHANNEL_CRITERIA.get("fpgm")(model, graph, None, 0))
+    scores = _scores(model, x, "fpgm")
     flat = model[3].weight.detach().reshape(4, -1).double()
     expected = [sum(float((flat[i] - flat[j]).norm()) for j in range(4)) for i in range(4)]
     assert scores["3"] == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ConfigError, match="fpgm' scores the structures channel, heads"):
+        compute_masks(model, 0.5, criterion="fpgm")  # unstructured: it scores groups only
+
+
+def _removed_per_layer(
+    model: nn.Module, x: torch.Tensor, masks
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    graph = analyze(model, x)
+    gone = removed_groups(graph, masks)
+    members: dict[str, list[int]] = {}
+    for g in graph.groups:
+        members.setdefault(layer_of(g), []).append(g.id)
+    return members, {layer: sum(i in gone for i in ids) for layer, ids in members.items()}
 
 
 def test_uniform_allocation_removes_the_lowest_exact_count_per_layer() -> None:
     model, x = build("vgg_bn")
+    masks = compute_masks(
+        model, 0.3, criterion="l1", allocation="uniform", structure="channel", example_input=x
+    )
+    scores = _scores(model, x, "l1")
     graph = analyze(model, x)
-    scores = CHANNEL_CRITERIA.get("l1")(model, graph, None, 0)
-    chosen = set(select_groups(graph, scores, 0.3, allocation="uniform"))
-    for layer in {layer_of(g) for g in graph.groups}:
-        groups = [g for g in graph.groups if layer_of(g) == layer]
-        removed = [g for g in groups if g.id in chosen]
-        assert len(removed) == int(0.3 * len(groups) + 0.5)  # round half up
-        kept_scores = [scores[g.id] for g in groups if g.id not in chosen]
-        assert max(scores[g.id] for g in removed) <= min(kept_scores)
+    gone = removed_groups(graph, masks)
+    for layer, values in scores.items():
+        ids = [g.id for g in graph.groups if layer_of(g) == layer]
+        removed = [v for v, i in zip(values, ids, strict=True) if i in gone]
+        kept = [v for v, i in zip(values, ids, strict=True) if i not in gone]
+        assert len(removed) == int(0.3 * len(ids) + 0.5)  # round half up
+        assert max(removed) <= min(kept)
 
 
 def test_global_allocation_hits_the_total_and_respects_the_per_layer_cap() -> None:
     model, x = build("vgg_bn")
-    graph = analyze(model, x)
-    scores = CHANNEL_CRITERIA.get("random")(model, graph, None, 3)
-    chosen = set(select_groups(graph, scores, 0.5, allocation="global", max_per_layer=0.6))
-    assert len(chosen) == round(0.5 * len(graph.groups))
-    for layer in {layer_of(g) for g in graph.groups}:
-        groups = [g for g in graph.groups if layer_of(g) == layer]
-        assert sum(g.id in chosen for g in groups) <= int(0.6 * len(groups))
-    with pytest.raises(ConfigError, match="unknown channel allocation"):
-        select_groups(graph, scores, 0.5, allocation="erk")
+    options = {"criterion": "random", "seed": 3, "structure": "channel", "example_input": x}
+    masks = compute_masks(
+        model, 0.5, allocation="global", structure_options={"max_per_layer": 0.6}, **options
+    )
+    members, removed = _removed_per_layer(model, x, masks)
+    total = sum(len(ids) for ids in members.values())
+    assert sum(removed.values()) == round(0.5 * total)
+    assert all(removed[layer] <= int(0.6 * len(ids)) for layer, ids in members.items())
+    # the allocation's own option wins over the structure's default cap
+    masks = compute_masks(
+        model, 0.5, allocation="global", allocation_options={"max_per_layer": 0.55}, **options
+    )
+    members, removed = _removed_per_layer(model, x, masks)
+    assert all(removed[layer] <= int(0.55 * len(ids)) for layer, ids in members.items())
+
+
+@pytest.mark.parametrize("allocation", ["erk", "er", "smart_ratio"])
+def test_any_allocation_allocates_channels_exactly_and_keeps_a_channel_per_layer(allocation: str) -> None:
+    model, x = build("vgg_bn")
+    masks = compute_masks(model, 0.8, allocation=allocation, structure="channel", example_input=x)
+    members, removed = _removed_per_layer(model, x, masks)
+    total = sum(len(ids) for ids in members.values())
+    assert sum(removed.values()) == round(0.8 * total)  # the exact count of groups
+    assert all(removed[layer] < len(ids) for layer, ids in members.items())
+
+
+def test_channels_take_rounds_and_data_criteria_like_any_structure() -> None:
+    model, x = build("vgg_bn")
+    y = torch.arange(2) % 10
+    one = compute_masks(model, 0.5, structure="channel", example_input=x, allocation="uniform")
+    four = compute_masks(model, 0.5, structure="channel", example_input=x, allocation="uniform", rounds=4)
+    assert _removed_per_layer(model, x, one)[1] == _removed_per_layer(model, x, four)[1]
+    snip = compute_masks(model, 0.5, criterion="snip", structure="channel", example_input=x, data=(x, y))
+    assert sum(_removed_per_layer(model, x, snip)[1].values()) == round(0.5 * len(analyze(model, x).groups))
 
 
 def test_prune_channels_is_deterministic_and_every_layer_keeps_a_channel() -> None:
@@ -143,9 +187,18 @@ def test_a_channel_prune_stage_masks_whole_neurons_and_shrink_removes_them() -> 
 @pytest.mark.parametrize(
     ("prune", "message"),
     [
-        ({"structure": "channel", "rounds": 2}, "does not take rounds 2"),
-        ({"structure": "channel", "structure_options": {"cap": 1}}, "no option cap"),
-        ({"structure": "channel", "criterion": "snip"}, "does not score channels"),
+        (
+            {"structure": "channel", "structure_options": {"cap": 1}},
+            "structure 'channel' has no option 'cap'",
+        ),
+        (
+            {"structure": "unstructured", "criterion": "bn_scale"},
+            "scores the structures channel, not 'unstructured'",
+        ),
+        (
+            {"structure": "channel", "allocation_options": {"normalize": "max"}},
+            "normalize must be one of none, mean",
+        ),
     ],
 )
 def test_bad_channel_prune_stages_are_clear_errors(prune: dict, message: str) -> None:

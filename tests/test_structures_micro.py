@@ -262,7 +262,11 @@ def test_the_shuffle_sanity_check_is_refused_for_patterned_structures(structure:
         ("nm", {"n": True}, r"nm option n must be a positive integer, got True"),
         ("nm", {"k": 1}, r"structure 'nm' has no option 'k'.*n, m"),
         ("block", {"bh": 0}, r"block option bh must be a positive integer"),
-        ("block", {"pool": "max"}, r"pool must be one of l1, l2, got 'max'"),
+        (
+            "block",
+            {"pool": "median"},
+            r"pool must be one of l1, l2, max, mean, squared_sum, sum, got 'median'",
+        ),
     ],
 )
 def test_bad_options_are_config_errors(structure: str, options: dict[str, object], pattern: str) -> None:

@@ -2,18 +2,27 @@
 
 Unstructured masks save MACs only on paper (PyTorch's dense kernels still multiply the zeros);
 removing channels and neurons shrinks the weight tensors themselves, so memory and time fall for
-real. `analyze` builds the channel dependency graph, `prune_channels` scores and removes channel
-groups, `fold_batchnorm` folds BatchNorm into the preceding layer for inference.
+real. `analyze` builds the channel dependency graph; `prune_channels` scores channel groups with
+any criterion (the `channel` structure of `secateurs.prune`), allocates them with any allocation
+and removes them; `shrink` removes the channels a masked model has pruned; `fold_batchnorm` folds
+BatchNorm into the preceding layer for inference.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
 
 from secateurs.graph.core import ChannelGraph, analyze, register_function_rule, register_module_rule
 from secateurs.graph.fold import fold_batchnorm, folded_count
+from secateurs.graph.masking import removed_groups, shrink
 from secateurs.graph.neurons import neuron_masks, neuron_scores_l1, prune_neurons
-from secateurs.graph.prune import CHANNEL_CRITERIA, prune_channels, select_groups
 from secateurs.graph.removal import channel_masks, remove_channels, resize_like
+from secateurs.methods.pruning import plan
 
 __all__ = [
-    "CHANNEL_CRITERIA",
     "ChannelGraph",
     "analyze",
     "channel_masks",
@@ -26,6 +35,45 @@ __all__ = [
     "register_function_rule",
     "register_module_rule",
     "remove_channels",
+    "removed_groups",
     "resize_like",
-    "select_groups",
+    "shrink",
 ]
+
+
+def prune_channels(
+    model: nn.Module,
+    example_input: Tensor,
+    sparsity: float,
+    *,
+    criterion: str = "l1",
+    allocation: str = "uniform",
+    max_per_layer: float = 0.9,
+    data: Any = None,
+    seed: int = 0,
+    exclude: Sequence[str] = (),
+    **options: Any,
+) -> nn.Module:
+    """A smaller copy of `model` without `sparsity` of its prunable channel groups.
+
+    The groups are chosen exactly as `secateurs.prune(model, sparsity, structure="channel", ...)`
+    would mask them: any criterion (default `l1`, the filters' L1 norm), any allocation (default
+    `uniform`: the same fraction of every layer), every layer keeping at least one channel, and
+    rankings across layers removing at most `max_per_layer` of any layer. `example_input` (one
+    batch) traces shapes; `data` is what data-dependent criteria score on; `exclude`: module name
+    patterns whose output channels are kept. Other options go to `compute_masks`.
+    """
+    result = plan(
+        model,
+        sparsity,
+        criterion=criterion,
+        allocation=allocation,
+        structure="channel",
+        structure_options={"exclude": list(exclude), "max_per_layer": max_per_layer},
+        data=data,
+        seed=seed,
+        example_input=example_input,
+        **options,
+    )
+    graph = result.layout.graph  # type: ignore[attr-defined]
+    return remove_channels(model, graph, removed_groups(graph, result.masks))

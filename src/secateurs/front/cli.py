@@ -181,7 +181,6 @@ def demo(
 @app.command()
 def methods() -> None:
     """List criteria, allocations, structures, schedules, resets and preset recipes."""
-    from secateurs.graph.prune import CHANNEL_CRITERIA
     from secateurs.methods.allocations import ALLOCATIONS
     from secateurs.methods.controls import CONTROLS
     from secateurs.methods.criteria import CRITERIA
@@ -201,10 +200,6 @@ def methods() -> None:
     ):
         for name in reg.names():
             table.add_row(axis, name, reg.help(name))
-        if axis == "structure":
-            table.add_row(axis, "channel", "whole channels or neurons, with their dependencies (structured)")
-            for name in CHANNEL_CRITERIA.names():
-                table.add_row("channel criterion", name, CHANNEL_CRITERIA.help(name))
     for name, cls in SCHEDULE_NAMES.items():
         table.add_row("schedule", name, (cls.__doc__ or "").strip().splitlines()[0])
     for name, what in (

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.topk import balanced_topk, topk_mask
 from secateurs.methods.allocations import check_sparsity, round_half_up
-from secateurs.methods.pruning import topk_mask
-from secateurs.methods.structures import NM, balanced_topk
+from secateurs.methods.structures import NM
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 

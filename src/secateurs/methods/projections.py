@@ -29,9 +29,9 @@ from torch import Tensor
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.registry import Registry, check_options
+from secateurs.core.topk import balanced_topk, topk_mask
 from secateurs.methods.allocations import check_sparsity, round_half_up
-from secateurs.methods.pruning import topk_mask
-from secateurs.methods.structures import NM, Block, balanced_topk
+from secateurs.methods.structures import NM, Block
 
 
 class Projection(NamedTuple):

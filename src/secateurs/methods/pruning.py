@@ -1,16 +1,19 @@
 """The one place where scores become masks, and the `prune()` entry point.
 
-criterion (scores) × structure (groups) × allocation (keep counts per layer) → masks.
-Selection within a layer is a top-k over group scores (or the structure's own `select`, such as
-N:M's balanced top-k) with a deterministic tie-break (stable sort: the lower index wins), so the
-requested count is exact even when scores tie. A prune respects the model's existing mask:
-already-pruned entries score −∞ and stay pruned.
+criterion (scores) × structure (groups) × allocation (keep counts per unit) → masks, for every
+structure alike: the structure lays the model out in units of groups (`methods.structures`), the
+criterion's element scores are pooled into group scores (or the criterion scores groups itself),
+the allocation decides how many groups each unit keeps, and the layout selects them (top-k,
+ties to the lower index, so the requested count is exact even when scores tie) and expands them
+to element masks. A prune respects the model's existing mask: already-pruned groups score −∞
+and stay pruned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,36 +25,67 @@ from secateurs.core.distributed import sync_scores
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.core.registry import check_options
+from secateurs.core.topk import topk_mask
 from secateurs.methods.allocations import LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
-from secateurs.methods.criteria.base import Batch
+from secateurs.methods.criteria.base import Batch, Criterion
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.sanity import SANITY, CorruptedBatches, reinit_kept, sanity_seed, shuffle_masks
-from secateurs.methods.structures import Structure, build_structure
+from secateurs.methods.structures import (
+    POOLINGS,
+    ElementLayout,
+    ElementStructure,
+    Layout,
+    LayoutContext,
+    PoolSpec,
+    Structure,
+    Unstructured,
+    build_structure,
+)
+
+__all__ = [
+    "compute_masks",
+    "masks_from_scores",
+    "plan",
+    "prune",
+    "round_sparsity",
+    "score_groups",
+    "topk_mask",
+]
 
 
-def topk_mask(scores: Tensor, k: int) -> Tensor:
-    """Boolean mask of the k highest entries of a 1-D tensor; ties go to the lower index.
+def _check_nan(values: Mapping[Any, Tensor]) -> None:
+    for name, value in values.items():
+        if torch.isnan(value).any():
+            raise ConfigError(
+                f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs"
+            )
 
-    The k-th largest value is found by selection (`kthvalue`, linear time) instead of a full
-    stable sort, which is 10× faster on large layers (it matters for dynamic sparse training,
-    which re-selects every few steps); ties at that value are then taken in index order, so
-    the result is exactly that of a stable descending sort.
-    """
-    flat = scores.reshape(-1)
-    n = flat.numel()
-    if k <= 0 or k >= n:
-        return torch.full((n,), k > 0, dtype=torch.bool, device=scores.device)
-    if bool(flat.isnan().any()):  # NaN has no place in selection order: sort as argsort does
-        keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
-        keep[torch.argsort(flat, descending=True, stable=True)[:k]] = True
-        return keep
-    threshold = torch.kthvalue(flat.cpu(), n - k + 1).values.to(flat.device)
-    keep = flat > threshold
-    short = k - int(torch.count_nonzero(keep))
-    if short > 0:
-        keep[torch.nonzero(flat == threshold).reshape(-1)[:short]] = True
-    return keep
+
+def select_masks(
+    layout: Layout,
+    group_scores: Mapping[str, Tensor],
+    sparsity: float | None,
+    *,
+    allocation: str = "global",
+    current: MaskSet | None = None,
+    allow_collapse: bool = False,
+    allocation_options: Mapping[str, Any] | None = None,
+    layer_sparsities: Mapping[str, float] | None = None,
+) -> MaskSet:
+    """Allocate keep counts to the layout's units from their group scores, select, expand to masks."""
+    layers = [LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor) for u in layout.units]
+    keep = allocate(
+        allocation,
+        layers,
+        sparsity,
+        allow_collapse=allow_collapse,
+        layer_sparsities=layer_sparsities,
+        defaults=layout.allocation_defaults,
+        **dict(allocation_options or {}),
+    )
+    chosen = {u.name: layout.select(u, group_scores[u.name], keep[u.name]) for u in layout.units}
+    return layout.masks(chosen, current)
 
 
 def masks_from_scores(
@@ -59,56 +93,42 @@ def masks_from_scores(
     sparsity: float | None,
     *,
     allocation: str = "global",
-    structure: Structure | None = None,
+    structure: ElementStructure | None = None,
     current: MaskSet | None = None,
     allow_collapse: bool = False,
     allocation_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
+    pooling: str | None = None,
 ) -> MaskSet:
-    """Turn per-parameter scores (higher = keep) into masks at the requested sparsity.
+    """Masks from per-parameter element scores (higher = keep), for a structure inside parameters.
 
     `layer_sparsities` (name pattern → sparsity) overrides the allocation for matching layers.
     """
-    structure = structure or build_structure("unstructured")
-    layers = []
-    for name, score in scores.items():
-        if torch.isnan(score).any():
-            raise ConfigError(
-                f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs"
-            )
-        s = score.detach().to(torch.float64)
-        if current is not None and name in current:
-            s = s.masked_fill(~current[name].to(s.device), float("-inf"))
-        shape = tuple(score.shape)
-        check = getattr(structure, "check", None)  # a structure that cannot group it says so by name
-        if check is not None:
-            check(name, shape)
-        layers.append(LayerInfo(name, shape, structure.group_size(shape), structure.group_scores(s)))
-    keep = allocate(
-        allocation,
-        layers,
+    structure = structure or Unstructured()
+    _check_nan(scores)
+    layout = ElementLayout(structure, {n: tuple(s.shape) for n, s in scores.items()})
+    pool = PoolSpec(POOLINGS.get(pooling or structure.pool or structure.default_pool))
+    groups = layout.group_scores(scores, current, pool)
+    return select_masks(
+        layout,
+        groups,
         sparsity,
+        allocation=allocation,
+        current=current,
         allow_collapse=allow_collapse,
+        allocation_options=allocation_options,
         layer_sparsities=layer_sparsities,
-        **dict(allocation_options or {}),
     )
-    select = getattr(structure, "select", None)  # e.g. N:M spreads k over its groups; default top-k
-    masks = {}
-    for layer in layers:
-        k = keep[layer.name]
-        chosen = select(layer.scores, k, layer.shape) if select is not None else topk_mask(layer.scores, k)
-        mask = structure.expand(chosen, layer.shape)
-        if current is not None and layer.name in current:
-            mask = mask & current[layer.name].to(mask.device)
-        masks[layer.name] = mask
-    return MaskSet(masks)
 
 
-def as_batches(data: Batch | Iterable[Batch] | None) -> Iterable[Batch] | None:
-    """Accept one explicit `(x, y)` batch or any iterable of batches (a loader)."""
+def as_batches(data: Any) -> Iterable[Any] | None:
+    """Accept one explicit `(x, y)` batch, one bare input (a tensor or tokenizer output), or any
+    iterable of batches (a loader)."""
     if data is None:
         return None
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor | Mapping):
+        return [data]
+    if isinstance(data, Tensor | Mapping):
         return [data]
     return data
 
@@ -144,8 +164,11 @@ def _check_rounds(rounds: object, sparsity: float | None) -> int:
 
 
 @contextmanager
-def _masked_weights(model: nn.Module, masks: MaskSet) -> Iterator[None]:
+def _masked_weights(model: nn.Module, masks: MaskSet | None) -> Iterator[None]:
     """Temporarily zero the masked-out weights, so a criterion scores the masked model."""
+    if masks is None:
+        yield
+        return
     named = dict(model.named_parameters())
     saved = {n: named[n].detach().clone() for n in masks}
     try:
@@ -159,15 +182,178 @@ def _masked_weights(model: nn.Module, masks: MaskSet) -> Iterator[None]:
                 named[n].copy_(value)
 
 
-def compute_masks(
+def _merged(base: MaskSet | None, new: MaskSet) -> MaskSet:
+    """`base` with the masks of `new` replacing (or adding) theirs."""
+    if base is None:
+        return new
+    out = {n: base[n] for n in base}
+    out.update(new)
+    return MaskSet(out)
+
+
+def _check_supported(criterion: Criterion, structure: Structure, name: str) -> None:
+    allowed = criterion.structures
+    if allowed is not None and structure.name not in allowed:
+        raise ConfigError(
+            f"criterion {criterion.name or name!r} scores the structures {', '.join(allowed)}, "
+            f"not {structure.name!r}",
+            fix=f"use structure {allowed[0]!r}, or another criterion (magnitude, taylor, …) "
+            f"for {structure.name!r}",
+        )
+
+
+def group_scores(
+    criterion: Criterion,
+    ctx: ScoringContext,
+    layout: Layout,
+    pool: PoolSpec,
+    current: MaskSet | None,
+    *,
+    invert: bool = False,
+) -> dict[str, Tensor]:
+    """Per unit, one score per group: the criterion's own group scores, or its pooled element scores.
+
+    Under torchrun every rank uses rank 0's scores (`secateurs.core.distributed.sync_scores`).
+    """
+    if criterion.scores_groups(layout):
+        native = layout.mark_removed(criterion.group_scores(ctx, layout), current)  # type: ignore[attr-defined]
+        scores = sync_scores(native)
+        _check_nan(scores)
+        return {n: -s if invert else s for n, s in scores.items()}
+    signed = layout.pools and pool.pooling.signed
+    values = sync_scores(criterion.contributions(ctx) if signed else criterion.score(ctx))
+    _check_nan(values)
+    if invert:  # negated element scores: exact where selection ranks them (Layout.invertible)
+        values = {n: -s for n, s in values.items()}
+    return layout.group_scores(values, current, pool)
+
+
+@dataclass
+class Plan:
+    """What a prune computed: the new masks (all of the model's), and the layout they came from."""
+
+    masks: MaskSet
+    layout: Layout
+
+
+@dataclass
+class _Setup:
+    """A prune's parts, built and checked before any scoring."""
+
+    criterion: Criterion
+    structure: Structure
+    layout: Layout
+    pool: PoolSpec
+    ctx: ScoringContext
+    names: list[str]
+
+
+def _setup(
+    model: nn.Module,
+    *,
+    criterion: str | Criterion,
+    structure: str | Structure,
+    layers: LayerSelection | Mapping[str, Any] | None,
+    data: Any,
+    seed: int,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    criterion_options: Mapping[str, Any] | None,
+    structure_options: Mapping[str, Any] | None,
+    input_shape: tuple[int, ...] | None,
+    example_input: Tensor | tuple[Tensor, ...] | None,
+    sanity: str = "none",
+    invert: bool = False,
+) -> _Setup:
+    check = SANITY.get(sanity)
+    selection = _selection(layers)
+    built = build_structure(structure, **dict(structure_options or {}))
+    built.check_model(model)
+    names = select_parameters(model, selection)
+    crit = build_criterion(criterion, **dict(criterion_options or {}))
+    _check_supported(crit, built, str(criterion))
+    if check.level == "masks" and not isinstance(built, Unstructured):
+        raise ConfigError(
+            f"sanity check {sanity!r} permutes single weights, which would break the {built.name!r} pattern",
+            fix="run the shuffle check with structure unstructured",
+        )
+    batches = as_batches(data)
+    if check.level == "data":
+        if not crit.needs_data:
+            raise ConfigError(
+                f"sanity check {sanity!r} corrupts the scoring data, but criterion {crit.name!r} uses none",
+                fix="use it with a data-dependent criterion (snip, grasp, taylor)",
+            )
+        if batches is not None:  # without data the criterion's own error says what is missing
+            batches = CorruptedBatches(batches, sanity, sanity_seed(seed, sanity))
+    if example_input is None and input_shape is not None:
+        device = next(iter(model.parameters())).device
+        example_input = torch.zeros(2, *input_shape, device=device)
+    layout = built.layout(LayoutContext(model, names, selection, example_input))
+    pool = built.pool_spec(crit)
+    if invert and not (crit.scores_groups(layout) or layout.invertible(pool)):
+        raise ConfigError(
+            f"invert (sanity check 'invert') is not defined for structure {built.name!r} with pooling "
+            f"{pool.pooling.name!r}: negating the element scores does not reverse the order of its "
+            "group scores",
+            fix="run the invert sanity check with structure unstructured or nm, or with pool: sum",
+        )
+    existing = masks_of(model)
+    ctx = ScoringContext(
+        model=model,
+        names=layout.scored(pool),
+        masks=existing if existing is not None else MaskSet({}),
+        batches=batches,
+        loss_fn=loss_fn,
+        generator=torch.Generator().manual_seed(seed),
+        input_shape=tuple(input_shape) if input_shape is not None else None,
+    )
+    return _Setup(crit, built, layout, pool, ctx, names)
+
+
+def score_groups(
+    model: nn.Module,
+    *,
+    criterion: str | Criterion = "magnitude",
+    structure: str | Structure = "unstructured",
+    layers: LayerSelection | Mapping[str, Any] | None = None,
+    data: Any = None,
+    seed: int = 0,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    criterion_options: Mapping[str, Any] | None = None,
+    structure_options: Mapping[str, Any] | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    example_input: Tensor | tuple[Tensor, ...] | None = None,
+) -> tuple[Layout, dict[str, Tensor]]:
+    """The layout and, per unit, one score per group, exactly as a prune would rank them.
+
+    Higher = keep; −∞ for groups the model's masks removed already. For comparing criteria on a
+    structure without pruning anything.
+    """
+    s = _setup(
+        model,
+        criterion=criterion,
+        structure=structure,
+        layers=layers,
+        data=data,
+        seed=seed,
+        loss_fn=loss_fn,
+        criterion_options=criterion_options,
+        structure_options=structure_options,
+        input_shape=input_shape,
+        example_input=example_input,
+    )
+    return s.layout, group_scores(s.criterion, s.ctx, s.layout, s.pool, masks_of(model))
+
+
+def plan(
     model: nn.Module,
     sparsity: float | None,
     *,
-    criterion: str = "magnitude",
+    criterion: str | Criterion = "magnitude",
     allocation: str = "global",
-    structure: str = "unstructured",
+    structure: str | Structure = "unstructured",
     layers: LayerSelection | Mapping[str, Any] | None = None,
-    data: Batch | Iterable[Batch] | None = None,
+    data: Batch | Iterable[Batch] | Any | None = None,
     seed: int = 0,
     allow_collapse: bool = False,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
@@ -176,93 +362,87 @@ def compute_masks(
     structure_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
     input_shape: tuple[int, ...] | None = None,
+    example_input: Tensor | tuple[Tensor, ...] | None = None,
     rounds: int = 1,
     invert: bool = False,
     sanity: str = "none",
-) -> MaskSet:
+) -> Plan:
+    """`compute_masks`, returning the layout too (physical removal of channel groups needs it)."""
+    invert = invert or sanity == "invert"
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    rounds = _check_rounds(rounds, sparsity)
+    s = _setup(
+        model,
+        criterion=criterion,
+        structure=structure,
+        layers=layers,
+        data=data,
+        seed=seed,
+        loss_fn=loss_fn,
+        criterion_options=criterion_options,
+        structure_options=structure_options,
+        input_shape=input_shape,
+        example_input=example_input,
+        sanity=sanity,
+        invert=invert,
+    )
+    existing = masks_of(model)
+    current = existing
+    for k in range(1, rounds + 1):
+        level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
+        overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
+        with _masked_weights(model, current) if k > 1 else nullcontext():
+            scores = group_scores(s.criterion, s.ctx, s.layout, s.pool, current, invert=invert)
+        new = select_masks(
+            s.layout,
+            scores,
+            level,
+            allocation=allocation,
+            current=current,
+            allow_collapse=allow_collapse,
+            allocation_options=allocation_options,
+            layer_sparsities=overrides or None,
+        )
+        current = _merged(current, new)
+        s.ctx.masks = current
+    assert current is not None
+    if SANITY.get(sanity).level == "masks":
+        dense = MaskSet.dense(model, s.names)
+        allowed = MaskSet(
+            {n: existing[n] if existing is not None and n in existing else dense[n] for n in s.names}
+        )
+        shuffled = shuffle_masks(
+            MaskSet({n: current[n] for n in s.names}), sanity_seed(seed, sanity), allowed=allowed
+        )
+        current = _merged(current, shuffled)
+    return Plan(current, s.layout)
+
+
+def compute_masks(model: nn.Module, sparsity: float | None, **options: Any) -> MaskSet:
     """Masks for `model` at `sparsity` (fraction removed), without changing the model.
 
-    The result covers the selected parameters plus any previously masked ones, and is a
-    subset of the model's current masks (masks only shrink). `layer_sparsities` maps name
-    patterns to a sparsity of their own (see `secateurs.methods.allocations.allocate`). `input_shape`
-    (one sample, no batch dimension) is for data-free criteria that build their own input.
+    Options: `criterion`, `allocation`, `structure` (names, or instances), with
+    `criterion_options`, `allocation_options`, `structure_options`; `layers` (a LayerSelection
+    or mapping); `data` (an (x, y) batch, a bare input, or a loader) for data-dependent
+    criteria; `seed`; `allow_collapse`; `loss_fn`.
+
+    The result covers the selected parameters plus any previously masked ones, and is a subset
+    of the model's current masks (masks only shrink). `layer_sparsities` maps name patterns to a
+    sparsity of their own (see `secateurs.methods.allocations.allocate`). `input_shape` (one
+    sample, no batch dimension) or `example_input` (one batch) are for data-free criteria that
+    build their own input and for structures that trace the model (channel).
 
     `rounds` > 1 prunes in n rounds on the exponential schedule: round k reaches sparsity
     1 − (1 − s)^(k/n) (each layer override likewise), re-scoring the model with the previous
     round's masks applied (SynFlow's 100 rounds; any criterion may use it).
 
     `invert` keeps the lowest scores instead of the highest. `sanity` names a sanity check
-    (`secateurs.methods.sanity`): "invert" sets `invert`, "shuffle" permutes each layer's new mask,
-    "random_labels"/"random_pixels" corrupt `data`; "reinit" acts on weights, in `prune()`.
+    (`secateurs.methods.sanity`): "invert" sets `invert`, "shuffle" permutes each layer's new
+    mask, "random_labels"/"random_pixels" corrupt `data`; "reinit" acts on weights, in `prune()`.
     """
-    check = SANITY.get(sanity)
-    invert = invert or sanity == "invert"
-    if sparsity is not None:
-        check_sparsity(sparsity)
-    rounds = _check_rounds(rounds, sparsity)
-    selection = _selection(layers)
-    names = select_parameters(model, selection)
-    existing = masks_of(model)
-    current = MaskSet.dense(model, names)
-    if existing is not None:
-        current = MaskSet({n: existing[n] if n in existing else current[n] for n in names})
-    crit = build_criterion(criterion, **dict(criterion_options or {}))
-    batches = as_batches(data)
-    if check.level == "data":
-        if not crit.needs_data:
-            raise ConfigError(
-                f"sanity check {sanity!r} corrupts the scoring data, but criterion {criterion!r} uses none",
-                fix="use it with a data-dependent criterion (snip, grasp, taylor)",
-            )
-        if batches is not None:  # without data the criterion's own error says what is missing
-            batches = CorruptedBatches(batches, sanity, sanity_seed(seed, sanity))
-    before = current
-    ctx = ScoringContext(
-        model=model,
-        names=names,
-        masks=current,
-        batches=batches,
-        loss_fn=loss_fn,
-        generator=torch.Generator().manual_seed(seed),
-        input_shape=tuple(input_shape) if input_shape is not None else None,
-    )
-    built = build_structure(structure, **dict(structure_options or {}))
-    if check.level == "masks" and structure != "unstructured":
-        raise ConfigError(
-            f"sanity check {sanity!r} permutes single weights, which would break the {structure!r} pattern",
-            fix="run the shuffle check with structure unstructured",
-        )
-    if invert and not getattr(built, "invertible", False):
-        raise ConfigError(
-            f"invert (sanity check 'invert') is not defined for structure {structure!r}: negating the "
-            "element scores does not reverse the order of its group scores (they pool |scores|)",
-            fix="run the invert sanity check with structure unstructured or nm",
-        )
-    for k in range(1, rounds + 1):
-        level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
-        overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
-        with _masked_weights(model, current) if k > 1 else nullcontext():
-            scores = sync_scores(crit.score(ctx))  # rank 0's under torchrun (see secateurs.core.distributed)
-        if invert:  # negated element scores: exact where selection ranks them (structure.invertible)
-            scores = {n: -s for n, s in scores.items()}
-        current = masks_from_scores(
-            scores,
-            level,
-            allocation=allocation,
-            structure=built,
-            current=current,
-            allow_collapse=allow_collapse,
-            allocation_options=allocation_options,
-            layer_sparsities=overrides or None,
-        )
-        ctx.masks = current
-    if check.level == "masks":
-        current = shuffle_masks(current, sanity_seed(seed, sanity), allowed=before)
-    if existing is None:
-        return current
-    merged = {n: existing[n] for n in existing}
-    merged.update(current)
-    return MaskSet(merged)
+    check_options(plan, options, where="compute_masks()")
+    return plan(model, sparsity, **options).masks
 
 
 def prune(model: nn.Module, sparsity: float | None, **options: Any) -> nn.Module:
@@ -272,8 +452,8 @@ def prune(model: nn.Module, sparsity: float | None, **options: Any) -> nn.Module
     (`secateurs.masks_of(model)`); its `state_dict` keys do not change. Keep the masks applied
     during training with `masks_of(model).attach(model, optimizer)`.
     """
-    check_options(compute_masks, options, where="prune()")
-    set_masks(model, compute_masks(model, sparsity, **options))
+    check_options(plan, options, where="prune()")
+    set_masks(model, plan(model, sparsity, **options).masks)
     if options.get("sanity") == "reinit":
         reinit_kept(model, sanity_seed(int(options.get("seed", 0)), "reinit"))
     return model

@@ -105,21 +105,10 @@ class PruneSpec(StrictModel):
     @model_validator(mode="after")
     def _known_names(self) -> PruneSpec:
         """Unknown names fail when the recipe is read, not stages later (nor in a sweep's run)."""
-        from secateurs.graph.masking import CRITERION_ALIASES
-        from secateurs.graph.prune import CHANNEL_CRITERIA
         from secateurs.methods.allocations import ALLOCATIONS
         from secateurs.methods.criteria import CRITERIA
         from secateurs.methods.structures import STRUCTURES
 
-        if self.structure == "channel":
-            valid = [*CHANNEL_CRITERIA.names(), *CRITERION_ALIASES]
-            if self.criterion not in valid:
-                raise ValueError(
-                    f"criterion {self.criterion!r} does not score channels; use one of {', '.join(valid)}"
-                )
-            if self.allocation not in ("global", "uniform"):
-                raise ValueError(f"structure channel allocates uniform or global, not {self.allocation!r}")
-            return self
         for registry, value in (
             (STRUCTURES, self.structure),
             (CRITERIA, self.criterion),

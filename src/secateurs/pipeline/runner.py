@@ -34,7 +34,6 @@ from secateurs.data import DatasetInfo, DataSplits, class_balanced_batch, load_d
 from secateurs.eval import count_costs, evaluate
 from secateurs.eval.beyond import beyond_accuracy
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
-from secateurs.graph.masking import channel_prune_masks
 from secateurs.methods.allocations import unmatched_patterns
 from secateurs.methods.controls import CONTROLS, derived_seed, fork_index
 from secateurs.methods.criteria import build_criterion
@@ -421,8 +420,6 @@ class Pipeline:
     def _compute(
         self, spec: PruneSpec, sparsity: float | None, layer_sparsities: dict[str, float] | None = None
     ) -> MaskSet:
-        if spec.structure == "channel":
-            return self._compute_channels(spec, sparsity)
         layers = spec.layers if spec.layers is not None else self.recipe.layers
         data = None
         criterion = build_criterion(spec.criterion, **spec.criterion_options)
@@ -449,49 +446,6 @@ class Pipeline:
             input_shape=tuple(self.data.info.input_shape),
             rounds=spec.rounds,
             sanity=spec.sanity,
-        )
-
-    def _compute_channels(self, spec: PruneSpec, sparsity: float | None) -> MaskSet:
-        """Channel pruning as masks (see `secateurs.graph.masking`)."""
-        unsupported = [
-            f"{key} {value!r}"
-            for key, value, default in (
-                ("sanity", spec.sanity, "none"),
-                ("rounds", spec.rounds, 1),
-                ("layers", spec.layers, None),
-            )
-            if value != default
-        ]
-        if unsupported:
-            raise ConfigError(
-                f"structure channel does not take {', '.join(unsupported)}",
-                where="prune",
-                fix="leave them at their defaults; exclude layers with structure_options: {exclude: [...]}",
-            )
-        if sparsity is None:
-            raise ConfigError("channel pruning needs a sparsity", where="prune.sparsity", fix="set it")
-        options = dict(spec.structure_options)
-        unknown = set(options) - {"exclude", "max_per_layer"}
-        if unknown:
-            raise ConfigError(
-                f"structure channel has no option {', '.join(sorted(unknown))}",
-                where="prune.structure_options",
-                fix="valid options: exclude (module name patterns), max_per_layer (fraction)",
-            )
-        data = None
-        if spec.criterion == "taylor":
-            loader = self.data.train_loader(spec.data_batch_size, seed=self.recipe.seed + self.counter)
-            data = next(iter(loader))
-        return channel_prune_masks(
-            self.model,
-            sparsity,
-            example_input=torch.zeros(2, *self.data.info.input_shape),
-            criterion=spec.criterion,
-            allocation=spec.allocation,
-            data=data,
-            seed=self.recipe.seed * 1000 + self.counter,
-            exclude=list(options.get("exclude", [])),
-            max_per_layer=float(options.get("max_per_layer", 0.9)),
         )
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:

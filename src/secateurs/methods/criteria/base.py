@@ -1,6 +1,11 @@
 """The criterion axis: a criterion turns a model (and maybe data) into one score per weight.
 
-Higher score = more worth keeping. A new criterion is one small class overriding `score`.
+Higher score = more worth keeping. A new criterion is one small class overriding `score`; it
+then scores every structure: where a group holds several entries (blocks, channels, heads), its
+element scores are pooled (`secateurs.methods.structures.pooling`). A criterion states how it
+prefers to be pooled (`pooling`, `side`, `pool_tensors`), may give signed first-order
+`contributions` (pooled as (Σ c)², the group Taylor criterion), or may score groups itself
+(`scores_groups` + `group_scores`, for criteria such as FPGM that are not sums over entries).
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,16 +62,46 @@ class Criterion:
     needs_data: bool = False
     # Class-balanced batch the criterion asks the pipeline for (samples per class); None: loader batches.
     samples_per_class: int | None = None
+    # How a group's entries are pooled when the structure does not say (None: the structure's default).
+    pooling: str | None = None
+    # Which sites of a group spanning layers it scores: "producers", "consumers", "all" (None: default).
+    side: str | None = None
+    # Tensors of such a group it pools: "weights" (its weight matrices) or "all" (biases too).
+    pool_tensors: str = "weights"
+    # The structures it can score (None: every one); criteria that score groups themselves say which.
+    structures: tuple[str, ...] | None = None
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def contributions(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        """Signed per-entry contributions whose sum over a group is its effect (pooling squared_sum)."""
+        raise ConfigError(
+            f"criterion {self.name!r} has no signed contributions to pool with squared_sum",
+            fix="use pool: l1 or l2, or a criterion with contributions (taylor)",
+        )
+
+    def scores_groups(self, layout: Any) -> bool:
+        """Whether it scores the groups of `layout` itself (`group_scores`) instead of being pooled."""
+        return False
+
+    def group_scores(self, ctx: ScoringContext, layout: Any) -> dict[str, Tensor]:
+        """One float64 score per group of every unit of `layout` (only when `scores_groups`)."""
         raise NotImplementedError
 
 
 CRITERIA: Registry[type[Criterion]] = Registry("criterion")
 
 
-def build_criterion(name: str, **options: object) -> Criterion:
-    """Instantiate a registered criterion with its options (unknown option → ConfigError)."""
+def build_criterion(name: str | Criterion, **options: object) -> Criterion:
+    """Instantiate a registered criterion with its options (unknown option → ConfigError).
+
+    An instance is returned as it is (a criterion built in Python needs no registration).
+    """
+    if isinstance(name, Criterion):
+        if options:
+            raise ConfigError("criterion options go with a criterion name, not an instance")
+        return name
     return CRITERIA.build(name, **options)  # type: ignore[return-value]
 
 
@@ -99,6 +135,23 @@ def take_batches(ctx: ScoringContext, criterion: str, max_batches: int) -> list[
         if len(out) >= max_batches:
             break
         out.append((x.to(device), y.to(device)))
+    if not out:
+        raise ConfigError(f"criterion {criterion!r} got no batches", fix="pass a non-empty loader")
+    return out
+
+
+def take_inputs(ctx: ScoringContext, criterion: str, max_batches: int | None) -> list[Any]:
+    """Up to `max_batches` calibration inputs (all when None), labels dropped, on the model's device.
+
+    Batches may be (x, y) pairs, bare input tensors or tokenizer outputs (mappings of tensors).
+    """
+    device = next(iter(ctx.params().values())).device
+    out: list[Any] = []
+    for batch in ctx.require_batches(criterion):
+        if max_batches is not None and len(out) >= max_batches:
+            break
+        x = batch[0] if isinstance(batch, tuple | list) and len(batch) == 2 else batch
+        out.append({k: v.to(device) for k, v in x.items()} if isinstance(x, dict) else x.to(device))
     if not out:
         raise ConfigError(f"criterion {criterion!r} got no batches", fix="pass a non-empty loader")
     return out

@@ -30,6 +30,7 @@ class Grasp(Criterion):
 
     name = "grasp"
     needs_data = True
+    pooling = "sum"  # the sign carries the meaning: a group's score is the sum of its entries'
 
     def __init__(self, temperature: float = 200.0, samples_per_class: int = 10, num_batches: int = 1) -> None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:

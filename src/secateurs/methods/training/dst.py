@@ -34,8 +34,8 @@ from torch import Tensor, nn
 from secateurs.core.errors import ConfigError, SecateursError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import Registry
+from secateurs.core.topk import topk_mask
 from secateurs.methods.allocations import round_half_up
-from secateurs.methods.pruning import topk_mask
 from secateurs.train.config import StrictModel
 from secateurs.train.engine import Callback, TrainState
 from secateurs.train.optim import zero_optimizer_state

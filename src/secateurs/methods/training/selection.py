@@ -35,9 +35,9 @@ from torch.nn.utils import parametrize
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet
+from secateurs.core.topk import topk_mask
 from secateurs.methods.allocations import round_half_up
 from secateurs.methods.layers import LayerSelection
-from secateurs.methods.pruning import topk_mask
 from secateurs.train.config import StrictModel
 
 SELECTION_METHODS = ("edge_popup", "supermask")

@@ -1,0 +1,31 @@
+"""Explicit: a sparsity per layer, given by name pattern."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from secateurs.core.errors import ConfigError
+from secateurs.methods.allocations.base import ALLOCATIONS, LayerInfo, kept_after, override_counts
+
+
+@ALLOCATIONS.register("explicit", "a sparsity per layer, given by name pattern")
+def explicit(
+    layers: list[LayerInfo], sparsity: float | None, *, sparsities: Mapping[str, float] | None = None
+) -> dict[str, int]:
+    """Per-layer sparsities by shell-style pattern (first match wins); others get `sparsity`."""
+    if not sparsities:
+        raise ConfigError(
+            "the explicit allocation needs `sparsities`, a mapping of layer patterns to sparsities",
+            fix="set allocation_options: {sparsities: {'features.*': 0.5}}, or use the 'uniform' allocation",
+        )
+    out = override_counts(layers, sparsities, what="explicit")
+    for layer in layers:
+        if layer.name in out:
+            continue
+        if sparsity is None:
+            raise ConfigError(
+                f"no sparsity for layer {layer.name!r}",
+                fix="give it a pattern in `sparsities` or set the prune step's `sparsity`",
+            )
+        out[layer.name] = kept_after(layer.num_groups, sparsity, layer.floor)
+    return {layer.name: out[layer.name] for layer in layers}

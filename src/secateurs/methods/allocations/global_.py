@@ -1,0 +1,101 @@
+"""Global: one ranking over the groups of all units."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from secateurs.core.errors import ConfigError
+from secateurs.methods.allocations.base import ALLOCATIONS, LayerInfo, kept_after
+
+NORMALIZE = ("none", "mean")
+
+
+def _normalised(scores: Tensor, normalize: str) -> Tensor:
+    """A unit's scores divided by the mean of its finite ones (−∞ stays; a mean ≤ 0 gives 0).
+
+    Raw norms of layers of different widths and depths are not comparable; dividing by the unit's
+    mean makes a global ranking compare each group with its own layer's typical group.
+    """
+    if normalize == "none":
+        return scores
+    finite = torch.isfinite(scores)
+    mean = float(scores[finite].mean()) if bool(finite.any()) else 0.0
+    if mean > 0:
+        return torch.where(finite, scores / mean, scores)
+    return torch.where(finite, torch.zeros_like(scores), scores)
+
+
+def _check(normalize: str, max_per_layer: float) -> None:
+    if normalize not in NORMALIZE:
+        raise ConfigError(
+            f"global allocation option normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}",
+            where="allocation_options",
+            fix="none: rank raw scores; mean: divide each layer's scores by their mean first",
+        )
+    if (
+        isinstance(max_per_layer, bool)
+        or not isinstance(max_per_layer, int | float)
+        or not 0 < max_per_layer <= 1
+    ):
+        raise ConfigError(
+            f"global allocation option max_per_layer must be in (0, 1], got {max_per_layer!r}",
+            where="allocation_options",
+            fix="e.g. max_per_layer: 0.9 removes at most 90 % of any layer's groups",
+        )
+
+
+@ALLOCATIONS.register("global", "one threshold over the scores of all layers")
+def global_(
+    layers: list[LayerInfo], sparsity: float, *, normalize: str = "none", max_per_layer: float = 1.0
+) -> dict[str, int]:
+    """Keep the highest-scoring groups of the whole model until the element budget is spent.
+
+    Ties are broken deterministically: earlier layer first, then lower index. A unit loses at most
+    `max_per_layer` of its groups and keeps at least its floor: the groups that must stay are kept
+    first (its best ones), the rest of the budget goes down the global ranking.
+    """
+    _check(normalize, max_per_layer)
+    total = sum(layer.numel for layer in layers)
+    budget = kept_after(total, sparsity)
+    scores = torch.cat(
+        [_normalised(layer.scores.detach().double().reshape(-1).cpu(), normalize) for layer in layers]
+    )
+    sizes = torch.cat(
+        [torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers]
+    )
+    owner = torch.cat(
+        [torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)]
+    )
+    order = torch.argsort(scores, descending=True, stable=True)
+    must = [
+        layer.num_groups
+        - min(
+            layer.num_groups - min(layer.floor, layer.num_groups),
+            math.floor(max_per_layer * layer.num_groups),
+        )
+        for layer in layers
+    ]
+    if not any(must):
+        taken = torch.cumsum(sizes[order], 0) <= budget
+        counts = torch.bincount(owner[order][taken], minlength=len(layers))
+        return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}
+    # a group must stay when it is among its unit's `must` best (in the global order, which within a
+    # unit is the unit's own descending order with ties to the lower index)
+    owned = owner[order]
+    by_owner = torch.argsort(owned, stable=True)  # positions grouped by unit, in ranking order
+    starts = torch.cumsum(torch.bincount(owned, minlength=len(layers)), 0) - torch.bincount(
+        owned, minlength=len(layers)
+    )
+    rank = torch.empty_like(order)
+    rank[order[by_owner]] = torch.arange(len(order)) - starts[owned[by_owner]]
+    forced = rank < torch.tensor(must, dtype=torch.long)[owner]
+    free = order[~forced[order]]
+    room = budget - int(sizes[forced].sum())
+    taken = torch.cumsum(sizes[free], 0) <= room
+    counts = torch.bincount(owner[forced], minlength=len(layers)) + torch.bincount(
+        owner[free][taken], minlength=len(layers)
+    )
+    return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}

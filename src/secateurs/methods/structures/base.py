@@ -1,0 +1,233 @@
+"""The structure axis: which entries of a model's parameters are kept or pruned together.
+
+A structure turns a model and its selected parameters into a *layout*, the one interface the
+pruning step uses for every structure:
+
+- `units`: what an allocation hands keep counts to, each with its number of groups, entries per
+  group, a shape (for ER/ERK) and a floor (groups that must stay). For structures whose groups
+  lie inside one parameter (unstructured, N:M, rows, blocks) a unit is a parameter; for groups
+  that span layers (channels, attention heads, FFN channels) it is the layer producing them.
+- `group_scores`: the criterion's element scores pooled over each group (`pooling.py`); groups
+  removed by an earlier prune score −∞, so they stay removed and count towards the target.
+- `select`: which k groups of a unit to keep: the top k (ties to the lower index), or a count
+  spread evenly over sub-groups (N:M, rows).
+- `masks`: the element masks of the kept groups.
+
+So every criterion scores every structure, and every allocation allocates it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet
+from secateurs.core.registry import Registry
+from secateurs.core.topk import topk_mask
+from secateurs.methods.layers import LayerSelection
+from secateurs.methods.structures.pooling import POOLINGS, SIDES, Pooling
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What an allocation distributes: `num_groups` groups of `group_size` entries each."""
+
+    name: str
+    shape: tuple[int, ...]
+    group_size: int
+    num_groups: int
+    floor: int = 0  # groups this unit always keeps (a layer cannot lose every channel)
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """How a layout pools element scores into group scores, resolved for one prune."""
+
+    pooling: Pooling
+    side: str = "producers"
+    tensors: str = (
+        "weights"  # of a group spanning layers: its weight matrices, or "all" its tensors (biases too)
+    )
+
+
+@dataclass
+class LayoutContext:
+    """What a structure may look at to lay out a model."""
+
+    model: nn.Module
+    names: list[str]  # the parameters the layer selection chose
+    selection: LayerSelection = field(default_factory=LayerSelection)
+    example_input: Tensor | tuple[Tensor, ...] | None = None
+
+
+class Layout(ABC):
+    """Groups of one model under one structure (see the module docstring)."""
+
+    units: list[Unit]
+    pools: bool = False  # groups hold several entries whose scores are pooled
+    allocation_defaults: Mapping[str, Any] = {}  # default options of allocations that take them
+
+    @abstractmethod
+    def scored(self, pool: PoolSpec) -> list[str]:
+        """The parameters whose element scores `group_scores` reads."""
+
+    @abstractmethod
+    def group_scores(
+        self, values: Mapping[str, Tensor], current: MaskSet | None, pool: PoolSpec
+    ) -> dict[str, Tensor]:
+        """Per unit, one float64 score per group (−∞: removed before)."""
+
+    def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
+        """The groups of `unit` kept (bool per group): the top k, ties to the lower index."""
+        return topk_mask(scores, k)
+
+    @abstractmethod
+    def masks(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> MaskSet:
+        """Element masks keeping the groups marked True (and nothing `current` removed)."""
+
+    def invertible(self, pool: PoolSpec) -> bool:
+        """Whether negating element scores reverses the selection order (the invert check)."""
+        return not self.pools or pool.pooling.linear
+
+
+class Structure:
+    """Base of every structure: its options, preferences and layout.
+
+    `pool` and `side` (options of the structures that pool) override the criterion's preference;
+    `default_pool` / `default_side` apply when neither chooses.
+    """
+
+    name: str = ""
+    default_pool: str = "l1"
+    default_side: str = "producers"
+    pool: str | None = None
+    side: str | None = None
+
+    def check_model(self, model: nn.Module) -> None:
+        """Reject a model this structure cannot lay out, before anything else looks at it."""
+
+    def layout(self, ctx: LayoutContext) -> Layout:
+        raise NotImplementedError
+
+    def pool_spec(self, criterion: Any) -> PoolSpec:
+        """The pooling of this prune: the structure's option, else the criterion's, else the default."""
+        name = self.pool or getattr(criterion, "pooling", None) or self.default_pool
+        side = self.side or getattr(criterion, "side", None) or self.default_side
+        tensors = getattr(criterion, "pool_tensors", "weights")
+        return PoolSpec(POOLINGS.get(name), side, tensors)
+
+
+STRUCTURES: Registry[type[Structure]] = Registry("structure")
+
+
+def positive_int(value: object, what: str, where: str = "structure_options") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}", where=where)
+    return value
+
+
+def check_pooling(structure: str, pool: object, side: object = None) -> None:
+    """`pool` and `side` options name a registered pooling and a side (or are left unset)."""
+    if pool is not None and (not isinstance(pool, str) or pool not in POOLINGS):
+        raise ConfigError(
+            f"{structure} option pool must be one of {', '.join(POOLINGS.names())}, got {pool!r}",
+            where="structure_options",
+            fix="e.g. pool: l1 (sum of |scores|) or pool: l2 (root of the sum of squares)",
+        )
+    if side is not None and side not in SIDES:
+        raise ConfigError(
+            f"{structure} option side must be one of {', '.join(SIDES)}, got {side!r}",
+            where="structure_options",
+            fix="producers: the filters making the channels; consumers: the columns reading them",
+        )
+
+
+def build_structure(name: str | Structure, **options: object) -> Structure:
+    """A registered structure by name with its options (an instance is returned as it is)."""
+    if isinstance(name, Structure):
+        if options:
+            raise ConfigError("structure options go with a structure name, not an instance")
+        return name
+    return STRUCTURES.build(name, **options)  # type: ignore[return-value]
+
+
+class ElementStructure(Structure):
+    """Groups that lie inside one parameter: a unit per parameter, masks expanded per parameter.
+
+    Subclasses give `num_groups`, `group_size`, `group_scores` and `expand`, and may give
+    `check(name, shape)` (reject a shape the structure cannot group, by name) and
+    `select(scores, k, shape)` (spread the count instead of a plain top-k).
+    """
+
+    def check(self, name: str, shape: tuple[int, ...]) -> None:
+        """Accept every shape (structures with a tiling override this)."""
+
+    def num_groups(self, shape: tuple[int, ...]) -> int:
+        raise NotImplementedError
+
+    def group_size(self, shape: tuple[int, ...]) -> int:
+        raise NotImplementedError
+
+    def group_scores(self, scores: Tensor, pooling: str | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def expand(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
+        raise NotImplementedError
+
+    def select(self, scores: Tensor, k: int, shape: tuple[int, ...]) -> Tensor:
+        return topk_mask(scores, k)
+
+    @property
+    def pools(self) -> bool:
+        return False
+
+    def layout(self, ctx: LayoutContext) -> Layout:
+        params = dict(ctx.model.named_parameters())
+        return ElementLayout(self, {n: tuple(params[n].shape) for n in ctx.names})
+
+
+class ElementLayout(Layout):
+    """The layout of an `ElementStructure`: one unit per selected parameter, in selection order."""
+
+    def __init__(self, structure: ElementStructure, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        self.structure = structure
+        self.pools = structure.pools
+        self.names = list(shapes)
+        self.shapes = dict(shapes)
+        self.units = []
+        for n in self.names:
+            shape = self.shapes[n]
+            structure.check(n, shape)
+            self.units.append(Unit(n, shape, structure.group_size(shape), structure.num_groups(shape)))
+
+    def scored(self, pool: PoolSpec) -> list[str]:
+        return list(self.names)
+
+    def group_scores(
+        self, values: Mapping[str, Tensor], current: MaskSet | None, pool: PoolSpec
+    ) -> dict[str, Tensor]:
+        out = {}
+        for n in self.names:
+            s = values[n].detach().to(torch.float64)
+            if current is not None and n in current:
+                s = s.masked_fill(~current[n].to(s.device), float("-inf"))
+            out[n] = self.structure.group_scores(s, pool.pooling.name)
+        return out
+
+    def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
+        return self.structure.select(scores, k, unit.shape)
+
+    def masks(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> MaskSet:
+        out = {}
+        for n in self.names:
+            mask = self.structure.expand(keep[n], self.shapes[n])
+            if current is not None and n in current:
+                mask = mask & current[n].to(mask.device)
+            out[n] = mask
+        return MaskSet(out)
