@@ -321,7 +321,8 @@ def test_random_criterion_is_reproducible_by_seed() -> None:
     [
         (
             {"criterion": "magnitud"},
-            r"unknown criterion 'magnitud'.*bn_scale, fpgm, grasp, l1, l2, magnitude, random, snip, synflow, taylor, wanda",
+            r"unknown criterion 'magnitud'.*bn_scale, fpgm, grasp, l1, l2, magnitude, random, snip, "
+            r"synflow, taylor, wanda",
         ),
         (
             {"allocation": "flat"},
