@@ -2,7 +2,7 @@
 
 Model: LeNet-5 with BatchNorm after every conv and hidden linear (6-16 channels,
 120-84 neurons). Each seed trains two dense models: a plain one, and one with the network-
-slimming L1 penalty on BN scales (`train.bn_l1`), from which `bn_scale` prunes. Then, from the
+slimming L1 penalty on BN scales (the train stage's `bn_l1`), from which `bn_scale` prunes. Then, from the
 dense weights, every criterion removes 30 / 50 / 70 % of the channels and neurons of every layer
 (`structure: channel`, uniform allocation, the classifier's outputs kept):
   one-shot   prune once, finetune FT epochs;
@@ -59,8 +59,9 @@ def recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         },
     }
     if job["kind"] == "dense":
-        base["train"] |= {"epochs": b["dense_epochs"], "optimizer": {**sgd, "lr": 0.1}, "bn_l1": job["bn_l1"]}
-        base["stages"] = [{"train": {}}, {"evaluate": {"label": "dense"}}]
+        base["train"] |= {"epochs": b["dense_epochs"], "optimizer": {**sgd, "lr": 0.1}}
+        slimming = {"bn_l1": job["bn_l1"]} if job["bn_l1"] else {}  # a training-time method of the stage
+        base["stages"] = [{"train": slimming}, {"evaluate": {"label": "dense"}}]
         return base
     base["init_from"] = job["init"]
     prune = {"structure": "channel", "criterion": job["criterion"], "allocation": "uniform"}

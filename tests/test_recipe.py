@@ -16,9 +16,9 @@ import yaml
 
 from secateurs.core.errors import ConfigError
 from secateurs.methods.schedules import Gradual, Iterative
+from secateurs.methods.training.gradual import GradualPrune
 from secateurs.pipeline.recipe import (
     EvaluateStage,
-    GradualPrune,
     PruneStage,
     Recipe,
     RepeatStage,
@@ -111,9 +111,9 @@ def test_single_key_stages_parse_to_their_kinds_with_their_fields() -> None:
     train, prune, reset, repeat, evaluate = recipe.stages
     assert isinstance(train, TrainStage)
     assert train.options == {"iterations": 7}  # the budget override, without the prune block
-    assert isinstance(train.prune, GradualPrune)
-    assert train.prune.criterion == "random"
-    assert train.prune.schedule == Gradual(frequency=3)
+    assert isinstance(train.methods["prune"], GradualPrune)
+    assert train.methods["prune"].criterion == "random"
+    assert train.methods["prune"].schedule == Gradual(frequency=3)
     assert isinstance(prune, PruneStage)
     assert (prune.criterion, prune.allocation, prune.sparsity, prune.data_batches) == (
         "taylor",
@@ -122,7 +122,7 @@ def test_single_key_stages_parse_to_their_kinds_with_their_fields() -> None:
         2,
     )
     assert isinstance(reset, ResetStage)
-    assert (reset.mode, reset.step) == ("rewind", 4)
+    assert (reset.mode, reset.options.step) == ("rewind", 4)
     assert isinstance(evaluate, EvaluateStage)
     assert (evaluate.label, evaluate.per_layer) == ("final", True)
     assert isinstance(repeat, RepeatStage)
@@ -218,7 +218,11 @@ def test_override_inside_a_repeat_block() -> None:
 
 def test_override_creates_missing_mappings() -> None:
     recipe = parse_recipe(
-        TINY, overrides=["stages.1.prune.allocation_options.sparsities={'classifier': 0.1}"]
+        TINY,
+        overrides=[
+            "stages.1.prune.allocation=explicit",
+            "stages.1.prune.allocation_options.sparsities={'classifier': 0.1}",
+        ],
     )
     assert recipe.stages[1].allocation_options == {"sparsities": {"classifier": 0.1}}
 
@@ -293,7 +297,7 @@ def test_yaml_syntax_error_names_the_line() -> None:
         (
             "- evaluate: {}",
             "- reset: {mode: rewinds}",
-            "stages.2.reset.mode: Input should be 'keep', 'rewind'",
+            "stages.2.reset.mode: unknown reset mode 'rewinds'. Did you mean 'rewind'? Use one of: keep, lr_rewind, orthp, reinit, rewind",
         ),
         (
             "- evaluate: {}",

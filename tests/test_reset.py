@@ -141,5 +141,7 @@ def test_reinit_draws_the_weights_of_a_fresh_model_with_that_seed() -> None:
 
 
 def test_unknown_reset_mode_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"unknown reset mode 'restart'.*keep, lr_rewind, rewind or reinit"):
+    with pytest.raises(
+        ConfigError, match=r"unknown reset mode 'restart'.*keep, lr_rewind, orthp, reinit, rewind"
+    ):
         apply_reset(resnet(), "restart", snapshots={})  # type: ignore[arg-type]

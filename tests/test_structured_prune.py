@@ -197,7 +197,7 @@ def test_a_channel_prune_stage_masks_whole_neurons_and_shrink_removes_them() -> 
         ),
         (
             {"structure": "channel", "allocation_options": {"normalize": "max"}},
-            "normalize must be one of none, mean",
+            "normalize: Input should be 'none' or 'mean'",
         ),
     ],
 )

@@ -549,6 +549,7 @@ def test_bn_l1_adds_the_l1_subgradient_to_every_batchnorm_scale() -> None:
     """Network slimming: one SGD step with bn_l1 = λ moves γ by exactly −lr·λ·sign(γ) more."""
     from torch import nn
 
+    from secateurs.methods.training.slimming import SlimmingPenalty
     from secateurs.train import TrainConfig, train
 
     def run(bn_l1: float) -> torch.Tensor:
@@ -557,8 +558,8 @@ def test_bn_l1_adds_the_l1_subgradient_to_every_batchnorm_scale() -> None:
         with torch.no_grad():
             model[1].weight.copy_(torch.tensor([0.5, -0.3, 1.0, -2.0, 0.7, 0.1]))
         x, y = torch.randn(8, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1] * 4)
-        config = TrainConfig(iterations=1, batch_size=8, optimizer={"lr": 0.5, "momentum": 0.0}, bn_l1=bn_l1)
-        train(model, [(x, y)], config)
+        config = TrainConfig(iterations=1, batch_size=8, optimizer={"lr": 0.5, "momentum": 0.0})
+        train(model, [(x, y)], config, callbacks=[SlimmingPenalty(model, bn_l1)])
         return model[1].weight.detach()
 
     plain, slim = run(0.0), run(0.1)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_type_hints
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from secateurs.core.errors import ConfigError
 
@@ -67,6 +69,42 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def options_schema(factory: Callable[..., object]) -> type[BaseModel] | None:
+    """A pydantic model of a function's keyword options, from its annotations and defaults.
+
+    None when the function takes arbitrary keywords. Lets a plain function (an allocation, a
+    projection) have its option *values* validated when a recipe is read, not only their names.
+    """
+    sig = inspect.signature(factory)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    hints = get_type_hints(factory, include_extras=True)
+    fields: dict[str, Any] = {}
+    for name, p in sig.parameters.items():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[name] = (hints.get(name, Any), default)
+    return create_model(
+        f"{getattr(factory, '__name__', 'factory')}_options",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+
+
+def validate_options(factory: Callable[..., object], options: dict[str, object], *, where: str) -> None:
+    """Raise a ConfigError naming an option `factory` does not take, or a value its annotation refuses."""
+    check_options(factory, options, where=where)
+    schema = options_schema(factory)
+    if schema is None:
+        return
+    try:
+        schema(**options)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{where}: invalid option ({problems})") from None
 
 
 def check_options(factory: Callable[..., object], options: dict[str, object], *, where: str) -> None:

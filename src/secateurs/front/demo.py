@@ -17,8 +17,9 @@ from rich.table import Table
 
 from secateurs.core.fileio import atomic_write_text, save_figure
 from secateurs.data import load_dataset
+from secateurs.pipeline.metrics import model_metrics
 from secateurs.pipeline.recipe import load_recipe
-from secateurs.pipeline.runner import model_metrics, run_recipe
+from secateurs.pipeline.runner import run_recipe
 
 # (label, preset, overrides): a new method adds one line here.
 DEMO_METHODS: list[tuple[str, str, list[str]]] = [

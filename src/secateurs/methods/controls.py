@@ -29,6 +29,7 @@ import torch
 
 from secateurs.core.masks import MaskSet
 from secateurs.core.registry import Registry
+from secateurs.methods.resets import RESETS
 
 Check = Callable[[list[Any]], str | None]
 
@@ -46,8 +47,9 @@ class Control:
         """The level's stages after the prune, as this control runs them."""
         if self.reset_mode is None:
             return list(stages)
+        options = RESETS.get(self.reset_mode).schema()
         return [
-            s.model_copy(update={"mode": self.reset_mode, "step": 0, "epoch": None}) if _is_reset(s) else s
+            s.model_copy(update={"mode": self.reset_mode, "options": options}) if _is_reset(s) else s
             for s in stages
         ]
 

@@ -13,8 +13,8 @@ from fnmatch import fnmatchcase
 from pydantic import Field
 from torch import nn
 
+from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
-from secateurs.train.config import StrictModel
 
 DEFAULT_TYPES = ["Linear", "Conv1d", "Conv2d", "Conv3d"]
 

@@ -30,7 +30,7 @@ from secateurs.methods.allocations import LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Batch, Criterion
 from secateurs.methods.layers import LayerSelection, select_parameters
-from secateurs.methods.sanity import SANITY, CorruptedBatches, reinit_kept, sanity_seed, shuffle_masks
+from secateurs.methods.sanity import SANITY, CorruptedBatches, sanity_seed, shuffle_masks
 from secateurs.methods.structures import (
     POOLINGS,
     ElementLayout,
@@ -368,7 +368,7 @@ def plan(
     sanity: str = "none",
 ) -> Plan:
     """`compute_masks`, returning the layout too (physical removal of channel groups needs it)."""
-    invert = invert or sanity == "invert"
+    invert = invert or SANITY.get(sanity).level == "scores"
     if sparsity is not None:
         check_sparsity(sparsity)
     rounds = _check_rounds(rounds, sparsity)
@@ -454,6 +454,8 @@ def prune(model: nn.Module, sparsity: float | None, **options: Any) -> nn.Module
     """
     check_options(plan, options, where="prune()")
     set_masks(model, plan(model, sparsity, **options).masks)
-    if options.get("sanity") == "reinit":
-        reinit_kept(model, sanity_seed(int(options.get("seed", 0)), "reinit"))
+    sanity = options.get("sanity", "none")
+    weights = SANITY.get(sanity).weights
+    if weights is not None:
+        weights(model, sanity_seed(int(options.get("seed", 0)), sanity))
     return model

@@ -28,10 +28,15 @@ from secateurs.models import reinitialize
 
 @dataclass(frozen=True)
 class SanityCheck:
-    """Where a check acts: "scores" (invert), "masks", "data" or "weights"; `corrupt` for data checks."""
+    """Where a check acts: "scores" (invert), "masks" (shuffle), "data" or "weights".
+
+    `corrupt(batch, generator)` changes a scoring batch (data checks); `weights(model, seed)` acts
+    on the model right after the prune (weight checks). The pruning step reads only these.
+    """
 
     level: str
     corrupt: Callable[[Batch, torch.Generator], Batch] | None = None
+    weights: Callable[[nn.Module, int], None] | None = None
 
 
 SANITY: Registry[SanityCheck] = Registry("sanity check")
@@ -57,14 +62,6 @@ def noise_inputs(batch: Batch, generator: torch.Generator) -> Batch:
     flat = x.float().reshape(-1)
     std = flat.std() if flat.numel() > 1 else flat.new_zeros(())
     return (noise * std + flat.mean()).to(x.dtype), y
-
-
-SANITY.add("none", SanityCheck("none"), "no check")
-SANITY.add("shuffle", SanityCheck("masks"), "permute each layer's mask at random (same per-layer counts)")
-SANITY.add("invert", SanityCheck("scores"), "keep the lowest-scoring weights")
-SANITY.add("random_labels", SanityCheck("data", permute_labels), "score on randomly permuted labels")
-SANITY.add("random_pixels", SanityCheck("data", noise_inputs), "score on Gaussian-noise inputs")
-SANITY.add("reinit", SanityCheck("weights"), "re-initialise the kept weights after pruning")
 
 
 class CorruptedBatches:
@@ -107,3 +104,13 @@ def reinit_kept(model: nn.Module, seed: int) -> None:
     masks = masks_of(model)
     reinitialize(model, seed=seed)
     set_masks(model, masks)
+
+
+SANITY.add("none", SanityCheck("none"), "no check")
+SANITY.add("shuffle", SanityCheck("masks"), "permute each layer's mask at random (same per-layer counts)")
+SANITY.add("invert", SanityCheck("scores"), "keep the lowest-scoring weights")
+SANITY.add("random_labels", SanityCheck("data", permute_labels), "score on randomly permuted labels")
+SANITY.add("random_pixels", SanityCheck("data", noise_inputs), "score on Gaussian-noise inputs")
+SANITY.add(
+    "reinit", SanityCheck("weights", weights=reinit_kept), "re-initialise the kept weights after pruning"
+)

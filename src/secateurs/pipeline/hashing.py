@@ -36,9 +36,13 @@ def essential(value: Any) -> Any:
     """`value` as plain data with every field at its default left out (recursively)."""
     if isinstance(value, BaseModel):
         out = {}
+        flattened = getattr(type(value), "flattened", ())
         for name, field in type(value).model_fields.items():
             item = getattr(value, name)
-            if name in ALWAYS_KEPT or item != field.get_default(call_default_factory=True):
+            if name in flattened:  # registered components' options, written beside the fields
+                inner = essential(item)
+                out.update(inner if isinstance(inner, dict) else {})
+            elif name in ALWAYS_KEPT or item != field.get_default(call_default_factory=True):
                 out[field.alias or name] = essential(item)
         return out
     if isinstance(value, list | tuple):

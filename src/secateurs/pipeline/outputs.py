@@ -23,7 +23,7 @@ from secateurs.core.masks import MaskSet
 from secateurs.pipeline.recipe import recipe_to_raw
 
 if TYPE_CHECKING:
-    from secateurs.pipeline.runner import RunResult
+    from secateurs.pipeline.result import RunResult
 
 CHECKPOINT_NAME = "model.pt"
 

@@ -18,22 +18,30 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
+from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
+from secateurs.core.registry import check_options
 from secateurs.methods.controls import CONTROLS, check_controls
 from secateurs.methods.layers import LayerSelection
-from secateurs.methods.schedules import SCHEDULE_NAMES, Gradual, LevelSchedule
-from secateurs.methods.training.admm import ADMMConfig
-from secateurs.methods.training.dst import UPDATERS, DynamicSparsity
-from secateurs.methods.training.selection import SparseSelection
-from secateurs.train.config import StrictModel, TrainConfig
+from secateurs.methods.resets import RESETS
+from secateurs.methods.schedules import SCHEDULES, LevelSchedule
+from secateurs.methods.spec import PruneSpec, known
+from secateurs.methods.training import TRAINING
+from secateurs.train.config import TrainConfig
 
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
-TRAIN_BLOCKS = ("prune", "dst", "select", "admm")  # keys of a train stage that are not training options
 
 
 class FieldProblems(ValueError):
@@ -77,121 +85,122 @@ class NamedOptions(StrictModel):
         return {"name": value} if isinstance(value, str) else value
 
 
-class PruneSpec(StrictModel):
-    """criterion × allocation × structure × layers, at a sparsity."""
+class Flattened(StrictModel):
+    """A config whose `flattened` fields hold registered components' options written at its own level.
 
-    criterion: str = "magnitude"
-    criterion_options: dict[str, Any] = Field(default_factory=dict)
-    allocation: str = "global"
-    allocation_options: dict[str, Any] = Field(default_factory=dict)
-    structure: str = "unstructured"
-    structure_options: dict[str, Any] = Field(default_factory=dict)
-    sparsity: float | None = Field(None, ge=0, lt=1)
-    layers: LayerSelection | None = None
-    allow_collapse: bool = False
-    data_batches: int = Field(1, gt=0, description="batches fed to data-dependent criteria")
-    data_batch_size: int = Field(128, gt=0)
-    samples_per_class: int | None = Field(
-        None,
-        gt=0,
-        description="feed data-dependent criteria one class-balanced batch of this many samples per class "
-        "(default: the criterion's own, e.g. 10 for snip and grasp; loader batches for the others)",
-    )
-    rounds: int = Field(1, gt=0, description="prune in rounds on the exponential schedule (SynFlow: 100)")
-    sanity: Literal["none", "shuffle", "invert", "random_labels", "random_pixels", "reinit"] = Field(
-        "none", description="a sanity check of the criterion (see `secateurs.methods.sanity`); none: no check"
-    )
+    A train stage's training-time methods (`dst: {...}`) and a reset's options (`step: 100`) are
+    validated by the component's own schema, but in YAML, in dumps and in run hashes they stand
+    beside the stage's fields, as users write them.
+    """
 
-    @model_validator(mode="after")
-    def _known_names(self) -> PruneSpec:
-        """Unknown names fail when the recipe is read, not stages later (nor in a sweep's run)."""
-        from secateurs.methods.allocations import ALLOCATIONS
-        from secateurs.methods.criteria import CRITERIA
-        from secateurs.methods.structures import STRUCTURES
+    flattened: ClassVar[tuple[str, ...]] = ()
 
-        for registry, value in (
-            (STRUCTURES, self.structure),
-            (CRITERIA, self.criterion),
-            (ALLOCATIONS, self.allocation),
-        ):
-            _known(registry, value)
-        return self
+    @model_serializer(mode="wrap")
+    def _flatten(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self.flattened:
+            inner = data.pop(name, None)
+            data.update(inner or {})
+        return data
 
 
-def _known(registry: Any, name: str) -> None:
-    """The registry's own message for an unknown name (with its "did you mean"), as a field error."""
+def _validated(
+    schema: Any, value: Any, path: tuple[str | int, ...]
+) -> tuple[Any, list[tuple[tuple[str | int, ...], str]]]:
+    """`value` validated by `schema`, or the problems at their paths below `path`."""
     try:
-        registry.get(name)
-    except ConfigError as err:
-        raise ValueError(f"{err.what} Use one of: {', '.join(registry.names())}") from None
+        return TypeAdapter(schema).validate_python(value), []
+    except ValidationError as err:
+        return None, [((*path, *e["loc"]), _message(e)) for e in err.errors()]
 
 
-class GradualPrune(PruneSpec):
-    """Pruning applied during a training stage, following a step schedule."""
-
-    schedule: Gradual = Field(default_factory=Gradual)
-
-    @model_validator(mode="after")
-    def _no_reinit(self) -> GradualPrune:
-        if self.sanity == "reinit":
-            raise ValueError("sanity check reinit applies to prune stages, not to pruning during training")
-        return self
-
-
-class TrainStage(StrictModel):
-    """Training; at most one block changes the mask while it trains: `prune` (gradual) or `dst`."""
+class TrainStage(Flattened):
+    """Training, with any training-time methods (`secateurs.methods.training`), at most one of which
+    changes the mask while it trains (gradual `prune`, `dst`, `select`, `admm`)."""
 
     kind: Literal["train"] = "train"
     options: dict[str, Any] = Field(default_factory=dict, description="overrides of the recipe's `train`")
-    prune: GradualPrune | None = None
-    dst: DynamicSparsity | None = Field(None, description="dynamic sparse training (methods.training.dst)")
-    select: SparseSelection | None = Field(
-        None, description="sparse selection: train the mask, not the weights (methods.training.selection)"
-    )
-    admm: ADMMConfig | None = Field(
-        None, description="ADMM toward a constraint set, then a hard prune (methods.training.admm)"
-    )
+    methods: dict[str, Any] = Field(default_factory=dict, description="training-time methods by name")
+    flattened: ClassVar[tuple[str, ...]] = ("methods",)
 
-    @model_validator(mode="after")
-    def _one_mask_changer(self) -> TrainStage:
-        given = [key for key in TRAIN_BLOCKS if getattr(self, key) is not None]
-        if len(given) > 1:
-            raise ValueError(
-                f"a train stage changes the mask in one way, but this one has {' and '.join(given)}: "
-                "split it into train stages with one block each"
+    @model_validator(mode="before")
+    @classmethod
+    def _methods(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
+        given = dict(value.pop("methods", None) or {})
+        given.update({k: value.pop(k) for k in list(value) if k in TRAINING})  # the flat form, as dumped
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        methods = {}
+        for key, body in given.items():
+            if body is None:
+                continue
+            if key not in TRAINING:
+                problems.append(
+                    ((key,), f"unknown training-time method; use one of {', '.join(TRAINING.names())}")
+                )
+                continue
+            methods[key], found = _validated(TRAINING.get(key).schema, body, (key,))
+            problems += found
+        changers = [key for key in methods if TRAINING.get(key).changes_mask]
+        if len(changers) > 1:
+            problems.append(
+                (
+                    (),
+                    f"a train stage changes the mask in one way, but this one has {' and '.join(changers)}: "
+                    "split it into train stages with one block each",
+                )
             )
-        if self.dst is not None and self.dst.method not in UPDATERS:
-            raise ValueError(
-                f"unknown dynamic sparse training method {self.dst.method!r}; use one of "
-                + ", ".join(UPDATERS.names())
-            )
-        return self
+        if problems:
+            raise FieldProblems(problems)
+        return {**value, "methods": methods}
 
 
 class PruneStage(PruneSpec):
     kind: Literal["prune"] = "prune"
 
 
-class ResetStage(StrictModel):
-    """Where the surviving weights restart (methods.resets); `step`/`epoch` pick a rewind target."""
+class ResetStage(Flattened):
+    """Where the surviving weights restart (`secateurs.methods.resets`), with the reset's own options
+    beside `mode` (a rewind's `step` or `epoch`)."""
 
     kind: Literal["reset"] = "reset"
-    mode: Literal["keep", "rewind", "lr_rewind", "reinit", "orthp"] = "keep"
-    step: int = Field(0, ge=0, description="rewind target: optimizer step of the first training stage")
-    epoch: float | None = Field(
-        None, ge=0, description="rewind target in epochs of the first training stage (instead of step)"
-    )
+    mode: str = "keep"
+    options: Any = Field(default=None, description="the reset's options (its schema)")
+    flattened: ClassVar[tuple[str, ...]] = ("options",)
 
-    @model_validator(mode="after")
-    def _target_only_for_rewind(self) -> ResetStage:
-        if self.mode != "rewind" and (self.step != 0 or self.epoch is not None):
-            raise ValueError(
-                f"`step` and `epoch` choose where a rewind goes back to; reset mode {self.mode!r} "
-                "takes neither"
-            )
-        if self.step != 0 and self.epoch is not None:
-            raise ValueError("give the rewind target as `step` or as `epoch`, not both")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        value = dict(value)
+        mode = value.get("mode", "keep")
+        try:
+            known(RESETS, mode)
+        except ValueError as err:
+            raise FieldProblems([(("mode",), str(err))]) from None
+        schema = RESETS.get(mode).schema
+        options = value.pop("options", None)
+        if options is None or isinstance(options, dict):
+            options = dict(options or {})
+            options.update({k: value.pop(k) for k in list(value) if k not in ("kind", "mode")})
+            unknown = [k for k in options if k not in schema.model_fields]
+            if unknown:
+                takes = ", ".join(schema.model_fields) or "no options"
+                raise ValueError(
+                    f"reset mode {mode!r} has no option {', '.join(map(repr, unknown))} (it takes {takes})"
+                )
+            options, problems = _validated(schema, options, ())
+            if problems:
+                raise FieldProblems(problems)
+        return {**value, "options": options}
+
+    @property
+    def reset(self) -> Any:
+        """The reset this stage runs, built with its options."""
+        return RESETS.get(self.mode)(self.options)
 
 
 class EvaluateStage(StrictModel):
@@ -208,7 +217,7 @@ class RepeatStage(StrictModel):
     """Runs `stages` once per level of `schedule`; `controls` branch off after each level's prune."""
 
     kind: Literal["repeat"] = "repeat"
-    schedule: LevelSchedule
+    schedule: Any = Field(description="a level schedule by name (`secateurs methods`)")
     stages: list[Stage]
     controls: list[str] = Field(
         default_factory=list,
@@ -218,7 +227,22 @@ class RepeatStage(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _unwrap_stages(cls, value: Any) -> Any:
-        return _unwrap_stage_list(value)
+        value = _unwrap_stage_list(value)
+        if not isinstance(value, dict) or isinstance(value.get("schedule"), LevelSchedule):
+            return value
+        schedule = value.get("schedule")
+        if not isinstance(schedule, dict) or "name" not in schedule:
+            raise FieldProblems(
+                [(("schedule",), "a schedule is a mapping with a `name`, e.g. {name: iterative}")]
+            )
+        try:
+            known(SCHEDULES, schedule["name"])
+        except ValueError as err:
+            raise FieldProblems([(("schedule", "name"), str(err))]) from None
+        built, problems = _validated(SCHEDULES.get(schedule["name"]), schedule, ("schedule",))
+        if problems:
+            raise FieldProblems(problems)
+        return {**value, "schedule": built}
 
     @model_validator(mode="after")
     def _check_level(self) -> RepeatStage:
@@ -253,8 +277,8 @@ def _unwrap(stage: Any) -> Any:
         raise ValueError(f"the body of a {kind!r} stage must be a mapping of its options, got {body!r}")
     body = dict(body or {})
     if kind == "train":
-        blocks = {key: body.pop(key) for key in TRAIN_BLOCKS if body.get(key) is not None}
-        return {"kind": "train", "options": body, **blocks}
+        methods = {key: body.pop(key) for key in list(body) if key in TRAINING}
+        return {"kind": "train", "options": body, "methods": methods}
     return {"kind": kind, **body}
 
 
@@ -292,13 +316,19 @@ class Recipe(StrictModel):
 
         problems = []
         for field, value, registry in (
-            ("data", self.data.name, DATASETS),
-            ("model", self.model.name, MODELS),
+            ("data", self.data, DATASETS),
+            ("model", self.model, MODELS),
         ):
             try:
-                _known(registry, value)
+                known(registry, value.name)
+                entry = registry.get(value.name)
+                check_options(
+                    getattr(entry, "factory", entry), value.options, where=f"{field} {value.name!r}"
+                )
             except ValueError as err:
                 problems.append(((field,), str(err)))
+            except ConfigError as err:
+                problems.append(((field, "options"), f"{err.what} ({err.fix})" if err.fix else err.what))
         if problems:
             raise FieldProblems(problems)
         self._check_train(("train",), {})  # the defaults must be valid on their own
@@ -324,11 +354,13 @@ class Recipe(StrictModel):
             path = (*prefix, i)
             if isinstance(stage, RepeatStage):
                 problems += self._lr_rewind_problems(stage.stages, (*path, "repeat", "stages"))
-            if not (isinstance(stage, ResetStage) and stage.mode == "lr_rewind"):
+            if not (isinstance(stage, ResetStage) and RESETS.get(stage.mode).replays_first_training):
                 continue
             after = next((s for s in stages[i + 1 :] if isinstance(s, TrainStage)), None)
             if after is None or first is None:
-                problems.append(((*path, "reset"), "lr_rewind needs a train stage after it to replay the LR"))
+                problems.append(
+                    ((*path, "reset"), f"{stage.mode} needs a train stage after it to replay the LR")
+                )
                 continue
             original, replay = self.train_config(first.options), self.train_config(after.options)
             differ = [
@@ -340,7 +372,7 @@ class Recipe(StrictModel):
                 problems.append(
                     (
                         (*path, "reset"),
-                        "lr_rewind replays the first training stage's LR schedule, but the train stage "
+                        f"{stage.mode} replays the first training stage's LR schedule, but the train stage "
                         f"after it differs: {'; '.join(differ)} (use the same optimizer and lr_schedule, "
                         "or reset mode keep to finetune with other options)",
                     )
@@ -464,17 +496,11 @@ def _message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def _user_path(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """Pydantic's location as the user wrote it: schedule names are union tags, not YAML keys."""
-    tags = {i for i in range(1, len(loc)) if loc[i - 1] == "schedule" and loc[i] in SCHEDULE_NAMES}
-    return tuple(p for i, p in enumerate(loc) if i not in tags)
-
-
 def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
     """One ConfigError naming every invalid field by its dotted path (the path `--set` takes)."""
     lines = []
     for e in err.errors():
-        loc = _user_path(e["loc"])
+        loc = e["loc"]
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, FieldProblems):
             lines.extend(f"{_dotted((*loc, *path)) or '(top level)'}: {msg}" for path, msg in cause.problems)
@@ -528,8 +554,7 @@ def _wrap(stage: dict[str, Any]) -> dict[str, Any]:
     """`{kind: train, options: {...}, dst: ...}` → `{train: {..., dst: ...}}` (inverse of `_unwrap`)."""
     body = {k: v for k, v in stage.items() if k != "kind"}
     if stage["kind"] == "train":
-        blocks = {key: body[key] for key in TRAIN_BLOCKS if body.get(key) is not None}
-        body = {**body["options"], **blocks}
+        body = {**body.pop("options"), **body}  # training options, then the methods' blocks
     elif stage["kind"] == "repeat":
         body["stages"] = [_wrap(s) for s in body["stages"]]
     return {stage["kind"]: body}

@@ -1,149 +1,73 @@
-"""The pipeline: runs a recipe's stages on one model.
+"""The stage loop: runs a recipe's stages on one model.
 
-Every method is a recipe, so this runner has no per-method code: it only knows the five stage
-kinds. Seeds are derived from the recipe's seed and the stage's number, so the same recipe gives
-bit-identical masks and weights.
+Every method is a recipe, so this runner has no per-method code: it knows the five stage kinds,
+and everything a method adds comes through a registry (criteria, structures, allocations,
+resets, sanity checks, controls, training-time methods). Seeds are derived from the recipe's seed
+and the stage's number, so the same recipe gives bit-identical masks and weights. The state
+after every stage is saved (`pipeline.state`) and metrics are published as they come
+(`pipeline.publish`).
 
 A repeat with `controls` branches off after each level's prune stage: each control runs the
-rest of the level on a copy of the pipeline (see `secateurs.methods.controls`) with the same stage
-numbers, and its metric events and records are held back until the ticket reaches the stage
-that produced them. So a resumed run re-emits exactly what an interruption dropped, and the
-ticket's own trajectory is the same with and without controls.
+rest of the level on a copy of the pipeline (see `secateurs.methods.controls`) with the same
+stage numbers; its events wait in the publisher until the ticket reaches the stage that
+produced them.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from secateurs.core.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.core.distributed import check_same_masks, world
 from secateurs.core.errors import CheckpointError, ConfigError
 from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
-from secateurs.data import DatasetInfo, DataSplits, class_balanced_batch, load_dataset
-from secateurs.eval import count_costs, evaluate
+from secateurs.data import DataSplits, class_balanced_batch, load_dataset
+from secateurs.eval import evaluate
 from secateurs.eval.beyond import beyond_accuracy
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
 from secateurs.methods.allocations import unmatched_patterns
 from secateurs.methods.controls import CONTROLS, derived_seed, fork_index
 from secateurs.methods.criteria import build_criterion
-from secateurs.methods.layers import select_parameters
+from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.pruning import compute_masks
-from secateurs.methods.resets import Snapshot, apply_reset
-from secateurs.methods.sanity import reinit_kept, sanity_seed
-from secateurs.methods.schedules import CubicSteps, LevelTarget
-from secateurs.methods.training.admm import ADMMConfig, ADMMTraining
-from secateurs.methods.training.dst import DynamicSparseTraining
-from secateurs.methods.training.selection import SelectionHandle, SparseSelection, attach_selection
+from secateurs.methods.resets import Reset, Snapshot
+from secateurs.methods.sanity import SANITY, sanity_seed
+from secateurs.methods.schedules import LevelTarget
+from secateurs.methods.spec import PruneSpec
+from secateurs.methods.training import TRAINING
 from secateurs.models import build_model
+from secateurs.pipeline.metrics import model_metrics
 from secateurs.pipeline.outputs import read_checkpoint
+from secateurs.pipeline.publish import Publisher
 from secateurs.pipeline.recipe import (
     EvaluateStage,
-    GradualPrune,
-    PruneSpec,
     PruneStage,
     Recipe,
     RepeatStage,
     ResetStage,
     TrainStage,
-    recipe_from_raw,
     walk,
     walk_paths,
 )
+from secateurs.pipeline.result import MetricEvent, RunResult, best_of
+from secateurs.pipeline.state import STATE_FILE, RunState, load_state, save_state
 from secateurs.train.config import OptimizerConfig
 from secateurs.train.engine import Callback, TrainState, train
 from secateurs.train.optim import build_optimizer
 
+__all__ = ["STATE_FILE", "MetricEvent", "Pipeline", "RunResult", "best_of", "model_metrics", "run_recipe"]
+
 log = logging.getLogger(__name__)
-
-
-STATE_FILE = "state.pt"
-
-
-@dataclass
-class MetricEvent:
-    """Metrics as they are produced, for a results store: one per evaluation (or training eval row)."""
-
-    stage: int  # sequence number of the stage in execution order (repeat levels unrolled)
-    kind: str  # "train" or "evaluate"
-    level: int | None  # repeat level (1-based), None outside repeats
-    step: int | None  # optimizer step within the training stage; None for evaluate stages
-    metrics: dict[str, float]
-    control: str | None = None  # the control experiment (e.g. "reinit") it belongs to; None: the run itself
-
-
-def numeric(row: dict[str, Any]) -> dict[str, float]:
-    """The numeric entries of a record (labels, levels and per-layer tables left out)."""
-    return {
-        k: float(v)
-        for k, v in row.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("level",)
-    }
-
-
-@dataclass
-class RunResult:
-    """What a recipe produced: the pruned model, its masks and one record per evaluation."""
-
-    recipe: Recipe
-    model: nn.Module
-    masks: MaskSet | None
-    data_info: DatasetInfo
-    records: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def final(self) -> dict[str, Any]:
-        """The last evaluation of the run itself (control records left out)."""
-        return next((r for r in reversed(self.records) if r.get("control") is None), {})
-
-
-def best_of(history: list[dict[str, float]], metric: str = "test_accuracy") -> dict[str, float]:
-    """Where a training stage's `metric` peaked (the earliest evaluation on ties): early stopping's pick.
-
-    Returns `best_step` (the optimizer step within the stage) and `best_accuracy`; empty when
-    the stage never evaluated.
-    """
-    rows = [r for r in history if metric in r]
-    if not rows:
-        return {}
-    best = max(rows, key=lambda r: r[metric])  # max keeps the first of equal values
-    return {"best_step": int(best["step"]), "best_accuracy": float(best[metric])}
-
-
-def collapsed_layers(masks: MaskSet | None) -> int:
-    """How many masked parameters keep no entry at all: each one disconnects the network."""
-    return 0 if masks is None else sum(1 for n in masks if not bool(masks[n].any()))
-
-
-def model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False) -> dict[str, Any]:
-    """Accuracy, loss, parameter and MAC counts (dense and nonzero), and mask sparsity."""
-    scores = evaluate(model, data.test_loader())
-    costs = count_costs(model, data.info.input_shape)
-    masks = masks_of(model)
-    out: dict[str, Any] = {
-        "accuracy": scores["accuracy"],
-        "loss": scores["loss"],
-        "params": costs.params,
-        "nonzero_params": costs.nonzero_params,
-        "macs": costs.macs,
-        "nonzero_macs": costs.nonzero_macs,
-        "sparsity": masks.sparsity() if masks is not None else 0.0,
-        "remaining": masks.density() if masks is not None else 1.0,
-        "collapsed_layers": collapsed_layers(masks),
-    }
-    if per_layer:
-        out["layers"] = costs.table_rows()
-    return out
 
 
 def load_initial_weights(model: nn.Module, source: str) -> None:
@@ -184,29 +108,6 @@ def rewound_optimizer(
     return optimizer
 
 
-class GradualPruning(Callback):
-    """Prunes to the cubic schedule's sparsity at its update steps during training."""
-
-    def __init__(
-        self, spec: GradualPrune, prune: Callable[[PruneSpec, float], MaskSet], default: float | None
-    ):
-        self.spec, self.prune, self.default = spec, prune, default
-        self.steps: CubicSteps | None = None
-
-    def on_train_start(self, state: TrainState) -> None:
-        self.steps = self.spec.schedule.resolve(state.steps_per_epoch, state.total_steps, self.default)
-        self._maybe_prune(state)
-
-    def on_step_end(self, state: TrainState) -> None:
-        self._maybe_prune(state)
-
-    def _maybe_prune(self, state: TrainState) -> None:
-        assert self.steps is not None
-        if not self.steps.is_update_step(state.step):
-            return
-        state.install_masks(self.prune(self.spec, self.steps.sparsity_at(state.step)))
-
-
 @contextmanager
 def own_rng(model: nn.Module) -> Iterator[None]:
     """Run a block on its own copy of the global random state (CPU, and the model's CUDA devices)."""
@@ -226,6 +127,36 @@ class RewindSnapshots(Callback):
             self.store[state.step] = Snapshot.take(state.model, state.step, state.optimizer)
 
 
+@dataclass
+class StageServices:
+    """What a training-time method may use of the run (`secateurs.methods.training.StageServices`)."""
+
+    pipeline: Pipeline
+    seed: int
+    level_sparsity: float | None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.pipeline.model
+
+    @property
+    def recipe_sparsity(self) -> float | None:
+        return self.pipeline.recipe.sparsity
+
+    @property
+    def layers(self) -> LayerSelection:
+        return self.pipeline.recipe.layers
+
+    def compute_masks(self, spec: PruneSpec, sparsity: float | None) -> MaskSet:
+        return self.pipeline._compute(spec, sparsity)
+
+    def set_masks(self, masks: MaskSet) -> MaskSet:
+        return self.pipeline._set_masks(masks)
+
+    def set_dense_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.pipeline.state.dense_state = state
+
+
 class Pipeline:
     """Executes one recipe; `run()` returns a `RunResult`."""
 
@@ -242,7 +173,7 @@ class Pipeline:
         self.world = world()
         self.progress = progress and self.world.main
         self.workdir = Path(workdir) if workdir is not None else None
-        self.on_metrics = on_metrics
+        self.publisher = Publisher(on_metrics)
         self.data = data if data is not None else load_dataset(recipe.data.name, **recipe.data.options)
         info = self.data.info
         self.model = build_model(
@@ -250,26 +181,27 @@ class Pipeline:
         )
         if recipe.init_from is not None:
             load_initial_weights(self.model, recipe.init_from)
-        self.snapshots: dict[int, Snapshot] = {0: Snapshot.take(self.model, 0)}
+        self.state = RunState(snapshots={0: Snapshot.take(self.model, 0)})
         self.first_training = self._first_training()  # (batches per epoch, steps) of the first train stage
-        self.rewind_steps = {
-            self._rewind_step(s)
-            for s in walk(recipe.stages)
-            if isinstance(s, ResetStage) and s.mode == "rewind"
-        } - {0}
+        steps = {self._snapshot_step(s.reset) for s in walk(recipe.stages) if isinstance(s, ResetStage)}
+        self.rewind_steps = {s for s in steps if s is not None} - {0}
         self._check_rewind_reachable()
         self._check_layer_rates()
-        self.pending_optimizer_state: dict[str, Any] | None = None
-        self.trained_once = False
-        self.counter = 0  # stages run so far: derives per-stage seeds
         self.level: int | None = None  # repeat level of the stage being run
-        self.dense_state: dict[str, torch.Tensor] | None = None  # weights before the first prune
-        self.records: list[dict[str, Any]] = []
-        self.last_training: dict[str, float] | None = None  # best_of() the training that made the weights
         self.control: str | None = None  # set on the copies that run a control
-        self.pending_controls: list[dict[str, Any]] = []  # control events not yet published
-        self.train_flops = (0, 0)  # training FLOPs so far, and those of the same steps on the dense model
         self.resumed_from = self._resume() if self.workdir is not None else 0
+
+    @property
+    def counter(self) -> int:
+        """Stages run so far (derives per-stage seeds)."""
+        return self.state.counter
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.publisher.records
+
+    def _stage_seed(self) -> int:
+        return self.recipe.seed * 1000 + self.counter
 
     def _first_training(self) -> tuple[int, int] | None:
         """(batches per epoch, optimizer steps) of the first training stage, where rewinds save."""
@@ -283,16 +215,9 @@ class Pipeline:
         )
         return per_epoch, steps
 
-    def _rewind_step(self, stage: ResetStage) -> int:
-        """The rewind target in steps: `step`, or round(`epoch` · batches per epoch of the first training)."""
-        if stage.epoch is None:
-            return stage.step
-        if self.first_training is None:
-            raise ConfigError(
-                f"rewind to epoch {stage.epoch} needs a training stage to count epochs in",
-                fix="add a train stage before the rewind, or rewind to step 0",
-            )
-        return round(stage.epoch * self.first_training[0])
+    def _snapshot_step(self, reset: Reset) -> int | None:
+        """The step a reset needs saved, in steps of the first training stage (None: none)."""
+        return reset.snapshot_step(self.first_training[0] if self.first_training is not None else None)
 
     def _check_rewind_reachable(self) -> None:
         """Fail before any training when a rewind step lies beyond the first training stage."""
@@ -326,7 +251,7 @@ class Pipeline:
                         fix=f"prunable parameters are: {', '.join(names)}",
                     )
 
-    # -- stage kinds --------------------------------------------------------------------------
+    # -- the stage loop ------------------------------------------------------------------------
     def run(self) -> RunResult:
         torch.manual_seed(self.recipe.seed)
         self._run_stages(self.recipe.stages, level=None, target=LevelTarget(self.recipe.sparsity))
@@ -338,7 +263,7 @@ class Pipeline:
     ) -> None:
         fork = fork_index(stages) if controls and self.control is None else None
         for index, stage in enumerate(stages):
-            self.counter += 1
+            self.state.counter += 1
             if self.counter <= self.resumed_from and not isinstance(stage, RepeatStage):
                 continue  # done before an interruption: its effects are in the restored state
             self.level = level
@@ -353,20 +278,16 @@ class Pipeline:
         if isinstance(stage, TrainStage):
             self._train(stage, target.sparsity)
         elif isinstance(stage, PruneStage):
-            if stage.sparsity is None:  # the level's target, with its per-layer overrides
-                masks = self._compute(stage, target.sparsity, target.layer_sparsities)
-            else:
-                masks = self._compute(stage, stage.sparsity)
-            self._set_masks(masks)
-            if stage.sanity == "reinit":  # a seed of its own, not the recipe's
-                reinit_kept(self.model, sanity_seed(self.recipe.seed * 1000 + self.counter, "reinit"))
-            self.last_training = None
+            self._prune(stage, target)
         elif isinstance(stage, ResetStage):
-            seed = self.recipe.seed * 1000 + self.counter
-            self.pending_optimizer_state = apply_reset(
-                self.model, stage.mode, snapshots=self.snapshots, step=self._rewind_step(stage), seed=seed
+            reset = stage.reset
+            self.state.pending_optimizer_state = reset.apply(
+                self.model,
+                snapshots=self.state.snapshots,
+                seed=self._stage_seed(),
+                step=self._snapshot_step(reset),
             )
-            self.last_training = None
+            self.state.last_training = None
         elif isinstance(stage, EvaluateStage):
             self._evaluate(stage, level)
         elif isinstance(stage, RepeatStage):
@@ -395,27 +316,35 @@ class Pipeline:
         """A copy that shares the recipe, data and snapshots so far, with its own model and records.
 
         It keeps this pipeline's stage counter, so its stages get the ticket's seeds and data order;
-        what it publishes goes to `pending_controls`.
+        what it publishes waits in the publisher until the ticket reaches its stage.
         """
         branch = copy.copy(self)
         branch.control = control
         branch.model = copy.deepcopy(self.model)
-        branch.snapshots = dict(self.snapshots)
-        branch.pending_optimizer_state = copy.deepcopy(self.pending_optimizer_state)
-        branch.records = []
-        branch.workdir, branch.on_metrics, branch.resumed_from = None, None, 0
+        branch.state = dataclasses.replace(
+            self.state,
+            snapshots=dict(self.state.snapshots),
+            pending_optimizer_state=copy.deepcopy(self.state.pending_optimizer_state),
+        )
+        branch.workdir, branch.resumed_from = None, 0
         return branch
 
     def _flush_controls(self) -> None:
         """Publish the held-back control events of the stages reached so far (see the module doc)."""
-        if self.control is not None:
-            return
-        due = [e for e in self.pending_controls if e["stage"] <= self.counter]
-        self.pending_controls[:] = [e for e in self.pending_controls if e["stage"] > self.counter]
-        for e in due:
-            if e["record"] is not None:
-                self.records.append(e["record"])
-            self._emit(MetricEvent(e["stage"], e["kind"], e["level"], e["step"], e["metrics"], e["control"]))
+        if self.control is None:
+            self.publisher.flush(self.counter)
+
+    # -- prune --------------------------------------------------------------------------------
+    def _prune(self, stage: PruneStage, target: LevelTarget) -> None:
+        if stage.sparsity is None:  # the level's target, with its per-layer overrides
+            masks = self._compute(stage, target.sparsity, target.layer_sparsities)
+        else:
+            masks = self._compute(stage, stage.sparsity)
+        self._set_masks(masks)
+        weights = SANITY.get(stage.sanity).weights
+        if weights is not None:  # a seed of its own, not the recipe's
+            weights(self.model, sanity_seed(self._stage_seed(), stage.sanity))
+        self.state.last_training = None
 
     def _compute(
         self, spec: PruneSpec, sparsity: float | None, layer_sparsities: dict[str, float] | None = None
@@ -449,136 +378,80 @@ class Pipeline:
         )
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:
-        if self.dense_state is None and masks_of(self.model) is None:
-            self.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if self.state.dense_state is None and masks_of(self.model) is None:
+            self.state.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         set_masks(self.model, masks)
         check_same_masks(masks, f"the prune of stage {self.counter}")
         return masks
 
     def dense_parent(self) -> nn.Module | None:
         """The model as it was just before its first prune (None if it started pruned)."""
-        if self.dense_state is None:
+        if self.state.dense_state is None:
             return None
         parent = copy.deepcopy(self.model)
         remove_masks(parent)
-        parent.load_state_dict(self.dense_state)
+        parent.load_state_dict(self.state.dense_state)
         return parent
 
+    # -- train --------------------------------------------------------------------------------
     def _train(self, stage: TrainStage, level_sparsity: float | None) -> None:
         config = self.recipe.train_config(stage.options)
-        dynamic = (
-            DynamicSparseTraining(stage.dst, seed=self.recipe.seed * 1000 + self.counter)
-            if stage.dst is not None
-            else None
-        )
+        services = StageServices(self, self._stage_seed(), level_sparsity)
+        methods = [TRAINING.get(name)(block, services) for name, block in stage.methods.items()]
         cost = forward_cost(self.model, tuple(self.data.info.input_shape))
-        flops = TrainingFlops(cost, config.batch_size, dynamic.dense_gradient_at if dynamic else None)
+        dense_at = next((m.dense_gradient_at for m in methods if m.dense_gradient_at is not None), None)
+        flops = TrainingFlops(cost, config.batch_size, dense_at)
         callbacks: list[Callback] = [flops]  # first: it prices each step before others change the masks
-        if dynamic is not None:
-            callbacks.append(dynamic)
-        if not self.trained_once and self.rewind_steps:
-            callbacks.append(RewindSnapshots(self.rewind_steps, self.snapshots))
-        if stage.prune is not None:
-            default = stage.prune.sparsity if stage.prune.sparsity is not None else level_sparsity
-            callbacks.append(
-                GradualPruning(stage.prune, lambda spec, s: self._set_masks(self._compute(spec, s)), default)
-            )
-        admm = self._admm(stage.admm, level_sparsity) if stage.admm is not None else None
-        if admm is not None:
-            callbacks.append(admm)
+        if not self.state.trained_once and self.rewind_steps:
+            callbacks.append(RewindSnapshots(self.rewind_steps, self.state.snapshots))
+        callbacks += [callback for m in methods for callback in m.callbacks()]
         optimizer = None
-        if self.pending_optimizer_state is not None:
-            optimizer = rewound_optimizer(self.model, config.optimizer, self.pending_optimizer_state)
-            self.pending_optimizer_state = None
-        selection = self._attach_selection(stage.select, level_sparsity) if stage.select is not None else None
+        if self.state.pending_optimizer_state is not None:
+            optimizer = rewound_optimizer(self.model, config.optimizer, self.state.pending_optimizer_state)
+            self.state.pending_optimizer_state = None
+        for m in methods:
+            m.before_training()
         test_loader = self.data.test_loader()
         result = train(
             self.model,
-            self.data.train_loader(
-                config.batch_size, seed=self.recipe.seed * 1000 + self.counter, world=self.world
-            ),
+            self.data.train_loader(config.batch_size, seed=self._stage_seed(), world=self.world),
             config,
             evaluate_fn=lambda m: evaluate(m, test_loader),
             callbacks=callbacks,
             masks=masks_of(self.model),
-            seed=self.recipe.seed * 1000 + self.counter,
+            seed=self._stage_seed(),
             progress=self.progress,
             optimizer=optimizer,
             description=f"stage {self.counter}: train",
         )
-        if selection is not None:
-            self._finish_selection(selection)
+        for m in methods:
+            m.after_training()
         for row in result.history:
             self._publish("train", row.get("step"), row, record=False)
-        for update in dynamic.records if dynamic is not None else []:
-            self._publish("dst", update.step, asdict(update), record=False)
-        for dual in admm.records if admm is not None else []:
-            self._publish("admm", dual.step, asdict(dual), record=False)
-        self.train_flops = (self.train_flops[0] + flops.flops, self.train_flops[1] + flops.dense_flops)
-        self.last_training = best_of(result.history)
-        missing = self.rewind_steps - set(self.snapshots)
-        if not self.trained_once and missing:
+        for m in methods:
+            for step, row in m.events():
+                self._publish(m.name, step, row, record=False)
+        done, dense = self.state.train_flops
+        self.state.train_flops = (done + flops.flops, dense + flops.dense_flops)
+        self.state.last_training = best_of(result.history)
+        missing = self.rewind_steps - set(self.state.snapshots)
+        if not self.state.trained_once and missing:
             raise ConfigError(
                 f"rewind step(s) {sorted(missing)} lie beyond the first training stage",
                 fix="rewind to a step the first training stage reaches",
             )
-        self.trained_once = True
+        self.state.trained_once = True
 
-    def _admm(self, spec: ADMMConfig, level_sparsity: float | None) -> ADMMTraining:
-        """The ADMM callback: its layers and sparsity default to the stage's level and the recipe's."""
-        layers = spec.layers if spec.layers is not None else self.recipe.layers
-        return ADMMTraining(
-            spec, select_parameters(self.model, layers), self._block_sparsity(spec.sparsity, level_sparsity)
-        )
-
-    def _block_sparsity(self, own: float | None, level_sparsity: float | None) -> float | None:
-        """A train block's sparsity: its own, else the stage's level, else the recipe's (None if none)."""
-        return next((s for s in (own, level_sparsity, self.recipe.sparsity) if s is not None), None)
-
-    def _attach_selection(self, spec: SparseSelection, level_sparsity: float | None) -> SelectionHandle:
-        """Freeze the model and attach the trainable scores of sparse selection (edge-popup, supermask)."""
-        if masks_of(self.model) is not None:
-            raise ConfigError(
-                "sparse selection learns its own mask and cannot start from a pruned model",
-                where="train.select",
-                fix="remove the prune stages before the selecting train stage",
-            )
-        sparsity = None
-        if spec.method == "edge_popup":
-            sparsity = self._block_sparsity(spec.sparsity, level_sparsity)
-            if sparsity is None:
-                raise ConfigError(
-                    "edge-popup needs a sparsity",
-                    where="train.select.sparsity",
-                    fix="set it, or the recipe's sparsity",
-                )
-        layers = spec.layers if spec.layers is not None else self.recipe.layers
-        return attach_selection(
-            self.model,
-            select_parameters(self.model, layers),
-            method=spec.method,
-            sparsity=sparsity,
-            weight_init=spec.weight_init,
-            seed=self.recipe.seed * 1000 + self.counter,
-        )
-
-    def _finish_selection(self, selection: SelectionHandle) -> None:
-        """The selected mask becomes the model's masks; the frozen, unmasked weights its dense parent."""
-        frozen = selection.frozen_weights()
-        masks = selection.finish()
-        dense = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self._set_masks(masks)
-        self.dense_state = {**dense, **frozen}
-
+    # -- evaluate -------------------------------------------------------------------------------
     def _evaluate(self, stage: EvaluateStage, level: int | None) -> None:
         row: dict[str, Any] = {"label": stage.label or f"stage {self.counter}", "level": level}
         if self.control is not None:
             row["control"] = self.control
         row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
-        row.update(self.last_training or {})
-        if self.train_flops[1]:
-            row["train_flops"] = self.train_flops[0]
-            row["train_flops_vs_dense"] = self.train_flops[0] / self.train_flops[1]
+        row.update(self.state.last_training or {})
+        if self.state.train_flops[1]:
+            row["train_flops"] = self.state.train_flops[0]
+            row["train_flops_vs_dense"] = self.state.train_flops[0] / self.state.train_flops[1]
         if stage.beyond or self.recipe.beyond:
             row.update(
                 beyond_accuracy(
@@ -599,109 +472,32 @@ class Pipeline:
         self._publish("evaluate", None, row, record=True)
 
     def _publish(self, kind: str, step: Any, row: dict[str, Any], *, record: bool) -> None:
-        """A metric event (and, for evaluations, a record); a control's wait in `pending_controls`."""
-        step = None if step is None else int(step)
-        if self.control is not None:
-            self.pending_controls.append(
-                {
-                    "stage": self.counter,
-                    "kind": kind,
-                    "level": self.level,
-                    "step": step,
-                    "control": self.control,
-                    "metrics": numeric(row),
-                    "record": row if record else None,
-                }
-            )
-            return
-        if record:
-            self.records.append(row)
-        self._emit(MetricEvent(self.counter, kind, self.level, step, numeric(row)))
+        self.publisher.publish(
+            stage=self.counter,
+            level=self.level,
+            control=self.control,
+            kind=kind,
+            step=step,
+            row=row,
+            record=record,
+        )
 
-    def _emit(self, event: MetricEvent) -> None:
-        if self.on_metrics is not None:
-            self.on_metrics(event)
-
-    # -- resuming -------------------------------------------------------------------------------
-    def _fingerprint(self) -> str:
-        return json.dumps(self.recipe.model_dump(mode="json", by_alias=True), sort_keys=True)
-
-    def _same_recipe(self, saved: Any) -> bool:
-        """Whether a state file's recipe is this one: equal text, or equal non-default values.
-
-        The second test accepts states written before a field with a no-op default was added.
-        """
-        if saved == self._fingerprint():
-            return True
-        from secateurs.pipeline.hashing import essential  # the store imports this module
-
-        try:
-            return essential(recipe_from_raw(json.loads(saved))) == essential(self.recipe)
-        except (TypeError, ValueError, ConfigError):
-            return False
-
+    # -- saving and resuming ------------------------------------------------------------------
     def _save_state(self) -> None:
         """After each stage: everything needed to continue from here, written atomically (by rank 0)."""
         if self.workdir is None or not self.world.main:
             return
-        masks = masks_of(self.model)
-        save_checkpoint(
-            self.workdir / STATE_FILE,
-            {
-                "recipe": self._fingerprint(),
-                "counter": self.counter,
-                "model": self.model.state_dict(),
-                "masks": masks.state_dict() if masks is not None else None,
-                "snapshots": {
-                    step: {"model": s.model_state, "optimizer": s.optimizer_state}
-                    for step, s in self.snapshots.items()
-                },
-                "pending_optimizer_state": self.pending_optimizer_state,
-                "trained_once": self.trained_once,
-                "records": self.records,
-                "dense_state": self.dense_state,
-                "last_training": self.last_training,
-                "pending_controls": self.pending_controls,
-                "train_flops": list(self.train_flops),
-            },
-        )
+        save_state(self.workdir / STATE_FILE, self.recipe, self.model, self.state, self.publisher)
 
     def _resume(self) -> int:
         """Restore the state saved after the last completed stage; 0 when starting afresh."""
         assert self.workdir is not None
-        path = self.workdir / STATE_FILE
-        if not path.exists():
+        restored = load_state(self.workdir / STATE_FILE, self.recipe, self.model, self.publisher)
+        if restored is None:
             return 0
-        state = load_checkpoint(path)
-        if not self._same_recipe(state.get("recipe")):
-            raise CheckpointError(
-                f"{path} was written by a different recipe",
-                fix="use a fresh working directory for a changed recipe, or delete the stale state file",
-            )
-        try:
-            self.model.load_state_dict(state["model"])
-            masks = state["masks"]
-            set_masks(
-                self.model, MaskSet.from_state_dict(masks, self.model, where=str(path)) if masks else None
-            )
-            self.snapshots = {
-                int(step): Snapshot(int(step), s["model"], s["optimizer"])
-                for step, s in state["snapshots"].items()
-            }
-            self.pending_optimizer_state = state["pending_optimizer_state"]
-            self.trained_once = bool(state["trained_once"])
-            self.records = list(state["records"])
-            self.dense_state = state["dense_state"]
-            self.last_training = state.get("last_training")  # absent from states of older versions
-            self.pending_controls = list(state.get("pending_controls", []))
-            flops, dense_flops = state.get("train_flops", (0, 0))  # absent from states of older versions
-            self.train_flops = (int(flops), int(dense_flops))
-        except (KeyError, RuntimeError, TypeError) as err:
-            raise CheckpointError(
-                f"{path} is not a usable pipeline state ({err})", fix="delete it to start over"
-            ) from None
-        log.info("resuming after stage %d from %s", state["counter"], path)
-        return int(state["counter"])
+        resumed_from, restored.counter = restored.counter, 0  # the stage loop counts afresh and skips to it
+        self.state = restored
+        return resumed_from
 
 
 def run_recipe(

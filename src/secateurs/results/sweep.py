@@ -33,6 +33,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.recipe import NamedOptions, Recipe, load_recipe
@@ -48,7 +49,6 @@ from secateurs.results.runner import (
     execute,
     prepare_root,
 )
-from secateurs.train.config import StrictModel
 
 log = logging.getLogger(__name__)
 

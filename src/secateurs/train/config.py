@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class StrictModel(BaseModel):
-    """Base for every config: unknown fields are errors, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from secateurs.core.config import StrictModel
 
 
 class OptimizerConfig(StrictModel):
@@ -61,9 +57,6 @@ class TrainConfig(StrictModel):
     eval_every_epoch: bool = True
     grad_clip: float | None = Field(None, gt=0)
     mask_grads: bool = False
-    bn_l1: float = Field(
-        0.0, ge=0, description="network slimming: λ of an L1 penalty on every BatchNorm scale γ (e.g. 1e-4)"
-    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:

@@ -123,27 +123,6 @@ def _data_parallel(model: nn.Module) -> nn.Module:
     )
 
 
-class _SlimmingPenalty(Callback):
-    """Network slimming (Liu et al. 2017): the subgradient λ·sign(γ) of an L1 penalty on the
-    BatchNorm scales (`train.bn_l1`), added after backward like any closed-form penalty."""
-
-    def __init__(self, model: nn.Module, strength: float) -> None:
-        self.strength = strength
-        self.scales = [
-            m.weight
-            for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            and m.weight is not None
-            and m.weight.requires_grad
-        ]
-
-    def on_backward(self, state: TrainState) -> None:
-        with torch.no_grad():
-            for w in self.scales:
-                if w.grad is not None:
-                    w.grad.add_(torch.sign(w), alpha=self.strength)
-
-
 def _overriding(callbacks: Iterable[Callback], hook: str) -> list[Callable[[TrainState], None]]:
     """The bound `hook` methods of the callbacks that override it (the base one does nothing)."""
     base = getattr(Callback, hook)
@@ -295,8 +274,6 @@ class _Loop:
         self.config = config
         self.evaluate_fn = evaluate_fn
         self.callbacks = list(callbacks)
-        if config.bn_l1:
-            self.callbacks.append(_SlimmingPenalty(state.model, config.bn_l1))
         # Only callbacks that override a per-step hook are called per step (keeps the loop lean).
         self.step_hooks = _overriding(self.callbacks, "on_step_end")
         self.backward_hooks = _overriding(self.callbacks, "on_backward")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
 from secateurs.methods.allocations.base import ALLOCATIONS, LayerInfo, kept_after
 
 NORMALIZE = ("none", "mean")
+Normalize = Literal["none", "mean"]
+Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
 def _normalised(scores: Tensor, normalize: str) -> Tensor:
@@ -49,7 +53,7 @@ def _check(normalize: str, max_per_layer: float) -> None:
 
 @ALLOCATIONS.register("global", "one threshold over the scores of all layers")
 def global_(
-    layers: list[LayerInfo], sparsity: float, *, normalize: str = "none", max_per_layer: float = 1.0
+    layers: list[LayerInfo], sparsity: float, *, normalize: Normalize = "none", max_per_layer: Fraction = 1.0
 ) -> dict[str, int]:
     """Keep the highest-scoring groups of the whole model until the element budget is spent.
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from secateurs.core.errors import ConfigError
 from secateurs.methods.allocations.base import (
     ALLOCATIONS,
@@ -19,7 +23,7 @@ def _smart_ratio_raw(num_layers: int) -> list[float]:
 
 @ALLOCATIONS.register("smart_ratio", "Smart-Ratio: density ∝ (L−l+1)²+(L−l+1), last layer at 30 %")
 def smart_ratio(
-    layers: list[LayerInfo], sparsity: float, *, last_layer_density: float = 0.3
+    layers: list[LayerInfo], sparsity: float, *, last_layer_density: Annotated[float, Field(gt=0, le=1)] = 0.3
 ) -> dict[str, int]:
     """Smart-Ratio (Su et al. 2020, "Sanity-checking pruning methods: random tickets can win the jackpot").
 

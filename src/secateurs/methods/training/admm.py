@@ -24,19 +24,21 @@ parameter alike, as in the ADMM pruning papers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of
-from secateurs.methods.layers import LayerSelection
+from secateurs.core.registry import validate_options
+from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.projections import PROJECTIONS, project_with_mask, signed_blocks, unification_cost
 from secateurs.methods.structures import Block
-from secateurs.train.config import StrictModel
+from secateurs.methods.training.base import TRAINING, StageServices, TrainingMethod, stage_sparsity
 from secateurs.train.engine import Callback, TrainState
 
 NEEDS_SPARSITY = ("unstructured", "block", "channel", "unify")
@@ -60,6 +62,24 @@ class ADMMConfig(StrictModel):
     )
     hold: bool = Field(False, description="projected training: keep W in the set after every step")
     layers: LayerSelection | None = Field(None, description="default: the recipe's layers")
+
+    @model_validator(mode="after")
+    def _known_projection(self) -> ADMMConfig:
+        """The projection and its options are checked when the recipe is read."""
+        if self.projection not in PROJECTIONS:
+            raise ValueError(
+                f"unknown ADMM projection {self.projection!r}; use one of {', '.join(PROJECTIONS.names())}"
+            )
+        if "sparsity" in self.options:
+            raise ValueError("give the ADMM sparsity as admm.sparsity, not among the projection's options")
+        options = {**self.options, **({"sparsity": 0.5} if self.projection in NEEDS_SPARSITY else {})}
+        try:
+            validate_options(
+                PROJECTIONS.get(self.projection), options, where=f"ADMM projection {self.projection!r}"
+            )
+        except ConfigError as err:
+            raise ValueError(err.what + (f" ({err.fix})" if err.fix else "")) from None
+        return self
 
 
 @dataclass(frozen=True)
@@ -236,3 +256,21 @@ def unification_report(model: nn.Module, names: list[str], bh: int, bw: int) -> 
     totals["compression"] = totals["dense_bits"] / totals["unified_bits"]
     totals["macs_saved_fraction"] = totals["mults_saved"] / totals["dense_macs"]
     return totals
+
+
+@TRAINING.register("admm", "ADMM toward a constraint set (a projection), then a hard prune to it")
+class ADMMMethod(TrainingMethod):
+    name = "admm"
+    schema: ClassVar[type] = ADMMConfig
+
+    def __init__(self, config: ADMMConfig, services: StageServices) -> None:
+        super().__init__(config, services)
+        layers = config.layers if config.layers is not None else services.layers
+        sparsity = stage_sparsity(services, config.sparsity)
+        self.callback = ADMMTraining(config, select_parameters(services.model, layers), sparsity)
+
+    def callbacks(self) -> list[Callback]:
+        return [self.callback]
+
+    def events(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(d.step, asdict(d)) for d in self.callback.records]

@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError, SecateursError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import Registry
 from secateurs.core.topk import topk_mask
 from secateurs.methods.allocations import round_half_up
-from secateurs.train.config import StrictModel
+from secateurs.methods.training.base import TRAINING, StageServices, TrainingMethod
 from secateurs.train.engine import Callback, TrainState
 from secateurs.train.optim import zero_optimizer_state
 
@@ -46,12 +47,21 @@ DenseGradients = Literal["never", "update", "always"]
 class DynamicSparsity(StrictModel):
     """The `dst` block of a train stage: which updater, how often, how much it moves."""
 
-    method: str = Field("rigl", description="set, dsr, snfs or rigl (see `secateurs.methods.training.dst`)")
+    method: str = Field("rigl", description="an updater: set, dsr, snfs or rigl (`secateurs methods`)")
     options: dict[str, Any] = Field(default_factory=dict, description="the method's own options")
     update_every: int = Field(100, gt=0, description="optimizer steps between mask updates (ΔT)")
     drop_fraction: float = Field(0.3, gt=0, lt=1, description="fraction of active weights moved per update")
     drop_schedule: Literal["cosine", "constant"] = "cosine"
     end_fraction: float = Field(0.75, gt=0, le=1, description="no updates after this fraction of the steps")
+
+    @model_validator(mode="after")
+    def _known_updater(self) -> DynamicSparsity:
+        """The updater and its options are checked when the recipe is read."""
+        try:
+            build_updater(self.method, self.options)
+        except ConfigError as err:
+            raise ValueError(err.what + (f" ({err.fix})" if err.fix else "")) from None
+        return self
 
 
 @dataclass(frozen=True)
@@ -372,3 +382,20 @@ def momentum_of(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Tensor
         if isinstance(value, Tensor) and value.shape == param.shape:
             return value
     return None
+
+
+@TRAINING.register("dst", "dynamic sparse training: an updater moves the mask at a fixed sparsity")
+class DynamicSparseMethod(TrainingMethod):
+    name = "dst"
+    schema: ClassVar[type] = DynamicSparsity
+
+    def __init__(self, config: DynamicSparsity, services: StageServices) -> None:
+        super().__init__(config, services)
+        self.callback = DynamicSparseTraining(config, seed=services.seed)
+        self.dense_gradient_at = self.callback.dense_gradient_at
+
+    def callbacks(self) -> list[Callback]:
+        return [self.callback]
+
+    def events(self) -> list[tuple[int, dict[str, Any]]]:
+        return [(r.step, asdict(r)) for r in self.callback.records]

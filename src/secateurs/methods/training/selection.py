@@ -26,40 +26,24 @@ unselected weights, leaving a plain pruned model and its `MaskSet`.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
-from secateurs.core.masks import MaskSet
+from secateurs.core.masks import MaskSet, masks_of
+from secateurs.core.registry import Registry
 from secateurs.core.topk import topk_mask
 from secateurs.methods.allocations import round_half_up
-from secateurs.methods.layers import LayerSelection
-from secateurs.train.config import StrictModel
-
-SELECTION_METHODS = ("edge_popup", "supermask")
-WEIGHT_INITS = ("signed_constant", "kaiming_normal", "keep")
-
-
-class SparseSelection(StrictModel):
-    """The `select` block of a train stage: the stage trains scores that choose the mask, not weights."""
-
-    method: Literal["edge_popup", "supermask"] = "edge_popup"
-    sparsity: float | None = Field(
-        None, ge=0, lt=1, description="edge_popup: per-layer sparsity (default: the recipe's or level's)"
-    )
-    weight_init: Literal["signed_constant", "kaiming_normal", "keep"] = "signed_constant"
-    layers: LayerSelection | None = Field(None, description="the selected layers (default: the recipe's)")
-
-    @model_validator(mode="after")
-    def _supermask_learns_its_sparsity(self) -> SparseSelection:
-        if self.method == "supermask" and self.sparsity is not None:
-            raise ValueError("the supermask learns its own sparsity: leave `sparsity` out")
-        return self
-
+from secateurs.methods.layers import LayerSelection, select_parameters
+from secateurs.methods.spec import known
+from secateurs.methods.training.base import TRAINING, TrainingMethod, stage_sparsity
 
 _SELECTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -133,6 +117,47 @@ class _Supermask(nn.Module):
         return weight * m
 
 
+# -- the selection methods ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Selector:
+    """A selection method: whether it keeps a fixed top-k (needs a sparsity), and its parametrization."""
+
+    takes_sparsity: bool
+    build: Callable[[Tensor, int, torch.Generator], nn.Module]  # (initial scores, k, sampling generator)
+
+
+SELECTORS: Registry[Selector] = Registry("selection method")
+SELECTORS.add(
+    "edge_popup",
+    Selector(True, lambda scores, k, _: _EdgePopup(scores, k)),
+    "train scores, keep the top-k per layer; weights frozen (Ramanujan et al. 2020)",
+)
+SELECTORS.add(
+    "supermask",
+    Selector(False, lambda scores, _, generator: _Supermask(scores, generator)),
+    "train Bernoulli mask probabilities; weights frozen (Zhou et al. 2019)",
+)
+WEIGHT_INITS = ("signed_constant", "kaiming_normal", "keep")
+
+
+class SparseSelection(StrictModel):
+    """The `select` block of a train stage: the stage trains scores that choose the mask, not weights."""
+
+    method: str = Field("edge_popup", description="a selection method: edge_popup or supermask")
+    sparsity: float | None = Field(
+        None, ge=0, lt=1, description="edge_popup: per-layer sparsity (default: the recipe's or level's)"
+    )
+    weight_init: Literal["signed_constant", "kaiming_normal", "keep"] = "signed_constant"
+    layers: LayerSelection | None = Field(None, description="the selected layers (default: the recipe's)")
+
+    @model_validator(mode="after")
+    def _known_method(self) -> SparseSelection:
+        known(SELECTORS, self.method)
+        if not SELECTORS.get(self.method).takes_sparsity and self.sparsity is not None:
+            raise ValueError(f"{self.method} learns its own sparsity: leave `sparsity` out")
+        return self
+
+
 # -- attach / finish -----------------------------------------------------------------------------
 class SelectionHandle:
     """Returned by `attach_selection`: the scores to train, the current masks, and `finish()`."""
@@ -141,7 +166,7 @@ class SelectionHandle:
         self,
         model: nn.Module,
         targets: dict[str, tuple[nn.Module, str]],
-        parametrizations: dict[str, _EdgePopup | _Supermask],
+        parametrizations: dict[str, nn.Module],
         requires_grad: list[tuple[nn.Parameter, bool]],
         param_order: dict[int, tuple[nn.Module, list[str]]],
         method: str,
@@ -204,27 +229,22 @@ def _fan_in(weight: Tensor) -> int:
 
 def _check_options(method: str, sparsity: float | None, weight_init: str) -> None:
     where = "attach_selection"
-    if method not in SELECTION_METHODS:
-        raise ConfigError(
-            f"unknown selection method {method!r}",
-            where=where,
-            fix=f"use one of {', '.join(SELECTION_METHODS)}",
-        )
+    selector = SELECTORS.get(method)
     if weight_init not in WEIGHT_INITS:
         raise ConfigError(
             f"unknown weight_init {weight_init!r}", where=where, fix=f"use one of {', '.join(WEIGHT_INITS)}"
         )
-    if method == "supermask" and sparsity is not None:
+    if not selector.takes_sparsity and sparsity is not None:
         raise ConfigError(
-            f"supermask takes no sparsity (got {sparsity!r}): the supermask learns its own sparsity",
+            f"{method} takes no sparsity (got {sparsity!r}): the {method} learns its own sparsity",
             where=where,
             fix="leave sparsity=None, or use method='edge_popup' for a fixed sparsity",
         )
-    if method == "edge_popup":
+    if selector.takes_sparsity:
         ok = isinstance(sparsity, int | float) and not isinstance(sparsity, bool) and 0.0 <= sparsity < 1.0
         if not ok:
             raise ConfigError(
-                f"edge_popup needs a sparsity in [0, 1), got {sparsity!r}",
+                f"{method} needs a sparsity in [0, 1), got {sparsity!r}",
                 where=where,
                 fix="pass sparsity=, the fraction of each layer's weights left out, e.g. 0.5",
             )
@@ -292,8 +312,9 @@ def attach_selection(
     _check_options(method, sparsity, weight_init)
     targets = _resolve(model, list(names))
 
+    selector = SELECTORS.get(method)
     k_of: dict[str, int] = {}
-    if method == "edge_popup":
+    if selector.takes_sparsity:
         for name, (module, attr) in targets.items():
             n = getattr(module, attr).numel()
             k_of[name] = n - round_half_up(n * float(sparsity or 0.0))  # as the uniform allocation
@@ -330,15 +351,57 @@ def attach_selection(
     for p, _ in requires_grad:
         p.requires_grad_(False)
 
-    parametrizations: dict[str, _EdgePopup | _Supermask] = {}
+    parametrizations: dict[str, nn.Module] = {}
     for name, (module, attr) in targets.items():
-        if method == "edge_popup":
-            par: _EdgePopup | _Supermask = _EdgePopup(inits[name], k_of[name])
-        else:
-            par = _Supermask(inits[name], sample_gen)
+        par = selector.build(inits[name], k_of.get(name, 0), sample_gen)
         par.train(module.training)
         # unsafe=True skips torch's trial forward, which would consume a supermask sample at attach time
         parametrize.register_parametrization(module, attr, par, unsafe=True)
         parametrizations[name] = par
 
     return SelectionHandle(model, targets, parametrizations, requires_grad, param_order, method)
+
+
+@TRAINING.register("select", "sparse selection: train a mask over frozen weights (edge_popup, supermask)")
+class SelectionMethod(TrainingMethod):
+    """Freezes the model and trains scores during the stage; the selected mask becomes the model's
+    masks, the frozen unmasked weights its dense parent."""
+
+    name = "select"
+    schema: ClassVar[type] = SparseSelection
+
+    def before_training(self) -> None:
+        spec: SparseSelection = self.config
+        model = self.services.model
+        if masks_of(model) is not None:
+            raise ConfigError(
+                "sparse selection learns its own mask and cannot start from a pruned model",
+                where="train.select",
+                fix="remove the prune stages before the selecting train stage",
+            )
+        sparsity = None
+        if SELECTORS.get(spec.method).takes_sparsity:
+            sparsity = stage_sparsity(self.services, spec.sparsity)
+            if sparsity is None:
+                raise ConfigError(
+                    "edge-popup needs a sparsity",
+                    where="train.select.sparsity",
+                    fix="set it, or the recipe's sparsity",
+                )
+        layers = spec.layers if spec.layers is not None else self.services.layers
+        self.handle = attach_selection(
+            model,
+            select_parameters(model, layers),
+            method=spec.method,
+            sparsity=sparsity,
+            weight_init=spec.weight_init,
+            seed=self.services.seed,
+        )
+
+    def after_training(self) -> None:
+        model = self.services.model
+        frozen = self.handle.frozen_weights()
+        masks = self.handle.finish()
+        dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.services.set_masks(masks)
+        self.services.set_dense_state({**dense, **frozen})
