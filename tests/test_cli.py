@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 import secateurs
 import secateurs.front.cli as cli
+import secateurs.front.console as console_module
 import secateurs.front.demo as demo
 import secateurs.pipeline.outputs as outputs
 from secateurs.core.errors import CheckpointError, SecateursError
@@ -42,7 +43,7 @@ RUN_FILES = ["metrics.json", "model.pt", "recipe.yaml"]
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables wide enough that no name is cut short (the runner is not a terminal)."""
     monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(cli, "err_console", Console(width=250, stderr=True))
+    monkeypatch.setattr(console_module, "err_console", Console(width=250, stderr=True))
 
 
 @pytest.fixture

@@ -297,7 +297,8 @@ def test_yaml_syntax_error_names_the_line() -> None:
         (
             "- evaluate: {}",
             "- reset: {mode: rewinds}",
-            "stages.2.reset.mode: unknown reset mode 'rewinds'. Did you mean 'rewind'? Use one of: keep, lr_rewind, orthp, reinit, rewind",
+            "stages.2.reset.mode: unknown reset mode 'rewinds'. Did you mean 'rewind'? "
+            "Use one of: keep, lr_rewind, orthp, reinit, rewind",
         ),
         (
             "- evaluate: {}",

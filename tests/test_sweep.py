@@ -20,6 +20,7 @@ from tiny import tiny_recipe
 from typer.testing import CliRunner
 
 import secateurs.front.cli as cli
+import secateurs.front.console as console_module
 from secateurs.core.errors import ConfigError
 from secateurs.pipeline.recipe import load_recipe
 from secateurs.results import ResultsDB, run_hash
@@ -40,7 +41,7 @@ RECIPE: dict[str, Any] = tiny_recipe()
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(cli, "err_console", Console(width=250, stderr=True))
+    monkeypatch.setattr(console_module, "err_console", Console(width=250, stderr=True))
 
 
 @pytest.fixture

@@ -41,6 +41,11 @@ class Registry(Generic[T]):
         doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[:1]
         self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
 
+    def remove(self, name: str) -> T:
+        """Unregister `name` (a plug-in that is unloaded, or one a test registered for itself)."""
+        self._help.pop(name, None)
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

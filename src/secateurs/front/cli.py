@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
 from secateurs.core.errors import SecateursError
+from secateurs.front.console import console, err_console, friendly_errors
 
 if TYPE_CHECKING:
     from secateurs.results import ResultsDB
@@ -26,26 +24,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(emoji=False)  # "N:M:" must not become an emoji
-err_console = Console(stderr=True, emoji=False)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(fn: F) -> F:
-    """Turn user errors into one clear message and a non-zero exit, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SecateursError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted: nothing was written[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -180,47 +158,15 @@ def demo(
 
 @app.command()
 def methods() -> None:
-    """List criteria, allocations, structures, schedules, resets and preset recipes."""
-    from secateurs.methods.allocations import ALLOCATIONS
-    from secateurs.methods.controls import CONTROLS
-    from secateurs.methods.criteria import CRITERIA
-    from secateurs.methods.projections import PROJECTIONS
-    from secateurs.methods.sanity import SANITY
-    from secateurs.methods.schedules import SCHEDULE_NAMES
-    from secateurs.methods.structures import STRUCTURES
-    from secateurs.methods.training.dst import UPDATERS
+    """List every registered component (criteria, structures, allocations, …) and the preset recipes."""
+    from rich.markup import escape
+
+    from secateurs.methods.catalog import catalog
     from secateurs.pipeline.recipe import preset_names, read_recipe_text
 
     table = _table("pruning axes", "axis", "name", "what it does")
-    for axis, reg in (
-        ("criterion", CRITERIA),
-        ("allocation", ALLOCATIONS),
-        ("structure", STRUCTURES),
-        ("sanity check", SANITY),
-    ):
-        for name in reg.names():
-            table.add_row(axis, name, reg.help(name))
-    for name, cls in SCHEDULE_NAMES.items():
-        table.add_row("schedule", name, (cls.__doc__ or "").strip().splitlines()[0])
-    for name, what in (
-        ("keep", "continue from the pruned weights (finetune)"),
-        ("lr_rewind", "keep the pruned weights, fresh optimizer, replay the first training's LR schedule"),
-        ("rewind", "restore weights (and optimizer state) saved at step or epoch k; k = 0 is the init"),
-        ("reinit", "fresh random weights under the same masks"),
-        ("orthp", "keep the pruned weights, made (semi-)orthogonal under their masks (OrthP)"),
-    ):
-        table.add_row("reset", name, what)
-    for name in CONTROLS.names():
-        table.add_row("control", name, CONTROLS.help(name))
-    for name in UPDATERS.names():
-        table.add_row("dynamic sparse (train.dst)", name, UPDATERS.help(name))
-    for name, what in (
-        ("edge_popup", "train scores, keep the top-k per layer; weights frozen (Ramanujan et al. 2020)"),
-        ("supermask", "train Bernoulli mask probabilities; weights frozen (Zhou et al. 2019)"),
-    ):
-        table.add_row("selection (train.select)", name, what)
-    for name in PROJECTIONS.names():
-        table.add_row("ADMM projection (train.admm)", name, PROJECTIONS.help(name))
+    for axis, name, what in catalog():
+        table.add_row(escape(axis), escape(name), escape(what))  # help texts hold [brackets]
     console.print(table)
     presets = _table("preset recipes (secateurs run NAME)", "name", "description")
     import yaml

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from secateurs.core.errors import ConfigError
+from secateurs.front.console import console, friendly_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,21 +30,7 @@ SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per window")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch")]
 
 
-def friendly_errors(fn: F) -> F:
-    """The main CLI's one-line errors, looked up at call time: secateurs.front.cli imports this module."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from secateurs.front.cli import friendly_errors as main_friendly_errors
-
-        return main_friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
 def _print(text: str) -> None:
-    from secateurs.front.cli import console
-
     console.print(text, highlight=False)
 
 

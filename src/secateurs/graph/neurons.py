@@ -23,7 +23,7 @@ from torch import Tensor, fx, nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, remove_masks
-from secateurs.methods.allocations import check_sparsity, round_half_up
+from secateurs.core.sparsity import check_sparsity, round_half_up
 
 __all__ = ["neuron_masks", "neuron_scores_l1", "prune_neurons"]
 

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.registry import Registry, check_options
+from secateurs.core.sparsity import check_sparsity, round_half_up
 
 
 @dataclass(frozen=True)
@@ -54,21 +55,6 @@ class LayerInfo:
 
 Allocation = Callable[..., dict[str, int]]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
-
-
-def round_half_up(x: float) -> int:
-    """Round to nearest, halves up; tolerant of float noise such as 0.1·30 = 3.0000000000000004."""
-    return math.floor(x + 0.5 + 1e-9)
-
-
-def check_sparsity(sparsity: float, where: str = "sparsity") -> float:
-    """Sparsity is the fraction removed and must lie in [0, 1)."""
-    if not isinstance(sparsity, int | float) or isinstance(sparsity, bool) or not 0.0 <= sparsity < 1.0:
-        raise ConfigError(
-            f"{where} must be a number in [0, 1), got {sparsity!r}",
-            fix="sparsity is the fraction of weights removed, e.g. 0.9 keeps 10 %",
-        )
-    return float(sparsity)
 
 
 def kept_after(n: int, sparsity: float, floor: int = 0) -> int:

@@ -262,6 +262,7 @@ def unification_report(model: nn.Module, names: list[str], bh: int, bw: int) -> 
 class ADMMMethod(TrainingMethod):
     name = "admm"
     schema: ClassVar[type] = ADMMConfig
+    choices = ("projection", PROJECTIONS)
 
     def __init__(self, config: ADMMConfig, services: StageServices) -> None:
         super().__init__(config, services)

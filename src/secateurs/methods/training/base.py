@@ -60,6 +60,8 @@ class TrainingMethod:
     name: ClassVar[str] = ""
     schema: ClassVar[Any] = None
     changes_mask: ClassVar[bool] = True
+    # A field of its block that names an entry of another registry (listed by `secateurs methods`).
+    choices: ClassVar[tuple[str, Registry] | None] = None
     dense_gradient_at: Callable[[int], bool] | None = None
 
     def __init__(self, config: Any, services: StageServices) -> None:

@@ -388,6 +388,7 @@ def momentum_of(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Tensor
 class DynamicSparseMethod(TrainingMethod):
     name = "dst"
     schema: ClassVar[type] = DynamicSparsity
+    choices = ("method", UPDATERS)
 
     def __init__(self, config: DynamicSparsity, services: StageServices) -> None:
         super().__init__(config, services)

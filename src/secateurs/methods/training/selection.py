@@ -369,6 +369,7 @@ class SelectionMethod(TrainingMethod):
 
     name = "select"
     schema: ClassVar[type] = SparseSelection
+    choices = ("method", SELECTORS)
 
     def before_training(self) -> None:
         spec: SparseSelection = self.config
