@@ -40,8 +40,8 @@ SLIMMING = 5e-4  # λ of the L1 penalty on BN scales while training the dense mo
 
 def budget(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"dense_epochs": 0.3, "ft_epochs": 0.1, "seeds": [0], "amounts": [0.5]}
-    return {"dense_epochs": 4, "ft_epochs": 0.5, "seeds": [0, 1, 2], "amounts": [0.3, 0.5, 0.7]}
+        return {"dense_epochs": 0.3, "ft_epochs": 0.1, "seeds": [0], "sparsities": [0.5]}
+    return {"dense_epochs": 4, "ft_epochs": 0.5, "seeds": [0, 1, 2], "sparsities": [0.3, 0.5, 0.7]}
 
 
 def recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +67,9 @@ def recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     prune = {"structure": "channel", "criterion": job["criterion"], "allocation": "uniform"}
     prune["structure_options"] = {"exclude": ["classifier.7"]}  # the classes
     if job["kind"] == "one-shot":
-        base["stages"] = [{"prune": {**prune, "sparsity": job["amount"]}}, {"train": {}}, {"evaluate": {}}]
+        base["stages"] = [{"prune": {**prune, "sparsity": job["sparsity"]}}, {"train": {}}, {"evaluate": {}}]
     else:
-        steps = [round(job["amount"] * k / 3, 4) for k in (1, 2, 3)]
+        steps = [round(job["sparsity"] * k / 3, 4) for k in (1, 2, 3)]
         base["stages"] = [
             {
                 "repeat": {
@@ -138,7 +138,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def key(job: dict[str, Any]) -> str:
     if job["kind"] == "dense":
         return f"dense|{job['bn_l1']}|{job['seed']}"
-    return f"{job['kind']}|{job['criterion']}|{job['amount']}|{job['seed']}"
+    return f"{job['kind']}|{job['criterion']}|{job['sparsity']}|{job['seed']}"
 
 
 def describe(job: dict[str, Any], r: dict[str, Any]) -> str:
@@ -164,7 +164,7 @@ def run_all(quick: bool, workers: int, fresh: bool) -> dict[str, Any]:
         {
             "kind": schedule,
             "criterion": c,
-            "amount": a,
+            "sparsity": a,
             "seed": s,
             "quick": quick,
             "init": str(work / f"dense-{SLIMMING if c == 'bn_scale' else 0.0}-{s}"),
@@ -172,7 +172,7 @@ def run_all(quick: bool, workers: int, fresh: bool) -> dict[str, Any]:
         for s in b["seeds"]
         for c in CRITERIA
         for schedule in SCHEDULES
-        for a in b["amounts"]
+        for a in b["sparsities"]
     ]
     for phase in (dense_jobs, prune_jobs):
         run_phase(phase, key=key, work=run_job, store=store, done=done, workers=workers, describe=describe)
@@ -190,7 +190,7 @@ def summarise(done: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             table[f"dense (bn_l1={l1:g})"] = cell(accs)
     for schedule in SCHEDULES:
         for c in CRITERIA:
-            for a in b["amounts"]:
+            for a in b["sparsities"]:
                 rows = [r for k, r in done.items() if k.startswith(f"{schedule}|{c}|{a}|")]
                 if rows:
                     table[f"{schedule}|{c}|{a}"] = {
@@ -229,11 +229,11 @@ def write(table: dict[str, Any], b: dict[str, Any], quick: bool, minutes: float)
     for name, r in table.items():
         if name.startswith("dense"):
             continue
-        schedule, criterion, amount = name.split("|")
+        schedule, criterion, sparsity = name.split("|")
         acc, s1, s64 = r["accuracy"], r["speedup_b1"], r["speedup_b64"]
         accuracy = f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}"
         lines.append(
-            f"| {schedule} | {criterion} | {100 * float(amount):g} % | {accuracy} "
+            f"| {schedule} | {criterion} | {100 * float(sparsity):g} % | {accuracy} "
             f"| {r['macs_ratio']:.2f} | {s1['mean']:.2f} | {s64['mean']:.2f} |"
         )
     gap = max(

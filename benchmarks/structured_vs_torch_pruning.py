@@ -46,7 +46,7 @@ from secateurs.structured import fold_batchnorm, prune_channels
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE = (3, 32, 32)
-AMOUNT = 0.5
+SPARSITY = 0.5
 TARGETS = {"b64": 0.85, "b1": 0.6}
 PATHS = ("eager", "onnxruntime")
 BATCHES = ("b1", "b64")
@@ -63,7 +63,7 @@ def dense_model() -> nn.Module:
 
 
 def ours(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    return prune_channels(model, x, AMOUNT, criterion="l1", allocation="uniform", exclude=["fc"])
+    return prune_channels(model, x, SPARSITY, criterion="l1", allocation="uniform", exclude=["fc"])
 
 
 def theirs(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -74,7 +74,7 @@ def theirs(model: nn.Module, x: torch.Tensor) -> nn.Module:
         model,
         x,
         importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=AMOUNT,
+        pruning_ratio=SPARSITY,
         ignored_layers=[model.fc],
     )
     pruner.step()
@@ -156,7 +156,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread",
         "torch_pruning_version": torch_pruning.__version__,
         "model": "resnet56 (CIFAR, option-B shortcuts)",
-        "amount": AMOUNT,
+        "sparsity": SPARSITY,
         "dense": {
             "macs": dense_cost.macs,
             "params": dense_cost.params,
@@ -203,9 +203,9 @@ def main() -> None:
 def write(results: dict[str, Any], quick: bool) -> None:
     stem = "structured_vs_torch_pruning" + ("_quick" if quick else "")
     atomic_write_text(RESULTS / f"{stem}.json", json.dumps(results, indent=2) + "\n")
-    version, amount = results["torch_pruning_version"], int(100 * results["amount"])
+    version, sparsity = results["torch_pruning_version"], int(100 * results["sparsity"])
     lines = [
-        f"# ResNet-56, {amount} % of channels by L1: secateurs vs Torch-Pruning {version}",
+        f"# ResNet-56, {sparsity} % of channels by L1: secateurs vs Torch-Pruning {version}",
         "",
         f"{results['machine']}; every model BN-folded, then timed on two inference paths, dense and "
         "pruned alike: eager PyTorch (`torch.inference_mode`) and ONNX Runtime (exported, all graph "

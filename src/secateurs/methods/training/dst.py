@@ -150,25 +150,27 @@ def distribute(total: int, weights: list[float], caps: list[int]) -> list[int]:
 
 # -- the methods ---------------------------------------------------------------------------------------
 class Updater:
-    """One mask update rule: `update(layers, fraction)` returns the new mask of every layer."""
+    """One mask update rule: `update(layers, drop_fraction)` returns the new mask of every layer."""
 
     dense_gradients: DenseGradients = "never"  # when the method needs the dense gradient (training FLOPs)
 
     def update(
-        self, layers: list[LayerView], fraction: float, generator: torch.Generator
+        self, layers: list[LayerView], drop_fraction: float, generator: torch.Generator
     ) -> dict[str, LayerUpdate]:
         raise NotImplementedError
 
-    def per_layer_drop(self, layers: list[LayerView], fraction: float) -> dict[str, Tensor]:
-        """Each layer without round(fraction × active) of its weakest weights (SET, SNFS, RigL)."""
-        return {layer.name: drop_weakest(layer, round_half_up(fraction * layer.active)) for layer in layers}
+    def per_layer_drop(self, layers: list[LayerView], drop_fraction: float) -> dict[str, Tensor]:
+        """Each layer without round(drop_fraction × active) of its weakest weights (SET, SNFS, RigL)."""
+        return {
+            layer.name: drop_weakest(layer, round_half_up(drop_fraction * layer.active)) for layer in layers
+        }
 
 
 UPDATERS: Registry[Callable[..., Updater]] = Registry("dynamic sparse training method")
 
 
 class PerLayerUpdater(Updater):
-    """Each layer drops round(fraction × active) of its weakest weights and grows as many back,
+    """Each layer drops round(drop_fraction × active) of its weakest weights and grows as many back,
     the inactive positions of highest `grow_scores` (SET, RigL): per-layer counts never change.
     """
 
@@ -176,9 +178,9 @@ class PerLayerUpdater(Updater):
         raise NotImplementedError
 
     def update(
-        self, layers: list[LayerView], fraction: float, generator: torch.Generator
+        self, layers: list[LayerView], drop_fraction: float, generator: torch.Generator
     ) -> dict[str, LayerUpdate]:
-        dropped = self.per_layer_drop(layers, fraction)
+        dropped = self.per_layer_drop(layers, drop_fraction)
         return {
             layer.name: grow_strongest(
                 dropped[layer.name],
@@ -213,9 +215,9 @@ class SnfsUpdater(Updater):
     dense_gradients: DenseGradients = "always"  # the momentum of inactive weights needs dense gradients
 
     def update(
-        self, layers: list[LayerView], fraction: float, generator: torch.Generator
+        self, layers: list[LayerView], drop_fraction: float, generator: torch.Generator
     ) -> dict[str, LayerUpdate]:
-        dropped = self.per_layer_drop(layers, fraction)
+        dropped = self.per_layer_drop(layers, drop_fraction)
         total = sum(layer.active - int(torch.count_nonzero(dropped[layer.name])) for layer in layers)
         momenta = [_momentum(layer) for layer in layers]
         means = [
@@ -254,10 +256,10 @@ class DsrUpdater(Updater):
         self.tolerance, self.threshold = tolerance, threshold
 
     def update(
-        self, layers: list[LayerView], fraction: float, generator: torch.Generator
+        self, layers: list[LayerView], drop_fraction: float, generator: torch.Generator
     ) -> dict[str, LayerUpdate]:
         active = sum(layer.active for layer in layers)
-        target = fraction * active
+        target = drop_fraction * active
         if self.threshold is None:
             magnitudes = torch.cat([layer.weight.detach().abs()[layer.mask].float() for layer in layers])
             k = max(1, round_half_up(target))
@@ -351,8 +353,8 @@ class DynamicSparseTraining(Callback):
             LayerView(n, params[n], masks[n], params[n].grad, momentum_of(state.optimizer, params[n]))
             for n in masks
         ]
-        fraction = drop_fraction_at(self.config, state.step, self.end_step)
-        updates = self.updater.update(layers, fraction, self.generator)
+        drop_fraction = drop_fraction_at(self.config, state.step, self.end_step)
+        updates = self.updater.update(layers, drop_fraction, self.generator)
         before = sum(layer.active for layer in layers)
         after = sum(int(torch.count_nonzero(updates[n].mask)) for n in masks)
         if before != after:
@@ -371,7 +373,7 @@ class DynamicSparseTraining(Callback):
             zero_optimizer_state(state.optimizer, params[layer.name], grown | dropped)
             moved += int(torch.count_nonzero(grown))
         state.install_masks(MaskSet({n: updates[n].mask for n in masks}))
-        self.records.append(UpdateRecord(state.step, fraction, moved, after))
+        self.records.append(UpdateRecord(state.step, drop_fraction, moved, after))
 
 
 def momentum_of(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Tensor | None:
