@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_recipe
 
 from secateurs.core.errors import ConfigError
 from secateurs.methods.schedules import Gradual, Iterative
@@ -357,3 +358,27 @@ def test_recipe_to_raw_round_trips_in_the_single_key_form(source: str) -> None:
         changed = recipe_from_raw(raw, overrides=["stages.2.prune.sparsity=0.3", "stages.5.train.epochs=1"])
         assert changed.stages[2].sparsity == 0.3
         assert changed.stages[5].options["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stages.1.prune.criterion_options={tempreture: 2}", "criterion 'grasp' has no option 'tempreture'"),
+        ("stages.1.prune.criterion_options={temperature: -1}", "grasp temperature must be a positive number"),
+        ("stages.1.prune.structure_options={n: 9}", "structure 'unstructured' has no option 'n'"),
+        ("stages.1.prune.allocation_options={normalize: max}", "normalize: Input should be 'none' or 'mean'"),
+        ("stages.1.prune.sanity=shufle", "unknown sanity check 'shufle'"),
+        ("model.options={hidden: abc}", "model 'mlp': invalid option \\(hidden"),
+        ("data.options={num_train: x}", "data 'synthetic': invalid option \\(num_train"),
+        ("model.options={depth: 3}", "model 'mlp' has no option 'depth'"),
+        ("stages.0.train.dst={method: set, options: {zeta: 1}}", "method 'set' has no option 'zeta'"),
+        ("stages.0.train.admm={projection: nm, options: {k: 2}}", "projection 'nm' has no option 'k'"),
+        ("stages.0.train.select={method: edge_pop}", "unknown selection method 'edge_pop'"),
+    ],
+)
+def test_every_component_option_is_checked_when_the_recipe_is_read(override: str, message: str) -> None:
+    """One error naming the component and the option, before anything is built or trained."""
+    raw = tiny_recipe({"train": {}}, {"prune": {"criterion": "grasp"}}, {"evaluate": {}})
+    with pytest.raises(ConfigError, match=message) as caught:
+        recipe_from_raw(raw, "<tiny>", [override])
+    assert str(caught.value).count("invalid recipe:") == 1

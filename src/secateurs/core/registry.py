@@ -85,10 +85,14 @@ def options_schema(factory: Callable[..., object]) -> type[BaseModel] | None:
     sig = inspect.signature(factory)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
         return None
-    hints = get_type_hints(factory, include_extras=True)
+    try:
+        hints = get_type_hints(inspect.unwrap(factory), include_extras=True)
+    except (NameError, TypeError):  # an annotation that does not resolve: check names only
+        hints = {}
     fields: dict[str, Any] = {}
     for name, p in sig.parameters.items():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+        optional = p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY and not optional:
             continue
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[name] = (hints.get(name, Any), default)

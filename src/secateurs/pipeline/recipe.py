@@ -32,7 +32,7 @@ from pydantic import (
 
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
-from secateurs.core.registry import check_options
+from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
 from secateurs.methods.layers import LayerSelection
 from secateurs.methods.resets import RESETS
@@ -322,7 +322,7 @@ class Recipe(StrictModel):
             try:
                 known(registry, value.name)
                 entry = registry.get(value.name)
-                check_options(
+                validate_options(
                     getattr(entry, "factory", entry), value.options, where=f"{field} {value.name!r}"
                 )
             except ValueError as err:
