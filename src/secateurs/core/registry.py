@@ -91,10 +91,11 @@ def options_schema(factory: Callable[..., object]) -> type[BaseModel] | None:
         hints = {}
     fields: dict[str, Any] = {}
     for name, p in sig.parameters.items():
-        optional = p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is not inspect.Parameter.empty
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY and not optional:
+        has_default = p.default is not inspect.Parameter.empty
+        optional = p.kind is p.POSITIONAL_OR_KEYWORD and has_default
+        if p.kind is not p.KEYWORD_ONLY and not optional:
             continue
-        default = ... if p.default is inspect.Parameter.empty else p.default
+        default = p.default if has_default else ...
         fields[name] = (hints.get(name, Any), default)
     return create_model(
         f"{getattr(factory, '__name__', 'factory')}_options",
