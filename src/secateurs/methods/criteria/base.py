@@ -10,7 +10,7 @@ prefers to be pooled (`pooling`, `side`, `pool_tensors`), may give signed first-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +31,10 @@ class ScoringContext:
     """Everything a criterion may use. Data-free criteria ignore `batches`.
 
     `input_shape` (one sample's shape, without the batch dimension) lets data-free criteria
-    such as SynFlow build their own input.
+    such as SynFlow build their own input. `calibration`, when set, gives the input statistics
+    (`secateurs.methods.calibration.StatsCollector`) of the layers asked for (module name →
+    module): sequential calibration passes the current block's, collected on that block's inputs;
+    without it a criterion reading layer inputs (wanda) runs the model on `batches` itself.
     """
 
     model: nn.Module
@@ -41,6 +44,7 @@ class ScoringContext:
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
     input_shape: tuple[int, ...] | None = None
+    calibration: Callable[[Mapping[str, nn.Module]], Any] | None = None
 
     def params(self) -> dict[str, nn.Parameter]:
         named = dict(self.model.named_parameters())
@@ -70,6 +74,9 @@ class Criterion:
     pool_tensors: str = "weights"
     # The structures it can score (None: every one); criteria that score groups themselves say which.
     structures: tuple[str, ...] | None = None
+    # Scores each layer from that layer alone (its weights and, if it needs data, its calibration
+    # inputs), with no gradient through the model: sequential calibration can score block by block.
+    layerwise: bool = False
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -14,6 +14,7 @@ from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext
 @CRITERIA.register("magnitude", "|θ|: keep the largest weights")
 class Magnitude(Criterion):
     name = "magnitude"
+    layerwise = True
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         return {n: p.detach().abs() for n, p in ctx.params().items()}

@@ -17,6 +17,7 @@ class Random(Criterion):
     group would only make wide groups' scores concentrate, not more random)."""
 
     name = "random"
+    layerwise = True
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         return {

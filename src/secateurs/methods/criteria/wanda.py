@@ -2,8 +2,9 @@
 
 ‖X_j‖ is the L2 norm of input feature j over all calibration tokens (or, for a convolution, over
 all patches of the unfolded input: feature j is an input channel at one kernel offset), collected
-by `secateurs.methods.calibration`. No gradients: only forward passes on calibration inputs, which
-may be (x, y) batches, bare input tensors or tokenizer outputs. Wanda compares weights within
+by `secateurs.methods.calibration`, or given by the caller (`ScoringContext.calibration`: sequential
+calibration collects them on each block's inputs). No gradients: only forward passes on calibration
+inputs, which may be (x, y) batches, bare input tensors or tokenizer outputs. Wanda compares weights within
 each output row (`structure: rows`); a channel group reads its score off the columns consuming
 it (`side: consumers`).
 """
@@ -32,10 +33,12 @@ def wanda_scores(weight: Tensor, norms: Tensor, groups: int = 1) -> Tensor:
     "wanda", "|W|·‖X_j‖: weight times its input feature's norm on calibration data (needs data)"
 )
 class Wanda(Criterion):
-    """`num_batches`: calibration batches used (default: all that are given)."""
+    """`num_batches`: calibration batches used (default: all that are given; with sequential
+    calibration, the statistics of the block's inputs on all its calibration batches)."""
 
     name = "wanda"
     needs_data = True
+    layerwise = True
     pooling = "l1"
     side = "consumers"
 
@@ -57,9 +60,11 @@ class Wanda(Criterion):
                     "(layers.types, layers.include_bias: false)",
                 )
             owners[name] = module_name
-        stats = collect(
-            ctx.model, {m: modules[m] for m in owners.values()}, take_inputs(ctx, self.name, self.num_batches)
-        )
+        layers = {m: modules[m] for m in owners.values()}
+        if ctx.calibration is not None:  # statistics the caller collected (sequential: this block's)
+            stats = ctx.calibration(layers)
+        else:
+            stats = collect(ctx.model, layers, take_inputs(ctx, self.name, self.num_batches))
         params = ctx.params()
         return {
             name: wanda_scores(params[name], stats.get(module).norms(), getattr(modules[module], "groups", 1))
