@@ -39,6 +39,7 @@ from secateurs.llm.methods import (  # noqa: E402
 from secateurs.llm.models import decoder_layers, layer_linears, load_model  # noqa: E402
 from secateurs.llm.text import calibration_batch, eval_windows, load_text  # noqa: E402
 from secateurs.methods.allocations import round_half_up  # noqa: E402
+from secateurs.methods.sequential import prune_sequential  # noqa: E402
 from secateurs.methods.structures import NM  # noqa: E402
 
 VOCAB = 100
@@ -201,6 +202,46 @@ def test_sequential_calibration_uses_the_pruned_blocks_outputs() -> None:
             pruned_out = call_block(pruned_block0, x, kw)
         assert torch.equal(got1, pruned_out)  # block 1 is calibrated on the pruned block 0's output
         assert (got1 - dense_out).abs().max() > 1e-3  # ... which differs from the dense one
+
+
+@pytest.mark.parametrize(("criterion", "structure"), [("wanda", "rows"), ("magnitude", "unstructured")])
+def test_obs_reconstruction_after_any_mask_brings_the_model_closer_to_the_dense_one(
+    criterion: str, structure: str
+) -> None:
+    """Wanda + reconstruction: the same masks, the kept weights updated block by block by OBS."""
+    ids = calib()
+    with torch.no_grad():
+        dense = tiny_llama()(input_ids=ids, use_cache=False).logits
+    errors, masks = [], []
+    for reconstruct in (None, {"method": "obs", "select": "fixed"}):
+        model = tiny_llama()
+        reports = prune_sequential(
+            model,
+            0.5,
+            criterion=criterion,
+            structure=structure,
+            data=list(ids.split(4)),
+            reconstruct=reconstruct,
+            layers={"types": ["Linear"]},
+        )
+        assert len(reports) == 2 * len(LINEARS)
+        with torch.no_grad():
+            errors.append(float((model(input_ids=ids, use_cache=False).logits - dense).norm()))
+        masks.append({n: w != 0 for n, w in block_weights(model).items()})
+    assert errors[1] < 0.85 * errors[0]
+    if criterion == "magnitude":  # the scores read the dense weights only: the very same masks
+        assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+def test_sequential_calibration_leaves_padding_tokens_out() -> None:
+    ids = calib(4, 16)
+    attention = torch.ones_like(ids)
+    attention[0, 10:] = 0
+    attention[2, 5:] = 0
+    batch = {"input_ids": ids, "attention_mask": attention}
+    reports = prune_sequential(tiny_bert(), 0.5, criterion="wanda", structure="rows", data=batch)
+    assert len(reports) == 12
+    assert {r.tokens for r in reports} == {int(attention.sum())}  # 64 - 6 - 11 real tokens
 
 
 def test_same_seed_same_result_bit_for_bit() -> None:

@@ -1,35 +1,40 @@
-"""One-shot pruning of one Linear weight [out, in]: magnitude, Wanda and SparseGPT.
+"""The three LLM methods as points of the one pruning stack, and their single-layer forms.
 
-All three take a sparsity and an optional N:M pattern. N:M groups are runs of m consecutive
-inputs of one output row, exactly `secateurs.methods.structures.NM` grouping, and each group keeps
-exactly n weights (ties to the lower index, `balanced_topk`). Unstructured counts are exact:
-a layer of N weights loses round_half_up(s·N); where a method compares within smaller groups
-(Wanda's rows, SparseGPT's column blocks) that total is spread over the groups, never
-differing by more than one (row) or than the block's share (block). Selection is always by
-top-k index, never by threshold: dequantized weights tie a lot, and a threshold would prune
-every tied weight at once.
+Each is criterion × structure × allocation (+ reconstruction), `method_options`:
 
-- Magnitude: |W|, one comparison group per layer (the usual LLM baseline).
-- Wanda (Sun et al. 2023): |W_ij|·‖X_j‖₂ over calibration tokens, compared per output row.
-- SparseGPT (Frantar & Alistarh 2023): OBS reconstruction with H = 2XXᵀ/n, dampened by 1 % of
-  its mean diagonal; columns are processed left to right in blocks of 128 with lazy batched
-  updates, using the upper Cholesky factor of H⁻¹; the mask of each block is chosen adaptively
-  (from the weights already updated by earlier blocks) by w²/[H⁻¹]_jj², and for N:M per group
-  of m columns just before the first of them is processed.
+- magnitude: criterion magnitude, structure unstructured (one comparison group per layer, the
+  usual LLM baseline) or nm, allocation uniform; no calibration.
+- Wanda (Sun et al. 2023): criterion wanda (|W_ij|·‖X_j‖₂ over calibration tokens), structure rows
+  (compared per output row) or nm, allocation uniform, sequential calibration.
+- SparseGPT (Frantar & Alistarh 2023): OBS reconstruction in adaptive mode
+  (`secateurs.methods.reconstruction.obs`) after a magnitude mask that only fixes the counts,
+  unstructured or nm, sequential calibration.
+
+N:M groups are runs of m consecutive inputs of one output row, exactly the `nm` structure, and
+each keeps exactly n weights. Unstructured counts are exact: a layer of N weights loses
+round_half_up(s·N); where a method compares within smaller groups (Wanda's rows, SparseGPT's
+column blocks) that total is spread over the groups, never differing by more than one (row) or
+than the block's share (block). Selection is always by top-k index, never by threshold:
+dequantized weights tie a lot, and a threshold would prune every tied weight at once.
+
+The single-layer functions (`magnitude_mask`, `wanda_mask`, `sparsegpt_prune`) run the same code on
+one weight matrix.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import torch
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.topk import balanced_topk, topk_mask
-from secateurs.methods.allocations import check_sparsity, round_half_up
-from secateurs.methods.structures import NM
+from secateurs.methods.allocations import check_sparsity
+from secateurs.methods.criteria.wanda import wanda_scores as _wanda_scores
+from secateurs.methods.pruning import masks_from_scores
+from secateurs.methods.reconstruction import OBS, obs_reconstruct
+from secateurs.methods.structures import NM, ElementStructure, Rows, Unstructured
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -93,52 +98,47 @@ def check_method(method: str) -> str:
     return method
 
 
-def spread(total: int, parts: int) -> Tensor:
-    """`total` split over `parts` as evenly as possible (the first ones get the extra one)."""
-    base, extra = divmod(total, parts)
-    counts = torch.full((parts,), base, dtype=torch.long)
-    counts[:extra] += 1
-    return counts
+def structure_of(pattern: Pattern, per_row: bool = False) -> ElementStructure:
+    """The structure a pattern prunes with: nm for N:M, else rows (`per_row`, Wanda) or unstructured."""
+    if pattern.nm:
+        return NM(*pattern.nm)
+    return Rows() if per_row else Unstructured()
 
 
-def _nm_mask(scores: Tensor, n: int, m: int, name: str = "weight") -> Tensor:
-    """Keep the n highest scores of every run of m consecutive inputs per row."""
-    structure = NM(n, m)
-    structure.check(name, tuple(scores.shape))
-    groups = structure.to_groups(scores)
-    return structure.from_groups(balanced_topk(groups, n * groups.shape[0]), tuple(scores.shape))
+def method_options(
+    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01
+) -> dict[str, Any]:
+    """The `secateurs.methods.sequential.prune_sequential` options of an LLM method."""
+    check_method(method)
+    return {
+        "criterion": "wanda" if method == "wanda" else "magnitude",
+        "structure": structure_of(pattern, per_row=method == "wanda"),
+        "allocation": "uniform",
+        "reconstruct": OBS("adaptive", blocksize, percdamp) if method == "sparsegpt" else None,
+    }
 
 
-def _row_mask(scores: Tensor, pruned_per_row: Tensor) -> Tensor:
-    """Keep the highest scores of each row, pruning pruned_per_row[r] of row r (ties: lower index kept)."""
-    cols = scores.shape[1]
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(cols).expand_as(order).contiguous())
-    return rank < (cols - pruned_per_row)[:, None]
+def _mask(scores: Tensor, pattern: Pattern, per_row: bool = False) -> Tensor:
+    """Keep-mask of one weight from its scores: uniform allocation at the pattern's sparsity."""
+    masks = masks_from_scores(
+        {"weight": scores}, pattern.sparsity, allocation="uniform", structure=structure_of(pattern, per_row)
+    )
+    return masks["weight"]
 
 
 def magnitude_mask(weight: Tensor, pattern: Pattern) -> Tensor:
     """Keep-mask of the largest |W| in the whole layer (or per N:M group)."""
-    scores = weight.detach().abs().float()
-    if pattern.nm:
-        return _nm_mask(scores, *pattern.nm)
-    keep = scores.numel() - round_half_up(pattern.sparsity * scores.numel())
-    return topk_mask(scores.reshape(-1), keep).reshape(scores.shape)
+    return _mask(weight.detach().abs().float(), pattern)
 
 
 def wanda_scores(weight: Tensor, act_norm: Tensor) -> Tensor:
     """|W_ij|·‖X_j‖₂: weight magnitude times the L2 norm of input feature j over calibration tokens."""
-    return weight.detach().abs().float() * act_norm.float()[None, :]
+    return _wanda_scores(weight, act_norm)
 
 
 def wanda_mask(weight: Tensor, act_norm: Tensor, pattern: Pattern) -> Tensor:
     """Keep-mask from Wanda scores, compared within each output row (or N:M group)."""
-    scores = wanda_scores(weight, act_norm)
-    if pattern.nm:
-        return _nm_mask(scores, *pattern.nm)
-    rows = scores.shape[0]
-    return _row_mask(scores, spread(round_half_up(pattern.sparsity * scores.numel()), rows))
+    return _mask(wanda_scores(weight, act_norm), pattern, per_row=True)
 
 
 def sparsegpt_prune(
@@ -146,65 +146,18 @@ def sparsegpt_prune(
 ) -> tuple[Tensor, Tensor]:
     """Prune and reconstruct W against H = 2XXᵀ/n; returns (new weight, keep-mask), same dtype as W.
 
-    Why OBS: removing w_q and shifting the remaining weights of its row by -w_q/[H⁻¹]_qq ·
-    H⁻¹_{:,q} minimises the increase of ‖WX − ŴX‖²; processing columns in order lets every row
-    share one inverse-Hessian sequence (the Cholesky rows of H⁻¹).
+    The OBS reconstruction in adaptive mode (`secateurs.methods.reconstruction.obs`), keeping the
+    counts of the magnitude mask: the layer's pruned count, or n of every m.
     """
-    if pattern.nm and blocksize % pattern.nm[1]:
-        raise ConfigError(
-            f"SparseGPT block size {blocksize} is not a multiple of m={pattern.nm[1]}",
-            where="sparsegpt",
-            fix="use a block size divisible by m (128 works for 2:4 and 4:8)",
-        )
-    if pattern.nm:
-        NM(*pattern.nm).check("weight", tuple(weight.shape))
-    W = weight.detach().to(torch.float32).clone()
-    rows, cols = W.shape
-    H = hessian.detach().to(torch.float64).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    damp = percdamp * torch.mean(torch.diag(H))
-    H += damp * torch.eye(cols, dtype=H.dtype)
-    try:
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.cholesky_inverse(L)
-        U = torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
-    except RuntimeError:  # torch raises LinAlgError (a RuntimeError) when H is not positive definite
-        raise ConfigError(
-            "the calibration Hessian is not positive definite even after dampening",
-            where="sparsegpt",
-            fix="use more calibration tokens or a larger dampening (percdamp)",
-        ) from None
-
-    mask = torch.ones((rows, cols), dtype=torch.bool)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        width = i2 - i1
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        d = torch.diag(U1)
-        keep1 = torch.ones_like(W1, dtype=torch.bool)
-        if not pattern.nm:
-            # this block's share of the layer's exact total, chosen over all rows × block columns
-            share = round_half_up(pattern.sparsity * rows * i2) - round_half_up(pattern.sparsity * rows * i1)
-            score = (W1**2) / (d[None, :] ** 2)
-            keep1 = topk_mask(score.reshape(-1), W1.numel() - share).reshape(W1.shape)
-        for i in range(width):
-            if pattern.nm and i % pattern.nm[1] == 0:
-                n, m = pattern.nm
-                score = (W1[:, i : i + m] ** 2) / (d[None, i : i + m] ** 2)
-                keep1[:, i : i + m] = balanced_topk(score, n * rows)
-            w = W1[:, i]
-            q = torch.where(keep1[:, i], w, torch.zeros_like(w))
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
-        mask[:, i1:i2] = keep1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    W[~mask] = 0.0
-    return W.to(weight.dtype), mask
+    structure = structure_of(pattern)
+    OBS("adaptive", blocksize, percdamp).check(structure)
+    m = pattern.nm[1] if pattern.nm else None
+    return obs_reconstruct(
+        weight,
+        hessian,
+        magnitude_mask(weight, pattern),
+        select="adaptive",
+        m=m,
+        blocksize=blocksize,
+        percdamp=percdamp,
+    )

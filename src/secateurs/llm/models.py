@@ -19,6 +19,7 @@ from torch import nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_directory
+from secateurs.methods.sequential import transformer_stack
 
 LLM_EXTRA_FIX = 'pip install -e ".[llm]"'
 
@@ -149,21 +150,21 @@ def load_model(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.f
     return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source)
 
 
+def decoder_path(model: nn.Module) -> str:
+    """Where the transformer blocks are (`model.layers`, `encoder.layer`, …; `methods.sequential`)."""
+    path = transformer_stack(model)
+    if path is None:
+        raise ConfigError(
+            f"cannot find the transformer blocks of {type(model).__name__}",
+            where="model",
+            fix="use a Llama-style decoder (model.layers) or a BERT encoder (encoder.layer)",
+        )
+    return path
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The stack of transformer blocks (Llama-style `model.layers` or BERT `encoder.layer`)."""
-    for path in ("model.layers", "layers", "model.decoder.layers", "bert.encoder.layer", "encoder.layer"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    raise ConfigError(
-        f"cannot find the transformer blocks of {type(model).__name__}",
-        where="model",
-        fix="use a Llama-style decoder (model.layers) or a BERT encoder (encoder.layer)",
-    )
+    return model.get_submodule(decoder_path(model))  # type: ignore[return-value]
 
 
 def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
