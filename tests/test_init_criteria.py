@@ -167,10 +167,10 @@ def spy_rounds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float | None, Mask
     seen: list[tuple[float | None, MaskSet]] = []
     real = pruning_module.select_masks
 
-    def spy(layout: Any, scores: Any, sparsity: float | None, **options: Any) -> MaskSet:
-        out = real(layout, scores, sparsity, **options)
+    def spy(layout: Any, scores: Any, sparsity: float | None, **options: Any) -> tuple[Any, MaskSet]:
+        chosen, out = real(layout, scores, sparsity, **options)
         seen.append((sparsity, out))
-        return out
+        return chosen, out
 
     monkeypatch.setattr(pruning_module, "select_masks", spy)
     return seen

@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from secateurs.core.masks import masks_of
 from secateurs.graph.core import ChannelGraph, analyze, register_function_rule, register_module_rule
 from secateurs.graph.fold import fold_batchnorm, folded_count
 from secateurs.graph.masking import removed_groups, shrink
@@ -75,5 +76,6 @@ def prune_channels(
         example_input=example_input,
         **options,
     )
-    graph = result.layout.graph  # type: ignore[attr-defined]
-    return remove_channels(model, graph, removed_groups(graph, result.masks))
+    layout = result.layout
+    removed = layout.removed_ids(result.keep, masks_of(model))  # type: ignore[attr-defined]
+    return remove_channels(model, layout.graph, removed)  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.masks import masks_of
 from secateurs.graph.hf import (
     LAYER_SIZES_KEY,
     PARTS,
@@ -28,7 +29,6 @@ from secateurs.graph.hf import (
     remove_groups,
     update_config,
 )
-from secateurs.graph.masking import removed_groups
 from secateurs.graph.removal import remove_channels
 from secateurs.methods.pruning import plan
 from secateurs.methods.structures import FFNChannels, Heads, HeadsAndFFN
@@ -117,8 +117,9 @@ def prune_structured(
         data=_batches(calibration) if calibration is not None else None,
         seed=seed,
     )
-    graph = result.layout.graph  # type: ignore[attr-defined]
-    return remove_groups(model, graph, removed_groups(graph, result.masks))
+    layout = result.layout
+    removed = layout.removed_ids(result.keep, masks_of(model))  # type: ignore[attr-defined]
+    return remove_groups(model, layout.graph, removed)  # type: ignore[attr-defined]
 
 
 def prune_heads(

@@ -72,8 +72,11 @@ def select_masks(
     allow_collapse: bool = False,
     allocation_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
-) -> MaskSet:
-    """Allocate keep counts to the layout's units from their group scores, select, expand to masks."""
+) -> tuple[dict[str, Tensor], MaskSet]:
+    """Allocate keep counts to the layout's units from their group scores, select, expand to masks.
+
+    Returns the selection (per unit, a bool per group) and the masks.
+    """
     layers = [LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor) for u in layout.units]
     keep = allocate(
         allocation,
@@ -85,7 +88,7 @@ def select_masks(
         **dict(allocation_options or {}),
     )
     chosen = {u.name: layout.select(u, group_scores[u.name], keep[u.name]) for u in layout.units}
-    return layout.masks(chosen, current)
+    return chosen, layout.masks(chosen, current)
 
 
 def masks_from_scores(
@@ -109,7 +112,7 @@ def masks_from_scores(
     layout = ElementLayout(structure, {n: tuple(s.shape) for n, s in scores.items()})
     pool = PoolSpec(POOLINGS.get(pooling or structure.pool or structure.default_pool))
     groups = layout.group_scores(scores, current, pool)
-    return select_masks(
+    _, masks = select_masks(
         layout,
         groups,
         sparsity,
@@ -119,6 +122,7 @@ def masks_from_scores(
         allocation_options=allocation_options,
         layer_sparsities=layer_sparsities,
     )
+    return masks
 
 
 def as_batches(data: Any) -> Iterable[Any] | None:
@@ -234,6 +238,7 @@ class Plan:
 
     masks: MaskSet
     layout: Layout
+    keep: dict[str, Tensor]  # per unit, the groups the last round kept
 
 
 @dataclass
@@ -389,12 +394,13 @@ def plan(
     )
     existing = masks_of(model)
     current = existing
+    chosen: dict[str, Tensor] = {}
     for k in range(1, rounds + 1):
         level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
         overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
         with _masked_weights(model, current) if k > 1 else nullcontext():
             scores = group_scores(s.criterion, s.ctx, s.layout, s.pool, current, invert=invert)
-        new = select_masks(
+        chosen, new = select_masks(
             s.layout,
             scores,
             level,
@@ -416,7 +422,7 @@ def plan(
             MaskSet({n: current[n] for n in s.names}), sanity_seed(seed, sanity), allowed=allowed
         )
         current = _merged(current, shuffled)
-    return Plan(current, s.layout)
+    return Plan(current, s.layout, chosen)
 
 
 def compute_masks(model: nn.Module, sparsity: float | None, **options: Any) -> MaskSet:

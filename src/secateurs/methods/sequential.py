@@ -344,7 +344,7 @@ def _prune_block(
     ctx = replace(ctx, names=layout.scored(s.pool), masks=current or MaskSet({}), calibration=stats)
     scores = group_scores(s.criterion, ctx, layout, s.pool, current)
     overrides = {p: v for p, v in layer_sparsities.items() if not unmatched_patterns(names, [p])}
-    new = select_masks(
+    _, new = select_masks(
         layout, scores, sparsity, current=current, layer_sparsities=overrides or None, **select_options
     )
     if s.reconstruction is not None:

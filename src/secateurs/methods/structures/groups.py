@@ -78,6 +78,7 @@ class GraphLayout(Layout):
     ) -> None:
         self.model = model
         self.graph = graph
+        self.params = dict(model.named_parameters())
         vetoed = vetoed or set()
         groups = [g for g in graph.groups if not any(s.module in vetoed for s, _ in g.producers())]
         if not groups:
@@ -99,15 +100,19 @@ class GraphLayout(Layout):
 
     # -- scores ------------------------------------------------------------------------------
     def _pooled_sites(self, pool: PoolSpec) -> Callable[[Site], bool]:
-        params = dict(self.model.named_parameters())
+        params = self.params
         roles = ROLES[pool.side]
+        known: dict[int, bool] = {}  # by site identity: sites repeat over groups
 
         def wanted(site: Site) -> bool:
-            return (
-                site.name in params
-                and site.role in roles
-                and (pool.tensors == "all" or is_weight_matrix(site, params))
-            )
+            found = known.get(id(site))
+            if found is None:
+                found = known[id(site)] = (
+                    site.name in params
+                    and site.role in roles
+                    and (pool.tensors == "all" or is_weight_matrix(site, params))
+                )
+            return found
 
         return wanted
 
@@ -123,7 +128,7 @@ class GraphLayout(Layout):
     ) -> dict[int, tuple[float, int]]:
         """Per group: a per-index site statistic combined over the group's wanted sites, and the
         number of entries it covers. Each site's statistic is computed once."""
-        cache: dict[tuple[str, str, int], np.ndarray] = {}
+        cache: dict[tuple[str, str, int], tuple[np.ndarray, int]] = {}
         out = {}
         for g in self.all_groups():
             total, count = (float("-inf") if combine == "max" else 0.0), 0
@@ -132,16 +137,14 @@ class GraphLayout(Layout):
                     continue
                 key = (site.module, site.tensor, site.dim)
                 if key not in cache:
-                    cache[key] = statistic(site)
-                values = cache[key][index]
+                    tensor = self.params[site.name]
+                    cache[key] = (statistic(site), tensor.numel() // max(tensor.shape[site.dim], 1))
+                stat, per_index = cache[key]
+                values = stat[index]
                 total = max(total, float(values.max())) if combine == "max" else total + float(values.sum())
-                count += len(index) * self._entries_per_index(site)
+                count += len(index) * per_index
             out[g.id] = (total, count)
         return out
-
-    def _entries_per_index(self, site: Site) -> int:
-        tensor = dict(self.model.named_parameters())[site.name]
-        return tensor.numel() // max(tensor.shape[site.dim], 1)
 
     def group_scores(
         self, values: Mapping[str, Tensor], current: MaskSet | None, pool: PoolSpec
@@ -152,15 +155,15 @@ class GraphLayout(Layout):
             return reduce_over(values[site.name], site.dim, pooling).cpu().numpy()
 
         pooled = self.per_site(statistic, self._pooled_sites(pool), pooling.combine)
-        scores = {}
-        for gid, (total, count) in pooled.items():
-            if count == 0:
-                raise ConfigError(
-                    f"a channel group has no {pool.side} to score with pooling {pooling.name!r}",
-                    fix="use side: all, or a criterion that scores the group itself",
-                )
-            scores[gid] = float(pooling.finish(torch.tensor(total, dtype=torch.float64), torch.tensor(count)))
-        return self.mark_removed(scores, current)
+        totals = torch.tensor([total for total, _ in pooled.values()], dtype=torch.float64)
+        counts = torch.tensor([count for _, count in pooled.values()])
+        if bool((counts == 0).any()):
+            raise ConfigError(
+                f"a channel group has no {pool.side} to score with pooling {pooling.name!r}",
+                fix="use side: all, or a criterion that scores the group itself",
+            )
+        finished = pooling.finish(totals, counts).tolist()
+        return self.mark_removed(dict(zip(pooled, finished, strict=True)), current)
 
     def mark_removed(self, scores: Mapping[int, float], current: MaskSet | None) -> dict[str, Tensor]:
         """Per unit, the groups' scores in unit order, −∞ for groups `current` removed already."""
@@ -173,17 +176,17 @@ class GraphLayout(Layout):
         }
 
     # -- masks -------------------------------------------------------------------------------
-    def masks(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> MaskSet:
+    def removed_ids(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> set[int]:
+        """Ids of the groups a selection (`keep`, per unit) leaves out, and of those `current` removed."""
         removed = {
             g.id
             for unit, members in self.groups.items()
             for g, kept in zip(members, keep[unit].tolist(), strict=True)
             if not kept
         }
-        removed |= removed_groups(self.graph, current)
+        return removed | removed_groups(self.graph, current)
+
+    def masks(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> MaskSet:
+        removed = self.removed_ids(keep, current)
         masks = channel_masks(self.model, self.graph, removed, roles=("producer", "consumer"), complete=True)
         return current.intersect(masks) if current is not None else masks
-
-    def removed(self, masks: MaskSet | None) -> set[int]:
-        """Ids of the groups `masks` remove (every consuming column masked)."""
-        return removed_groups(self.graph, masks)
