@@ -137,7 +137,7 @@ def as_batches(data: Any) -> Iterable[Any] | None:
     return data
 
 
-def _selection(layers: LayerSelection | Mapping[str, Any] | None) -> LayerSelection:
+def layer_selection(layers: LayerSelection | Mapping[str, Any] | None) -> LayerSelection:
     """A LayerSelection from a mapping; an invalid field is a ConfigError, not a pydantic trace."""
     if isinstance(layers, LayerSelection):
         return layers
@@ -195,7 +195,7 @@ def _merged(base: MaskSet | None, new: MaskSet) -> MaskSet:
     return MaskSet(out)
 
 
-def _check_supported(criterion: Criterion, structure: Structure, name: str) -> None:
+def check_supported(criterion: Criterion, structure: Structure, name: str) -> None:
     allowed = criterion.structures
     if allowed is not None and structure.name not in allowed:
         raise ConfigError(
@@ -270,12 +270,12 @@ def _setup(
     invert: bool = False,
 ) -> _Setup:
     check = SANITY.get(sanity)
-    selection = _selection(layers)
+    selection = layer_selection(layers)
     built = build_structure(structure, **dict(structure_options or {}))
     built.check_model(model)
     names = select_parameters(model, selection)
     crit = build_criterion(criterion, **dict(criterion_options or {}))
-    _check_supported(crit, built, str(criterion))
+    check_supported(crit, built, str(criterion))
     if check.level == "masks" and not isinstance(built, Unstructured):
         raise ConfigError(
             f"sanity check {sanity!r} permutes single weights, which would break the {built.name!r} pattern",

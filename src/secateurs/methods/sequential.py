@@ -47,7 +47,7 @@ from secateurs.methods.calibration import StatsCollector, collect, inputs_of
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Criterion
 from secateurs.methods.layers import LayerSelection, select_parameters
-from secateurs.methods.pruning import _check_supported, _selection, as_batches, group_scores, select_masks
+from secateurs.methods.pruning import check_supported, layer_selection, as_batches, group_scores, select_masks
 from secateurs.methods.reconstruction import Reconstruction, build_reconstruction
 from secateurs.methods.reconstruction import reconstruct as reconstruct_layers
 from secateurs.methods.reconstruction.base import weight_module
@@ -289,7 +289,7 @@ def _setup(
             fix=f"use calibration mode full for {built.name!r}",
         )
     crit = build_criterion(criterion, **dict(criterion_options or {}))
-    _check_supported(crit, built, str(criterion))
+    check_supported(crit, built, str(criterion))
     if not crit.layerwise:
         raise ConfigError(
             f"criterion {crit.name!r} needs gradients through the whole model, which sequential "
@@ -301,7 +301,7 @@ def _setup(
     if recon is not None:
         recon.check(built)
     built.check_model(model)
-    selection = _selection(layers)
+    selection = layer_selection(layers)
     selected = select_parameters(model, selection)
     stack = [
         (block, [n for n in selected if n.startswith(prefix + ".")])
