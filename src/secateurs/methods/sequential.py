@@ -47,7 +47,7 @@ from secateurs.methods.calibration import StatsCollector, collect, inputs_of
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Criterion
 from secateurs.methods.layers import LayerSelection, select_parameters
-from secateurs.methods.pruning import check_supported, layer_selection, as_batches, group_scores, select_masks
+from secateurs.methods.pruning import as_batches, check_supported, group_scores, layer_selection, select_masks
 from secateurs.methods.reconstruction import Reconstruction, build_reconstruction
 from secateurs.methods.reconstruction import reconstruct as reconstruct_layers
 from secateurs.methods.reconstruction.base import weight_module
