@@ -44,7 +44,7 @@ def same_state(a: nn.Module, b: nn.Module) -> bool:
 
 def test_registered_names() -> None:
     expected = ["mlp", "lenet300", "lenet5", "conv2", "conv4", "conv6", "cnn1d"]
-    expected += ["vgg11", "vgg16", "resnet20", "resnet32", "resnet56"]
+    expected += ["vgg11", "vgg16", "resnet20", "resnet32", "resnet56", "hf"]
     assert MODELS.names() == sorted(expected)
 
 

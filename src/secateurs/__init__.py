@@ -8,6 +8,7 @@ from typing import Any
 
 from secateurs.core.errors import CheckpointError, ConfigError, DataUnavailableError, SecateursError
 from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
+from secateurs.llm import zoo as _zoo  # noqa: F401  (registers the hf model and the token data sets)
 from secateurs.methods.pruning import compute_masks, prune
 
 __version__ = "0.1.0"

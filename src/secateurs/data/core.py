@@ -57,9 +57,10 @@ class DatasetInfo:
 
     name: str
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # classes; for language modelling, the vocabulary size
     num_train: int
     num_test: int
+    task: str = "classification"  # or "language_modeling": x and y are token windows, y = x
 
 
 class TensorLoader:
@@ -165,10 +166,14 @@ class DataSplits:
         expected = (n, *self.info.input_shape)
         if tuple(x.shape) != expected:
             raise ValueError(f"{self.info.name} {split}_x has shape {tuple(x.shape)}, expected {expected}")
-        if x.dtype != torch.float32:
-            raise ValueError(f"{self.info.name} {split}_x must be float32, got {x.dtype}")
-        if tuple(y.shape) != (n,) or y.dtype != torch.int64:
-            raise ValueError(f"{self.info.name} {split}_y must be int64 of shape ({n},)")
+        tokens = self.info.task == "language_modeling"
+        if x.dtype != (torch.int64 if tokens else torch.float32):
+            raise ValueError(
+                f"{self.info.name} {split}_x must be {'int64' if tokens else 'float32'}, got {x.dtype}"
+            )
+        labels = expected if tokens else (n,)
+        if tuple(y.shape) != labels or y.dtype != torch.int64:
+            raise ValueError(f"{self.info.name} {split}_y must be int64 of shape {labels}")
 
     def train_loader(
         self,

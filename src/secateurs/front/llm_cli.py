@@ -71,11 +71,15 @@ def prune(
     seed: Annotated[int, typer.Option(help="seed of the calibration window offsets")] = 0,
     threads: ThreadsOpt = 1,
 ) -> None:
-    """One-shot prune every Linear of the transformer blocks, block by block on calibration text."""
-    from secateurs.llm.calibrate import prune_model
-    from secateurs.llm.methods import check_method, make_pattern
-    from secateurs.llm.models import load_model, save_model
-    from secateurs.llm.text import calibration_batch, load_text, tokenize
+    """One-shot prune every Linear of the transformer blocks, block by block on calibration text.
+
+    The command is a recipe (`hf` model, `text` data, one prune stage: `secateurs.llm.methods.prune_step`)
+    run by the pipeline, then saved with save_pretrained.
+    """
+    from secateurs.llm.methods import check_method, make_pattern, prune_step
+    from secateurs.llm.models import LoadedModel, load_tokenizer, model_kind, save_model
+    from secateurs.pipeline.recipe import recipe_from_raw
+    from secateurs.pipeline.runner import Pipeline
 
     _threads(threads)
     check_method(method)
@@ -85,19 +89,35 @@ def prune(
             f"{out} already exists", where="--out", fix="choose a new directory or pass --overwrite"
         )
     _quiet_transformers()
-    loaded = load_model(model)
-    calib = None
-    if method != "magnitude":
-        ids = tokenize(loaded.tokenizer, load_text(text, "calibration"))
-        calib = calibration_batch(ids, samples, seq_len, seed)
+    calibrated = method != "magnitude"
+    step = prune_step(method, pattern) | {"data_batches": -(-samples // 8), "data_batch_size": 8}
+    recipe = {
+        "name": f"llm-{method}",
+        "model": {"name": "hf", "options": {"path": model}},
+        "data": {
+            "name": "text",
+            "options": {
+                "source": text,
+                "tokenizer": model,
+                "seq_len": seq_len,
+                "calibration_samples": samples if calibrated else 0,
+                "eval_tokens": 0,
+                "seed": seed,
+            },
+        },
+        "stages": [{"prune": step}],
+    }
+    pipeline = Pipeline(recipe_from_raw(recipe, "secateurs llm prune"))
     started = time.perf_counter()
-    reports = prune_model(loaded.model, method, pattern, calib)
+    result = pipeline.run()
     seconds = time.perf_counter() - started
-    pruned = sum(r.pruned for r in reports)
-    total = sum(r.numel for r in reports)
+    assert result.masks is not None
+    layers = [{"name": r.name, "numel": r.numel, "pruned": r.pruned} for r in result.masks.report()]
+    pruned = sum(r["pruned"] for r in layers)
+    total = sum(r["numel"] for r in layers)
     _print(
         f"{method} {pattern.label}: pruned {pruned:,} of {total:,} block Linear weights "
-        f"({pruned / total:.2%}) in {len(reports)} layers, {seconds:.1f} s"
+        f"({pruned / total:.2%}) in {len(layers)} layers, {seconds:.1f} s"
     )
     if out is not None:
         meta: dict[str, Any] = {
@@ -106,11 +126,13 @@ def prune(
             "sparsity": pattern.sparsity,
             "nm": list(pattern.nm) if pattern.nm else None,
             "calibration": None
-            if calib is None
+            if not calibrated
             else {"text": text, "split": "calibration", "samples": samples, "seq_len": seq_len, "seed": seed},
             "seconds": seconds,
-            "layers": [r.__dict__ for r in reports],
+            "layers": layers,
+            "recipe": recipe,
         }
+        loaded = LoadedModel(result.model, load_tokenizer(model), model_kind(model), model)
         save_model(loaded, out, meta, overwrite=overwrite)
         _print(f"wrote {out}")
 
@@ -131,11 +153,15 @@ def eval_(
     sentences: Annotated[int, typer.Option(help="encoders: how many held-out sentences")] = 256,
     threads: ThreadsOpt = 1,
 ) -> None:
-    """Perplexity on held-out text (causal LMs) or embedding similarity to a reference (encoders)."""
-    from secateurs.llm.evaluate import embedding_similarity, linear_sparsity, perplexity, sentence_embeddings
-    from secateurs.llm.models import load_model
-    from secateurs.llm.text import eval_windows, load_text, tokenize
+    """Perplexity on held-out text (causal LMs) or embedding similarity to a reference (encoders).
+
+    For a causal LM this is a recipe (`hf` model, `text` data, one evaluate stage) run by the pipeline.
+    """
+    from secateurs.llm.evaluate import embedding_similarity, linear_sparsity, sentence_embeddings
+    from secateurs.llm.models import load_model, model_kind
     from secateurs.llm.text import sentences as held_out_sentences
+    from secateurs.pipeline.recipe import recipe_from_raw
+    from secateurs.pipeline.runner import Pipeline
 
     _threads(threads)
     if max_tokens < 1:
@@ -143,17 +169,29 @@ def eval_(
             f"--max-tokens must be positive, got {max_tokens}", where="--max-tokens", fix="e.g. 16384"
         )
     _quiet_transformers()
-    loaded = load_model(model)
-    sparsity = linear_sparsity(loaded.model)["overall"]
-    if loaded.kind == "causal":
-        windows = eval_windows(tokenize(loaded.tokenizer, load_text(text, "evaluation")), seq_len, max_tokens)
-        result = perplexity(loaded.model, windows)
+    if model_kind(model) == "causal":
+        options = {"source": text, "tokenizer": model, "seq_len": seq_len}
+        recipe = {
+            "name": "llm-eval",
+            "model": {"name": "hf", "options": {"path": model}},
+            "data": {
+                "name": "text",
+                "options": options | {"calibration_samples": 0, "eval_tokens": max_tokens},
+            },
+            "stages": [{"evaluate": {"label": model}}],
+        }
+        pipeline = Pipeline(recipe_from_raw(recipe, "secateurs llm eval"))
+        record = pipeline.run().final
+        sparsity = linear_sparsity(pipeline.model)["overall"]
+        windows = pipeline.data.info.num_test
         _print(
-            f"{model}: perplexity {result.perplexity:.3f} on {result.tokens:,} predicted tokens "
-            f"({result.windows} windows × {result.seq_len}, {text} evaluation split); "
+            f"{model}: perplexity {record['perplexity']:.3f} on {record['eval_tokens']:,} predicted tokens "
+            f"({windows} windows × {seq_len}, {text} evaluation split); "
             f"block Linear sparsity {sparsity:.2%}"
         )
         return
+    loaded = load_model(model)
+    sparsity = linear_sparsity(loaded.model)["overall"]
     if reference is None:
         raise ConfigError(
             f"{model} is an encoder: it has no perplexity",

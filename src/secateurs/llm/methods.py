@@ -33,8 +33,8 @@ from secateurs.core.errors import ConfigError
 from secateurs.methods.allocations import check_sparsity
 from secateurs.methods.criteria.wanda import wanda_scores as _wanda_scores
 from secateurs.methods.pruning import masks_from_scores
-from secateurs.methods.reconstruction import OBS, obs_reconstruct
-from secateurs.methods.structures import NM, ElementStructure, Rows, Unstructured
+from secateurs.methods.reconstruction import OBS, build_reconstruction, obs_reconstruct
+from secateurs.methods.structures import NM, ElementStructure, Rows, Unstructured, build_structure
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -105,16 +105,40 @@ def structure_of(pattern: Pattern, per_row: bool = False) -> ElementStructure:
     return Rows() if per_row else Unstructured()
 
 
+def prune_step(
+    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01
+) -> dict[str, Any]:
+    """An LLM method as a recipe's prune stage: sequential calibration (no data read by magnitude)."""
+    check_method(method)
+    structure = structure_of(pattern, per_row=method == "wanda")
+    step: dict[str, Any] = {
+        "criterion": "wanda" if method == "wanda" else "magnitude",
+        "structure": structure.name,
+        "structure_options": {"n": pattern.nm[0], "m": pattern.nm[1]} if pattern.nm else {},
+        "allocation": "uniform",
+        "sparsity": pattern.sparsity,
+    }
+    if method == "sparsegpt":
+        step["reconstruct"] = {
+            "method": "obs",
+            "select": "adaptive",
+            "blocksize": blocksize,
+            "percdamp": percdamp,
+        }
+    step["calibration"] = {"mode": "sequential"}  # block by block: only the blocks' Linears are pruned
+    return step
+
+
 def method_options(
     method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01
 ) -> dict[str, Any]:
-    """The `secateurs.methods.sequential.prune_sequential` options of an LLM method."""
-    check_method(method)
+    """The `secateurs.methods.sequential.prune_sequential` options of an LLM method (its prune step)."""
+    step = prune_step(method, pattern, blocksize=blocksize, percdamp=percdamp)
     return {
-        "criterion": "wanda" if method == "wanda" else "magnitude",
-        "structure": structure_of(pattern, per_row=method == "wanda"),
-        "allocation": "uniform",
-        "reconstruct": OBS("adaptive", blocksize, percdamp) if method == "sparsegpt" else None,
+        "criterion": step["criterion"],
+        "structure": build_structure(step["structure"], **step["structure_options"]),
+        "allocation": step["allocation"],
+        "reconstruct": build_reconstruction(step.get("reconstruct")),
     }
 
 

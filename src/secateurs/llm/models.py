@@ -118,10 +118,9 @@ def _is_causal_config(config: Any) -> bool:
     return any(a.endswith("ForCausalLM") for a in archs) or bool(getattr(config, "is_decoder", False))
 
 
-def load_model(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load `smollm2`, `minilm` or a directory written by save_pretrained; eval mode, no grad needed."""
+def _locate(source: str) -> tuple[Path, str, dict[str, Any]]:
+    """(directory, "causal" or "encoder", extra from_pretrained arguments) of a short name or directory."""
     transformers = require_transformers()
-    source = str(name_or_dir)
     gguf_kw: dict[str, Any] = {}
     if source in MODELS:
         spec = MODELS[source]
@@ -139,15 +138,37 @@ def load_model(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.f
             )
         config = transformers.AutoConfig.from_pretrained(path)
         kind = "causal" if _is_causal_config(config) else "encoder"
+    return path, kind, gguf_kw
+
+
+def model_kind(name_or_dir: str | os.PathLike[str]) -> str:
+    """ "causal" (a decoder language model) or "encoder", without loading the weights."""
+    return _locate(str(name_or_dir))[1]
+
+
+def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> Any:
+    """The tokenizer of `smollm2`, `minilm` or a saved directory (without loading the model)."""
+    path, _, gguf_kw = _locate(str(name_or_dir))
+    return require_transformers().AutoTokenizer.from_pretrained(path, **gguf_kw)
+
+
+def load_weights(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model alone (no tokenizer): `smollm2`, `minilm` or a save_pretrained directory; eval mode."""
+    transformers = require_transformers()
+    path, kind, gguf_kw = _locate(str(name_or_dir))
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
     model = auto.from_pretrained(path, dtype=dtype, **gguf_kw)
     if gguf_kw:  # the GGUF weights are dequantized to plain `dtype` tensors: drop the quantizer too,
         model.hf_quantizer = None  # or save_pretrained refuses ("quantized with gguf")
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, **gguf_kw)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, kind=kind, source=source)
+    return model.eval()
+
+
+def load_model(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load `smollm2`, `minilm` or a directory written by save_pretrained, with its tokenizer."""
+    source = str(name_or_dir)
+    return LoadedModel(load_weights(source, dtype), load_tokenizer(source), model_kind(source), source)
 
 
 def decoder_path(model: nn.Module) -> str:

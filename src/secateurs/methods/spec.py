@@ -8,7 +8,7 @@ looked up, so a misspelt option fails before any training.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -18,8 +18,23 @@ from secateurs.core.registry import validate_options
 from secateurs.methods.allocations import ALLOCATIONS
 from secateurs.methods.criteria import CRITERIA, build_criterion
 from secateurs.methods.layers import LayerSelection
+from secateurs.methods.reconstruction import build_reconstruction
 from secateurs.methods.sanity import SANITY
-from secateurs.methods.structures import STRUCTURES, build_structure
+from secateurs.methods.structures import STRUCTURES, ElementStructure, build_structure
+
+
+class CalibrationFeed(StrictModel):
+    """How calibration data reaches the criterion and the reconstruction of a prune step.
+
+    `full`: the whole model runs on the batches (and gradients flow through it, for the criteria
+    that need them). `sequential`: block by block, each block calibrated on the outputs of the
+    already pruned ones before it (SparseGPT, Wanda; `secateurs.methods.sequential`); the batches
+    are the data set's first `data_batches` training batches in order, and `blocks` optionally
+    names the repeated blocks (a module path, or a list of them).
+    """
+
+    mode: Literal["full", "sequential"] = "full"
+    blocks: str | list[str] | None = None
 
 
 class PruneSpec(StrictModel):
@@ -46,6 +61,10 @@ class PruneSpec(StrictModel):
     sanity: str = Field(
         "none", description="a sanity check of the criterion (`secateurs methods`); none: no check"
     )
+    calibration: CalibrationFeed = Field(default_factory=CalibrationFeed)
+    reconstruct: str | dict[str, Any] | None = Field(
+        None, description="update the kept weights after the mask, e.g. {method: obs, select: fixed}"
+    )
 
     @model_validator(mode="after")
     def _known_names_and_options(self) -> PruneSpec:
@@ -58,8 +77,11 @@ class PruneSpec(StrictModel):
         ):
             known(registry, value)
         try:
-            build_structure(self.structure, **self.structure_options)
-            build_criterion(self.criterion, **self.criterion_options)
+            structure = build_structure(self.structure, **self.structure_options)
+            criterion = build_criterion(self.criterion, **self.criterion_options)
+            reconstruction = build_reconstruction(self.reconstruct)
+            if reconstruction is not None:
+                reconstruction.check(structure)
             validate_options(
                 ALLOCATIONS.get(self.allocation),
                 self.allocation_options,
@@ -67,6 +89,25 @@ class PruneSpec(StrictModel):
             )
         except ConfigError as err:
             raise ValueError(err.what + (f" ({err.fix})" if err.fix else "")) from None
+        if self.calibration.mode == "sequential":
+            refused = [
+                (
+                    not criterion.layerwise,
+                    f"criterion {self.criterion!r} (it needs gradients through the model)",
+                ),
+                (
+                    not isinstance(structure, ElementStructure),
+                    f"structure {self.structure!r} (it spans layers)",
+                ),
+                (self.rounds != 1, f"rounds {self.rounds}"),
+                (self.sanity != "none", f"sanity check {self.sanity!r}"),
+            ]
+            problems = [what for bad, what in refused if bad]
+            if problems:
+                raise ValueError(
+                    f"sequential calibration prunes block by block and cannot take {', '.join(problems)}: "
+                    "use calibration mode full, or a layerwise criterion (magnitude, random, wanda)"
+                )
         return self
 
 

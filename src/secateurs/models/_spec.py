@@ -34,6 +34,8 @@ class ModelSpec:
     factory: ModelFactory
     input_ranks: tuple[int, ...]
     description: str
+    task: str = "classification"  # the data sets it fits: "classification" or "language_modeling"
+    pretrained: bool = False  # loads trained weights: the recipe's seed does not re-draw them
 
     def options(self) -> dict[str, Any]:
         """Keyword options of the factory and their defaults (the only options it accepts)."""
@@ -49,12 +51,17 @@ MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(
-    name: str, *, input_ranks: tuple[int, ...], description: str
+    name: str,
+    *,
+    input_ranks: tuple[int, ...],
+    description: str,
+    task: str = "classification",
+    pretrained: bool = False,
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering a factory under `name`; the factory itself is returned unchanged."""
 
     def deco(factory: ModelFactory) -> ModelFactory:
-        spec = ModelSpec(name=name, factory=factory, input_ranks=input_ranks, description=description)
+        spec = ModelSpec(name, factory, input_ranks, description, task, pretrained)
         MODELS.add(name, spec, help=description)
         return factory
 

@@ -27,7 +27,11 @@ def _check_rank(spec: ModelSpec, shape: tuple[int, ...]) -> None:
     """Wrong rank: say what the model needs, which models fit this shape and which data fit the model."""
     if len(shape) in spec.input_ranks:
         return
-    fitting = [n for n in MODELS.names() if len(shape) in MODELS.get(n).input_ranks]
+    fitting = [
+        n
+        for n in MODELS.names()
+        if len(shape) in MODELS.get(n).input_ranks and MODELS.get(n).task == spec.task
+    ]
     models = f"models accepting {shape}: {', '.join(fitting)}" if fitting else f"no model accepts {shape}"
     data = "; ".join(RANK_DATA[r] for r in spec.input_ranks if r in RANK_DATA)
     raise ConfigError(
@@ -53,14 +57,28 @@ def _check_options(spec: ModelSpec, options: dict[str, Any]) -> None:
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int | None = None, **options: Any
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    seed: int | None = None,
+    task: str | None = None,
+    **options: Any,
 ) -> nn.Module:
     """Build registered model `name` for samples of `input_shape` and `num_classes` outputs.
 
     With `seed`, the parameters depend only on the seed (not on the global RNG, which is left as
-    it was); without it they are drawn from the global RNG like any PyTorch module.
+    it was); without it they are drawn from the global RNG like any PyTorch module. A pretrained
+    model keeps its weights. `task` (the data set's) must be the model's.
     """
     spec = MODELS.get(name)
+    if task is not None and task != spec.task:
+        fitting = ", ".join(n for n in MODELS.names() if MODELS.get(n).task == task)
+        raise ConfigError(
+            f"model {name!r} is for {spec.task.replace('_', ' ')}, "
+            f"but the data set is for {task.replace('_', ' ')}",
+            fix=f"use one of the models for it: {fitting or 'none registered'}",
+        )
     shape = _check_shape(input_shape)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(
@@ -71,7 +89,7 @@ def build_model(
         raise ConfigError(f"seed={seed!r} must be an integer", fix="pass an int such as 0, or None")
     _check_rank(spec, shape)
     _check_options(spec, options)
-    if seed is None:
+    if seed is None or spec.pretrained:  # trained weights are not re-drawn
         return spec.factory(shape, num_classes, **options)
     with seeded_rng(seed):
         model = spec.factory(shape, num_classes, **options)

@@ -40,13 +40,16 @@ from secateurs.methods.controls import CONTROLS, derived_seed, fork_index
 from secateurs.methods.criteria import build_criterion
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.pruning import compute_masks
+from secateurs.methods.reconstruction import reconstruct
 from secateurs.methods.resets import Reset, Snapshot
 from secateurs.methods.sanity import SANITY, sanity_seed
 from secateurs.methods.schedules import LevelTarget
+from secateurs.methods.sequential import prune_sequential
 from secateurs.methods.spec import PruneSpec
+from secateurs.methods.structures import build_structure
 from secateurs.methods.training import TRAINING
 from secateurs.models import build_model
-from secateurs.pipeline.metrics import model_metrics
+from secateurs.pipeline.metrics import TASKS, model_metrics
 from secateurs.pipeline.outputs import read_checkpoint
 from secateurs.pipeline.publish import Publisher
 from secateurs.pipeline.recipe import (
@@ -176,15 +179,23 @@ class Pipeline:
         self.publisher = Publisher(on_metrics)
         self.data = data if data is not None else load_dataset(recipe.data.name, **recipe.data.options)
         info = self.data.info
+        self.task = TASKS.get(info.task)
+        self._check_task()
         self.model = build_model(
-            recipe.model.name, info.input_shape, info.num_classes, seed=recipe.seed, **recipe.model.options
+            recipe.model.name,
+            info.input_shape,
+            info.num_classes,
+            seed=recipe.seed,
+            task=info.task,
+            **recipe.model.options,
         )
         if recipe.init_from is not None:
             load_initial_weights(self.model, recipe.init_from)
-        self.state = RunState(snapshots={0: Snapshot.take(self.model, 0)})
         self.first_training = self._first_training()  # (batches per epoch, steps) of the first train stage
         steps = {self._snapshot_step(s.reset) for s in walk(recipe.stages) if isinstance(s, ResetStage)}
         self.rewind_steps = {s for s in steps if s is not None} - {0}
+        # the initial weights are kept only for a rewind to them (a pretrained LLM is large)
+        self.state = RunState(snapshots={0: Snapshot.take(self.model, 0)} if 0 in steps else {})
         self._check_rewind_reachable()
         self._check_layer_rates()
         self.level: int | None = None  # repeat level of the stage being run
@@ -199,6 +210,25 @@ class Pipeline:
     @property
     def records(self) -> list[dict[str, Any]]:
         return self.publisher.records
+
+    def _check_task(self) -> None:
+        """Fail before anything is built when a stage does not apply to the data set's task."""
+        stages = walk(self.recipe.stages)
+        beyond = self.recipe.beyond or any(isinstance(s, EvaluateStage) and s.beyond for s in stages)
+        refused = [
+            what
+            for applies, what in (
+                (self.task.trains or not any(isinstance(s, TrainStage) for s in stages), "train stages"),
+                (self.task.beyond or not beyond, "beyond-accuracy evaluations"),
+            )
+            if not applies
+        ]
+        if refused:
+            raise ConfigError(
+                f"{' and '.join(refused)} do not apply to data set {self.data.info.name!r}, whose task is "
+                f"{self.data.info.task.replace('_', ' ')}",
+                fix="prune and evaluate a pretrained model, or use a classification data set",
+            )
 
     def _stage_seed(self) -> int:
         return self.recipe.seed * 1000 + self.counter
@@ -349,37 +379,67 @@ class Pipeline:
     def _compute(
         self, spec: PruneSpec, sparsity: float | None, layer_sparsities: dict[str, float] | None = None
     ) -> MaskSet:
-        layers = spec.layers if spec.layers is not None else self.recipe.layers
-        data = None
         criterion = build_criterion(spec.criterion, **spec.criterion_options)
-        per_class = spec.samples_per_class or criterion.samples_per_class
-        if criterion.needs_data and per_class is not None:
-            data = [class_balanced_batch(self.data, per_class, seed=self.recipe.seed + self.counter)]
-        elif criterion.needs_data:
-            loader = self.data.train_loader(spec.data_batch_size, seed=self.recipe.seed + self.counter)
-            data = [batch for _, batch in zip(range(spec.data_batches), loader, strict=False)]
-        return compute_masks(
+        data = self._calibration_data(spec, criterion)
+        common: dict[str, Any] = {
+            "criterion": spec.criterion,
+            "allocation": spec.allocation,
+            "structure": spec.structure,
+            "layers": spec.layers if spec.layers is not None else self.recipe.layers,
+            "data": data,
+            "seed": self._stage_seed(),
+            "allow_collapse": spec.allow_collapse,
+            "criterion_options": spec.criterion_options,
+            "allocation_options": spec.allocation_options,
+            "structure_options": spec.structure_options,
+            "layer_sparsities": layer_sparsities or None,
+        }
+        if spec.reconstruct is not None or spec.calibration.mode == "sequential":
+            self._remember_dense()  # before the weights change
+        if spec.calibration.mode == "sequential":  # prunes (and reconstructs) the model block by block
+            prune_sequential(
+                self.model, sparsity, reconstruct=spec.reconstruct, blocks=spec.calibration.blocks, **common
+            )
+            masks = masks_of(self.model)
+            assert masks is not None
+            return masks
+        masks = compute_masks(
             self.model,
             sparsity,
-            criterion=spec.criterion,
-            allocation=spec.allocation,
-            structure=spec.structure,
-            layers=layers,
-            data=data,
-            seed=self.recipe.seed * 1000 + self.counter,
-            allow_collapse=spec.allow_collapse,
-            criterion_options=spec.criterion_options,
-            allocation_options=spec.allocation_options,
-            structure_options=spec.structure_options,
-            layer_sparsities=layer_sparsities or None,
             input_shape=tuple(self.data.info.input_shape),
             rounds=spec.rounds,
             sanity=spec.sanity,
+            **common,
         )
+        if spec.reconstruct is None:
+            return masks
+        structure = build_structure(spec.structure, **spec.structure_options)
+        return reconstruct(self.model, masks, spec.reconstruct, data=data, structure=structure)
+
+    def _calibration_data(self, spec: PruneSpec, criterion: Any) -> list[Any] | None:
+        """The batches a prune step scores (and reconstructs) on; None when it needs none.
+
+        A criterion that asks for it gets one class-balanced batch; otherwise the first
+        `data_batches` training batches: shuffled (seeded by the stage), or in order for
+        sequential calibration (the data set's calibration windows, as SparseGPT and Wanda take them).
+        """
+        if not criterion.needs_data and spec.reconstruct is None:
+            return None
+        per_class = spec.samples_per_class or criterion.samples_per_class
+        seed = self.recipe.seed + self.counter
+        if criterion.needs_data and per_class is not None and spec.calibration.mode == "full":
+            return [class_balanced_batch(self.data, per_class, seed=seed)]
+        ordered = spec.calibration.mode == "sequential"
+        loader = self.data.train_loader(spec.data_batch_size, seed=seed, shuffle=not ordered)
+        return [batch for _, batch in zip(range(spec.data_batches), loader, strict=False)]
+
+    def _remember_dense(self) -> None:
+        """Keep the weights before the first prune: the dense parent of beyond-accuracy metrics."""
+        if self.state.dense_state is None and masks_of(self.model) is None and self.task.beyond:
+            self.state.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _set_masks(self, masks: MaskSet) -> MaskSet:
-        if self.state.dense_state is None and masks_of(self.model) is None:
-            self.state.dense_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._remember_dense()
         set_masks(self.model, masks)
         check_same_masks(masks, f"the prune of stage {self.counter}")
         return masks
@@ -447,7 +507,7 @@ class Pipeline:
         row: dict[str, Any] = {"label": stage.label or f"stage {self.counter}", "level": level}
         if self.control is not None:
             row["control"] = self.control
-        row.update(model_metrics(self.model, self.data, per_layer=stage.per_layer))
+        row.update(self.task.evaluate(self.model, self.data, per_layer=stage.per_layer))
         row.update(self.state.last_training or {})
         if self.state.train_flops[1]:
             row["train_flops"] = self.state.train_flops[0]
@@ -463,10 +523,10 @@ class Pipeline:
                 )
             )
         log.info(
-            "%s%s: accuracy %.4f, sparsity %.4f",
+            "%s%s: %s, sparsity %.4f",
             row["label"],
             f" (control {self.control})" if self.control else "",
-            row["accuracy"],
+            ", ".join(f"{k} {row[k]:.4f}" for k in ("accuracy", "perplexity") if k in row),
             row["sparsity"],
         )
         self._publish("evaluate", None, row, record=True)

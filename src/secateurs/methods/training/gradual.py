@@ -27,6 +27,10 @@ class GradualPrune(PruneSpec):
     def _no_reinit(self) -> GradualPrune:
         if self.sanity == "reinit":
             raise ValueError("sanity check reinit applies to prune stages, not to pruning during training")
+        if self.calibration.mode != "full" or self.reconstruct is not None:
+            raise ValueError(
+                "sequential calibration and reconstruction apply to prune stages, not while training"
+            )
         return self
 
 
