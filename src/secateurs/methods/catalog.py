@@ -13,6 +13,7 @@ from secateurs.core.registry import Registry
 from secateurs.methods.allocations import ALLOCATIONS
 from secateurs.methods.controls import CONTROLS
 from secateurs.methods.criteria import CRITERIA
+from secateurs.methods.reconstruction import RECONSTRUCTIONS
 from secateurs.methods.resets import RESETS
 from secateurs.methods.sanity import SANITY
 from secateurs.methods.schedules import SCHEDULES, STEP_SCHEDULES
@@ -29,6 +30,7 @@ def axes() -> list[tuple[str, Registry]]:
         ("allocation", ALLOCATIONS),
         ("schedule", SCHEDULES),
         ("schedule (in training)", STEP_SCHEDULES),
+        ("reconstruction", RECONSTRUCTIONS),
         ("reset", RESETS),
         ("sanity check", SANITY),
         ("control", CONTROLS),
