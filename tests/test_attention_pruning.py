@@ -9,8 +9,8 @@ import torch
 from structured_archs import build
 from torch import Tensor, nn
 
+from secateurs.graph.analysis import analyze
 from secateurs.graph.attention import PrunedMultiheadAttention, adopt_pruned_attention
-from secateurs.graph.core import analyze
 from secateurs.graph.removal import channel_masks, remove_channels
 
 CONFIGS = [

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import masks_of
-from secateurs.graph.core import analyze
+from secateurs.graph.analysis import analyze
 from secateurs.graph.masking import removed_groups
 from secateurs.methods.allocations import ALLOCATIONS, LayerInfo, kept_after
 from secateurs.methods.criteria import CRITERIA, Criterion, ScoringContext

@@ -11,7 +11,8 @@ from structured_archs import ARCHITECTURES, build
 from torch import Tensor, fx, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.graph.core import RULES, Tracked, analyze, passthrough, register_function_rule
+from secateurs.graph.analysis import analyze
+from secateurs.graph.core import RULES, Tracked, passthrough, register_function_rule
 from secateurs.graph.removal import channel_masks, remove_channels, resize_like
 
 SUPPORTED = list(ARCHITECTURES)

@@ -9,7 +9,7 @@ from structured_archs import build
 from torch import nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.graph.core import analyze
+from secateurs.graph.analysis import analyze
 from secateurs.graph.masking import removed_groups
 from secateurs.methods.pruning import compute_masks, score_groups
 from secateurs.methods.structures.groups import layer_of

@@ -16,7 +16,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from secateurs.core.masks import masks_of
-from secateurs.graph.core import ChannelGraph, analyze, register_function_rule, register_module_rule
+from secateurs.graph.analysis import analyze
+from secateurs.graph.core import ChannelGraph, register_function_rule, register_module_rule
 from secateurs.graph.fold import fold_batchnorm, folded_count
 from secateurs.graph.masking import removed_groups, shrink
 from secateurs.graph.neurons import neuron_masks, neuron_scores_l1, prune_neurons

@@ -157,11 +157,20 @@ def demo(
 
 
 @app.command()
-def methods() -> None:
+@friendly_errors
+def methods(
+    plugin: Annotated[
+        list[str] | None, typer.Option("--plugin", help="also import this module and list what it registers")
+    ] = None,
+) -> None:
     """List every registered component (criteria, structures, allocations, …) and the preset recipes."""
     from rich.markup import escape
 
+    from secateurs.core.plugins import load_entry_points, load_plugins
     from secateurs.methods.catalog import catalog
+
+    load_entry_points()
+    load_plugins(plugin or [])
     from secateurs.pipeline.recipe import preset_names, read_recipe_text
 
     table = _table("pruning axes", "axis", "name", "what it does")

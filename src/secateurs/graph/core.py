@@ -1,4 +1,4 @@
-"""Channel dependency graph: which channels of a model must be removed together.
+"""Channel dependency graph, its core: which channels of a model must be removed together.
 
 The model is traced with `torch.fx` and run once on an example input to learn every tensor's
 shape. Each tensor that carries channels gets a *label* per channel position (an integer array
@@ -24,19 +24,14 @@ Memory is a few integers per channel per tensor; no per-weight structure is buil
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch import fx, nn
 
 from secateurs.core.errors import ConfigError
 
@@ -95,7 +90,7 @@ class Opaque:
 OPAQUE = Opaque()
 
 
-def _opaque(ctx: Context, t: Tracked) -> Opaque:
+def opaque(ctx: Context, t: Tracked) -> Opaque:
     ctx.labels.freeze(t.labels)
     return OPAQUE
 
@@ -242,13 +237,13 @@ def register_module_rule(*types: type) -> Callable[[ModuleRule], ModuleRule]:
     return _registrar(MODULE_RULES, types)
 
 
-def _arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
+def arg(node: fx.Node, index: int, name: str, default: Any = None) -> Any:
     if len(node.args) > index:
         return node.args[index]
     return node.kwargs.get(name, default)
 
 
-def _ndim(ctx: Context, node: fx.Node) -> int:
+def ndim_of(ctx: Context, node: fx.Node) -> int:
     shape = ctx.shape(node)
     if shape is None:
         raise ConfigError(
@@ -257,7 +252,7 @@ def _ndim(ctx: Context, node: fx.Node) -> int:
     return len(shape)
 
 
-def _norm_dim(dim: int, ndim: int) -> int:
+def norm_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
 
@@ -288,7 +283,7 @@ def untracked(ctx: Context, node: fx.Node, *_: Any) -> None:
     return None
 
 
-def _broadcast(ctx: Context, node: fx.Node) -> Tracked | None:
+def broadcast(ctx: Context, node: fx.Node) -> Tracked | None:
     """Elementwise ops with broadcasting: channels on the same output dim are tied position by position."""
     out_shape = ctx.shape(node)
     if out_shape is None:
@@ -327,7 +322,7 @@ def _broadcast(ctx: Context, node: fx.Node) -> Tracked | None:
     return Tracked(dims if isinstance(dims, tuple) else (dims,), labels)
 
 
-def _reshape(ctx: Context, node: fx.Node, source: fx.Node, sizes: Sequence[Any]) -> Tracked | None:
+def reshape(ctx: Context, node: fx.Node, source: fx.Node, sizes: Sequence[Any]) -> Tracked | None:
     """view / reshape / flatten: follow channels through merged and split dimensions.
 
     Input and output dims are matched into blocks of equal element count. A block holding the
@@ -343,13 +338,13 @@ def _reshape(ctx: Context, node: fx.Node, source: fx.Node, sizes: Sequence[Any])
     assert in_shape is not None and out_shape is not None
     blocks = _blocks(in_shape, out_shape)
     if blocks is None:
-        return _opaque(ctx, t)
+        return opaque(ctx, t)
     tracked_dims = set(t.dims)
     for in_dims, out_dims in blocks:
         if not tracked_dims & set(in_dims):
             continue
         if not tracked_dims <= set(in_dims) or not out_dims:
-            return _opaque(ctx, t)  # channels spread over several blocks: not followed
+            return opaque(ctx, t)  # channels spread over several blocks: not followed
         # the block's labels over its input dims (untracked dims broadcast)
         order = [t.dims.index(d) for d in sorted(t.dims)]
         labels = np.transpose(t.labels, order) if len(order) > 1 else t.labels
@@ -458,751 +453,13 @@ def _blocks(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[lis
     return blocks
 
 
-# -- module rules --------------------------------------------------------------------------------------
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-@register_module_rule(*_CONV, *_CONV_T)
-def conv_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked:
-    assert isinstance(module, _CONV + _CONV_T)
-    name = str(node.target)
-    transposed = isinstance(module, _CONV_T)
-    in_dim, out_dim = (0, 1) if transposed else (1, 0)  # weight dims of input / output channels
-    groups = module.groups
-    cin, cout = module.in_channels, module.out_channels
-    t = ctx.tracked(node.args[0])
-    x = t.on(1) if t is not None else None
-    if t is not None and x is None:
-        ctx.labels.freeze(t.labels)
-    bias = [("bias", 0)] if module.bias is not None else []
-    if groups == 1:
-        if x is not None:
-            ctx.site(name, "weight", in_dim, x, "consumer")
-        return Tracked((1,), ctx.fresh_channels(name, [("weight", out_dim), *bias], cout))
-    if groups == cin and not transposed:
-        # depthwise: output channel c·k + m reads only input channel c; it carries c's label
-        mult = cout // cin
-        source = x if x is not None else ctx.labels.fresh((cin,), PASSIVE)
-        out = np.repeat(source, mult)
-        ctx.site(name, "weight", 0, out, "passive")
-        for tensor, dim in bias:
-            ctx.site(name, tensor, dim, out, "passive")
-        return Tracked((1,), out)
-    # grouped: every group must keep the same channel offsets, so offsets are tied across groups
-    if x is not None:
-        per_group = x.reshape(groups, cin // groups)
-        for g in range(1, groups):
-            ctx.labels.union(per_group[0], per_group[g])
-        ctx.site(name, "weight", in_dim, per_group[0], "consumer")
-    out = ctx.labels.fresh((groups, cout // groups), PRODUCER)
-    for g in range(1, groups):
-        ctx.labels.union(out[0], out[g])
-    weight_out = out.reshape(-1) if not transposed else out[0]
-    ctx.site(name, "weight", out_dim, weight_out, "producer")
-    for tensor, dim in bias:
-        ctx.site(name, tensor, dim, out.reshape(-1), "producer")
-    return Tracked((1,), out.reshape(-1))
-
-
-@register_module_rule(nn.Linear)
-def linear_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked:
-    assert isinstance(module, nn.Linear)
-    name = str(node.target)
-    t, shape = ctx.tracked(node.args[0]), ctx.shape(node.args[0])
-    assert shape is not None
-    last = len(shape) - 1
-    other: Tracked | None = None
-    if t is not None:
-        if t.dims == (last,):
-            ctx.site(name, "weight", 1, t.labels, "consumer")
-        elif last in t.dims:
-            ctx.labels.freeze(t.labels)
-        else:
-            other = t  # channels on another dim (e.g. tokens) pass through
-    bias = [("bias", 0)] if module.bias is not None else []
-    out = ctx.fresh_channels(name, [("weight", 0), *bias], module.out_features)
-    if other is not None:
-        ctx.labels.freeze(other.labels)  # two tracked dims on one tensor: keep it simple and safe
-    return Tracked((last,), out)
-
-
-@register_module_rule(
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d
-)
-def channel_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    x = t.on(1)
-    if x is None:
-        ctx.labels.freeze(t.labels)
-        return None
-    name = str(node.target)
-    for tensor in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(module, tensor, None) is not None:
-            ctx.site(name, tensor, 0, x, "passive")
-    return t
-
-
-@register_module_rule(nn.Embedding)
-def embedding_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked:
-    """An embedding's vectors are new channels on the last dim (columns of its weight)."""
-    assert isinstance(module, nn.Embedding)
-    shape = ctx.shape(node)
-    assert shape is not None
-    labels = ctx.fresh_channels(str(node.target), [("weight", 1)], module.embedding_dim)
-    return Tracked((len(shape) - 1,), labels)
-
-
-@register_module_rule(nn.GroupNorm)
-def group_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    assert isinstance(module, nn.GroupNorm)
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    x = t.on(1)
-    if x is None:
-        ctx.labels.freeze(t.labels)
-        return t
-    # Statistics are per group: a group can only go whole (its channels are tied), and then the
-    # other groups compute exactly what they did. num_groups and num_channels follow.
-    groups = x.reshape(module.num_groups, -1)
-    for j in range(1, groups.shape[1]):
-        ctx.labels.union(groups[:, 0], groups[:, j])
-    name = str(node.target)
-    for tensor in ("weight", "bias"):
-        if getattr(module, tensor, None) is not None:
-            ctx.site(name, tensor, 0, x, "passive")
-    ctx.attribute_site(name, "num_groups", groups[:, 0])
-    ctx.attribute_site(name, "num_channels", x)
-    return t
-
-
-@register_module_rule(nn.LayerNorm)
-def layer_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    assert isinstance(module, nn.LayerNorm)
-    t, shape = ctx.tracked(node.args[0]), ctx.shape(node.args[0])
-    if t is None or shape is None:
-        return None
-    normalized = set(range(len(shape) - len(module.normalized_shape), len(shape)))
-    if normalized & set(t.dims):
-        ctx.labels.freeze(t.labels)  # mean and variance over the channels depend on every channel
-    return t
-
-
-_ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.ZeroPad2d,
-)  # fmt: skip
-
-
-@register_module_rule(*_ELEMENTWISE)
-def elementwise_module_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    if isinstance(module, nn.PReLU) and module.num_parameters > 1:
-        t = ctx.tracked(node.args[0])
-        if t is not None and t.on(1) is not None:
-            ctx.site(str(node.target), "weight", 0, t.labels, "passive")
-    return passthrough(ctx, node)
-
-
-@register_module_rule(nn.Softmax, nn.LogSoftmax)
-def softmax_module_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    return _softmax(ctx, node, getattr(module, "dim", None))
-
-
-@register_module_rule(nn.Flatten)
-def flatten_module_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    assert isinstance(module, nn.Flatten)
-    return _reshape(ctx, node, node.args[0], [])
-
-
-@register_module_rule(nn.PixelShuffle)
-def pixel_shuffle_module_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    return _pixel_shuffle(ctx, node)
-
-
-# -- function and method rules -------------------------------------------------------------------------
-_POINTWISE_FUNCS = [
-    F.relu, F.relu6, F.gelu, F.silu, F.elu, F.leaky_relu, F.hardswish, F.hardsigmoid, F.mish, F.dropout,
-    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_max_pool2d, F.interpolate, F.pad, torch.relu, torch.sigmoid, torch.tanh, F.sigmoid,
-    torch.exp, torch.abs, torch.neg, operator.neg,
-    "relu", "sigmoid", "tanh", "contiguous", "clone", "float", "double", "half", "to", "detach", "exp", "abs",
-    "neg", "relu_", "sigmoid_", "clamp", "clamp_min", torch.clamp,
-]  # fmt: skip
-
-
-@register_function_rule(*_POINTWISE_FUNCS)
-def pointwise_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return passthrough(ctx, node)
-
-
-@register_function_rule(
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div, "add", "sub", "mul", "div", "add_", "mul_",
-)  # fmt: skip
-def arithmetic_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _broadcast(ctx, node)
-
-
-@register_function_rule("size", "dim", getattr, operator.floordiv, operator.mod, "numel")
-def shape_query_rule(ctx: Context, node: fx.Node) -> None:
-    return None
-
-
-@register_function_rule(torch.cat, torch.concat)
-def cat_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    tensors = list(_arg(node, 0, "tensors"))
-    shape = ctx.shape(node)
-    assert shape is not None
-    dim = _norm_dim(int(_arg(node, 1, "dim", 0)), len(shape))
-    infos = [ctx.tracked(t) for t in tensors]
-    if all(i is None for i in infos):
-        return None
-    if all(i is None or i.dims == (dim,) for i in infos):
-        parts = []
-        for t, info in zip(tensors, infos, strict=True):
-            tshape = ctx.shape(t)
-            assert tshape is not None
-            parts.append(info.labels if info is not None else ctx.labels.fresh((tshape[dim],), PASSIVE))
-        out = np.concatenate(parts)
-        for part, info in zip(parts, infos, strict=True):
-            if info is None:  # channels we do not track (e.g. the image) cannot be removed
-                ctx.labels.freeze(part)
-        return Tracked((dim,), out)
-    # concatenation along another dim (e.g. a class token before the patches): channels tie
-    return _broadcast_same_shape(ctx, infos)
-
-
-def _broadcast_same_shape(ctx: Context, infos: Sequence[Tracked | None]) -> Tracked | None:
-    present = [i for i in infos if i is not None]
-    first = present[0]
-    for other in present[1:]:
-        if other.dims != first.dims or other.labels.shape != first.labels.shape:
-            for i in present:
-                ctx.labels.freeze(i.labels)
-            return None
-        ctx.labels.union(first.labels, other.labels)
-    if len(present) != len(infos):
-        ctx.labels.freeze(first.labels)  # tied to channels we do not track
-    return first
-
-
-@register_function_rule(torch.chunk, "chunk", torch.split, "split", torch.tensor_split)
-def split_rule(ctx: Context, node: fx.Node) -> list[Tracked | None] | None:
-    source = node.args[0]
-    t = ctx.tracked(source)
-    shape = ctx.shape(source)
-    if t is None or shape is None:
-        return None
-    is_chunk = node.target in ("chunk", torch.chunk)
-    dim = _norm_dim(int(_arg(node, 2, "dim", 0)), len(shape))
-    if t.on(dim) is None:
-        return [t] * _pieces(node, shape[dim]) if dim not in t.dims else _opaque(ctx, t)
-    size_arg = _arg(node, 1, "chunks" if is_chunk else "split_size_or_sections")
-    if is_chunk:
-        n = int(size_arg)
-        pieces = np.array_split(t.labels, n)
-        if len({len(p) for p in pieces}) != 1:
-            return _opaque(ctx, t)
-        for p in pieces[1:]:
-            ctx.labels.union(pieces[0], p)  # chunk splits at equal sizes: every piece keeps the same offsets
-        return [Tracked((dim,), p) for p in pieces]
-    # split with literal sizes: the sizes cannot follow pruning
-    ctx.labels.freeze(t.labels)
-    sizes = [size_arg] * (shape[dim] // size_arg) if isinstance(size_arg, int) else list(size_arg)
-    bounds = np.cumsum([0, *sizes])
-    return [Tracked((dim,), t.labels[a:b]) for a, b in itertools.pairwise(bounds)]
-
-
-def _pieces(node: fx.Node, length: int) -> int:
-    size_arg = node.args[1] if len(node.args) > 1 else None
-    if node.target in ("chunk", torch.chunk):
-        return int(size_arg)  # type: ignore[arg-type]
-    return len(size_arg) if isinstance(size_arg, list | tuple) else math.ceil(length / int(size_arg))  # type: ignore[arg-type]
-
-
-@register_function_rule(operator.getitem)
-def getitem_rule(ctx: Context, node: fx.Node) -> Any:
-    source, index = node.args[0], node.args[1]
-    value = ctx.values.get(source) if isinstance(source, fx.Node) else None
-    if isinstance(value, list):  # the pieces of a split
-        return value[index]  # type: ignore[index]
-    t = ctx.tracked(source)
-    if t is None:
-        return None
-    shape = ctx.shape(source)
-    assert shape is not None
-    items = list(index) if isinstance(index, tuple) else [index]
-    if any(i is Ellipsis for i in items):
-        pos = items.index(Ellipsis)
-        items = items[:pos] + [slice(None)] * (len(shape) - len(items) + 1) + items[pos + 1 :]
-    gathered = _gather_positions(ctx, node, t, shape, items)
-    if gathered is not None:
-        return gathered
-    if any(isinstance(i, fx.Node | Tensor) or i is None for i in items):
-        return _opaque(ctx, t)
-    items += [slice(None)] * (len(shape) - len(items))
-    labels, dims, out_dim = t.labels, list(t.dims), 0
-    new_dims = []
-    for d, item in enumerate(items):
-        if d in t.dims:
-            axis = t.dims.index(d)
-            if isinstance(item, int):
-                labels = np.take(labels, item, axis=axis)
-                dims = [x for x in dims if x != d]
-                continue
-            if item != slice(None):
-                return _opaque(ctx, t)  # a slice of channels: positions are literal
-            new_dims.append((axis, out_dim))
-        if isinstance(item, int):
-            continue
-        out_dim += 1
-    if not new_dims:
-        return None
-    order = [axis for axis, _ in new_dims]
-    remaining_axes = sorted(order)
-    labels = np.transpose(labels, [remaining_axes.index(a) for a in order]) if len(order) > 1 else labels
-    return Tracked(tuple(od for _, od in new_dims), labels)
-
-
-def _gather_positions(
-    ctx: Context, node: fx.Node, t: Tracked, shape: tuple[int, ...], items: list[Any]
-) -> Tracked | None:
-    """`x[..., index, ...]` with one tensor index on a dim that holds no channels (a table of
-    positions, e.g. a relative position bias gathered by an index buffer): channels pass through,
-    shifted by the rank the index adds."""
-    advanced = [d for d, i in enumerate(items) if isinstance(i, fx.Node | Tensor)]
-    if len(advanced) != 1 or any(i is None for i in items):
-        return None
-    (d,) = advanced
-    if d in t.dims or any(i != slice(None) for j, i in enumerate(items) if j != d):
-        return None
-    out_shape = ctx.shape(node)
-    if out_shape is None:
-        return None
-    shift = len(out_shape) - len(shape)
-    return Tracked(tuple(x if x < d else x + shift for x in t.dims), t.labels)
-
-
-@register_function_rule("unbind", torch.unbind)
-def unbind_rule(ctx: Context, node: fx.Node) -> list[Any] | None:
-    """`x.unbind(d)`: the pieces along d, as `x[i]` would give them (see getitem_rule)."""
-    t, shape = ctx.tracked(node.args[0]), ctx.shape(node.args[0])
-    if t is None or shape is None:
-        return None
-    dim = _norm_dim(int(_arg(node, 1, "dim", 0)), len(shape))
-    pieces: list[Any] = []
-    for i in range(shape[dim]):
-        if dim in t.dims:
-            axis = t.dims.index(dim)
-            dims = tuple(d - (d > dim) for d in t.dims if d != dim)
-            pieces.append(Tracked(dims, np.take(t.labels, i, axis=axis)) if dims else None)
-        else:
-            pieces.append(Tracked(tuple(d - (d > dim) for d in t.dims), t.labels))
-    return pieces
-
-
-@register_function_rule("view", "reshape", torch.reshape)
-def view_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _reshape(ctx, node, node.args[0], node.args[1:])
-
-
-@register_function_rule(torch.flatten, "flatten")
-def flatten_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _reshape(ctx, node, node.args[0], [])
-
-
-@register_function_rule("unsqueeze", torch.unsqueeze, "squeeze", torch.squeeze, "expand", "expand_as")
-def unit_dims_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)
-    assert in_shape is not None and out_shape is not None
-    if node.target in ("expand", "expand_as"):
-        return t if len(in_shape) == len(out_shape) else _opaque(ctx, t)
-    return _reshape(ctx, node, node.args[0], [])
-
-
-@register_function_rule("permute", torch.permute)
-def permute_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    order = node.args[1:] if not isinstance(node.args[1], list | tuple) else node.args[1]
-    ndim = len(order)
-    order = [_norm_dim(int(o), ndim) for o in order]  # type: ignore[arg-type]
-    return Tracked(tuple(order.index(d) for d in t.dims), t.labels)
-
-
-@register_function_rule("transpose", torch.transpose)
-def transpose_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    ndim = _ndim(ctx, node)
-    a, b = (_norm_dim(int(x), ndim) for x in node.args[1:3])  # type: ignore[arg-type]
-    swap = {a: b, b: a}
-    return Tracked(tuple(swap.get(d, d) for d in t.dims), t.labels)
-
-
-def _reduce(ctx: Context, node: fx.Node, summing: bool) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    shape = ctx.shape(node.args[0])
-    if t is None or shape is None:
-        return None
-    dims_arg = _arg(node, 1, "dim")
-    keepdim = bool(_arg(node, 2, "keepdim", False))
-    ndim = len(shape)
-    reduced = (
-        set(range(ndim))
-        if dims_arg is None
-        else {
-            _norm_dim(int(d), ndim) for d in (dims_arg if isinstance(dims_arg, list | tuple) else [dims_arg])
-        }
-    )
-    if reduced & set(t.dims):
-        if not summing:
-            ctx.labels.freeze(t.labels)  # a mean divides by the number of channels
-        return None
-    if keepdim:
-        return t
-    return Tracked(tuple(d - sum(r < d for r in reduced) for d in t.dims), t.labels)
-
-
-@register_function_rule("mean", torch.mean, "amax", "max", torch.amax)
-def mean_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _reduce(ctx, node, summing=False)
-
-
-@register_function_rule("sum", torch.sum)
-def sum_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _reduce(ctx, node, summing=True)
-
-
-def _softmax(ctx: Context, node: fx.Node, dim: Any) -> Tracked | None:
-    t, shape = ctx.tracked(node.args[0]), ctx.shape(node.args[0])
-    if t is None or shape is None:
-        return None
-    if dim is None or _norm_dim(int(dim), len(shape)) in t.dims:
-        ctx.labels.freeze(t.labels)
-    return t
-
-
-@register_function_rule(F.softmax, torch.softmax, "softmax", F.log_softmax, "log_softmax")
-def softmax_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _softmax(ctx, node, _arg(node, 1, "dim"))
-
-
-def _axis_labels(t: Tracked, dim: int) -> np.ndarray | None:
-    """Labels along tensor dim `dim` of `t` (positions tied across its other tracked dims)."""
-    if dim not in t.dims:
-        return None
-    axis = t.dims.index(dim)
-    others = tuple(i for i in range(t.labels.ndim) if i != axis)
-    return t.labels.transpose((axis, *others)).reshape(t.labels.shape[axis], -1)[:, 0]
-
-
-def _tie_within(ctx: Context, t: Tracked, keep: Sequence[int]) -> None:
-    """Tie `t`'s labels across every tracked dim not in `keep`, so each `keep` position is one unit."""
-    axes = [t.dims.index(d) for d in keep]
-    rest = [i for i in range(t.labels.ndim) if i not in axes]
-    if not rest:
-        return
-    grid = t.labels.transpose((*axes, *rest)).reshape(*[t.labels.shape[a] for a in axes], -1)
-    for i in range(1, grid.shape[-1]):
-        ctx.labels.union(grid[..., 0], grid[..., i])
-
-
-@register_function_rule(operator.matmul, torch.matmul, "matmul", torch.bmm, "bmm")
-def matmul_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    """a @ b over (..., n, k) @ (..., k, m): batch dims tie position by position, the contracted
-    k tie between a and b (removing a pair of them is zeroing both), n and m carry on."""
-    a, b = node.args[0], node.args[1]
-    ta, tb = ctx.tracked(a), ctx.tracked(b)
-    sa, sb, so = ctx.shape(a), ctx.shape(b), ctx.shape(node)
-    if (ta is None and tb is None) or sa is None or sb is None or so is None or len(sa) < 2 or len(sb) < 2:
-        for t in (ta, tb):
-            if t is not None:
-                return _opaque(ctx, t)
-        return None
-    na, nb, no = len(sa), len(sb), len(so)
-    ka, kb = na - 1, nb - 2
-    if (ta is not None and ka in ta.dims) != (tb is not None and kb in tb.dims):
-        for t in (ta, tb):
-            if t is not None:
-                ctx.labels.freeze(t.labels)  # contracted channels on one side only: fixed on the other
-    elif ta is not None and tb is not None and ka in ta.dims:
-        la, lb = _axis_labels(ta, ka), _axis_labels(tb, kb)
-        assert la is not None and lb is not None
-        ctx.labels.union(la, lb)
-    out: dict[int, np.ndarray] = {}
-    for t, n in ((ta, na), (tb, nb)):
-        if t is None:
-            continue
-        for d in t.dims:
-            if d == (ka if n == na and t is ta else kb):
-                continue
-            od = d + (no - n)
-            if d >= n - 2:
-                od = no - 2 if (t is ta and d == n - 2) else no - 1
-            labels = _axis_labels(t, d)
-            assert labels is not None
-            if od in out:
-                ctx.labels.union(out[od], labels)
-            else:
-                out[od] = labels
-        _tie_within(ctx, t, [d for d in t.dims if d != (ka if t is ta else kb)] or list(t.dims[:1]))
-    if not out:
-        return None
-    dims = tuple(sorted(out))
-    if len(dims) == 1:
-        return Tracked(dims, out[dims[0]])
-    # Several channel dims in the product (heads × head positions): each position carries its
-    # first-dim label, and the other dims' labels are tied to the first one's first label, a
-    # conservative coarsening (in attention those labels are already tied within each head).
-    first = out[dims[0]]
-    shape = [len(out[d]) for d in dims]
-    grid = np.broadcast_to(first.reshape(-1, *[1] * (len(dims) - 1)), shape).copy()
-    for d in dims[1:]:
-        ctx.labels.union(np.full(len(out[d]), first[0]), out[d])
-    return Tracked(dims, grid)
-
-
-@register_module_rule(nn.MultiheadAttention)
-def multihead_attention_rule(ctx: Context, node: fx.Node, module: nn.Module) -> list[Any]:
-    """`nn.MultiheadAttention`: the inputs' channels are consumed by the q/k/v projections' columns,
-    the heads are new channels (one group per head: q, k, v rows and out_proj columns), and the
-    output projection makes new channels. Removal turns the module into a
-    `PrunedMultiheadAttention`, whose widths may differ (see `secateurs.graph.attention`)."""
-    assert isinstance(module, nn.MultiheadAttention)
-    name = str(node.target)
-    fused = module._qkv_same_embed_dim
-    for index, arg_name, own in ((0, "query", "q"), (1, "key", "k"), (2, "value", "v")):
-        t, shape = ctx.tracked(_arg(node, index, arg_name)), ctx.shape(_arg(node, index, arg_name))
-        if t is None or shape is None:
-            continue
-        x = t.on(len(shape) - 1)
-        if x is None:
-            ctx.labels.freeze(t.labels)  # channels on a token or batch dim are mixed by attention
-        else:
-            ctx.site(name, "in_proj_weight" if fused else f"{own}_proj_weight", 1, x, "consumer")
-    heads = ctx.labels.fresh((module.num_heads, module.head_dim), PRODUCER)
-    for j in range(1, module.head_dim):
-        ctx.labels.union(heads[:, 0], heads[:, j])  # a head goes whole: its scale 1/sqrt(head_dim) stays
-    inner = heads.reshape(-1)
-    if fused:
-        ctx.site(name, "in_proj_weight", 0, np.concatenate([inner] * 3), "producer")
-    else:
-        for own in ("q", "k", "v"):
-            ctx.site(name, f"{own}_proj_weight", 0, inner, "producer")
-    if module.in_proj_bias is not None:
-        ctx.site(name, "in_proj_bias", 0, np.concatenate([inner] * 3), "producer")
-    for tensor in ("bias_k", "bias_v"):
-        if getattr(module, tensor) is not None:
-            ctx.site(name, tensor, 2, inner, "passive")
-    out_proj = f"{name}.out_proj"
-    ctx.site(out_proj, "weight", 1, inner, "consumer")
-    bias = [("bias", 0)] if module.out_proj.bias is not None else []
-    out = ctx.fresh_channels(out_proj, [("weight", 0), *bias], module.out_proj.out_features)
-    shape = ctx.shape(_arg(node, 0, "query"))
-    assert shape is not None
-    return [Tracked((len(shape) - 1,), out), None]
-
-
-def _pixel_shuffle(ctx: Context, node: fx.Node) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    in_shape, out_shape = ctx.shape(node.args[0]), ctx.shape(node)
-    if t is None or in_shape is None or out_shape is None:
-        return None
-    x = t.on(1)
-    if x is None:
-        return _opaque(ctx, t)
-    block = in_shape[1] // out_shape[1]
-    grid = x.reshape(out_shape[1], block)
-    for i in range(1, block):
-        ctx.labels.union(grid[:, 0], grid[:, i])  # an output channel gathers a block of r² inputs
-    return Tracked((1,), grid[:, 0].copy())
-
-
-@register_function_rule(F.pixel_shuffle, torch.pixel_shuffle)
-def pixel_shuffle_rule(ctx: Context, node: fx.Node) -> Tracked | None:
-    return _pixel_shuffle(ctx, node)
-
-
-# -- analysis ------------------------------------------------------------------------------------------
-class _RuleLeafTracer(fx.Tracer):
-    """fx's tracer, which also keeps a module whose type has a channel rule as one call (a leaf):
-    a rule registered for a custom module (or a subclass of a torch one) is then really used."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _module_rule(m) is not None or super().is_leaf_module(m, module_qualified_name)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """`torch.fx.symbolic_trace`, with a ConfigError that says what to do when it fails."""
-    try:
-        tracer = _RuleLeafTracer()
-        graph = tracer.trace(model)
-        return fx.GraphModule(tracer.root, graph, type(model).__name__)
-    except Exception as err:  # fx raises many types (TraceError, TypeError, …)
-        raise ConfigError(
-            f"cannot trace the model with torch.fx ({type(err).__name__}: {str(err).splitlines()[0]})",
-            fix="remove data-dependent Python control flow from forward(), or prune traceable submodules",
-        ) from None
-
-
-def _module_rule(module: nn.Module) -> ModuleRule | None:
+def module_rule(module: nn.Module) -> ModuleRule | None:
+    """The rule registered for the module's type (or the nearest base class), if any."""
     for cls in type(module).__mro__:
         if cls in MODULE_RULES:
             return MODULE_RULES[cls]
     return None
-
-
-def _function_rule(node: fx.Node) -> FunctionRule | None:
-    return RULES.get(node.target)
-
-
-def _unknown(node: fx.Node, kind: str) -> ConfigError:
-    target = getattr(node.target, "__name__", node.target)
-    return ConfigError(
-        f"no channel rule for {kind} {target!r} at graph node {node.name!r}, which receives channels",
-        fix="register one with secateurs.graph.core.register_function_rule / register_module_rule "
-        "(a function(ctx, node) returning the output's Tracked channels), or exclude this part of the model",
-    )
-
-
-def analyze(
-    model: nn.Module, example_input: Tensor | tuple[Tensor, ...], *, exclude: Sequence[str] = ()
-) -> ChannelGraph:
-    """Trace `model`, follow its channels on `example_input` and return the channel groups.
-
-    `exclude`: module name patterns (shell-style) whose output channels must be kept; a pattern
-    that matches no module is an error.
-    """
-    names = [n for n, _ in model.named_modules() if n]
-    for pattern in exclude:
-        if not any(fnmatchcase(n, pattern) for n in names):
-            raise ConfigError(
-                f"exclude pattern {pattern!r} matches no module",
-                fix=f"modules are: {', '.join(names[:20])} …",
-            )
-    was_training = model.training
-    model.eval()
-    try:
-        gm = trace(model)
-        inputs = example_input if isinstance(example_input, tuple) else (example_input,)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
-    finally:
-        model.train(was_training)
-    ctx = Context(gm, model)
-    for node in gm.graph.nodes:
-        ctx.values[node] = _visit(ctx, node)
-    for site in ctx.sites:
-        if site.role == "producer" and any(fnmatchcase(site.module, p) for p in exclude):
-            ctx.labels.freeze(site.labels)
-    return _groups(ctx)
-
-
-def _visit(ctx: Context, node: fx.Node) -> Any:
-    if node.op == "placeholder":
-        return None  # model inputs: their channels (e.g. RGB) are never removed
-    if node.op == "get_attr":
-        return _parameter(ctx, node)
-    if node.op == "output":
-        for value in node.all_input_nodes:
-            t = ctx.tracked(value)
-            if t is not None:
-                ctx.labels.freeze(t.labels)
-        return None
-    has_channels = any(
-        ctx.tracked(a) is not None or isinstance(ctx.values.get(a), list) for a in node.all_input_nodes
-    )
-    if any(ctx.values.get(a) is OPAQUE for a in node.all_input_nodes):
-        module = ctx.modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(module, (*_CONV, *_CONV_T, nn.Linear, nn.MultiheadAttention)):
-            pass  # unknown input channels are simply not prunable here; its outputs are new
-        elif node.target in ("size", "dim", getattr, "numel"):
-            return None
-        else:
-            for a in node.all_input_nodes:
-                t = ctx.tracked(a)
-                if t is not None:
-                    ctx.labels.freeze(t.labels)
-            return OPAQUE
-    if node.op == "call_module":
-        module = ctx.modules[str(node.target)]
-        rule = _module_rule(module)
-        if rule is None:
-            if not has_channels and not any(True for _ in module.parameters(recurse=False)):
-                return None
-            raise _unknown(node, f"module {type(module).__name__} ({node.target})")
-        return rule(ctx, node, module)
-    rule = _function_rule(node)
-    if rule is None:
-        if not has_channels:
-            return None
-        raise _unknown(node, "function" if node.op == "call_function" else "method")
-    return rule(ctx, node)
-
-
-def _parameter(ctx: Context, node: fx.Node) -> Tracked | Opaque | None:
-    """A parameter or buffer used directly in forward (a layer scale, a position embedding, a token)."""
-    shape = ctx.shape(node)
-    if not shape:
-        return None
-    path = str(node.target)
-    module_name, _, tensor = path.rpartition(".")
-    dims = [d for d, n in enumerate(shape) if n > 1]
-    if not dims:
-        return None  # a scalar-like tensor: broadcast, it constrains no channel
-    if len(dims) > 1:
-        owner = ctx.modules.get(module_name)
-        counts = {getattr(owner, a) for a in COUNT_ATTRIBUTES if type(getattr(owner, a, None)) is int}
-        along = [d for d in dims if shape[d] in counts]
-        if len(along) != 1:
-            return OPAQUE  # e.g. a table of unknown layout: channels it meets are kept, never guessed
-        dims = along  # a table per head (Swin's relative position bias): its other dims are positions
-    labels = ctx.labels.fresh((shape[dims[0]],), PASSIVE)
-    ctx.site(module_name, tensor, dims[0], labels, "passive")
-    return Tracked((dims[0],), labels)
-
-
-def _groups(ctx: Context) -> ChannelGraph:
-    labels = ctx.labels
-    n = len(labels.parent)
-    root_of = labels.roots(np.arange(n))
-    frozen_roots = set(root_of[np.fromiter(labels.frozen, np.int64, len(labels.frozen))].tolist())
-    prunable = np.zeros(n, dtype=bool)
-    prunable[root_of[np.asarray(labels.kind, dtype=bool)]] = True  # classes holding a producer's channels
-    prunable[np.fromiter(frozen_roots, np.int64, len(frozen_roots))] = False
-    groups: dict[int, ChannelGroup] = {}
-    if ctx.sites:
-        # every (site, position) of a prunable class, sorted by class, then site, then position:
-        # one vectorised sort instead of one per site; each run of equal (class, site) is one entry
-        lengths = [len(site.labels) for site in ctx.sites]
-        site_of = np.repeat(np.arange(len(ctx.sites)), lengths)
-        position = np.concatenate([np.arange(n) for n in lengths])
-        roots = root_of[np.concatenate([site.labels for site in ctx.sites])]
-        keep = prunable[roots]
-        site_of, position, roots = site_of[keep], position[keep], roots[keep]
-        order = np.lexsort((position, site_of, roots))
-        site_of, position, roots = site_of[order], position[order], roots[order]
-        change = np.ones(len(roots), dtype=bool)
-        change[1:] = (roots[1:] != roots[:-1]) | (site_of[1:] != site_of[:-1])
-        starts = np.flatnonzero(change)
-        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(roots)], strict=True):
-            root = int(roots[a])
-            group = groups.get(root)
-            if group is None:
-                group = groups[root] = ChannelGroup(root)
-            group.sites.append((ctx.sites[int(site_of[a])], position[a:b]))
-    ordered = sorted(groups.values(), key=lambda g: g.id)
-    return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes)

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from secateurs.core.masks import MaskSet, masks_of
-from secateurs.graph.core import ChannelGraph, analyze
+from secateurs.graph.analysis import analyze
+from secateurs.graph.core import ChannelGraph
 from secateurs.graph.removal import remove_channels
 
 

@@ -32,6 +32,7 @@ from pydantic import (
 
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
+from secateurs.core.plugins import load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
 from secateurs.methods.layers import LayerSelection
@@ -290,6 +291,9 @@ class Recipe(StrictModel):
     seed: int = 0
     data: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mnist1d"))
     model: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mlp"))
+    plugins: list[str] = Field(
+        default_factory=list, description="modules to import first: they register your own components"
+    )
     init_from: str | None = Field(
         None,
         description="start from these weights (and masks): a model.pt or run directory of `secateurs run`",
@@ -531,6 +535,9 @@ def recipe_from_raw(raw: Any, origin: str = "<recipe>", overrides: list[str] | N
     raw = copy.deepcopy(raw)
     for assignment in overrides or []:
         apply_override(raw, assignment)
+    load_entry_points()
+    plugins = raw.get("plugins") or []
+    load_plugins(plugins if isinstance(plugins, list) else [plugins])  # before their names are checked
     try:
         return Recipe(**raw)
     except ValidationError as err:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from secateurs.core.errors import ConfigError
-from secateurs.graph.core import analyze
+from secateurs.graph.analysis import analyze
 from secateurs.methods.structures.base import STRUCTURES, Layout, LayoutContext, Structure, check_pooling
 from secateurs.methods.structures.groups import GraphLayout, vetoed_modules
 
