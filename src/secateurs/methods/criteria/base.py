@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet
 from secateurs.core.registry import Registry
+from secateurs.methods.structures.groups import GraphLayout
 
 Batch = tuple[Tensor, Tensor]
 
@@ -95,6 +96,22 @@ class Criterion:
     def group_scores(self, ctx: ScoringContext, layout: Any) -> dict[str, Tensor]:
         """One float64 score per group of every unit of `layout` (only when `scores_groups`)."""
         raise NotImplementedError
+
+
+class GroupCriterion(Criterion):
+    """A criterion that scores groups spanning layers as wholes (FPGM, BN scales), not per weight.
+
+    Subclasses give `group_scores(ctx, layout)`: a score per group id of the layout's channel graph.
+    """
+
+    def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        raise ConfigError(
+            f"criterion {self.name!r} scores groups of channels, not single weights",
+            fix=f"use it with one of the structures {', '.join(self.structures or ())}",
+        )
+
+    def scores_groups(self, layout: Any) -> bool:
+        return isinstance(layout, GraphLayout)
 
 
 CRITERIA: Registry[type[Criterion]] = Registry("criterion")

@@ -10,23 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext
-from secateurs.methods.structures.groups import GraphLayout
+from secateurs.methods.criteria.base import CRITERIA, GroupCriterion, ScoringContext
 
 
 @CRITERIA.register("bn_scale", "|γ| of the group's BatchNorms (network slimming; channel structure)")
-class BNScale(Criterion):
+class BNScale(GroupCriterion):
     name = "bn_scale"
     structures = ("channel",)
-
-    def score(self, ctx: ScoringContext) -> dict[str, Tensor]:  # pragma: no cover - groups only
-        raise NotImplementedError
-
-    def scores_groups(self, layout: Any) -> bool:
-        return isinstance(layout, GraphLayout)
 
     def group_scores(self, ctx: ScoringContext, layout: Any) -> dict[int, float]:
         modules = dict(ctx.model.named_modules())

@@ -11,23 +11,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from secateurs.graph.core import Site
-from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext
-from secateurs.methods.structures.groups import GraphLayout, is_weight_matrix
+from secateurs.methods.criteria.base import CRITERIA, GroupCriterion, ScoringContext
+from secateurs.methods.structures.groups import is_weight_matrix
 
 
 @CRITERIA.register("fpgm", "distance to the layer's other filters (geometric median, He et al. 2019)")
-class FPGM(Criterion):
+class FPGM(GroupCriterion):
     name = "fpgm"
     structures = ("channel", "heads", "ffn", "heads_ffn")
-
-    def score(self, ctx: ScoringContext) -> dict[str, Tensor]:  # pragma: no cover - groups only
-        raise NotImplementedError
-
-    def scores_groups(self, layout: Any) -> bool:
-        return isinstance(layout, GraphLayout)
 
     def group_scores(self, ctx: ScoringContext, layout: Any) -> dict[int, float]:
         modules = dict(ctx.model.named_modules())

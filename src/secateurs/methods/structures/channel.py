@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from secateurs.core.errors import ConfigError
 from secateurs.graph.analysis import analyze
 from secateurs.methods.structures.base import STRUCTURES, Layout, LayoutContext, Structure, check_pooling
-from secateurs.methods.structures.groups import GraphLayout, vetoed_modules
+from secateurs.methods.structures.groups import graph_layout
 
 
 def check_max_per_layer(value: object, structure: str) -> float:
@@ -65,11 +65,4 @@ class Channel(Structure):
                 "structure channel traces the model and needs an example input",
                 fix="pass example_input= (one batch) or input_shape= (one sample) to prune()/compute_masks()",
             )
-        graph = analyze(ctx.model, ctx.example_input, exclude=self.exclude)
-        return GraphLayout(
-            ctx.model,
-            graph,
-            vetoed=vetoed_modules(ctx.model, ctx.names, ctx.selection),
-            max_per_layer=self.max_per_layer,
-            structure=self.name,
-        )
+        return graph_layout(self, ctx, analyze(ctx.model, ctx.example_input, exclude=self.exclude))

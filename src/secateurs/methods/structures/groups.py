@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +61,17 @@ def vetoed_modules(model: nn.Module, names: list[str], selection: LayerSelection
 def is_weight_matrix(site: Site, params: Mapping[str, Tensor]) -> bool:
     """A layer's weight matrix (`weight`, `in_proj_weight` …), not a bias or a norm's scale."""
     return site.tensor.endswith("weight") and params[site.name].dim() >= 2
+
+
+def graph_layout(structure: Any, ctx: Any, graph: ChannelGraph) -> GraphLayout:
+    """The layout of a structure's channel graph: the layer selection's left-out layers are kept."""
+    return GraphLayout(
+        ctx.model,
+        graph,
+        vetoed=vetoed_modules(ctx.model, ctx.names, ctx.selection),
+        max_per_layer=structure.max_per_layer,
+        structure=structure.name,
+    )
 
 
 class GraphLayout(Layout):

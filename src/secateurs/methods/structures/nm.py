@@ -9,6 +9,7 @@ from torch import Tensor
 from secateurs.core.errors import ConfigError
 from secateurs.core.topk import balanced_topk
 from secateurs.methods.structures.base import STRUCTURES, ElementStructure, positive_int
+from secateurs.methods.structures.unstructured import Unstructured
 
 
 def reduction_rows(t: Tensor) -> Tensor:
@@ -119,7 +120,7 @@ class NM(ElementStructure):
 
 
 @STRUCTURES.register("rows", "each output row keeps the same count (Wanda's per-output comparison)")
-class Rows(ElementStructure):
+class Rows(Unstructured):
     """Every output row (a Linear's row, a conv's filter) is compared on its own.
 
     Like N:M with m = the whole row: the layer's keep count from the allocation is spread evenly
@@ -133,17 +134,5 @@ class Rows(ElementStructure):
     def check(self, name: str, shape: tuple[int, ...]) -> None:
         check_matrix("rows", name, shape)
 
-    def num_groups(self, shape: tuple[int, ...]) -> int:
-        return math.prod(shape)
-
-    def group_size(self, shape: tuple[int, ...]) -> int:
-        return 1
-
-    def group_scores(self, scores: Tensor, pooling: str | None = None) -> Tensor:
-        return scores.reshape(-1)
-
     def select(self, scores: Tensor, k: int, shape: tuple[int, ...]) -> Tensor:
         return balanced_topk(scores.reshape(shape[0], -1), k).reshape(-1)
-
-    def expand(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
-        return keep.reshape(shape)

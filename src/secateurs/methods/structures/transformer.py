@@ -14,7 +14,7 @@ from torch import nn
 from secateurs.graph.hf import architecture, hf_channel_graph
 from secateurs.methods.structures.base import STRUCTURES, Layout, LayoutContext, Structure, check_pooling
 from secateurs.methods.structures.channel import check_max_per_layer
-from secateurs.methods.structures.groups import GraphLayout, vetoed_modules
+from secateurs.methods.structures.groups import graph_layout
 
 
 class TransformerGroups(Structure):
@@ -33,14 +33,7 @@ class TransformerGroups(Structure):
         architecture(model)  # a clear error for a model that is not a Llama or BERT
 
     def layout(self, ctx: LayoutContext) -> Layout:
-        graph = hf_channel_graph(ctx.model, self.parts)
-        return GraphLayout(
-            ctx.model,
-            graph,
-            vetoed=vetoed_modules(ctx.model, ctx.names, ctx.selection),
-            max_per_layer=self.max_per_layer,
-            structure=self.name,
-        )
+        return graph_layout(self, ctx, hf_channel_graph(ctx.model, self.parts))
 
 
 @STRUCTURES.register(
