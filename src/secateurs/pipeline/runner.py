@@ -19,8 +19,7 @@ import copy
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from secateurs.core.distributed import check_same_masks, world
-from secateurs.core.errors import CheckpointError, ConfigError
+from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
 from secateurs.data import DataSplits, class_balanced_batch, load_dataset
 from secateurs.eval import evaluate
@@ -50,7 +49,6 @@ from secateurs.methods.structures import build_structure
 from secateurs.methods.training import TRAINING
 from secateurs.models import build_model
 from secateurs.pipeline.metrics import TASKS, model_metrics
-from secateurs.pipeline.outputs import read_checkpoint
 from secateurs.pipeline.publish import Publisher
 from secateurs.pipeline.recipe import (
     EvaluateStage,
@@ -64,70 +62,12 @@ from secateurs.pipeline.recipe import (
 )
 from secateurs.pipeline.result import MetricEvent, RunResult, best_of
 from secateurs.pipeline.state import STATE_FILE, RunState, load_state, save_state
-from secateurs.train.config import OptimizerConfig
-from secateurs.train.engine import Callback, TrainState, train
-from secateurs.train.optim import build_optimizer
+from secateurs.pipeline.weights import RewindSnapshots, load_initial_weights, own_rng, rewound_optimizer
+from secateurs.train.engine import Callback, train
 
 __all__ = ["STATE_FILE", "MetricEvent", "Pipeline", "RunResult", "best_of", "model_metrics", "run_recipe"]
 
 log = logging.getLogger(__name__)
-
-
-def load_initial_weights(model: nn.Module, source: str) -> None:
-    """Load weights (and masks, if any) from a secateurs checkpoint into `model`, strictly."""
-    state, masks, _ = read_checkpoint(source)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(
-            f"init_from {source}: weights do not fit the recipe's model ({first})",
-            fix="use a checkpoint of the same model and data set",
-        ) from None
-    if masks is not None:
-        set_masks(model, MaskSet.from_state_dict(masks.state_dict(), model))
-
-
-def rewound_optimizer(
-    model: nn.Module, config: OptimizerConfig, state: dict[str, Any]
-) -> torch.optim.Optimizer:
-    """The stage's optimizer carrying the per-weight state (momentum, moments) of a rewind snapshot.
-
-    Only the state is rewound: the hyper-parameters (lr, momentum, ...) stay those of the stage's
-    own config, and the LR schedule starts afresh, instead of the snapshot's silently winning.
-    """
-    optimizer = build_optimizer(model.parameters(), config)
-    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    saved = [set(group) - {"params", "initial_lr"} for group in state["param_groups"]]
-    if saved != [set(group) for group in fresh]:
-        raise ConfigError(
-            f"cannot rewind the optimizer state of the first training stage into a {config.name!r} optimizer",
-            fix="use the same optimizer in the training stages before and after a rewind",
-        )
-    optimizer.load_state_dict(state)
-    for group, hyper in zip(optimizer.param_groups, fresh, strict=True):
-        group.pop("initial_lr", None)
-        group.update(hyper)
-    return optimizer
-
-
-@contextmanager
-def own_rng(model: nn.Module) -> Iterator[None]:
-    """Run a block on its own copy of the global random state (CPU, and the model's CUDA devices)."""
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
-        yield
-
-
-class RewindSnapshots(Callback):
-    """Saves weights and optimizer state at the steps that `rewind` resets will need."""
-
-    def __init__(self, steps: set[int], store: dict[int, Snapshot]) -> None:
-        self.steps, self.store = steps, store
-
-    def on_step_end(self, state: TrainState) -> None:
-        if state.step in self.steps and state.step not in self.store:
-            self.store[state.step] = Snapshot.take(state.model, state.step, state.optimizer)
 
 
 @dataclass
