@@ -223,7 +223,7 @@ class OBS(Reconstruction):
     def check(self, structure: Structure) -> None:
         if self.select != "adaptive":
             return
-        if not isinstance(structure, Unstructured | NM):
+        if type(structure) not in (Unstructured, NM):  # selections it reproduces (rows subclasses one)
             raise ConfigError(
                 f"obs select: adaptive chooses its own unstructured or N:M mask (SparseGPT), "
                 f"not a {structure.name!r} one",
