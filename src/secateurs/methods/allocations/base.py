@@ -21,7 +21,6 @@ iterative schedule's `layer_rates`.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -29,6 +28,7 @@ from typing import Any
 
 from torch import Tensor
 
+from secateurs.core.apportion import Infeasible, water_fill
 from secateurs.core.errors import ConfigError
 from secateurs.core.registry import Registry, check_options
 from secateurs.core.sparsity import check_sparsity, round_half_up
@@ -62,56 +62,19 @@ def kept_after(n: int, sparsity: float, floor: int = 0) -> int:
     return max(n - round_half_up(sparsity * n), min(floor, n))
 
 
-def solve_scaled_densities(layers: list[LayerInfo], sparsity: float, raw: list[float]) -> list[float]:
-    """Densities ε·raw_l hitting the total density, each within [floor_l / n_l, 1].
-
-    Layers that would exceed density 1 are made dense, layers below their floor held at it, and
-    ε re-solved over the rest (water-filling), so the total stays exact.
-    """
+def scaled_shares(layers: list[LayerInfo], sparsity: float, raw: list[float]) -> list[float]:
+    """Elements kept per layer, ε·raw_l·n_l, hitting the total density, each layer's density in
+    [floor_l / n_l, 1]: layers that would exceed density 1 are made dense, layers below their floor
+    held at it, and ε re-solved over the rest (`water_fill`), so the total stays exact."""
     numel = [layer.numel for layer in layers]
-    low = [
-        min(layer.floor, layer.num_groups) * layer.group_size / n if n else 0.0
-        for layer, n in zip(layers, numel, strict=True)
-    ]
-    target_kept = (1.0 - sparsity) * sum(numel)
-    dense: set[int] = set()
-    held: set[int] = set()
-    while True:
-        free = [i for i in range(len(layers)) if i not in dense and i not in held]
-        budget = target_kept - sum(numel[i] for i in dense) - sum(low[i] * numel[i] for i in held)
-        weight = sum(raw[i] * numel[i] for i in free)
-        if not free or weight <= 0:
-            raise ConfigError(
-                f"cannot reach sparsity {sparsity} with this allocation",
-                fix="lower the sparsity or choose another allocation",
-            )
-        eps = budget / weight
-        # Tolerance: a layer at exactly density 1 (e.g. sparsity 0) must not count as over it.
-        over = [i for i in free if eps * raw[i] > 1.0 + 1e-9]
-        if over:
-            dense.update(over)
-            continue
-        under = [i for i in free if eps * raw[i] < low[i] - 1e-12]
-        if not under:
-            return [1.0 if i in dense else low[i] if i in held else eps * raw[i] for i in range(len(layers))]
-        held.update(under)
-
-
-def largest_remainder(
-    ideal: list[float], caps: list[int], total: int, floors: list[int] | None = None
-) -> list[int]:
-    """Integer counts close to `ideal`, each within [floor, cap], summing to `total`."""
-    floors = floors or [0] * len(ideal)
-    counts = [max(min(math.floor(x + 1e-9), c), f) for x, c, f in zip(ideal, caps, floors, strict=True)]
-    rest = total - sum(counts)
-    order = sorted(range(len(ideal)), key=lambda i: (-(ideal[i] - counts[i]), i))
-    for i in order:
-        if rest <= 0:
-            break
-        if counts[i] < caps[i]:
-            counts[i] += 1
-            rest -= 1
-    return counts
+    floors = [min(layer.floor, layer.num_groups) * layer.group_size for layer in layers]
+    try:
+        return water_fill((1.0 - sparsity) * sum(numel), raw, numel, floors, sizes=numel)
+    except Infeasible:
+        raise ConfigError(
+            f"cannot reach sparsity {sparsity} with this allocation",
+            fix="lower the sparsity or choose another allocation",
+        ) from None
 
 
 def _module(param_name: str) -> str:

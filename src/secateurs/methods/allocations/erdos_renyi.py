@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
+from secateurs.core.apportion import largest_remainder
 from secateurs.methods.allocations.base import (
     ALLOCATIONS,
     LayerInfo,
     kept_after,
-    largest_remainder,
-    solve_scaled_densities,
+    scaled_shares,
 )
 
 
@@ -26,9 +26,8 @@ def erdos_renyi(layers: list[LayerInfo], sparsity: float, *, with_kernel: bool) 
     for layer in layers:
         total, prod = _fan_terms(layer.shape, with_kernel)
         raw.append(total / prod)
-    densities = solve_scaled_densities(layers, sparsity, raw)
+    ideal = scaled_shares(layers, sparsity, raw)
     total_kept = kept_after(sum(layer.numel for layer in layers), sparsity)
-    ideal = [d * layer.numel for d, layer in zip(densities, layers, strict=True)]
     floors = [min(layer.floor, layer.num_groups) * layer.group_size for layer in layers]
     kept = largest_remainder(ideal, [layer.numel for layer in layers], total_kept, floors)
     return {layer.name: k // layer.group_size for layer, k in zip(layers, kept, strict=True)}

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from pydantic import Field
 
+from secateurs.core.apportion import largest_remainder
 from secateurs.core.errors import ConfigError
 from secateurs.methods.allocations.base import (
     ALLOCATIONS,
     LayerInfo,
     kept_after,
-    largest_remainder,
-    solve_scaled_densities,
+    scaled_shares,
 )
 
 
@@ -52,8 +52,7 @@ def smart_ratio(
             f"with the last layer at density {last_layer_density}",
             fix="change last_layer_density or the sparsity, or use the 'erk' allocation",
         )
-    densities = solve_scaled_densities(rest, 1.0 - budget / rest_numel, _smart_ratio_raw(len(layers))[:-1])
-    ideal = [d * layer.numel for d, layer in zip(densities, rest, strict=True)]
+    ideal = scaled_shares(rest, 1.0 - budget / rest_numel, _smart_ratio_raw(len(layers))[:-1])
     floors = [min(layer.floor, layer.num_groups) * layer.group_size for layer in rest]
     kept = largest_remainder(ideal, [layer.numel for layer in rest], budget, floors)
     out = {layer.name: k // layer.group_size for layer, k in zip(rest, kept, strict=True)}

@@ -31,6 +31,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from secateurs.core.apportion import apportion
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError, SecateursError
 from secateurs.core.masks import MaskSet, masks_of
@@ -118,34 +119,10 @@ def random_scores(mask: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def distribute(total: int, weights: list[float], caps: list[int]) -> list[int]:
-    """Integer shares of `total` proportional to `weights`, each at most its cap (water-filling).
-
-    A layer whose share would pass its cap gets the cap and the rest is shared again; the
-    remainder after rounding down goes to the largest fractional parts (ties: the lower index).
-    """
+    """Integer shares of `total` proportional to `weights`, each at most its cap (`core.apportion`)."""
     if total > sum(caps):
         raise SecateursError(f"cannot place {total} weights in layers with room for {sum(caps)}")
-    counts = [0] * len(caps)
-    free = [i for i, c in enumerate(caps) if c > 0]
-    remaining = total
-    while remaining > 0:
-        mass = sum(max(weights[i], 0.0) for i in free)
-        ideal = {i: remaining * (max(weights[i], 0.0) / mass if mass > 0 else 1 / len(free)) for i in free}
-        full = [i for i in free if ideal[i] >= caps[i] - counts[i]]
-        if full:
-            for i in full:
-                remaining -= caps[i] - counts[i]
-                counts[i] = caps[i]
-            free = [i for i in free if i not in full]
-            continue
-        base = {i: math.floor(ideal[i]) for i in free}
-        for i in free:
-            counts[i] += base[i]
-        rest = remaining - sum(base.values())
-        for i in sorted(free, key=lambda i: (-(ideal[i] - base[i]), i))[:rest]:
-            counts[i] += 1
-        remaining = 0
-    return counts
+    return apportion(total, weights, caps)
 
 
 # -- the methods ---------------------------------------------------------------------------------------
