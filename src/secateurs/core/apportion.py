@@ -45,9 +45,11 @@ def water_fill(
             if abs(budget) > 1e-9 * max(1.0, abs(target)):
                 raise Infeasible(f"cannot place {target} within parts of room {sum(caps)}")
             return [caps[i] if i in high else floors[i] for i in range(n)]
-        if mass > 0:
+        if mass > 0 and math.isfinite(budget / mass):
             scale = budget / mass
             density = {i: scale * max(weights[i], 0.0) for i in free}
+        elif mass > 0:  # subnormal weights: ε overflows, the ratios do not
+            density = {i: budget * (max(weights[i], 0.0) * sizes[i] / mass) / sizes[i] for i in free}
         else:
             density = {i: budget / len(free) / sizes[i] for i in free}
         over = [i for i in free if density[i] > caps[i] / sizes[i] * (1.0 + 1e-9)]
