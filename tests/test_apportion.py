@@ -14,7 +14,8 @@ def test_shares_are_proportional_until_a_cap_binds_then_the_rest_is_shared_again
     # the third part would get 30 of 60 but holds 20: the other 40 split 1:2
     assert water_fill(60.0, [1.0, 2.0, 3.0], [100, 100, 20]) == pytest.approx([40 / 3, 80 / 3, 20.0])
     # a floor binds the other way
-    assert water_fill(30.0, [1.0, 1.0, 8.0], [100, 100, 100], [5, 0, 0]) == pytest.approx([5.0, 25 / 9, 200 / 9])
+    shares = water_fill(30.0, [1.0, 1.0, 8.0], [100, 100, 100], [5, 0, 0])
+    assert shares == pytest.approx([5.0, 25 / 9, 200 / 9])
 
 
 def test_sizes_make_the_weights_per_unit_like_er_densities() -> None:

@@ -37,10 +37,10 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def recipe(path: Path, *stages: dict[str, Any]) -> Any:
+def recipe(path: Path, *stages: dict[str, Any], **model: Any) -> Any:
     raw = {
         "name": "llm",
-        "model": {"name": "hf", "options": {"path": str(path)}},
+        "model": {"name": "hf", "options": {"path": str(path), **model}},
         "data": {"name": "random_tokens", "options": TOKENS},
         "stages": list(stages),
     }
@@ -129,3 +129,29 @@ def test_calibration_and_reconstruction_options_are_checked_when_the_recipe_is_r
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         recipe(tiny_dir, {"prune": {"sparsity": 0.5, **step}})
+
+
+@pytest.mark.parametrize("criterion", ["snip", "taylor", "grasp"])
+def test_gradient_criteria_differentiate_the_next_token_loss_of_a_language_model(
+    tiny_dir: Path, criterion: str
+) -> None:
+    """The data set's task gives the loss (next-token cross-entropy); heads are a structure like any."""
+    step = {"criterion": criterion, "structure": "ffn", "allocation": "uniform", "sparsity": 0.5}
+    step |= {"data_batches": 2, "data_batch_size": 4}
+    eager = {"attention": "eager"} if criterion == "grasp" else {}  # fused attention has no double backward
+    result = Pipeline(recipe(tiny_dir, {"prune": step}, {"evaluate": {}}, **eager)).run()
+    assert result.masks is not None
+    for block in ("model.layers.0", "model.layers.1"):  # half of each block's 64 FFN channels go
+        gate = result.masks[f"{block}.mlp.gate_proj.weight"]
+        assert int(gate.all(dim=1).sum()) == 32
+
+
+def test_synflow_on_a_token_model_says_what_it_needs(tiny_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"synflow' feeds an all-ones input.*models on token ids use"):
+        Pipeline(recipe(tiny_dir, {"prune": {"criterion": "synflow", "sparsity": 0.5}})).run()
+
+
+def test_grasp_through_fused_attention_says_how_to_get_second_derivatives(tiny_dir: Path) -> None:
+    step = {"criterion": "grasp", "structure": "ffn", "allocation": "uniform", "sparsity": 0.5}
+    with pytest.raises(ConfigError, match=r"grasp' needs second derivatives.*attention: eager"):
+        Pipeline(recipe(tiny_dir, {"prune": step}, attention="sdpa")).run()

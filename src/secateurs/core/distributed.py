@@ -88,9 +88,16 @@ def init_from_environment() -> World:
     return world()
 
 
-def shutdown() -> None:
-    """Leave the process group (end of a torchrun process)."""
+def shutdown(*, finished: bool = False) -> None:
+    """Leave the process group (end of a torchrun process).
+
+    After a run that `finished` on every rank, the ranks first meet at a barrier: a rank tearing
+    its gloo connections down while another still talks on them (rank 0 writing the results, say)
+    can abort that one. After an error there is no barrier, since the other ranks may never come.
+    """
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -110,6 +110,7 @@ def run(
         args += ["--progress" if progress else "--no-progress"] + (["--verbose"] if verbose else [])
         raise typer.Exit(launch_torchrun(nproc, args))
     main = init_from_environment().main
+    finished = False
     try:
         _setup_logging(verbose and main)
         _set_threads(threads)
@@ -120,8 +121,9 @@ def run(
             console.print(records_table(result.records, f"recipe {result.recipe.name}"))
             if out is not None:
                 console.print(f"results written to {out}")
+        finished = True
     finally:
-        shutdown()
+        shutdown(finished=finished)
 
 
 def launch_torchrun(nproc: int, args: list[str]) -> int:

@@ -34,6 +34,11 @@ class Perplexity:
         return asdict(self)
 
 
+def causal_lm_loss(logits: Tensor, ids: Tensor) -> Tensor:
+    """Mean next-token cross-entropy of [batch, seq, vocab] logits on [batch, seq] token ids."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 2) -> Perplexity:
     """Perplexity of a causal LM on [n, seq_len] token windows (each window scored on its own).

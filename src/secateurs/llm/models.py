@@ -152,12 +152,19 @@ def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> Any:
     return require_transformers().AutoTokenizer.from_pretrained(path, **gguf_kw)
 
 
-def load_weights(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The model alone (no tokenizer): `smollm2`, `minilm` or a save_pretrained directory; eval mode."""
+def load_weights(
+    name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32, attention: str | None = None
+) -> nn.Module:
+    """The model alone (no tokenizer): `smollm2`, `minilm` or a save_pretrained directory; eval mode.
+
+    `attention` picks Hugging Face's attention implementation ("eager", "sdpa"; default: its own);
+    criteria that differentiate twice (GraSP) need "eager".
+    """
     transformers = require_transformers()
     path, kind, gguf_kw = _locate(str(name_or_dir))
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
-    model = auto.from_pretrained(path, dtype=dtype, **gguf_kw)
+    extra = {"attn_implementation": attention} if attention is not None else {}
+    model = auto.from_pretrained(path, dtype=dtype, **gguf_kw, **extra)
     if gguf_kw:  # the GGUF weights are dequantized to plain `dtype` tensors: drop the quantizer too,
         model.hf_quantizer = None  # or save_pretrained refuses ("quantized with gguf")
         if getattr(model.config, "quantization_config", None) is not None:

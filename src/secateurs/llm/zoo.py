@@ -38,9 +38,12 @@ TASK = "language_modeling"
     task=TASK,
     pretrained=True,
 )
-def make_hf(input_shape: tuple[int, ...], num_classes: int, *, path: str = "smollm2") -> nn.Module:
-    """The model at `path` in float32, eval mode; the data set's shape and vocabulary are not used."""
-    return load_weights(path)
+def make_hf(
+    input_shape: tuple[int, ...], num_classes: int, *, path: str = "smollm2", attention: str | None = None
+) -> nn.Module:
+    """The model at `path` in float32, eval mode (`attention`: "eager" for criteria that differentiate
+    twice); the data set's shape and vocabulary are not used."""
+    return load_weights(path, attention=attention)
 
 
 def _splits(name: str, vocab: int, calibration: torch.Tensor, evaluation: torch.Tensor) -> DataSplits:

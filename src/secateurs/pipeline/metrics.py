@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import Registry
 from secateurs.data import DataSplits
 from secateurs.eval import count_costs, evaluate
-from secateurs.llm.evaluate import perplexity
+from secateurs.llm.evaluate import causal_lm_loss, perplexity
 
 
 def collapsed_layers(masks: MaskSet | None) -> int:
@@ -77,12 +78,14 @@ class Task:
     evaluate: Callable[..., dict[str, Any]]
     trains: bool  # train stages apply
     beyond: bool  # beyond-accuracy metrics (robustness, calibration, agreement) apply
+    loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy  # what gradient criteria differentiate
+    classes: bool = True  # samples have a class (class-balanced scoring batches apply)
 
 
 TASKS: Registry[Task] = Registry("task")
 TASKS.add("classification", Task(model_metrics, trains=True, beyond=True), "accuracy on the test split")
 TASKS.add(
     "language_modeling",
-    Task(language_model_metrics, trains=False, beyond=False),
+    Task(language_model_metrics, trains=False, beyond=False, loss=causal_lm_loss, classes=False),
     "perplexity on held-out text windows (pretrained models: prune and evaluate)",
 )

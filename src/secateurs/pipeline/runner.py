@@ -334,6 +334,8 @@ class Pipeline:
             "structure_options": spec.structure_options,
             "layer_sparsities": layer_sparsities or None,
         }
+        if spec.calibration.mode == "full":
+            common["loss_fn"] = self.task.loss  # sequential calibration takes no gradients
         if spec.reconstruct is not None or spec.calibration.mode == "sequential":
             self._remember_dense()  # before the weights change
         if spec.calibration.mode == "sequential":  # prunes (and reconstructs) the model block by block
@@ -359,15 +361,20 @@ class Pipeline:
     def _calibration_data(self, spec: PruneSpec, criterion: Any) -> list[Any] | None:
         """The batches a prune step scores (and reconstructs) on; None when it needs none.
 
-        A criterion that asks for it gets one class-balanced batch; otherwise the first
-        `data_batches` training batches: shuffled (seeded by the stage), or in order for
+        A criterion that asks for it gets one class-balanced batch (when samples have classes);
+        otherwise the first `data_batches` training batches: shuffled (seeded by the stage), or in order for
         sequential calibration (the data set's calibration windows, as SparseGPT and Wanda take them).
         """
         if not criterion.needs_data and spec.reconstruct is None:
             return None
         per_class = spec.samples_per_class or criterion.samples_per_class
         seed = self.recipe.seed + self.counter
-        if criterion.needs_data and per_class is not None and spec.calibration.mode == "full":
+        if (
+            criterion.needs_data
+            and per_class is not None
+            and self.task.classes
+            and spec.calibration.mode == "full"
+        ):
             return [class_balanced_batch(self.data, per_class, seed=seed)]
         ordered = spec.calibration.mode == "sequential"
         loader = self.data.train_loader(spec.data_batch_size, seed=seed, shuffle=not ordered)

@@ -42,7 +42,7 @@ class ScoringContext:
     names: list[str]
     masks: MaskSet
     batches: Iterable[Batch] | None = None
-    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy  # of the logits (`logits_of`) and y
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
     input_shape: tuple[int, ...] | None = None
     calibration: Callable[[Mapping[str, nn.Module]], Any] | None = None
@@ -164,6 +164,22 @@ def take_batches(ctx: ScoringContext, criterion: str, max_batches: int) -> list[
     return out
 
 
+def logits_of(output: Any) -> Tensor:
+    """The logits of a model's output: the tensor itself, a Hugging Face output's `.logits`, or the
+    first element of a tuple (what `loss_fn` and the criteria's temperatures apply to)."""
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise ConfigError(
+        f"cannot find the logits in a model output of type {type(output).__name__}",
+        fix="return a tensor (or an object with .logits) from the model's forward",
+    )
+
+
 def take_inputs(ctx: ScoringContext, criterion: str, max_batches: int | None) -> list[Any]:
     """Up to `max_batches` calibration inputs (all when None), labels dropped, on the model's device.
 
@@ -191,7 +207,7 @@ def accumulate_gradients(ctx: ScoringContext, criterion: str, max_batches: int) 
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
     with preserved_state(ctx):
         for x, y in take_batches(ctx, criterion, max_batches):
-            loss = ctx.loss_fn(ctx.model(x), y)
+            loss = ctx.loss_fn(logits_of(ctx.model(x)), y)
             step = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
             for (n, _), g in zip(params.items(), step, strict=True):
                 if g is not None:

@@ -18,6 +18,7 @@ from secateurs.methods.criteria.base import (
     Batch,
     Criterion,
     ScoringContext,
+    logits_of,
     preserved_state,
     take_batches,
 )
@@ -41,7 +42,7 @@ class Grasp(Criterion):
 
     def _loss(self, ctx: ScoringContext, batch: Batch) -> Tensor:
         x, y = batch
-        return ctx.loss_fn(ctx.model(x) / self.temperature, y)
+        return ctx.loss_fn(logits_of(ctx.model(x)) / self.temperature, y)
 
     def hessian_gradient(self, ctx: ScoringContext) -> dict[str, Tensor]:
         """H g of the temperature-scaled loss summed over the batches, g its (detached) gradient."""
@@ -61,7 +62,15 @@ class Grasp(Criterion):
                 z = sum((gr * v).sum() for gr, v in zip(grads, g, strict=True) if gr is not None)
                 if not isinstance(z, Tensor) or not z.requires_grad:
                     continue  # the loss is linear in every scored parameter: H g = 0
-                step = torch.autograd.grad(z, plist, allow_unused=True)
+                try:
+                    step = torch.autograd.grad(z, plist, allow_unused=True)
+                except RuntimeError as err:  # e.g. a fused attention kernel without a double backward
+                    raise ConfigError(
+                        f"criterion 'grasp' needs second derivatives, which this model cannot give "
+                        f"({str(err).splitlines()[0][:120]})",
+                        fix="use layers whose backward is differentiable (for a Hugging Face model: "
+                        "model options attention: eager), or another criterion (snip, taylor)",
+                    ) from None
                 hg = [acc + s.detach() if s is not None else acc for acc, s in zip(hg, step, strict=True)]
         return dict(zip(params, hg, strict=True))
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext
+from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext, logits_of
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -57,7 +57,15 @@ def _saliency(
             for p in named.values():
                 p.abs_()
         device = next(iter(named.values())).device
-        out = model(torch.ones((1, *input_shape), dtype=dtype, device=device))
+        try:
+            out = logits_of(model(torch.ones((1, *input_shape), dtype=dtype, device=device)))
+        except (RuntimeError, TypeError) as err:
+            raise ConfigError(
+                f"criterion 'synflow' feeds an all-ones input of shape {(1, *input_shape)}, which this model "
+                f"cannot take ({str(err).splitlines()[0][:120]})",
+                fix="synflow is defined for models on continuous inputs (images, signals); for models on "
+                "token ids use magnitude, wanda, snip or taylor",
+            ) from None
         scored = [named[n] for n in names]
         step = torch.autograd.grad(out.sum(), scored, allow_unused=True)
         return {
