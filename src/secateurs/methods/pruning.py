@@ -11,6 +11,7 @@ and stay pruned.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -315,6 +316,12 @@ def _setup(
     return _Setup(crit, built, layout, pool, ctx, names)
 
 
+def _setup_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's arguments that `_setup` takes: one list of them, the signature of `_setup`."""
+    wanted = inspect.signature(_setup).parameters
+    return {k: v for k, v in arguments.items() if k in wanted and k != "model"}
+
+
 def score_groups(
     model: nn.Module,
     *,
@@ -334,19 +341,7 @@ def score_groups(
     Higher = keep; −∞ for groups the model's masks removed already. For comparing criteria on a
     structure without pruning anything.
     """
-    s = _setup(
-        model,
-        criterion=criterion,
-        structure=structure,
-        layers=layers,
-        data=data,
-        seed=seed,
-        loss_fn=loss_fn,
-        criterion_options=criterion_options,
-        structure_options=structure_options,
-        input_shape=input_shape,
-        example_input=example_input,
-    )
+    s = _setup(model, **_setup_arguments(locals()))
     return s.layout, group_scores(s.criterion, s.ctx, s.layout, s.pool, masks_of(model))
 
 
@@ -377,21 +372,7 @@ def plan(
     if sparsity is not None:
         check_sparsity(sparsity)
     rounds = _check_rounds(rounds, sparsity)
-    s = _setup(
-        model,
-        criterion=criterion,
-        structure=structure,
-        layers=layers,
-        data=data,
-        seed=seed,
-        loss_fn=loss_fn,
-        criterion_options=criterion_options,
-        structure_options=structure_options,
-        input_shape=input_shape,
-        example_input=example_input,
-        sanity=sanity,
-        invert=invert,
-    )
+    s = _setup(model, **_setup_arguments(locals()))
     existing = masks_of(model)
     current = existing
     chosen: dict[str, Tensor] = {}
