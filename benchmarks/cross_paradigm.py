@@ -21,8 +21,9 @@ model):
    cosine of mean-pooled sentence embeddings to the dense model's on held-out sentences): 25 % and
    50 % of each block's head groups, or of its FFN channels, removed (uniform; no finetuning).
    Calibration: token windows of text disjoint from the evaluation text (KJV Old Testament; even
-   fortunes + Old Testament for MiniLM); the gradient criteria of the causal LM use the next-token
-   cross-entropy as `loss_fn`.
+   fortunes + Old Testament for MiniLM); the gradient criteria of the causal LM differentiate the
+   next-token cross-entropy (`prune_structured`'s default loss), grasp on a model loaded with eager
+   attention (its double backward).
 A seed changes the trained conv net, its scoring batches and finetuning order; on the pretrained
 transformers it changes the calibration windows and the random draw, so data-free deterministic
 criteria (l1, l2, fpgm) run once there. A combination the library refuses is kept as "n/a" with
@@ -78,11 +79,6 @@ ENCODER_NO_LOSS = (
 )
 # Why the library refuses a combination, beside the error it raised (only shown when it did raise).
 EXPLAIN = {
-    "grasp": "GraSP divides the model output by its temperature before calling loss_fn "
-    "(`loss_fn(model(x) / T, y)` in methods/criteria/grasp.py); a Hugging Face ModelOutput cannot be "
-    "divided, so a loss_fn reading `.logits` never gets the chance",
-    "synflow": "SynFlow feeds an all-ones float input of `input_shape`; a token-id model starts with an "
-    "embedding lookup, which needs integer ids",
     "bn_scale": "a transformer block has no BatchNorm (bn_scale is defined for channel groups only)",
 }
 
@@ -248,16 +244,16 @@ class _Text:
     (the removal makes a copy), which the parameter fingerprint checks at the start of every job.
     """
 
-    def __init__(self, name: str, b: dict[str, Any], seed: int) -> None:
+    def __init__(self, name: str, b: dict[str, Any], seed: int, attention: str | None = None) -> None:
         from secateurs.llm.models import load_model
         from secateurs.llm.text import calibration_batch, eval_windows, load_text, sentences, tokenize
 
         self.name = name
-        loaded = _cached(
-            ("model", name), lambda: load_model(str(SMOLLM2_DENSE) if name == "smollm2" else "minilm")
-        )
+        source = str(SMOLLM2_DENSE) if name == "smollm2" else "minilm"
+        loaded = _cached(("model", name, attention), lambda: load_model(source, attention=attention))
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        if _cached(("fingerprint", name), lambda: _fingerprint(self.model)) != _fingerprint(self.model):
+        fingerprint = ("fingerprint", name, attention)
+        if _cached(fingerprint, lambda: _fingerprint(self.model)) != _fingerprint(self.model):
             raise RuntimeError(f"the cached dense {name} changed during an earlier job")
         if name == "smollm2":
             calib_ids = _cached(
@@ -293,48 +289,23 @@ class _Text:
         cos = embedding_similarity(self.dense, self.embed(model))
         return {"value": cos["mean"], "min": cos["min"], "sentences": len(self.sentences)}
 
-    def loss_fn(self, out: Any, y: Any) -> Any:
-        """Next-token cross-entropy of a causal LM's output on its own input ids."""
-        import torch.nn.functional as F
-
-        logits = out.logits[:, :-1]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1))
-
 
 def prune_part(text: _Text, part: str, sparsity: float, criterion: str, seed: int) -> Any:
-    """A smaller copy of the model without `sparsity` of each block's head groups or FFN channels.
-
-    `secateurs.llm.structured.prune_structured` where it takes the criterion as it is; criteria that need
-    a loss (the gradient ones) or an input shape (synflow) go through the same `plan` call with those
-    arguments added (prune_structured takes neither), then the same removal.
-    """
+    """A smaller copy of the model without `sparsity` of each block's head groups or FFN channels
+    (`secateurs.llm.structured.prune_structured`: the gradient criteria differentiate its default
+    next-token loss on the calibration ids)."""
     from secateurs.llm.structured import prune_structured
 
-    if criterion not in (*GRADIENT, "synflow"):
-        calibration = text.calibration if criterion == "wanda" else None
-        return prune_structured(
-            text.model, sparsity, parts=(part,), criterion=criterion, calibration=calibration, seed=seed
-        )
-    from secateurs.core.masks import masks_of
-    from secateurs.graph.hf import remove_groups
-    from secateurs.methods.pruning import plan
-    from secateurs.methods.structures import FFNChannels, Heads
-
-    gradient = criterion in GRADIENT
-    result = plan(
+    data = criterion in (*GRADIENT, "wanda")
+    return prune_structured(
         text.model,
         sparsity,
+        parts=(part,),
         criterion=criterion,
-        allocation="uniform",
-        structure={"heads": Heads, "ffn": FFNChannels}[part](max_per_layer=0.9),
-        data=[(ids, ids) for ids in text.calibration] if gradient else None,
-        loss_fn=text.loss_fn,
-        criterion_options={"num_batches": len(text.calibration)} if gradient else None,
-        input_shape=None if gradient else (int(text.calibration[0].shape[1]),),
+        calibration=text.calibration if data else None,
+        criterion_options={"num_batches": len(text.calibration)} if criterion in GRADIENT else None,
         seed=seed,
     )
-    removed = result.layout.removed_ids(result.keep, masks_of(text.model))  # type: ignore[attr-defined]
-    return remove_groups(text.model, result.layout.graph, removed)  # type: ignore[attr-defined]
 
 
 def _removed_fraction(dense: Any, pruned: Any, part: str) -> float:
@@ -357,7 +328,9 @@ def llm_dense(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def llm_prune(job: dict[str, Any]) -> dict[str, Any]:
-    text = _Text(job["model"], budget(job["quick"])[job["model"]], job["seed"])
+    # GraSP differentiates twice: Hugging Face's fused attention kernels have no double backward
+    attention = "eager" if job["criterion"] == "grasp" else None
+    text = _Text(job["model"], budget(job["quick"])[job["model"]], job["seed"], attention)
     cells: dict[str, Any] = {}
     for part in PARTS:
         for sparsity in LLM_SPARSITIES:

@@ -15,6 +15,7 @@ from secateurs.structured import channel_masks
 
 transformers = pytest.importorskip("transformers")
 
+from secateurs.llm.evaluate import causal_lm_loss  # noqa: E402
 from secateurs.llm.structured import (  # noqa: E402
     LAYER_SIZES_KEY,
     hf_channel_graph,
@@ -224,6 +225,54 @@ def test_criteria_rank_as_defined() -> None:
     assert not torch.equal(random_a, heads_scores(model, "random", seed=4))
 
 
+def test_snip_prunes_heads_on_the_next_token_loss() -> None:
+    model = llama()
+    calib = torch.randint(0, VOCAB, (3, 9), generator=torch.Generator().manual_seed(2))
+    small = prune_heads(model, 0.5, criterion="snip", calibration=calib)
+    # |g·θ| of the next-token cross-entropy, by hand, pooled per head group (l2 over its weights)
+    model.zero_grad()
+    logits = model(input_ids=calib).logits
+    nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), calib[:, 1:].reshape(-1)).backward()
+    graph = hf_channel_graph(model, ("heads",))
+    modules = dict(model.named_modules())
+    block0 = [g for g in graph.groups if graph.layer[g.id] == 0]
+    by_hand = torch.tensor(
+        [
+            sum(
+                float((w.grad * w).detach().double().index_select(s.dim, torch.as_tensor(i)).pow(2).sum())
+                for s, i in g.sites
+                if s.tensor == "weight" and (w := getattr(modules[s.module], s.tensor)) is not None
+            )
+            ** 0.5
+            for g in block0
+        ],
+        dtype=torch.float64,
+    )
+    model.zero_grad()
+    scores = heads_scores(model, "snip", data=(calib, calib), loss_fn=causal_lm_loss).double()
+    assert torch.allclose(scores / scores.sum(), by_hand / by_hand.sum(), rtol=1e-4)
+    kept = int(by_hand.argmax())  # KV = 2 groups, half removed: the higher one stays
+    k_proj = model.model.layers[0].self_attn.k_proj.weight
+    rows = k_proj[kept * HEAD_DIM : (kept + 1) * HEAD_DIM]
+    assert torch.equal(small.model.layers[0].self_attn.k_proj.weight, rows)
+    taylor = prune_heads(model, 0.5, criterion="taylor", calibration=calib)
+    assert [b.self_attn.k_proj.out_features for b in taylor.model.layers] == [HEAD_DIM] * LAYERS
+
+
+def test_gradient_criteria_need_token_id_pairs() -> None:
+    calib = {
+        "input_ids": torch.randint(0, VOCAB, (2, 5)),
+        "attention_mask": torch.ones(2, 5, dtype=torch.long),
+    }
+    with pytest.raises(ConfigError, match="differentiates a loss of \\(input, target\\) batches"):
+        prune_heads(llama(), 0.5, criterion="snip", calibration=calib)
+
+
+def test_synflow_refuses_a_model_on_token_ids() -> None:
+    with pytest.raises(ConfigError, match=r"starts from token ids.*for models on token ids use"):
+        prune_heads(llama(), 0.5, criterion="synflow")
+
+
 def test_wanda_ignores_padding() -> None:
     model = bert()
     ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))
@@ -248,7 +297,7 @@ def test_errors() -> None:
     block0 = [g.id for g in graph.groups if graph.layer[g.id] == 0]
     with pytest.raises(ConfigError, match="no channels"):
         remove_groups(model, graph, block0)
-    with pytest.raises(ConfigError, match="needs calibration"):
+    with pytest.raises(ConfigError, match="criterion 'wanda' needs data"):
         prune_heads(model, 0.5, criterion="wanda")
     with pytest.raises(ConfigError, match="unknown"):
         prune_heads(model, 0.5, criterion="bogus")

@@ -172,10 +172,14 @@ def load_weights(
     return model.eval()
 
 
-def load_model(name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load `smollm2`, `minilm` or a directory written by save_pretrained, with its tokenizer."""
+def load_model(
+    name_or_dir: str | os.PathLike[str], dtype: torch.dtype = torch.float32, attention: str | None = None
+) -> LoadedModel:
+    """Load `smollm2`, `minilm` or a directory written by save_pretrained, with its tokenizer
+    (`attention` as in `load_weights`)."""
     source = str(name_or_dir)
-    return LoadedModel(load_weights(source, dtype), load_tokenizer(source), model_kind(source), source)
+    model = load_weights(source, dtype, attention)
+    return LoadedModel(model, load_tokenizer(source), model_kind(source), source)
 
 
 def decoder_path(model: nn.Module) -> str:

@@ -13,8 +13,9 @@ config (`secateurs_pruned_layers`) and `load_pruned(save_dir)` rebuilds the prun
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -30,6 +31,7 @@ from secateurs.graph.hf import (
     update_config,
 )
 from secateurs.graph.removal import remove_channels
+from secateurs.llm.evaluate import causal_lm_loss
 from secateurs.methods.pruning import plan
 from secateurs.methods.structures import FFNChannels, Heads, HeadsAndFFN
 
@@ -54,13 +56,15 @@ _STRUCTURES = {
 }
 
 
-def _batches(calibration: Calibration) -> list[dict[str, Tensor]]:
-    """Calibration as a list of model keyword arguments: token-id tensors or tokenizer outputs."""
+def _batches(calibration: Calibration) -> list[tuple[Tensor, Tensor] | dict[str, Tensor]]:
+    """Calibration batches: token ids as (ids, ids) pairs (activation criteria read the input, gradient
+    criteria the next-token loss on them), tokenizer outputs as model keyword arguments."""
     items = [calibration] if isinstance(calibration, Tensor | Mapping) else list(calibration)
-    out = []
+    out: list[tuple[Tensor, Tensor] | dict[str, Tensor]] = []
     for item in items:
         if isinstance(item, Tensor):
-            out.append({"input_ids": item if item.dim() == 2 else item.unsqueeze(0)})
+            ids = item if item.dim() == 2 else item.unsqueeze(0)
+            out.append((ids, ids))
         elif isinstance(item, Mapping) and "input_ids" in item:
             out.append(dict(item))
         else:
@@ -86,6 +90,8 @@ def prune_structured(
     allocation: str = "uniform",
     max_per_layer: float = 0.9,
     seed: int = 0,
+    criterion_options: Mapping[str, Any] | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = causal_lm_loss,
 ) -> nn.Module:
     """A smaller copy of `model` without `sparsity` of its head groups and/or FFN channels.
 
@@ -93,7 +99,9 @@ def prune_structured(
     counts and `from_pretrained` round-trips); "global" ranks layer-normalised scores across
     blocks (per-layer sizes differ: reload with `load_pruned`). Every block keeps at least one
     head group and one channel. `calibration` (token ids or tokenizer outputs) feeds criteria
-    that need data (wanda).
+    that need data: wanda reads the inputs; taylor, snip and grasp differentiate `loss_fn` (the
+    next-token cross-entropy; grasp needs a model loaded with eager attention) on token-id batches.
+    `criterion_options` go to the criterion (e.g. `num_batches`).
     """
     structure = _STRUCTURES.get(tuple(parts))
     if structure is None:
@@ -101,12 +109,6 @@ def prune_structured(
             f"unknown structured parts {list(parts)}",
             where="structured LLM pruning",
             fix="use heads and/or ffn",
-        )
-    if criterion == "wanda" and calibration is None:
-        raise ConfigError(
-            "criterion 'wanda' needs calibration data",
-            where="structured LLM pruning",
-            fix="pass calibration=token ids",
         )
     result = plan(
         model,
@@ -116,6 +118,8 @@ def prune_structured(
         structure=structure(max_per_layer=max_per_layer),
         data=_batches(calibration) if calibration is not None else None,
         seed=seed,
+        criterion_options=criterion_options,
+        loss_fn=loss_fn,
     )
     layout = result.layout
     removed = layout.removed_ids(result.keep, masks_of(model))  # type: ignore[attr-defined]

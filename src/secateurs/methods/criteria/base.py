@@ -54,8 +54,9 @@ class ScoringContext:
     def require_batches(self, criterion: str) -> Iterable[Batch]:
         if self.batches is None:
             raise ConfigError(
-                f"criterion {criterion!r} needs data to compute gradients",
-                fix="pass batches (an (x, y) tuple or a loader) to prune(), or use a data-free criterion",
+                f"criterion {criterion!r} needs data (batches to score the weights on)",
+                fix="pass data= to prune() (an (x, y) batch, a bare input or a loader; calibration= "
+                "in secateurs.llm), or use a data-free criterion",
             )
         return self.batches
 
@@ -155,9 +156,18 @@ def take_batches(ctx: ScoringContext, criterion: str, max_batches: int) -> list[
     """Up to `max_batches` batches, moved to the parameters' device (at least one, or ConfigError)."""
     device = next(iter(ctx.params().values())).device
     out: list[Batch] = []
-    for x, y in ctx.require_batches(criterion):
+    for batch in ctx.require_batches(criterion):
         if len(out) >= max_batches:
             break
+        if not (
+            isinstance(batch, tuple | list) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)
+        ):
+            raise ConfigError(
+                f"criterion {criterion!r} differentiates a loss of (input, target) batches, got a "
+                f"{type(batch).__name__} batch",
+                fix="pass (x, y) tensor pairs (a causal LM: (ids, ids) with a next-token loss_fn)",
+            )
+        x, y = batch
         out.append((x.to(device), y.to(device)))
     if not out:
         raise ConfigError(f"criterion {criterion!r} got no batches", fix="pass a non-empty loader")

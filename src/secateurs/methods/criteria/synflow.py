@@ -18,6 +18,10 @@ from secateurs.core.errors import ConfigError
 from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext, logits_of
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_TOKEN_FIX = (
+    "synflow is defined for models on continuous inputs (images, signals); for models on token ids use "
+    "magnitude, wanda, snip or taylor"
+)
 
 
 @CRITERIA.register("synflow", "|θ·∂R/∂θ| of the |θ| network on an all-ones input (data-free)")
@@ -32,6 +36,12 @@ class Synflow(Criterion):
         self.dtype = dtype
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
+        if ctx.input_shape is None and any(isinstance(m, nn.Embedding) for m in ctx.model.modules()):
+            raise ConfigError(
+                "criterion 'synflow' scores a model on an all-ones input, and this model starts from token "
+                "ids (it has an nn.Embedding), which cannot be all-ones floats",
+                fix=_TOKEN_FIX,
+            )
         if ctx.input_shape is None:
             raise ConfigError(
                 "criterion 'synflow' needs the model's input shape to build its all-ones input",
@@ -63,8 +73,7 @@ def _saliency(
             raise ConfigError(
                 f"criterion 'synflow' feeds an all-ones input of shape {(1, *input_shape)}, which this model "
                 f"cannot take ({str(err).splitlines()[0][:120]})",
-                fix="synflow is defined for models on continuous inputs (images, signals); for models on "
-                "token ids use magnitude, wanda, snip or taylor",
+                fix=_TOKEN_FIX,
             ) from None
         scored = [named[n] for n in names]
         step = torch.autograd.grad(out.sum(), scored, allow_unused=True)
