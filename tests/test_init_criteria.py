@@ -165,14 +165,14 @@ def test_synflow_needs_the_input_shape() -> None:
 # -- rounds -------------------------------------------------------------------------------------
 def spy_rounds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float | None, MaskSet]]:
     seen: list[tuple[float | None, MaskSet]] = []
-    real = pruning_module.select_masks
+    real = pruning_module.select_groups
 
-    def spy(layout: Any, scores: Any, sparsity: float | None, **options: Any) -> tuple[Any, MaskSet]:
-        chosen, out = real(layout, scores, sparsity, **options)
-        seen.append((sparsity, out))
-        return chosen, out
+    def spy(layout: Any, scores: Any, sparsity: float | None, **options: Any) -> dict[str, Tensor]:
+        chosen = real(layout, scores, sparsity, **options)
+        seen.append((sparsity, layout.masks(chosen, None)))  # what the round keeps
+        return chosen
 
-    monkeypatch.setattr(pruning_module, "select_masks", spy)
+    monkeypatch.setattr(pruning_module, "select_groups", spy)
     return seen
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,3 +225,38 @@ def test_channels_prune_gradually_during_training() -> None:
     assert masks is not None
     assert int(masks["features.1.weight"].all(dim=1).sum()) == 8  # half of the 16 hidden neurons remain
     assert record["sparsity"] > 0.4
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "densenet_block", "vit_mha", "swin_block", "shufflenet_split"])
+@pytest.mark.parametrize("combine", ["sum", "max"])
+def test_vectorised_group_pooling_is_the_loop_over_groups_bit_for_bit(arch: str, combine: str) -> None:
+    """The flat-array pooling (graph entries) equals walking each group's sites and adding
+    `stat[index].sum()` (or taking the max) in order, on every group and every side."""
+    from secateurs.methods.structures.groups import GraphLayout, _Entries
+
+    model, x = build(arch)
+    layout = GraphLayout(model, analyze(model, x))
+    groups = layout.all_groups()
+    params = layout.params
+
+    def stat(site) -> np.ndarray:  # magnitudes over decades: the order of addition shows
+        weight = params[site.name].detach().double().movedim(site.dim, 0)
+        return torch.tan(7.0 * weight.reshape(weight.shape[0], -1)).sum(1).numpy()
+
+    longest = max(len(i) for g in groups for _, i in g.sites)  # heads: an entry spans a head's dims
+    assert longest == {"vit_mha": 36, "swin_block": 48, "shufflenet_split": 2}.get(arch, 1)
+    for side in ("producer", "consumer", "passive"):
+        wanted = lambda site, side=side: site.name in params and site.role == side  # noqa: E731
+        fast, slow = _Entries.of(layout.graph, groups, wanted), _Entries.listed(groups, wanted)
+        assert [s.name for s in fast.sites] == [s.name for s in slow.sites]
+        got = layout.per_site(stat, fast, combine)
+        stats = {}
+        for g in groups:
+            total, count = (float("-inf") if combine == "max" else 0.0), 0
+            for site, index in g.sites:
+                if not wanted(site):
+                    continue
+                values = stats.setdefault(site.name + str(site.dim), stat(site))[index]
+                total = max(total, float(values.max())) if combine == "max" else total + float(values.sum())
+                count += len(index) * (params[site.name].numel() // params[site.name].shape[site.dim])
+            assert got[g.id] == (total, count)

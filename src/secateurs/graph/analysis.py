@@ -174,6 +174,7 @@ def _groups(ctx: Context) -> ChannelGraph:
     prunable[root_of[np.asarray(labels.kind, dtype=bool)]] = True  # classes holding a producer's channels
     prunable[np.fromiter(frozen_roots, np.int64, len(frozen_roots))] = False
     groups: dict[int, ChannelGroup] = {}
+    entries = None
     if ctx.sites:
         # every (site, position) of a prunable class, sorted by class, then site, then position:
         # one vectorised sort instead of one per site; each run of equal (class, site) is one entry
@@ -185,6 +186,7 @@ def _groups(ctx: Context) -> ChannelGraph:
         site_of, position, roots = site_of[keep], position[keep], roots[keep]
         order = np.lexsort((position, site_of, roots))
         site_of, position, roots = site_of[order], position[order], roots[order]
+        entries = (site_of, position, roots)
         change = np.ones(len(roots), dtype=bool)
         change[1:] = (roots[1:] != roots[:-1]) | (site_of[1:] != site_of[:-1])
         starts = np.flatnonzero(change)
@@ -195,4 +197,4 @@ def _groups(ctx: Context) -> ChannelGraph:
                 group = groups[root] = ChannelGroup(root)
             group.sites.append((ctx.sites[int(site_of[a])], position[a:b]))
     ordered = sorted(groups.values(), key=lambda g: g.id)
-    return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes)
+    return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes, entries)

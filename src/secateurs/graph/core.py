@@ -147,6 +147,10 @@ class ChannelGraph:
     labels: Labels
     frozen_roots: set[int]
     attributes: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    # every group's (site, index) entries as flat arrays (site number in `sites`, index along its
+    # dim, group id), sorted by group id, then site, then index: what `groups` lists, for
+    # vectorised scoring; None when the graph was built another way
+    entries: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def group_of_root(self) -> dict[int, ChannelGroup]:
         return {g.id: g for g in self.groups}

@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -78,6 +79,30 @@ def select_masks(
 
     Returns the selection (per unit, a bool per group) and the masks.
     """
+    chosen = select_groups(
+        layout,
+        group_scores,
+        sparsity,
+        allocation=allocation,
+        allow_collapse=allow_collapse,
+        allocation_options=allocation_options,
+        layer_sparsities=layer_sparsities,
+    )
+    return chosen, layout.masks(chosen, current)
+
+
+def select_groups(
+    layout: Layout,
+    group_scores: Mapping[str, Tensor],
+    sparsity: float | None,
+    *,
+    allocation: str = "global",
+    allow_collapse: bool = False,
+    allocation_options: Mapping[str, Any] | None = None,
+    layer_sparsities: Mapping[str, float] | None = None,
+) -> dict[str, Tensor]:
+    """Allocate keep counts to the layout's units from their group scores and select: per unit, a
+    bool per group (kept)."""
     layers = [LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor) for u in layout.units]
     keep = allocate(
         allocation,
@@ -88,8 +113,7 @@ def select_masks(
         defaults=layout.allocation_defaults,
         **dict(allocation_options or {}),
     )
-    chosen = {u.name: layout.select(u, group_scores[u.name], keep[u.name]) for u in layout.units}
-    return chosen, layout.masks(chosen, current)
+    return {u.name: layout.select(u, group_scores[u.name], keep[u.name]) for u in layout.units}
 
 
 def masks_from_scores(
@@ -233,13 +257,19 @@ def group_scores(
     return layout.group_scores(values, current, pool)
 
 
-@dataclass
 class Plan:
-    """What a prune computed: the new masks (all of the model's), and the layout they came from."""
+    """What a prune computed: the layout, the groups the last round kept in each unit, and the new
+    masks (all of the model's), expanded from them when first asked for (physical removal of
+    channel groups needs only `keep`)."""
 
-    masks: MaskSet
-    layout: Layout
-    keep: dict[str, Tensor]  # per unit, the groups the last round kept
+    def __init__(self, layout: Layout, keep: dict[str, Tensor], masks: Callable[[], MaskSet]) -> None:
+        self.layout = layout
+        self.keep = keep
+        self._masks = masks
+
+    @cached_property
+    def masks(self) -> MaskSet:
+        return self._masks()
 
 
 @dataclass
@@ -381,29 +411,35 @@ def plan(
         overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
         with _masked_weights(model, current) if k > 1 else nullcontext():
             scores = group_scores(s.criterion, s.ctx, s.layout, s.pool, current, invert=invert)
-        chosen, new = select_masks(
+        chosen = select_groups(
             s.layout,
             scores,
             level,
             allocation=allocation,
-            current=current,
             allow_collapse=allow_collapse,
             allocation_options=allocation_options,
             layer_sparsities=overrides or None,
         )
-        current = _merged(current, new)
-        s.ctx.masks = current
-    assert current is not None
-    if SANITY.get(sanity).level == "masks":
+        if k < rounds:
+            current = _merged(current, s.layout.masks(chosen, current))
+            s.ctx.masks = current
+    final = chosen, current
+
+    def masks() -> MaskSet:
+        keep, before = final
+        result = _merged(before, s.layout.masks(keep, before))
+        if SANITY.get(sanity).level != "masks":
+            return result
         dense = MaskSet.dense(model, s.names)
         allowed = MaskSet(
             {n: existing[n] if existing is not None and n in existing else dense[n] for n in s.names}
         )
         shuffled = shuffle_masks(
-            MaskSet({n: current[n] for n in s.names}), sanity_seed(seed, sanity), allowed=allowed
+            MaskSet({n: result[n] for n in s.names}), sanity_seed(seed, sanity), allowed=allowed
         )
-        current = _merged(current, shuffled)
-    return Plan(current, s.layout, chosen)
+        return _merged(result, shuffled)
+
+    return Plan(s.layout, chosen, masks)
 
 
 def compute_masks(model: nn.Module, sparsity: float | None, **options: Any) -> MaskSet:

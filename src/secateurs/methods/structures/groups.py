@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,102 @@ def graph_layout(structure: Any, ctx: Any, graph: ChannelGraph) -> GraphLayout:
     )
 
 
+@dataclass
+class _Entries:
+    """The (group, site, indices) entries of a list of groups at the sites a predicate wants, as flat
+    arrays, so a per-index statistic combines over every group in a few array operations."""
+
+    sites: list[Site]  # distinct wanted sites (one per module, tensor, dim), in order of first use
+    site: np.ndarray  # per entry: its site's number in `sites`
+    group: np.ndarray  # per entry: its group's position in the list of groups
+    rank: np.ndarray  # per entry: its place among its group's entries
+    starts: np.ndarray  # per entry: where its indices start in `index`
+    lengths: np.ndarray  # per entry: how many indices it has
+    index: np.ndarray  # the indices along each site's dim, entries concatenated
+
+    @classmethod
+    def of(cls, graph: ChannelGraph, groups: list[ChannelGroup], wanted: Callable[[Site], bool]) -> _Entries:
+        """The entries of `groups` (some of `graph`'s, in this order) at the sites `wanted`."""
+        if graph.entries is None:
+            return cls.listed(groups, wanted)
+        site_of, position, roots = graph.entries
+        place = np.full(int(roots.max()) + 1 if len(roots) else 0, -1, dtype=np.int64)
+        place[np.fromiter((g.id for g in groups), np.int64, len(groups))] = np.arange(len(groups))
+        group = place[roots]
+        chosen = np.fromiter((wanted(s) for s in graph.sites), bool, len(graph.sites))
+        keep = (group >= 0) & chosen[site_of]
+        group, site_of, position = group[keep], site_of[keep], position[keep]
+        order = np.argsort(group, kind="stable")  # each group's entries stay by site, then index
+        group, site_of, position = group[order], site_of[order], position[order]
+        if not len(group):
+            return cls([], *(np.zeros(0, dtype=np.int64) for _ in range(6)))
+        new = np.ones(len(group), dtype=bool)
+        new[1:] = (group[1:] != group[:-1]) | (site_of[1:] != site_of[:-1])
+        starts = np.flatnonzero(new)
+        lengths = np.diff(np.append(starts, len(group)))
+        group, site_of = group[starts], site_of[starts]
+        rank = np.arange(len(starts)) - np.searchsorted(group, group)
+        used, first = np.unique(site_of, return_index=True)
+        used = used[np.argsort(first)]  # the sites in order of first use
+        number = np.zeros(len(graph.sites), dtype=np.int64)
+        number[used] = np.arange(len(used))
+        sites = [graph.sites[i] for i in used.tolist()]
+        return cls(sites, number[site_of], group, rank, starts, lengths, position.astype(np.int64))
+
+    @classmethod
+    def listed(cls, groups: list[ChannelGroup], wanted: Callable[[Site], bool]) -> _Entries:
+        """`of` by walking the groups' site lists (graphs without flat entries)."""
+        number: dict[int, int | None] = {}  # by site identity: sites repeat over groups
+        by_key: dict[tuple[str, str, int], int] = {}
+        sites: list[Site] = []
+        site, group, rank, index = [], [], [], []
+        for position, g in enumerate(groups):
+            r = 0
+            for s, idx in g.sites:
+                k = number.get(id(s), -1)
+                if k == -1:
+                    k = None
+                    if wanted(s):
+                        k = by_key.setdefault((s.module, s.tensor, s.dim), len(sites))
+                        if k == len(sites):
+                            sites.append(s)
+                    number[id(s)] = k
+                if k is None:
+                    continue
+                site.append(k)
+                group.append(position)
+                rank.append(r)
+                index.append(idx)
+                r += 1
+        lengths = np.fromiter((len(i) for i in index), np.int64, len(index))
+        starts = np.zeros(len(index), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        flat = np.concatenate(index).astype(np.int64) if index else np.zeros(0, dtype=np.int64)
+        as_array = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+        return cls(sites, as_array(site), as_array(group), as_array(rank), starts, lengths, flat)
+
+    def combine(self, stats: list[np.ndarray], groups: int, combine: str) -> np.ndarray:
+        """Per group, the statistic summed (or maxed) over its entries' indices: bit for bit what a
+        loop over groups, then entries, adding each entry's `stat[index].sum()`, computes."""
+        out = np.full(groups, float("-inf")) if combine == "max" else np.zeros(groups)
+        if not len(self.site):
+            return out
+        offsets = np.zeros(len(stats), dtype=np.int64)
+        np.cumsum([len(s) for s in stats[:-1]], out=offsets[1:])
+        values = np.concatenate(stats)[np.repeat(offsets[self.site], self.lengths) + self.index]
+        if combine == "max":
+            np.maximum.at(out, np.repeat(self.group, self.lengths), values)
+            return out
+        partial = np.add.reduceat(values, self.starts)  # numpy sums a slice of 3+ in its own order:
+        for e in np.flatnonzero(self.lengths > 2).tolist():  # those take that order
+            partial[e] = values[self.starts[e] : self.starts[e] + self.lengths[e]].sum()
+        table = np.zeros((groups, int(self.rank.max()) + 1))
+        table[self.group, self.rank] = partial
+        for column in table.T:  # each group adds its entries in order
+            out += column
+        return out
+
+
 class GraphLayout(Layout):
     """Units, scores and masks of the prunable groups of a `ChannelGraph`."""
 
@@ -92,15 +189,16 @@ class GraphLayout(Layout):
         self.graph = graph
         self.params = dict(model.named_parameters())
         vetoed = vetoed or set()
-        groups = [g for g in graph.groups if not any(s.module in vetoed for s, _ in g.producers())]
-        if not groups:
+        by_unit: dict[str, list[ChannelGroup]] = defaultdict(list)
+        for g in graph.groups:
+            producers = [s.module for s, _ in g.sites if s.role == "producer"]
+            if not any(m in vetoed for m in producers):
+                by_unit[producers[0] if producers else ""].append(g)  # its unit: see layer_of
+        if not by_unit:
             raise ConfigError(
                 f"the model has no prunable groups for structure {structure!r}",
                 fix="check the layer selection and the structure's exclude patterns",
             )
-        by_unit: dict[str, list[ChannelGroup]] = defaultdict(list)
-        for g in groups:
-            by_unit[layer_of(g)].append(g)
         self.groups = dict(by_unit)
         modules = dict(model.named_modules())
         self.units = []
@@ -114,49 +212,51 @@ class GraphLayout(Layout):
     def _pooled_sites(self, pool: PoolSpec) -> Callable[[Site], bool]:
         params = self.params
         roles = ROLES[pool.side]
-        known: dict[int, bool] = {}  # by site identity: sites repeat over groups
 
         def wanted(site: Site) -> bool:
-            found = known.get(id(site))
-            if found is None:
-                found = known[id(site)] = (
-                    site.name in params
-                    and site.role in roles
-                    and (pool.tensors == "all" or is_weight_matrix(site, params))
-                )
-            return found
+            return (
+                site.name in params
+                and site.role in roles
+                and (pool.tensors == "all" or is_weight_matrix(site, params))
+            )
 
         return wanted
 
+    def _pooled_entries(self, pool: PoolSpec) -> _Entries:
+        key = (pool.side, pool.tensors)
+        cache = self.__dict__.setdefault("_entries_cache", {})
+        if key not in cache:
+            cache[key] = _Entries.of(self.graph, self.all_groups(), self._pooled_sites(pool))
+        return cache[key]
+
     def scored(self, pool: PoolSpec) -> list[str]:
-        wanted = self._pooled_sites(pool)
-        return list(dict.fromkeys(s.name for g in self.all_groups() for s, _ in g.sites if wanted(s)))
+        return list(dict.fromkeys(site.name for site in self._pooled_entries(pool).sites))
 
     def all_groups(self) -> list[ChannelGroup]:
         return [g for members in self.groups.values() for g in members]
 
     def per_site(
-        self, statistic: Callable[[Site], np.ndarray], wanted: Callable[[Site], bool], combine: str = "sum"
+        self,
+        statistic: Callable[[Site], np.ndarray],
+        wanted: Callable[[Site], bool] | _Entries,
+        combine: str = "sum",
     ) -> dict[int, tuple[float, int]]:
-        """Per group: a per-index site statistic combined over the group's wanted sites, and the
-        number of entries it covers. Each site's statistic is computed once."""
-        cache: dict[tuple[str, str, int], tuple[np.ndarray, int]] = {}
-        out = {}
-        for g in self.all_groups():
-            total, count = (float("-inf") if combine == "max" else 0.0), 0
-            for site, index in g.sites:
-                if not wanted(site):
-                    continue
-                key = (site.module, site.tensor, site.dim)
-                if key not in cache:
-                    tensor = self.params[site.name]
-                    cache[key] = (statistic(site), tensor.numel() // max(tensor.shape[site.dim], 1))
-                stat, per_index = cache[key]
-                values = stat[index]
-                total = max(total, float(values.max())) if combine == "max" else total + float(values.sum())
-                count += len(index) * per_index
-            out[g.id] = (total, count)
-        return out
+        """Per group: a per-index site statistic (float64) combined over the group's wanted sites,
+        and the number of entries it covers. Each site's statistic is computed once."""
+        groups = self.all_groups()
+        entries = wanted if isinstance(wanted, _Entries) else _Entries.of(self.graph, groups, wanted)
+        per_index = [
+            (t := self.params[site.name]).numel() // max(t.shape[site.dim], 1) for site in entries.sites
+        ]
+        totals = entries.combine([statistic(site) for site in entries.sites], len(groups), combine)
+        counts = np.zeros(len(groups), dtype=np.int64)
+        np.add.at(
+            counts, entries.group, entries.lengths * np.asarray(per_index, dtype=np.int64)[entries.site]
+        )
+        return {
+            g.id: (total, count)
+            for g, total, count in zip(groups, totals.tolist(), counts.tolist(), strict=True)
+        }
 
     def group_scores(
         self, values: Mapping[str, Tensor], current: MaskSet | None, pool: PoolSpec
@@ -166,7 +266,7 @@ class GraphLayout(Layout):
         def statistic(site: Site) -> np.ndarray:
             return reduce_over(values[site.name], site.dim, pooling).cpu().numpy()
 
-        pooled = self.per_site(statistic, self._pooled_sites(pool), pooling.combine)
+        pooled = self.per_site(statistic, self._pooled_entries(pool), pooling.combine)
         totals = torch.tensor([total for total, _ in pooled.values()], dtype=torch.float64)
         counts = torch.tensor([count for _, count in pooled.values()])
         if bool((counts == 0).any()):
