@@ -90,16 +90,24 @@ def linear_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked:
     return Tracked((last,), out)
 
 
+def _channel_labels(ctx: Context, node: fx.Node) -> tuple[Tracked | None, np.ndarray | None]:
+    """A norm's input tracking and its labels along the channel dim (1); a tracked input whose
+    channels are not (only) there is frozen, and its labels are None."""
+    t = ctx.tracked(node.args[0])
+    if t is None:
+        return None, None
+    x = t.on(1)
+    if x is None:
+        ctx.labels.freeze(t.labels)
+    return t, x
+
+
 @register_module_rule(
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d
 )
 def channel_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    x = t.on(1)
-    if x is None:
-        ctx.labels.freeze(t.labels)
+    t, x = _channel_labels(ctx, node)
+    if t is None or x is None:
         return None
     name = str(node.target)
     for tensor in ("weight", "bias", "running_mean", "running_var"):
@@ -121,12 +129,8 @@ def embedding_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked:
 @register_module_rule(nn.GroupNorm)
 def group_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked | None:
     assert isinstance(module, nn.GroupNorm)
-    t = ctx.tracked(node.args[0])
-    if t is None:
-        return None
-    x = t.on(1)
-    if x is None:
-        ctx.labels.freeze(t.labels)
+    t, x = _channel_labels(ctx, node)
+    if t is None or x is None:
         return t
     # Statistics are per group: a group can only go whole (its channels are tied), and then the
     # other groups compute exactly what they did. num_groups and num_channels follow.
