@@ -60,7 +60,17 @@ def _toy(n: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registered_names() -> None:
-    assert DATASETS.names() == ["digits", "fashion_mnist", "mnist1d", "random_tokens", "synthetic", "text"]
+    assert DATASETS.names() == [
+        "cifar10",
+        "cifar100",
+        "digits",
+        "fashion_mnist",
+        "image_folder",
+        "mnist1d",
+        "random_tokens",
+        "synthetic",
+        "text",
+    ]
 
 
 def test_unknown_dataset_is_config_error_listing_names() -> None:

@@ -35,7 +35,20 @@ RECIPES: dict[str, dict[str, Any]] = {
         {"evaluate": {"label": "final"}},
         iterations=6,
     ),
+    "user model (factory, streamed data)": tiny_recipe(
+        {"prune": {"criterion": "snip", "samples_per_class": 4}},
+        {"train": {}},
+        {"evaluate": {"label": "final"}},
+        model={"factory": "user_code.models:residual_net", "options": {"drop": 0.0}},
+        data={"factory": "user_code.data:patterns"},
+        device="cpu",
+        iterations=20,
+    ),
 }
+BATCH_NORM = {"user model (factory, streamed data)"}
+"""Recipes whose model normalises by batch statistics: each rank's half batch has its own, so the
+weights match the one-process run's only where the statistics do not enter (the masks), and the
+running statistics (DDP broadcasts rank 0's before every forward) differ after the last one."""
 
 
 def _outcome(raw: dict[str, Any]) -> dict[str, Any]:
@@ -87,10 +100,16 @@ def test_masks_are_identical_on_both_ranks_and_equal_to_one_process(name: str, t
     assert rank0["masks"], "the recipe prunes"
     assert masks_digest(rank0["masks"]) == masks_digest(rank1["masks"]) == masks_digest(single["masks"])
     for key, value in single["state"].items():
+        if name in BATCH_NORM and ("running_" in key or "num_batches" in key):
+            continue
         assert torch.equal(rank0["state"][key], rank1["state"][key]), key  # DDP keeps ranks in lockstep
-        # the same global batches, averaged over two half batches: equal up to float summation order
-        torch.testing.assert_close(rank0["state"][key], value, rtol=1e-4, atol=1e-5)
-    assert rank0["accuracy"] == rank1["accuracy"] == pytest.approx(single["accuracy"], abs=1 / 48)
+        if name not in BATCH_NORM:
+            # the same global batches, averaged over two half batches: equal up to float summation order
+            torch.testing.assert_close(rank0["state"][key], value, rtol=1e-4, atol=1e-5)
+    if name in BATCH_NORM:
+        assert min(rank0["accuracy"], rank1["accuracy"], single["accuracy"]) > 0.5
+    else:
+        assert rank0["accuracy"] == rank1["accuracy"] == pytest.approx(single["accuracy"], abs=1 / 48)
 
 
 def test_a_mask_mismatch_between_ranks_stops_every_rank_with_a_clear_error(two_ranks: list) -> None:

@@ -35,10 +35,15 @@ def run(
     overrides: list[str] | None = None,
     out: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    model: Any = None,
+    data: Any = None,
 ) -> Any:
     """Run a recipe (a YAML path, a preset name, a `Recipe` or a dict) and return its `RunResult`.
 
-    With `out`, the recipe, metrics and final checkpoint are written there atomically.
+    `model` (an nn.Module, which is copied, or a factory called with the recipe's model options
+    and, where it takes them, `input_shape` and `num_classes`) and `data` (what a data factory
+    returns: `secateurs.data.factory`) replace the recipe's. With `out`, the recipe, metrics and
+    final checkpoint are written there atomically.
     """
     from secateurs.core.distributed import world
     from secateurs.pipeline.outputs import check_output_dir, save_run
@@ -60,7 +65,11 @@ def run(
         out = None  # under torchrun only rank 0 writes
     if out is not None:
         check_output_dir(out)  # before training, not after
-    result = run_recipe(recipe, progress=progress)
+    if data is not None:
+        from secateurs.data import splits_from
+
+        data = splits_from(data, name="data")
+    result = run_recipe(recipe, progress=progress, model=model, data=data)
     if out is not None:
         save_run(result, out)
     return result

@@ -68,7 +68,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
         )
     _check_plain(payload, "payload")
     buffer = io.BytesIO()
-    torch.save(payload, buffer)
+    torch.save(_on_cpu(payload), buffer)
     blob = buffer.getbuffer()
     envelope = {
         "format": FORMAT,
@@ -101,6 +101,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # -- saving ---------------------------------------------------------------------------------
+def _on_cpu(value: Any) -> Any:
+    """`value` with every tensor on the CPU: a checkpoint written on a GPU loads anywhere."""
+    if isinstance(value, Tensor):
+        return value.cpu()
+    if type(value) in _MAPPING_TYPES:
+        return type(value)((k, _on_cpu(v)) for k, v in value.items())
+    if type(value) in _SEQUENCE_TYPES:
+        return type(value)(_on_cpu(v) for v in value)
+    return value
 
 
 def _check_plain(value: object, where: str) -> None:

@@ -1,4 +1,4 @@
-"""Data-parallel runs under `torchrun` (PyTorch DDP over gloo, the CPU backend).
+"""Data-parallel runs under `torchrun` (PyTorch DDP: gloo for CPU tensors, NCCL for CUDA ones).
 
 Every rank runs the whole recipe on its own copy of the model; what makes them one run:
 
@@ -67,9 +67,10 @@ def launched_by_torchrun() -> bool:
 def init_from_environment() -> World:
     """Join the process group torchrun describes in the environment.
 
-    The backend is gloo: the pipeline trains on the CPU (it has no device option yet), and gloo
-    is PyTorch's CPU backend, over TCP between machines too. A no-op outside torchrun or when
-    already initialised.
+    CPU tensors go over gloo (TCP, between machines too); on a machine with CUDA GPUs, CUDA
+    tensors go over NCCL and this process takes the GPU of its local rank. One group serves
+    both, so a recipe with `device: cpu` still runs on a GPU machine. A no-op outside torchrun
+    or when already initialised.
     """
     if not launched_by_torchrun() or (dist.is_available() and dist.is_initialized()):
         return world()
@@ -78,8 +79,12 @@ def init_from_environment() -> World:
             "this PyTorch build has no torch.distributed",
             fix="install a PyTorch build with distributed support",
         )
+    backend = "gloo"
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl"
     try:
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend=backend)
     except (RuntimeError, ValueError) as err:
         raise DistributedError(
             f"cannot join the process group ({err})",

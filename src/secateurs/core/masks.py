@@ -176,7 +176,8 @@ class MaskSet(Mapping[str, Tensor]):
     def from_state_dict(
         cls, state: Mapping[str, Tensor], model: nn.Module | None = None, *, where: str | None = None
     ) -> MaskSet:
-        """Rebuild masks; with `model`, check every name and shape against it.
+        """Rebuild masks; with `model`, check every name and shape against it and put each mask
+        on its parameter's device.
 
         `where` (the file they were read from) goes into the error, so that a mask of the wrong
         shape is traced to its file rather than reported as a bare shape mismatch.
@@ -189,9 +190,11 @@ class MaskSet(Mapping[str, Tensor]):
         masks = cls(state)
         if model is not None:
             try:
-                masks._bound(model)
+                pairs = masks._bound(model)
             except ConfigError as err:
                 raise CheckpointError(err.what, where=where, fix=err.fix) from None
+            # beside their parameters: a checkpoint is read onto the CPU, the model may be on a GPU
+            masks = cls({name: m.to(p.device) for name, (p, m) in zip(masks, pairs, strict=True)})
         return masks
 
 

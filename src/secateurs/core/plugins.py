@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from secateurs.core.errors import ConfigError
 
@@ -49,3 +50,41 @@ def load_entry_points() -> None:
                 where=ENTRY_POINT_GROUP,
                 fix="fix or uninstall the package that declares it",
             ) from None
+
+
+def import_callable(path: str, *, where: str) -> Callable[..., Any]:
+    """The callable that `path` ("package.module:function", or "…:Class.method") names.
+
+    How a recipe points at the user's own code (a model or data factory): the module is
+    imported the way Python imports it, so the package must be installed or on PYTHONPATH.
+    """
+    module_name, sep, attribute = path.partition(":") if isinstance(path, str) else ("", "", "")
+    if not (module_name and sep and attribute):
+        raise ConfigError(
+            f"{path!r} is not an import path",
+            where=where,
+            fix="write package.module:function, e.g. mypkg.models:resnet50",
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"cannot import module {module_name!r} of {path!r} ({err})",
+            where=where,
+            fix="install the package that holds it or add its directory to PYTHONPATH",
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(
+                f"module {module_name!r} has no {attribute!r}",
+                where=where,
+                fix=f"check the name after the colon in {path!r}",
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(
+            f"{path!r} is a {type(target).__name__}, not a callable",
+            where=where,
+            fix="name a function or class",
+        )
+    return target  # type: ignore[no-any-return]

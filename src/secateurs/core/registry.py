@@ -76,11 +76,16 @@ class Registry(Generic[T]):
         return iter(self.names())
 
 
-def options_schema(factory: Callable[..., object]) -> type[BaseModel] | None:
+def options_schema(
+    factory: Callable[..., object], *, every_parameter: bool = False, filled: tuple[str, ...] = ()
+) -> type[BaseModel] | None:
     """A pydantic model of a function's keyword options, from its annotations and defaults.
 
     None when the function takes arbitrary keywords. Lets a plain function (an allocation, a
     projection) have its option *values* validated when a recipe is read, not only their names.
+    Options are its keyword-only and defaulted parameters; with `every_parameter` (a user's
+    factory, called with the options alone) every parameter is one, required unless it has a
+    default or is among the `filled` ones the caller supplies.
     """
     sig = inspect.signature(factory)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()):
@@ -92,10 +97,10 @@ def options_schema(factory: Callable[..., object]) -> type[BaseModel] | None:
     fields: dict[str, Any] = {}
     for name, p in sig.parameters.items():
         has_default = p.default is not inspect.Parameter.empty
-        optional = p.kind is p.POSITIONAL_OR_KEYWORD and has_default
+        optional = p.kind is p.POSITIONAL_OR_KEYWORD and (has_default or every_parameter)
         if p.kind is not p.KEYWORD_ONLY and not optional:
             continue
-        default = p.default if has_default else ...
+        default = p.default if has_default else (None if name in filled else ...)
         fields[name] = (hints.get(name, Any), default)
     return create_model(
         f"{getattr(factory, '__name__', 'factory')}_options",
@@ -104,10 +109,18 @@ def options_schema(factory: Callable[..., object]) -> type[BaseModel] | None:
     )
 
 
-def validate_options(factory: Callable[..., object], options: dict[str, object], *, where: str) -> None:
-    """Raise a ConfigError naming an option `factory` does not take, or a value its annotation refuses."""
+def validate_options(
+    factory: Callable[..., object],
+    options: dict[str, object],
+    *,
+    where: str,
+    every_parameter: bool = False,
+    filled: tuple[str, ...] = (),
+) -> None:
+    """Raise a ConfigError naming an option `factory` does not take, or a value its annotation refuses
+    (and, with `every_parameter`, a required parameter the options leave out: see `options_schema`)."""
     check_options(factory, options, where=where)
-    schema = options_schema(factory)
+    schema = options_schema(factory, every_parameter=every_parameter, filled=filled)
     if schema is None:
         return
     try:

@@ -21,6 +21,7 @@ from secateurs.core.distributed import World, shard_batch
 from secateurs.core.errors import ConfigError
 
 __all__ = [
+    "BatchOrder",
     "DataSplits",
     "DatasetInfo",
     "TensorLoader",
@@ -63,13 +64,63 @@ class DatasetInfo:
     task: str = "classification"  # or "language_modeling": x and y are token windows, y = x
 
 
-class TensorLoader:
-    """Iterates (x, y) mini-batches over in-memory tensors.
+class BatchOrder:
+    """Which samples make up each mini-batch of an epoch: the one batch order of every loader.
 
     With `shuffle=True` the order of epoch `e` is a permutation drawn from a generator seeded by
-    (seed, e), so it does not depend on the global RNG or on how many epochs ran before. Each
-    `__iter__` call uses the current epoch and then advances it by one; `set_epoch` rewinds or
-    skips ahead (e.g. when resuming from a checkpoint).
+    (seed, e), so it does not depend on the global RNG or on how many epochs ran before. The
+    in-memory and the streaming loaders share it, so the two give the same batches.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        world: World | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        derive_seed(seed)  # validate early rather than on the first epoch
+        self.size = size
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.world = world if world is not None and world.active else None
+        if self.world is not None and not shuffle:
+            raise ValueError("a sharded loader shards the shuffled training order; use shuffle=True")
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.size // self.batch_size
+        return math.ceil(self.size / self.batch_size)
+
+    def batches(self, epoch: int, device: torch.device | None = None) -> Iterator[Tensor | slice]:
+        """Each batch of `epoch`: a slice in the natural order, else an index tensor (on `device`)."""
+        order = None
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=seeded_generator(self.seed, epoch)).to(device)
+        step = self.batch_size
+        for start in range(0, len(self) * step, step):
+            stop = min(start + step, self.size)
+            if order is None:  # slices are views: no copy for evaluation passes
+                yield slice(start, stop)
+                continue
+            idx = order[start:stop]
+            if self.world is not None:  # this rank's part of the global batch (core.distributed)
+                idx = shard_batch(idx, order, self.world)
+            yield idx
+
+
+class TensorLoader:
+    """Iterates (x, y) mini-batches over in-memory tensors, in the seeded `BatchOrder`.
+
+    Each `__iter__` call uses the current epoch and then advances it by one; `set_epoch` rewinds
+    or skips ahead (e.g. when resuming from a checkpoint).
     """
 
     def __init__(
@@ -85,27 +136,20 @@ class TensorLoader:
     ) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-        derive_seed(seed)  # validate early rather than on the first epoch
         self._x = x
         self._y = y
-        self._batch_size = batch_size
-        self._shuffle = shuffle
-        self._seed = seed
-        self._drop_last = drop_last
-        self._world = world if world is not None and world.active else None
-        if self._world is not None and not shuffle:
-            raise ValueError("a sharded loader shards the shuffled training order; use shuffle=True")
+        self._order = BatchOrder(
+            int(x.shape[0]), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, world=world
+        )
         self._epoch = 0
 
     @property
     def batch_size(self) -> int:
-        return self._batch_size
+        return self._order.batch_size
 
     @property
     def dataset_size(self) -> int:
-        return int(self._x.shape[0])
+        return self._order.size
 
     @property
     def epoch(self) -> int:
@@ -114,37 +158,16 @@ class TensorLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next `__iter__` use `epoch` (same seed and epoch give the same order)."""
-        derive_seed(self._seed, epoch)
+        derive_seed(self._order.seed, epoch)
         self._epoch = epoch
 
     def __len__(self) -> int:
-        if self._drop_last:
-            return self.dataset_size // self._batch_size
-        return math.ceil(self.dataset_size / self._batch_size)
+        return len(self._order)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self._epoch
         self._epoch += 1
-        return self._batches(self._order(epoch))
-
-    def _order(self, epoch: int) -> Tensor | None:
-        """A permutation for this epoch, or None for the natural order."""
-        if not self._shuffle:
-            return None
-        perm = torch.randperm(self.dataset_size, generator=seeded_generator(self._seed, epoch))
-        return perm.to(self._x.device)
-
-    def _batches(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
-        size, step = self.dataset_size, self._batch_size
-        for start in range(0, len(self) * step, step):
-            stop = min(start + step, size)
-            if order is None:  # slices are views: no copy for evaluation passes
-                yield self._x[start:stop], self._y[start:stop]
-            else:
-                idx = order[start:stop]
-                if self._world is not None:  # this rank's part of the global batch (core.distributed)
-                    idx = shard_batch(idx, order, self._world)
-                yield self._x[idx], self._y[idx]
+        return ((self._x[i], self._y[i]) for i in self._order.batches(epoch, self._x.device))
 
 
 @dataclass
@@ -188,6 +211,28 @@ class DataSplits:
         x, y = self.train_x, self.train_y
         return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, world=world)
 
+    def train_labels(self) -> Tensor:
+        """Every training label, in sample order."""
+        return self.train_y
+
+    def train_batch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """The training samples at `indices`, as one batch."""
+        indices = indices.to(self.train_y.device)
+        return self.train_x[indices], self.train_y[indices]
+
+    def test_in_memory(self) -> DataSplits:
+        """Splits whose test samples are tensors (beyond-accuracy metrics corrupt them): these."""
+        return self
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        """The splits on `device` (the same object when they are there already): an in-memory set
+        lives beside the model, so a batch is an index into device memory, not a copy."""
+        device = torch.device(device)
+        if self.train_x.device == device:
+            return self
+        tensors = (self.train_x, self.train_y, self.test_x, self.test_y)
+        return DataSplits(self.info, *(t.to(device) for t in tensors))
+
     def test_loader(self, batch_size: int = 1024) -> TensorLoader:
         return TensorLoader(self.test_x, self.test_y, batch_size, shuffle=False)
 
@@ -225,13 +270,15 @@ def class_balanced_batch(splits: DataSplits, per_class: int, *, seed: int = 0) -
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise ConfigError(f"per_class must be a positive integer, got {per_class!r}")
     gen = seeded_generator(seed)
-    chosen = [_pick_class(splits, label, per_class, gen) for label in range(splits.info.num_classes)]
-    idx = torch.cat(chosen).to(splits.train_y.device)
-    return splits.train_x[idx], splits.train_y[idx]
+    labels = splits.train_labels().cpu()
+    chosen = [_pick_class(splits, labels, label, per_class, gen) for label in range(splits.info.num_classes)]
+    return splits.train_batch(torch.cat(chosen))
 
 
-def _pick_class(splits: DataSplits, label: int, per_class: int, gen: torch.Generator) -> Tensor:
-    members = torch.nonzero(splits.train_y.cpu() == label).flatten()
+def _pick_class(
+    splits: DataSplits, labels: Tensor, label: int, per_class: int, gen: torch.Generator
+) -> Tensor:
+    members = torch.nonzero(labels == label).flatten()
     if members.numel() < per_class:
         raise ConfigError(
             f"class {label} of {splits.info.name!r} has only {members.numel()} training samples, "

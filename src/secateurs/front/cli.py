@@ -93,9 +93,16 @@ def run(
         int,
         typer.Option(
             "--nproc",
-            help="data-parallel processes on this machine: launches torchrun (PyTorch DDP over gloo)",
+            help="data-parallel processes on this machine: launches torchrun (PyTorch DDP: NCCL on GPUs, "
+            "gloo on the CPU)",
         ),
     ] = 1,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda, cuda:N or mps (default: the recipe's, auto)")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, bf16 or fp16 training (default: the recipe's, fp32)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a recipe: train, prune, reset, repeat and evaluate as its stages say."""
@@ -104,6 +111,7 @@ def run(
 
     if nproc < 1:
         raise SecateursError(f"--nproc must be at least 1, got {nproc}")
+    set_ = [*(set_ or []), *(f"{k}={v}" for k, v in (("device", device), ("precision", precision)) if v)]
     if nproc > 1 and not launched_by_torchrun():
         args = ["run", recipe, *(a for s in set_ or [] for a in ("--set", s)), "--threads", str(threads)]
         args += ["--out", str(out)] if out is not None else []

@@ -12,6 +12,7 @@ from secateurs.core.errors import CheckpointError, SecateursError
 from secateurs.core.masks import set_masks
 from secateurs.eval import count_costs
 from secateurs.models import build_model
+from secateurs.models.factory import build_from_factory
 from secateurs.pipeline.outputs import read_checkpoint
 
 
@@ -31,8 +32,9 @@ def inspect_checkpoint(path: Path, console: Console) -> None:
         )
     if "model" in meta and "input_shape" in meta:
         try:
-            model = build_model(
-                meta["model"],
+            build = build_from_factory if meta.get("model_factory") else build_model
+            model = build(
+                meta.get("model_factory") or meta["model"],
                 tuple(meta["input_shape"]),
                 int(meta["num_classes"]),
                 **json.loads(meta["model_options"]),

@@ -22,6 +22,9 @@ ALWAYS_KEPT = frozenset({"kind", "name"})
 """Fields kept even at their default: they say what a stage or a schedule *is*."""
 COSMETIC = ("name", "description")
 """Top-level recipe fields that label an experiment without changing it: not hashed."""
+EXECUTION = ("device", "compile", "channels_last")
+"""Top-level fields that say where and how fast the same computation runs: not hashed, so a run
+found on one machine is found from another (`precision` changes the arithmetic: hashed)."""
 
 HASH_LENGTH = 16
 """Hex characters kept: 64 bits, so a collision needs about 4 billion runs in one store."""
@@ -59,6 +62,6 @@ def canonical_json(data: Any) -> str:
 
 def run_hash(recipe: Recipe) -> str:
     """The run's name: the first 16 hex characters of the sha256 of the recipe's essential values."""
-    config = {k: v for k, v in essential(recipe).items() if k not in COSMETIC}
+    config = {k: v for k, v in essential(recipe).items() if k not in COSMETIC + EXECUTION}
     digest = hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
     return digest[:HASH_LENGTH]

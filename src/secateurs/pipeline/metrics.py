@@ -62,7 +62,7 @@ def mask_metrics(model: nn.Module) -> dict[str, Any]:
 
 def language_model_metrics(model: nn.Module, data: DataSplits, *, per_layer: bool = False) -> dict[str, Any]:
     """Perplexity of a causal language model on the data set's held-out windows, and its sparsity."""
-    result = perplexity(model, data.test_x)
+    result = perplexity(model, data.test_in_memory().test_x)
     return {
         "perplexity": result.perplexity,
         "nll": result.nll,

@@ -34,9 +34,10 @@ def checkpoint_payload(result: RunResult) -> dict[str, Any]:
         "model": result.model.state_dict(),
         "masks": result.masks.state_dict() if result.masks is not None else {},
         "meta": {
-            "model": recipe.model.name,
+            "model": recipe.model.label,
+            "model_factory": recipe.model.factory or "",
             "model_options": json.dumps(recipe.model.options),
-            "data": recipe.data.name,
+            "data": recipe.data.label,
             "input_shape": list(result.data_info.input_shape),
             "num_classes": result.data_info.num_classes,
             "recipe": json.dumps(recipe.model_dump(mode="json", by_alias=True)),

@@ -26,13 +26,15 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 from secateurs.core.config import StrictModel
+from secateurs.core.device import DEVICE_FORMS, check_device_name
 from secateurs.core.errors import ConfigError
-from secateurs.core.plugins import load_entry_points, load_plugins
+from secateurs.core.plugins import import_callable, load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
 from secateurs.methods.layers import LayerSelection
@@ -40,7 +42,9 @@ from secateurs.methods.resets import RESETS
 from secateurs.methods.schedules import SCHEDULES, LevelSchedule
 from secateurs.methods.spec import PruneSpec, known
 from secateurs.methods.training import TRAINING
+from secateurs.models.factory import DATA_FILLED
 from secateurs.train.config import TrainConfig
+from secateurs.train.execution import Execution, Precision
 
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
 
@@ -84,6 +88,41 @@ class NamedOptions(StrictModel):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+
+class SourceRef(StrictModel):
+    """Where the model or the data comes from: a registered name, or the import path of a factory
+    of your own (`package.module:function`), with options.
+
+    YAML may give just the name (`model: lenet5`) or a name with its options in one key
+    (`data: {image_folder: {train: DIR, test: DIR}}`).
+    """
+
+    name: str | None = None
+    factory: str | None = Field(None, description="import path package.module:function of your own factory")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and len(value) == 1:
+            ((key, body),) = value.items()
+            if key not in cls.model_fields and (body is None or isinstance(body, dict)):
+                return {"name": key, "options": body or {}}
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceRef:
+        if (self.name is None) == (self.factory is None):
+            raise ValueError("give a registered name or a factory (package.module:function), not both")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The name, or the factory's import path."""
+        return self.name if self.name is not None else str(self.factory)
 
 
 class Flattened(StrictModel):
@@ -289,8 +328,8 @@ class Recipe(StrictModel):
     name: str = "recipe"
     description: str = ""
     seed: int = 0
-    data: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mnist1d"))
-    model: NamedOptions = Field(default_factory=lambda: NamedOptions(name="mlp"))
+    data: SourceRef = Field(default_factory=lambda: SourceRef(name="mnist1d"))
+    model: SourceRef = Field(default_factory=lambda: SourceRef(name="mlp"))
     plugins: list[str] = Field(
         default_factory=list, description="modules to import first: they register your own components"
     )
@@ -306,7 +345,23 @@ class Recipe(StrictModel):
     )
     layers: LayerSelection = Field(default_factory=LayerSelection)
     train: dict[str, Any] = Field(default_factory=lambda: {"epochs": 10})
+    device: str = Field("auto", description=f"where the run computes: {DEVICE_FORMS}")
+    precision: Precision = Field("fp32", description="fp32, or mixed-precision training in bf16 / fp16")
+    compile: bool | dict[str, Any] = Field(
+        False, description="train through torch.compile (a mapping: its options)"
+    )
+    channels_last: bool = Field(False, description="conv weights and image batches in channels-last memory")
     stages: list[Stage]
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        return check_device_name(value) if isinstance(value, str) else value
+
+    @property
+    def execution(self) -> Execution:
+        """How training executes (`secateurs.train.execution`)."""
+        return Execution(precision=self.precision, compile=self.compile, channels_last=self.channels_last)
 
     @model_validator(mode="before")
     @classmethod
@@ -324,10 +379,22 @@ class Recipe(StrictModel):
             ("model", self.model, MODELS),
         ):
             try:
-                known(registry, value.name)
-                entry = registry.get(value.name)
+                if value.factory is not None:
+                    try:
+                        entry = import_callable(value.factory, where=f"{field}.factory")
+                    except ConfigError as err:
+                        problems.append(((field, "factory"), f"{err.what} ({err.fix})"))
+                        continue
+                else:
+                    assert value.name is not None
+                    known(registry, value.name)
+                    entry = registry.get(value.name)
                 validate_options(
-                    getattr(entry, "factory", entry), value.options, where=f"{field} {value.name!r}"
+                    getattr(entry, "factory", entry),
+                    value.options,
+                    where=f"{field} {value.label!r}",
+                    every_parameter=value.factory is not None,
+                    filled=DATA_FILLED if field == "model" else (),
                 )
             except ValueError as err:
                 problems.append(((field,), str(err)))

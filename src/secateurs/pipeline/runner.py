@@ -27,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from secateurs.core.device import resolve_device
 from secateurs.core.distributed import check_same_masks, world
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
-from secateurs.data import DataSplits, class_balanced_batch, load_dataset
+from secateurs.data import Splits, class_balanced_batch, load_recipe_data
 from secateurs.eval import evaluate
 from secateurs.eval.beyond import beyond_accuracy
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
@@ -48,6 +49,7 @@ from secateurs.methods.spec import PruneSpec
 from secateurs.methods.structures import build_structure
 from secateurs.methods.training import TRAINING
 from secateurs.models import build_model
+from secateurs.models.factory import build_from_factory
 from secateurs.pipeline.metrics import TASKS, model_metrics
 from secateurs.pipeline.publish import Publisher
 from secateurs.pipeline.recipe import (
@@ -108,7 +110,8 @@ class Pipeline:
         recipe: Recipe,
         *,
         progress: bool = False,
-        data: DataSplits | None = None,
+        data: Splits | None = None,
+        model: nn.Module | Callable[..., nn.Module] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         on_metrics: Callable[[MetricEvent], None] | None = None,
     ) -> None:
@@ -117,20 +120,16 @@ class Pipeline:
         self.progress = progress and self.world.main
         self.workdir = Path(workdir) if workdir is not None else None
         self.publisher = Publisher(on_metrics)
-        self.data = data if data is not None else load_dataset(recipe.data.name, **recipe.data.options)
+        self.device = resolve_device(recipe.device)
+        data = data if data is not None else load_recipe_data(recipe.data)
+        self.data = data.to(self.device)
         info = self.data.info
         self.task = TASKS.get(info.task)
         self._check_task()
-        self.model = build_model(
-            recipe.model.name,
-            info.input_shape,
-            info.num_classes,
-            seed=recipe.seed,
-            task=info.task,
-            **recipe.model.options,
-        )
+        self.model = self._build_model(model)
         if recipe.init_from is not None:
             load_initial_weights(self.model, recipe.init_from)
+        self.model.to(self.device)
         self.first_training = self._first_training()  # (batches per epoch, steps) of the first train stage
         steps = {self._snapshot_step(s.reset) for s in walk(recipe.stages) if isinstance(s, ResetStage)}
         self.rewind_steps = {s for s in steps if s is not None} - {0}
@@ -141,6 +140,25 @@ class Pipeline:
         self.level: int | None = None  # repeat level of the stage being run
         self.control: str | None = None  # set on the copies that run a control
         self.resumed_from = self._resume() if self.workdir is not None else 0
+
+    def _build_model(self, given: nn.Module | Callable[..., nn.Module] | None) -> nn.Module:
+        """The recipe's model: from the zoo, from the user's factory, or the module or factory given."""
+        recipe, info = self.recipe, self.data.info
+        if isinstance(given, nn.Module):
+            return copy.deepcopy(given)  # the caller's module stays as it was
+        factory = given if given is not None else recipe.model.factory
+        if factory is not None:
+            shape, classes = info.input_shape, info.num_classes
+            return build_from_factory(factory, shape, classes, seed=recipe.seed, **recipe.model.options)
+        assert recipe.model.name is not None
+        return build_model(
+            recipe.model.name,
+            info.input_shape,
+            info.num_classes,
+            seed=recipe.seed,
+            task=info.task,
+            **recipe.model.options,
+        )
 
     @property
     def counter(self) -> int:
@@ -430,6 +448,7 @@ class Pipeline:
             progress=self.progress,
             optimizer=optimizer,
             description=f"stage {self.counter}: train",
+            execution=self.recipe.execution,
         )
         for m in methods:
             m.after_training()
@@ -463,7 +482,7 @@ class Pipeline:
             row.update(
                 beyond_accuracy(
                     self.model,
-                    self.data,
+                    self.data.test_in_memory(),
                     dense=self.dense_parent(),
                     latency=stage.latency,
                     seed=self.recipe.seed,
@@ -511,14 +530,18 @@ def run_recipe(
     recipe: Recipe,
     *,
     progress: bool = False,
-    data: DataSplits | None = None,
+    data: Splits | None = None,
+    model: nn.Module | Callable[..., nn.Module] | None = None,
     workdir: str | os.PathLike[str] | None = None,
     on_metrics: Callable[[MetricEvent], None] | None = None,
 ) -> RunResult:
     """Run every stage of `recipe` and return the result.
 
-    Without `workdir` nothing is written to disk. With it, the state after every stage is saved
-    there (`state.pt`, atomically) and a later call with the same recipe resumes after the last
-    completed stage, giving the same result as an uninterrupted run.
+    `data` and `model` (an nn.Module, copied, or a factory called like the recipe's) replace the
+    recipe's. Without `workdir` nothing is written to disk. With it, the state after every stage
+    is saved there (`state.pt`, atomically) and a later call with the same recipe resumes after
+    the last completed stage, giving the same result as an uninterrupted run.
     """
-    return Pipeline(recipe, progress=progress, data=data, workdir=workdir, on_metrics=on_metrics).run()
+    return Pipeline(
+        recipe, progress=progress, data=data, model=model, workdir=workdir, on_metrics=on_metrics
+    ).run()

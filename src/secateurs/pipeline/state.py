@@ -21,7 +21,7 @@ from secateurs.core.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.core.errors import CheckpointError, ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.methods.resets import Snapshot
-from secateurs.pipeline.hashing import essential
+from secateurs.pipeline.hashing import EXECUTION, essential
 from secateurs.pipeline.publish import Publisher
 from secateurs.pipeline.recipe import Recipe, recipe_from_raw
 
@@ -48,14 +48,19 @@ def fingerprint(recipe: Recipe) -> str:
 
 
 def same_recipe(saved: Any, recipe: Recipe) -> bool:
-    """Whether a state file's recipe is this one: equal text, or equal non-default values.
+    """Whether a state file's recipe is this one: equal text, or equal non-default values apart
+    from where and how fast it runs (a run interrupted on a GPU resumes on the CPU).
 
-    The second test accepts states written before a field with a no-op default was added.
+    The second test also accepts states written before a field with a no-op default was added.
     """
     if saved == fingerprint(recipe):
         return True
+
+    def experiment(r: Recipe) -> dict[str, Any]:
+        return {k: v for k, v in essential(r).items() if k not in EXECUTION}
+
     try:
-        return essential(recipe_from_raw(json.loads(saved))) == essential(recipe)
+        return experiment(recipe_from_raw(json.loads(saved))) == experiment(recipe)
     except (TypeError, ValueError, ConfigError):
         return False
 

@@ -36,7 +36,7 @@ from pydantic import Field, ValidationError, model_validator
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.pipeline.hashing import recipe_config, run_hash
-from secateurs.pipeline.recipe import NamedOptions, Recipe, load_recipe
+from secateurs.pipeline.recipe import Recipe, SourceRef, load_recipe
 from secateurs.results.db import ResultsDB
 from secateurs.results.runner import (
     ALREADY_FINISHED,
@@ -72,8 +72,8 @@ class SweepConfig(StrictModel):
     name: str = "sweep"
     recipes: list[RecipeEntry]
     sparsities: list[Annotated[float, Field(ge=0, lt=1)]] | None = None
-    models: list[NamedOptions] | None = None
-    data: list[NamedOptions] | None = None
+    models: list[SourceRef] | None = None
+    data: list[SourceRef] | None = None
     seeds: list[int] | None = None
     overrides: list[str] = Field(default_factory=list, alias="set")
 
@@ -190,9 +190,9 @@ def expand_sweep(sweep: SweepConfig, base: Path | None = None) -> list[SweepPoin
         for key, value in (("sparsity", sparsity), ("model", model), ("data", data), ("seed", seed)):
             if value is None:
                 continue
-            plain = value.model_dump() if isinstance(value, NamedOptions) else value
+            plain = value.model_dump(exclude_defaults=True) if isinstance(value, SourceRef) else value
             overrides.append(f"{key}={_flow(plain)}")
-            short = value.name if isinstance(value, NamedOptions) and not value.options else plain
+            short = value.label if isinstance(value, SourceRef) and not value.options else plain
             described.append(f"{key} {_flow(short)}")
         description = ", ".join(described)
         try:

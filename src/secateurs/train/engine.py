@@ -25,6 +25,7 @@ from secateurs.core.distributed import check_same_masks, world
 from secateurs.core.errors import ConfigError, SecateursError
 from secateurs.core.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.train.config import TrainConfig
+from secateurs.train.execution import Execution, MixedPrecision, prepare_input, prepare_module
 from secateurs.train.optim import build_lr_scheduler, build_optimizer, zero_optimizer_state
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,7 @@ class _Loop:
         loss_fn: LossFn,
         bar: _ProgressBar,
         description: str,
+        execution: Execution,
     ) -> None:
         self.state = state
         self.loader = loader
@@ -283,7 +285,9 @@ class _Loop:
         self.losses = _LossLog(description)
         self.params = [p for g in state.optimizer.param_groups for p in g["params"]]
         self.device = next(iter(state.model.parameters()), torch.empty(0)).device
-        self.forward = _data_parallel(state.model)
+        self.execution = execution
+        self.precision = MixedPrecision(execution.precision, self.device)
+        self.forward = prepare_module(state.model, execution, wrap=_data_parallel)
 
     def run(self) -> None:
         st = self.state
@@ -330,16 +334,17 @@ class _Loop:
 
     def _step(self, x: Tensor, y: Tensor) -> None:
         st = self.state
-        x = x.to(self.device, non_blocking=True)
+        x = prepare_input(x.to(self.device, non_blocking=True), self.execution)
         y = y.to(self.device, non_blocking=True)
         st.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.forward(x), y)
-        loss.backward()
+        with self.precision.autocast():
+            loss = self.loss_fn(self.forward(x), y)
+        self.precision.backward(loss, st.optimizer)
         for hook in self.backward_hooks:
             hook(st)
         if self.config.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        st.optimizer.step()
+        self.precision.step(st.optimizer)
         st.scheduler.step()
         self.losses.pending.append(loss.detach())
         st.step += 1
@@ -385,6 +390,7 @@ def train(
     loss_fn: LossFn = F.cross_entropy,
     optimizer: torch.optim.Optimizer | None = None,
     description: str = "train",
+    execution: Execution | None = None,
 ) -> TrainResult:
     """Train `model` in place for the budget of `config`; returns history and optimizer state.
 
@@ -392,7 +398,8 @@ def train(
     exactly zero throughout. Pass `optimizer` to continue from a saved optimizer state
     (rewinding); otherwise one is built from `config.optimizer`. `evaluate_fn(model)` returns
     metrics such as {"accuracy", "loss"}, recorded as `test_<name>` after every epoch (if
-    `config.eval_every_epoch`) and at the end.
+    `config.eval_every_epoch`) and at the end. `execution` sets mixed precision, torch.compile
+    and channels_last (`secateurs.train.execution`); training follows the model's device.
     """
     steps_per_epoch = _steps_per_epoch(train_loader)
     total_steps = _total_steps(config, steps_per_epoch)
@@ -426,6 +433,7 @@ def train(
                 loss_fn=loss_fn,
                 bar=bar,
                 description=description,
+                execution=execution or Execution(),
             )
             loop.run()
     finally:
