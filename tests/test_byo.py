@@ -372,3 +372,62 @@ def test_an_image_folder_with_mismatched_classes_is_refused(tmp_path: Path) -> N
     (root / "test" / "wasps").mkdir()
     with pytest.raises(DataUnavailableError, match="test classes"):
         load_dataset("image_folder", train=str(root / "train"), test=str(root / "test"))
+
+
+# -- progress and logs for long runs ---------------------------------------------------------------
+def test_each_epoch_logs_its_throughput_and_eta(caplog: pytest.LogCaptureFixture) -> None:
+    raw = user_recipe([{"train": {"epochs": 2}}, {"evaluate": {}}])
+    with caplog.at_level("INFO", logger="secateurs.train.engine"):
+        run_recipe(recipe_from_raw(raw))
+    lines = [r.getMessage() for r in caplog.records if r.name == "secateurs.train.engine"]
+    assert len(lines) == 2  # one per epoch: 192 samples in batches of 32
+    assert "step 6/12" in lines[0] and "step 12/12" in lines[1]
+    assert all("samples/s, ETA " in line and "test_accuracy=" in line for line in lines)
+    assert lines[1].endswith("ETA 0:00:00")
+
+
+def test_a_csv_metrics_log_gets_every_event_as_it_comes_and_a_resumed_run_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    log = tmp_path / "logs" / "run.csv"
+    stages = [{"train": {"epochs": 2}}, {"prune": {"criterion": "magnitude"}}, {"evaluate": {}}]
+    seen: list[int] = []
+    original = Pipeline._run_stage
+
+    def count_lines_before_each_stage(self: Pipeline, *args: Any) -> None:
+        seen.append(len(log.read_text().splitlines()) if log.exists() else 0)
+        original(self, *args)
+
+    monkeypatch.setattr(Pipeline, "_run_stage", count_lines_before_each_stage)
+    result = secateurs.run(user_recipe(stages), metrics_log=log)
+    rows = list(csv.DictReader(log.open()))
+    assert seen[1] > 1  # the training epochs were on disk before the prune stage began
+    assert {r["kind"] for r in rows} == {"train", "evaluate"}
+    assert [float(r["value"]) for r in rows if r["metric"] == "test_accuracy" and r["step"] == "12"]
+    final = [r for r in rows if r["kind"] == "evaluate" and r["metric"] == "accuracy"]
+    assert float(final[0]["value"]) == result.records[-1]["accuracy"]
+    secateurs.run(user_recipe(stages), metrics_log=log)
+    again = list(csv.DictReader(log.open()))
+    assert len(again) == 2 * len(rows) and list(again[0]) == [
+        "time_s",
+        "stage",
+        "level",
+        "control",
+        "kind",
+        "step",
+        "metric",
+        "value",
+    ]
+
+
+def test_a_tensorboard_log_without_tensorboard_says_how_to_get_it(tmp_path: Path) -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigError, match="needs the tensorboard package"):
+            secateurs.run(user_recipe([{"evaluate": {}}]), metrics_log=tmp_path / "tb")
+        return
+    secateurs.run(user_recipe([{"train": {}}, {"evaluate": {}}]), metrics_log=tmp_path / "tb")
+    assert any((tmp_path / "tb").iterdir())

@@ -183,7 +183,8 @@ def test_a_failing_write_leaves_neither_the_directory_nor_its_staging_copy(
 def test_unwritable_output_is_a_user_error(recipe_file: Path, tmp_path: Path) -> None:
     out = recipe_file / "out"  # below a file: the directory cannot be created
     assert_user_error(
-        invoke("run", str(recipe_file), "--out", str(out)), f"cannot create the output directory {out}"
+        invoke("run", str(recipe_file), "--out", str(out), "--no-progress"),
+        f"cannot create the output directory {out}",
     )
 
 
@@ -195,7 +196,7 @@ def test_a_failing_file_write_is_a_user_error_and_leaves_nothing(
 
     monkeypatch.setattr(outputs.json, "dumps", fail)
     out = tmp_path / "runs" / "out"
-    result = invoke("run", str(recipe_file), "--out", str(out))
+    result = invoke("run", str(recipe_file), "--out", str(out), "--no-progress")
     assert_user_error(result, f"could not write the run directory {out}", "No space left on device")
     assert list((tmp_path / "runs").iterdir()) == []
 
@@ -362,3 +363,11 @@ def test_demo_writes_its_table_and_a_png(tmp_path: Path, monkeypatch: pytest.Mon
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_sparsity.png", "demo_results.json"]
     assert "one-shot magnitude" in result.stdout and "iterative magnitude" in result.stdout
+
+
+def test_a_run_logged_to_a_file_shows_a_line_per_epoch_and_no_progress_silences_it(recipe_file: Path) -> None:
+    shown = invoke("run", str(recipe_file))  # CliRunner's stderr is not a terminal: lines, not a bar
+    assert shown.exit_code == 0, shown.output
+    assert "samples/s" in shown.stderr and "ETA" in shown.stderr
+    quiet = invoke("run", str(recipe_file), "--no-progress")
+    assert quiet.exit_code == 0 and "samples/s" not in quiet.stderr

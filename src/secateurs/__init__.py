@@ -37,13 +37,15 @@ def run(
     progress: bool = False,
     model: Any = None,
     data: Any = None,
+    metrics_log: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Run a recipe (a YAML path, a preset name, a `Recipe` or a dict) and return its `RunResult`.
 
     `model` (an nn.Module, which is copied, or a factory called with the recipe's model options
     and, where it takes them, `input_shape` and `num_classes`) and `data` (what a data factory
     returns: `secateurs.data.factory`) replace the recipe's. With `out`, the recipe, metrics and
-    final checkpoint are written there atomically.
+    final checkpoint are written there atomically. `metrics_log` (a `.csv` file or a TensorBoard
+    directory) receives every metric as it is made (`secateurs.pipeline.metrics_log`).
     """
     from secateurs.core.distributed import world
     from secateurs.pipeline.outputs import check_output_dir, save_run
@@ -62,14 +64,20 @@ def run(
             f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict"
         )
     if not world().main:
-        out = None  # under torchrun only rank 0 writes
+        out = metrics_log = None  # under torchrun only rank 0 writes
     if out is not None:
         check_output_dir(out)  # before training, not after
     if data is not None:
         from secateurs.data import splits_from
 
         data = splits_from(data, name="data")
-    result = run_recipe(recipe, progress=progress, model=model, data=data)
+    if metrics_log is None:
+        result = run_recipe(recipe, progress=progress, model=model, data=data)
+    else:
+        from secateurs.pipeline.metrics_log import MetricsLog
+
+        with MetricsLog(metrics_log) as log:
+            result = run_recipe(recipe, progress=progress, model=model, data=data, on_metrics=log)
     if out is not None:
         save_run(result, out)
     return result

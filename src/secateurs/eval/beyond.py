@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from secateurs.data.core import DataSplits
+from secateurs.data.streaming import DatasetSplits
 from secateurs.eval.agreement import agreement, per_class_drop, predict
 from secateurs.eval.calibration import expected_calibration_error
 from secateurs.eval.isometry import jsv_stats
@@ -83,7 +84,7 @@ def _latencies(model: nn.Module, splits: DataSplits) -> dict[str, float]:
 
 def beyond_accuracy(
     model: nn.Module,
-    splits: DataSplits,
+    splits: DataSplits | DatasetSplits,
     *,
     dense: nn.Module | None = None,
     shifts: list[ShiftSpec] | None = None,
@@ -97,8 +98,10 @@ def beyond_accuracy(
     ``per_class_drop_mean`` (dense − pruned accuracy, over classes in the test set) and
     ``excess_error@LABEL``; with `latency`: ``latency_b1_ms``, ``latency_b64_ms``; and
     ``jsv_mean``, ``jsv_std``, ``jsv_max``, ``jsv_min`` on the first 32 test samples.
-    Everything but the latencies is deterministic for `seed`.
+    Everything but the latencies is deterministic for `seed`. Streamed splits have their test
+    split read into memory first (the shifts corrupt its inputs).
     """
+    splits = splits.test_in_memory()
     logits, labels = predict(model, splits.test_loader(_EVAL_BATCH))
     metrics = {"ece": expected_calibration_error(logits, labels)}
     clean = {"model": _accuracy(logits, labels)}

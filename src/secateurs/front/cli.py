@@ -26,13 +26,16 @@ app = typer.Typer(
 )
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, *, epochs: bool = False) -> None:
+    """Warnings (everything with `verbose`); with `epochs`, the training loop's per-epoch lines too."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=err_console, show_path=False)],
         force=True,
     )
+    # set every time: a logger's level outlives the command (several commands in one process)
+    logging.getLogger("secateurs.train.engine").setLevel(logging.INFO if epochs else logging.NOTSET)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -85,7 +88,9 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="write recipe, metrics and checkpoint to this directory")
     ] = None,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Annotated[
+        bool, typer.Option(help="show progress: a bar on a terminal, else a line per training epoch")
+    ] = True,
     threads: Annotated[
         int, typer.Option(help="CPU threads for torch: 1 suits small models; raise it for large conv nets")
     ] = 1,
@@ -103,9 +108,16 @@ def run(
     precision: Annotated[
         str | None, typer.Option(help="fp32, bf16 or fp16 training (default: the recipe's, fp32)")
     ] = None,
+    metrics_log: Annotated[
+        Path | None,
+        typer.Option(help="append every metric as it is made: a .csv file, or a TensorBoard directory"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run a recipe: train, prune, reset, repeat and evaluate as its stages say."""
+    """Run a recipe: train, prune, reset, repeat and evaluate as its stages say.
+
+    When stderr is not a terminal (a log file, a cluster job), progress is a line per training
+    epoch with its loss, test accuracy, samples/s and ETA."""
     import secateurs
     from secateurs.core.distributed import init_from_environment, launched_by_torchrun, shutdown
 
@@ -115,15 +127,17 @@ def run(
     if nproc > 1 and not launched_by_torchrun():
         args = ["run", recipe, *(a for s in set_ or [] for a in ("--set", s)), "--threads", str(threads)]
         args += ["--out", str(out)] if out is not None else []
+        args += ["--metrics-log", str(metrics_log)] if metrics_log is not None else []
         args += ["--progress" if progress else "--no-progress"] + (["--verbose"] if verbose else [])
         raise typer.Exit(launch_torchrun(nproc, args))
     main = init_from_environment().main
     finished = False
     try:
-        _setup_logging(verbose and main)
+        bar = progress and sys.stderr.isatty()
+        _setup_logging(verbose and main, epochs=main and progress and not bar)
         _set_threads(threads)
         result = secateurs.run(
-            recipe, overrides=list(set_ or []), out=out, progress=progress and sys.stderr.isatty()
+            recipe, overrides=list(set_ or []), out=out, progress=bar, metrics_log=metrics_log
         )
         if main:
             console.print(records_table(result.records, f"recipe {result.recipe.name}"))

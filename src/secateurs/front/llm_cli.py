@@ -23,9 +23,14 @@ llm_app = typer.Typer(
 )
 
 ModelOpt = Annotated[
-    str, typer.Option("--model", help="smollm2, minilm, or a directory from `llm prune --out`")
+    str,
+    typer.Option(
+        "--model",
+        help="smollm2, minilm, a Hugging Face model directory (e.g. from `llm prune --out`), "
+        "a .gguf file or a directory holding one",
+    ),
 ]
-TextOpt = Annotated[str, typer.Option("--text", help="text source: kjv, fortunes or gpl3")]
+TextOpt = Annotated[str, typer.Option("--text", help="built-in text source: kjv, fortunes or gpl3")]
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per window")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch")]
 
@@ -69,6 +74,12 @@ def prune(
     seq_len: SeqLenOpt = 512,
     text: TextOpt = "kjv",
     seed: Annotated[int, typer.Option(help="seed of the calibration window offsets")] = 0,
+    calib_text: Annotated[
+        Path | None, typer.Option("--calib-text", help="calibrate on this UTF-8 text file instead of --text")
+    ] = None,
+    draw: Annotated[
+        str, typer.Option(help="calibration windows: random (seeded offsets) or consecutive from the start")
+    ] = "random",
     threads: ThreadsOpt = 1,
 ) -> None:
     """One-shot prune every Linear of the transformer blocks, block by block on calibration text.
@@ -103,6 +114,8 @@ def prune(
                 "calibration_samples": samples if calibrated else 0,
                 "eval_tokens": 0,
                 "seed": seed,
+                "draw": draw,
+                "calibration_file": str(calib_text) if calib_text is not None else None,
             },
         },
         "stages": [{"prune": step}],
@@ -127,7 +140,14 @@ def prune(
             "nm": list(pattern.nm) if pattern.nm else None,
             "calibration": None
             if not calibrated
-            else {"text": text, "split": "calibration", "samples": samples, "seq_len": seq_len, "seed": seed},
+            else {
+                "text": str(calib_text) if calib_text is not None else text,
+                "split": "whole file" if calib_text is not None else "calibration",
+                "samples": samples,
+                "seq_len": seq_len,
+                "seed": seed,
+                "draw": draw,
+            },
             "seconds": seconds,
             "layers": layers,
             "recipe": recipe,
@@ -151,6 +171,10 @@ def eval_(
         typer.Option(help="encoders: compare mean-pooled embeddings with this model (e.g. minilm)"),
     ] = None,
     sentences: Annotated[int, typer.Option(help="encoders: how many held-out sentences")] = 256,
+    eval_text: Annotated[
+        Path | None,
+        typer.Option("--eval-text", help="evaluate on this UTF-8 text file (encoders: its non-empty lines)"),
+    ] = None,
     threads: ThreadsOpt = 1,
 ) -> None:
     """Perplexity on held-out text (causal LMs) or embedding similarity to a reference (encoders).
@@ -159,6 +183,7 @@ def eval_(
     """
     from secateurs.llm.evaluate import embedding_similarity, linear_sparsity, sentence_embeddings
     from secateurs.llm.models import load_model, model_kind
+    from secateurs.llm.text import read_text_file
     from secateurs.llm.text import sentences as held_out_sentences
     from secateurs.pipeline.recipe import recipe_from_raw
     from secateurs.pipeline.runner import Pipeline
@@ -171,6 +196,8 @@ def eval_(
     _quiet_transformers()
     if model_kind(model) == "causal":
         options = {"source": text, "tokenizer": model, "seq_len": seq_len}
+        if eval_text is not None:
+            options["evaluation_file"] = str(eval_text)
         recipe = {
             "name": "llm-eval",
             "model": {"name": "hf", "options": {"path": model}},
@@ -186,7 +213,7 @@ def eval_(
         windows = pipeline.data.info.num_test
         _print(
             f"{model}: perplexity {record['perplexity']:.3f} on {record['eval_tokens']:,} predicted tokens "
-            f"({windows} windows × {seq_len}, {text} evaluation split); "
+            f"({windows} windows × {seq_len}, {eval_text or f'{text} evaluation split'}); "
             f"block Linear sparsity {sparsity:.2%}"
         )
         return
@@ -199,7 +226,11 @@ def eval_(
             fix="pass --reference minilm to compare its sentence embeddings with the dense model",
         )
     ref = load_model(reference)
-    batch = held_out_sentences(text, "evaluation", sentences)
+    if eval_text is not None:
+        lines = read_text_file(eval_text, "evaluation").splitlines()
+        batch = [line.strip() for line in lines if line.strip()][:sentences]
+    else:
+        batch = held_out_sentences(text, "evaluation", sentences)
     sim = embedding_similarity(
         sentence_embeddings(ref.model, ref.tokenizer, batch),
         sentence_embeddings(loaded.model, loaded.tokenizer, batch),

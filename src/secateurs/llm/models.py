@@ -115,30 +115,59 @@ def _spec(name: str) -> ModelSpec:
 
 def _is_causal_config(config: Any) -> bool:
     archs = getattr(config, "architectures", None) or []
-    return any(a.endswith("ForCausalLM") for a in archs) or bool(getattr(config, "is_decoder", False))
+    if any(a.endswith("ForCausalLM") for a in archs) or bool(getattr(config, "is_decoder", False)):
+        return True
+    if archs:
+        return False
+    # a GGUF's config names no architecture class: ask transformers whether the type is a causal LM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def _gguf_in(directory: Path) -> Path | None:
+    """The one .gguf file of a directory without config.json (None: there is none)."""
+    files = sorted(directory.glob("*.gguf"))
+    if len(files) > 1:
+        raise ConfigError(
+            f"{directory} holds {len(files)} GGUF files ({', '.join(f.name for f in files)})",
+            where="model",
+            fix="pass the one to load: --model DIR/NAME.gguf",
+        )
+    return files[0] if files else None
 
 
 def _locate(source: str) -> tuple[Path, str, dict[str, Any]]:
-    """(directory, "causal" or "encoder", extra from_pretrained arguments) of a short name or directory."""
+    """(directory, "causal" or "encoder", extra from_pretrained arguments) of what a user names:
+    a short name, a Hugging Face directory (config.json), a .gguf file or a directory holding one."""
     transformers = require_transformers()
-    gguf_kw: dict[str, Any] = {}
     if source in MODELS:
         spec = MODELS[source]
-        path = package_dir(source)
-        kind = spec.kind
-        if spec.gguf_file:
-            gguf_kw = {"gguf_file": spec.gguf_file}
+        gguf = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+        return package_dir(source), spec.kind, gguf
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        gguf: dict[str, Any] = {}
+    elif path.is_file() and path.suffix.lower() == ".gguf":
+        path, gguf = path.parent, {"gguf_file": path.name}
+    elif path.is_dir() and (found := _gguf_in(path)) is not None:
+        gguf = {"gguf_file": found.name}
     else:
-        path = Path(source)
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                f"unknown model {source!r}: neither a short name nor a directory with config.json",
-                where="model",
-                fix=f"use one of {', '.join(MODELS)} or a directory written by `secateurs llm prune --out`",
-            )
-        config = transformers.AutoConfig.from_pretrained(path)
-        kind = "causal" if _is_causal_config(config) else "encoder"
-    return path, kind, gguf_kw
+        raise ConfigError(
+            f"unknown model {source!r}: not a short name, a .gguf file, or a directory holding "
+            "config.json or a .gguf file",
+            where="model",
+            fix=f"use one of {', '.join(MODELS)}, a Hugging Face model directory, or a GGUF file",
+        )
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, **gguf)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(
+            f"cannot read the model configuration of {source!r} ({type(err).__name__}: {err})",
+            where="model",
+            fix="check that it is a complete Hugging Face directory or a GGUF file transformers supports",
+        ) from None
+    return path, "causal" if _is_causal_config(config) else "encoder", gguf
 
 
 def model_kind(name_or_dir: str | os.PathLike[str]) -> str:

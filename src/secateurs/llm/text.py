@@ -8,11 +8,14 @@ on the text it was calibrated on:
 - kjv: calibration = Old Testament (Genesis–Malachi), evaluation = New Testament.
 - fortunes: calibration = even-numbered fortunes, evaluation = odd-numbered (files sorted by name).
 - gpl3: calibration = the first half of its paragraphs, evaluation = the second half.
+
+A user's own text files take the place of either split (`read_text_file`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
 import subprocess
@@ -110,6 +113,28 @@ def load_text(source: str = "kjv", split: str = "all") -> str:
     return "\n\n".join(chosen)
 
 
+def read_text_file(path: str | os.PathLike[str], what: str) -> str:
+    """A user's own text (`--calib-text FILE`, `--eval-text FILE`), read as UTF-8."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"the {what} text file {file} does not exist", where="text", fix="check the path"
+        ) from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"the {what} text file {file} is not UTF-8 text ({err.reason} at byte {err.start})",
+            where="text",
+            fix="convert it to UTF-8 (e.g. iconv -t UTF-8)",
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the {what} text file {file} ({err})", where="text") from None
+    if not text.strip():
+        raise ConfigError(f"the {what} text file {file} is empty", where="text", fix="give a file with text")
+    return text
+
+
 def sentences(source: str = "kjv", split: str = "evaluation", n: int = 256, min_chars: int = 20) -> list[str]:
     """The first `n` real sentences (KJV verses / fortunes / GPL paragraphs) of a split, for encoders."""
     lines = [
@@ -124,8 +149,19 @@ def tokenize(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def calibration_batch(ids: torch.Tensor, n_samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:
-    """`n_samples` windows of `seq_len` tokens at random offsets (seeded): [n_samples, seq_len]."""
+DRAWS = ("random", "consecutive")
+
+
+def calibration_batch(
+    ids: torch.Tensor, n_samples: int, seq_len: int, seed: int = 0, draw: str = "random"
+) -> torch.Tensor:
+    """`n_samples` windows of `seq_len` tokens: [n_samples, seq_len]. `draw` "random" takes them at
+    seeded random offsets (SparseGPT's and Wanda's protocol), "consecutive" one after another
+    from the start (every calibration token used once, for short texts)."""
+    if draw not in DRAWS:
+        raise ConfigError(
+            f"unknown window draw {draw!r}", where="calibration", fix=f"use one of {', '.join(DRAWS)}"
+        )
     if n_samples < 1 or seq_len < 1:
         raise ConfigError(
             f"need n_samples >= 1 and seq_len >= 1, got {n_samples} and {seq_len}",
@@ -138,6 +174,15 @@ def calibration_batch(ids: torch.Tensor, n_samples: int, seq_len: int, seed: int
             where="calibration",
             fix="use a longer text or a shorter --seq-len",
         )
+    if draw == "consecutive":
+        if ids.numel() < n_samples * seq_len:
+            raise ConfigError(
+                f"calibration text has {ids.numel()} tokens, fewer than {n_samples} consecutive windows of "
+                f"{seq_len}",
+                where="calibration",
+                fix="use fewer or shorter windows, a longer text, or draw: random",
+            )
+        return ids[: n_samples * seq_len].view(n_samples, seq_len).clone()
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=gen)
     return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])

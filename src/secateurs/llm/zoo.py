@@ -25,7 +25,7 @@ from secateurs.core.errors import ConfigError
 from secateurs.data.catalog import dataset
 from secateurs.data.core import DatasetInfo, DataSplits
 from secateurs.llm.models import load_tokenizer, load_weights
-from secateurs.llm.text import calibration_batch, eval_windows, load_text, tokenize
+from secateurs.llm.text import calibration_batch, eval_windows, load_text, read_text_file, tokenize
 from secateurs.models import register_model
 
 TASK = "language_modeling"
@@ -63,18 +63,26 @@ def load_text_windows(
     calibration_samples: int = 32,
     eval_tokens: int | None = 16384,
     seed: int = 0,
+    draw: str = "random",
+    calibration_file: str | None = None,
+    evaluation_file: str | None = None,
 ) -> DataSplits:
-    """`calibration_samples` windows of `seq_len` tokens of the calibration text at seeded offsets,
-    and up to `eval_tokens` tokens of the evaluation text in non-overlapping windows (`source`:
-    kjv, fortunes, gpl3; the two splits never share text). A split of size 0 is not tokenized (a
-    prune-only run needs no evaluation text; an evaluation needs no calibration windows)."""
+    """`calibration_samples` windows of `seq_len` tokens of the calibration text (`draw`: at seeded
+    random offsets, or consecutive from the start), and up to `eval_tokens` tokens of the
+    evaluation text in non-overlapping windows (`source`: kjv, fortunes, gpl3; the two splits never
+    share text; `calibration_file` / `evaluation_file`: your own UTF-8 text instead). A split of
+    size 0 is not tokenized (a prune-only run needs no evaluation text, and the reverse)."""
     tok = load_tokenizer(tokenizer)
     calibration = evaluation = torch.zeros(0, seq_len, dtype=torch.long)
+
+    def text(split: str, file: str | None) -> str:
+        return read_text_file(file, split) if file is not None else load_text(source, split)
+
     if calibration_samples:
-        ids = tokenize(tok, load_text(source, "calibration"))
-        calibration = calibration_batch(ids, calibration_samples, seq_len, seed)
+        ids = tokenize(tok, text("calibration", calibration_file))
+        calibration = calibration_batch(ids, calibration_samples, seq_len, seed, draw)
     if eval_tokens != 0:
-        evaluation = eval_windows(tokenize(tok, load_text(source, "evaluation")), seq_len, eval_tokens)
+        evaluation = eval_windows(tokenize(tok, text("evaluation", evaluation_file)), seq_len, eval_tokens)
     return _splits("text", len(tok), calibration, evaluation)
 
 

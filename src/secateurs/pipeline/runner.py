@@ -65,7 +65,7 @@ from secateurs.pipeline.recipe import (
 from secateurs.pipeline.result import MetricEvent, RunResult, best_of
 from secateurs.pipeline.state import STATE_FILE, RunState, load_state, save_state
 from secateurs.pipeline.weights import RewindSnapshots, load_initial_weights, own_rng, rewound_optimizer
-from secateurs.train.engine import Callback, train
+from secateurs.train.engine import Callback, TrainState, train
 
 __all__ = ["STATE_FILE", "MetricEvent", "Pipeline", "RunResult", "best_of", "model_metrics", "run_recipe"]
 
@@ -100,6 +100,22 @@ class StageServices:
 
     def set_dense_state(self, state: dict[str, torch.Tensor]) -> None:
         self.pipeline.state.dense_state = state
+
+
+class _LiveHistory(Callback):
+    """Publishes each evaluation row of a training stage as it is made (progress for long runs)."""
+
+    def __init__(self, publish: Callable[[dict[str, Any]], None]) -> None:
+        self.publish = publish
+        self.published = 0
+
+    def _flush(self, state: TrainState) -> None:
+        for row in state.history[self.published :]:
+            self.publish(row)
+        self.published = len(state.history)
+
+    on_epoch_end = _flush
+    on_train_end = _flush
 
 
 class Pipeline:
@@ -430,6 +446,7 @@ class Pipeline:
         if not self.state.trained_once and self.rewind_steps:
             callbacks.append(RewindSnapshots(self.rewind_steps, self.state.snapshots))
         callbacks += [callback for m in methods for callback in m.callbacks()]
+        callbacks.append(_LiveHistory(lambda row: self._publish("train", row.get("step"), row, record=False)))
         optimizer = None
         if self.state.pending_optimizer_state is not None:
             optimizer = rewound_optimizer(self.model, config.optimizer, self.state.pending_optimizer_state)
@@ -452,8 +469,6 @@ class Pipeline:
         )
         for m in methods:
             m.after_training()
-        for row in result.history:
-            self._publish("train", row.get("step"), row, record=False)
         for m in methods:
             for step, row in m.events():
                 self._publish(m.name, step, row, record=False)
@@ -482,7 +497,7 @@ class Pipeline:
             row.update(
                 beyond_accuracy(
                     self.model,
-                    self.data.test_in_memory(),
+                    self.data,
                     dense=self.dense_parent(),
                     latency=stage.latency,
                     seed=self.recipe.seed,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -57,6 +58,17 @@ class TrainState:
     stop: bool = False
     mask_handle: MaskHandle | None = None
     mask_grads: bool = False
+    samples: int = 0  # training samples this process has stepped on
+    seconds: float = 0.0  # wall time of the training steps so far (evaluations left out)
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else math.nan
+
+    @property
+    def eta_seconds(self) -> float:
+        """The remaining steps at the mean pace so far (evaluations left out)."""
+        return (self.total_steps - self.step) * self.seconds / self.step if self.step else math.nan
 
     def install_masks(self, masks: MaskSet) -> None:
         """Record `masks` on the model and keep them (not the old ones) applied from the next step on.
@@ -252,6 +264,15 @@ class _ProgressBar:
         )
 
 
+def _clock(seconds: float) -> str:
+    """h:mm:ss, or '?' before anything was timed."""
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
@@ -314,7 +335,9 @@ class _Loop:
             set_epoch(st.epoch)
         self.losses.start_epoch()
         batches, exhausted = 0, True
+        started = time.perf_counter()
         for x, y in self.loader:
+            st.samples += int(y.shape[0])
             self._step(x, y)
             batches += 1
             if st.step % LOSS_CHECK_INTERVAL == 0:
@@ -324,6 +347,7 @@ class _Loop:
             if st.step >= st.total_steps or st.stop:
                 exhausted = False
                 break
+        st.seconds += time.perf_counter() - started
         if batches == 0:
             raise ConfigError(
                 "the training loader yielded no batches although its len() is not 0",
@@ -372,7 +396,13 @@ class _Loop:
         row.update({f"test_{k}": float(v) for k, v in metrics.items()})
         st.history.append(row)
         logger.info(
-            "%s: %s", self.description, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
+            "%s: step %d/%d, %s, %s samples/s, ETA %s",
+            self.description,
+            st.step,
+            st.total_steps,
+            ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"),
+            f"{st.samples_per_second:,.0f}",
+            _clock(st.eta_seconds),
         )
         self.bar.update(st)
 
