@@ -139,7 +139,7 @@ class CumulativeChannels(nn.Module):
 
 
 def test_an_op_without_a_rule_is_a_clear_error_naming_it_and_the_node() -> None:
-    expected = r"no channel rule for function 'cumsum' at graph node 'cumsum'.*register"
+    expected = r"no channel rule for function 'cumsum' \(from torch\) at graph node 'cumsum'.*register"
     with pytest.raises(ConfigError, match=expected):
         analyze(CumulativeChannels(), torch.randn(2, 3, 8, 8))
 
@@ -161,31 +161,49 @@ def twice(x: Tensor) -> Tensor:
     return x * 2
 
 
+def twice_unless_huge(x: Tensor) -> Tensor:
+    if x.abs().max() > 1e6:  # control flow on values: fx cannot trace into it
+        return x
+    return x * 2
+
+
 fx.wrap("twice")
+fx.wrap("twice_unless_huge")
 
 
 class UsesACustomOp(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, traceable: bool) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
         self.head = nn.Linear(4, 2)
+        self.traceable = traceable  # a flag: while fx traces, the names above are its wrappers
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(twice(self.conv(x)).mean((2, 3)))
+        y = self.conv(x)
+        y = twice(y) if self.traceable else twice_unless_huge(y)
+        return self.head(y.mean((2, 3)))
 
 
-def test_a_registered_rule_makes_an_unknown_op_prunable() -> None:
-    model, x = UsesACustomOp(), torch.randn(2, 3, 8, 8)
-    with pytest.raises(ConfigError, match="function 'twice'"):
+def test_a_wrapped_function_without_a_rule_is_traced_into() -> None:
+    model, x = UsesACustomOp(traceable=True), torch.randn(2, 3, 8, 8)
+    graph = analyze(model, x)
+    assert len(graph.groups) == 4
+    small = remove_channels(model, graph, [graph.groups[1].id])
+    assert small.conv.out_channels == 3 and small.head.in_features == 3
+
+
+def test_a_registered_rule_makes_an_untraceable_op_prunable() -> None:
+    model, x = UsesACustomOp(traceable=False), torch.randn(2, 3, 8, 8)
+    with pytest.raises(ConfigError, match=r"function 'twice_unless_huge'.*tracing into it failed"):
         analyze(model, x)
-    register_function_rule(twice)(lambda ctx, node: passthrough(ctx, node))
+    register_function_rule(twice_unless_huge)(lambda ctx, node: passthrough(ctx, node))
     try:
         graph = analyze(model, x)
         assert len(graph.groups) == 4
         small = remove_channels(model, graph, [graph.groups[1].id])
         assert small.conv.out_channels == 3 and small.head.in_features == 3
     finally:
-        del RULES[twice]
+        del RULES[twice_unless_huge]
 
 
 def test_removing_every_channel_of_a_layer_is_refused() -> None:

@@ -59,22 +59,118 @@ def _function_rule(node: fx.Node) -> FunctionRule | None:
     return RULES.get(node.target)
 
 
-def _unknown(node: fx.Node, kind: str) -> ConfigError:
+def _owner(node: fx.Node) -> str | None:
+    """The qualified name of the module whose forward made `node` ("" for the model's own)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    return str(next(reversed(stack.values()))[0]) if isinstance(stack, dict) else None
+
+
+def _unknown(node: fx.Node, kind: str, why: str = "") -> ConfigError:
     target = getattr(node.target, "__name__", node.target)
+    where = getattr(node.target, "__module__", None) if callable(node.target) else None
+    owner = _owner(node)
+    named = f"{kind} {target!r}" + (f" (from {where})" if where and kind == "function" else "")
+    inside = f" in module {owner!r}" if owner else ""
+    exclude = f"exclude={[owner]!r}" if owner else "exclude=[the module's name]"
     return ConfigError(
-        f"no channel rule for {kind} {target!r} at graph node {node.name!r}, which receives channels",
+        f"no channel rule for {named} at graph node {node.name!r}{inside}, which receives channels{why}",
         fix="register one with secateurs.graph.core.register_function_rule / register_module_rule "
-        "(a function(ctx, node) returning the output's Tracked channels), or exclude this part of the model",
+        f"(a function(ctx, node) returning the output's Tracked channels), or keep that part whole: "
+        f"{exclude}",
     )
 
 
+def _excluded(node: fx.Node, exclude: Sequence[str]) -> bool:
+    """Whether `node` runs inside a module the caller excluded (its channels are kept whole)."""
+    owner = _owner(node)
+    if not owner or not exclude:
+        return False
+    parts = owner.split(".")
+    prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    return any(fnmatchcase(p, pattern) for p in prefixes for pattern in exclude)
+
+
+def _keep_whole(ctx: Context, node: fx.Node) -> Opaque:
+    """An op the engine cannot follow inside an excluded module: its inputs' channels are kept."""
+    for a in node.all_input_nodes:
+        t = ctx.tracked(a)
+        if t is not None:
+            ctx.labels.freeze(t.labels)
+    return OPAQUE
+
+
+def _calling(call: Any, arity: int) -> nn.Module:
+    """A module whose forward takes `arity` tensors and passes them to `call` as a list (fx makes
+    one placeholder per named parameter; `*args` would be a single one)."""
+    names = ", ".join(f"t{i}" for i in range(arity))
+    namespace: dict[str, Any] = {"_call": call}
+    exec(f"def forward(self, {names}):\n    return _call([{names}])\n", namespace)
+    return type("Call", (nn.Module,), {"forward": namespace["forward"]})()
+
+
+def _inline(ctx: Context, node: fx.Node, exclude: Sequence[str]) -> Any:
+    """A function without a rule that fx kept as one call (`torch.fx.wrap`, a leaf of a model zoo):
+    trace into it on the node's own arguments and follow the channels through its graph."""
+    fn = node.target
+    if not callable(fn) or getattr(fn, "__module__", "").startswith(("torch", "builtins", "_operator")):
+        raise _unknown(node, "function")
+    positions = [i for i, a in enumerate(node.args) if isinstance(a, fx.Node)]
+    keywords = [k for k, v in node.kwargs.items() if isinstance(v, fx.Node)]
+    tensor_args = [node.args[i] for i in positions] + [node.kwargs[k] for k in keywords]
+    shapes = [ctx.shape(a) for a in tensor_args]
+    if any(s is None for s in shapes):
+        raise _unknown(node, "function", " (its arguments are not all tensors of known shape)")
+
+    def call(tensors: list[Tensor]) -> Any:
+        args = list(node.args)
+        for i, t in zip(positions, tensors, strict=False):
+            args[i] = t
+        kwargs = dict(node.kwargs) | dict(zip(keywords, tensors[len(positions) :], strict=True))
+        return fn(*args, **kwargs)
+
+    try:
+        inner = fx.symbolic_trace(_calling(call, len(tensor_args)))
+        metas = [a.meta["tensor_meta"] for a in tensor_args]
+        with torch.no_grad():
+            ShapeProp(inner).propagate(*(torch.zeros(m.shape, dtype=m.dtype) for m in metas))
+    except Exception as err:  # fx raises many types; the function cannot be followed
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise _unknown(node, "function", f", and tracing into it failed ({first})") from None
+    placeholders = [n for n in inner.graph.nodes if n.op == "placeholder"]
+    for placeholder, outer in zip(placeholders, tensor_args, strict=True):
+        ctx.values[placeholder] = ctx.values.get(outer)
+    result: Any = None
+    for inner_node in inner.graph.nodes:
+        if inner_node.op == "placeholder":
+            continue
+        if inner_node.op == "output":
+            out = inner_node.args[0]
+            if isinstance(out, fx.Node):
+                result = ctx.values.get(out)
+            elif isinstance(out, tuple | list):
+                result = [ctx.values.get(o) if isinstance(o, fx.Node) else None for o in out]
+            break
+        inner_node.meta.setdefault("nn_module_stack", node.meta.get("nn_module_stack"))
+        ctx.values[inner_node] = _visit(ctx, inner_node, exclude)
+    return result
+
+
 def analyze(
-    model: nn.Module, example_input: Tensor | tuple[Tensor, ...], *, exclude: Sequence[str] = ()
+    model: nn.Module,
+    example_input: Tensor | tuple[Tensor, ...],
+    *,
+    exclude: Sequence[str] = (),
+    through_norms: bool = False,
 ) -> ChannelGraph:
     """Trace `model`, follow its channels on `example_input` and return the channel groups.
 
-    `exclude`: module name patterns (shell-style) whose output channels must be kept; a pattern
-    that matches no module is an error.
+    `exclude`: module name patterns (shell-style) whose parts are kept whole: their output
+    channels stay, and ops inside them the engine cannot follow keep their channels instead of
+    failing; a pattern that matches no module is an error. `through_norms`: channels a LayerNorm
+    normalises together become prunable (its weight and bias are sliced); the kept channels'
+    statistics then change, so removal is no longer exact (`ChannelGraph.approximate` names them).
     """
     names = [n for n, _ in model.named_modules() if n]
     for pattern in exclude:
@@ -92,16 +188,16 @@ def analyze(
             ShapeProp(gm).propagate(*inputs)
     finally:
         model.train(was_training)
-    ctx = Context(gm, model)
+    ctx = Context(gm, model, through_norms=through_norms)
     for node in gm.graph.nodes:
-        ctx.values[node] = _visit(ctx, node)
+        ctx.values[node] = _visit(ctx, node, exclude)
     for site in ctx.sites:
         if site.role == "producer" and any(fnmatchcase(site.module, p) for p in exclude):
             ctx.labels.freeze(site.labels)
     return _groups(ctx)
 
 
-def _visit(ctx: Context, node: fx.Node) -> Any:
+def _visit(ctx: Context, node: fx.Node, exclude: Sequence[str] = ()) -> Any:
     if node.op == "placeholder":
         return None  # model inputs: their channels (e.g. RGB) are never removed
     if node.op == "get_attr":
@@ -115,7 +211,8 @@ def _visit(ctx: Context, node: fx.Node) -> Any:
     has_channels = any(
         ctx.tracked(a) is not None or isinstance(ctx.values.get(a), list) for a in node.all_input_nodes
     )
-    if any(ctx.values.get(a) is OPAQUE for a in node.all_input_nodes):
+    reads_parameters = node.op != "call_module" and getattr(_function_rule(node), "reads_parameters", False)
+    if not reads_parameters and any(ctx.values.get(a) is OPAQUE for a in node.all_input_nodes):
         module = ctx.modules.get(str(node.target)) if node.op == "call_module" else None
         if isinstance(module, (*CONVS, *CONV_TRANSPOSED, nn.Linear, nn.MultiheadAttention)):
             pass  # unknown input channels are simply not prunable here; its outputs are new
@@ -133,13 +230,19 @@ def _visit(ctx: Context, node: fx.Node) -> Any:
         if rule is None:
             if not has_channels and not any(True for _ in module.parameters(recurse=False)):
                 return None
+            if _excluded(node, exclude) or any(fnmatchcase(str(node.target), p) for p in exclude):
+                return _keep_whole(ctx, node)
             raise _unknown(node, f"module {type(module).__name__} ({node.target})")
         return rule(ctx, node, module)
     rule = _function_rule(node)
     if rule is None:
         if not has_channels:
             return None
-        raise _unknown(node, "function" if node.op == "call_function" else "method")
+        if _excluded(node, exclude):
+            return _keep_whole(ctx, node)
+        if node.op == "call_function":
+            return _inline(ctx, node, exclude)
+        raise _unknown(node, "method")
     return rule(ctx, node)
 
 
@@ -190,11 +293,20 @@ def _groups(ctx: Context) -> ChannelGraph:
         change = np.ones(len(roots), dtype=bool)
         change[1:] = (roots[1:] != roots[:-1]) | (site_of[1:] != site_of[:-1])
         starts = np.flatnonzero(change)
-        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(roots)], strict=True):
+        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(roots)][: len(starts)], strict=True):
             root = int(roots[a])
             group = groups.get(root)
             if group is None:
                 group = groups[root] = ChannelGroup(root)
             group.sites.append((ctx.sites[int(site_of[a])], position[a:b]))
     ordered = sorted(groups.values(), key=lambda g: g.id)
-    return ChannelGraph(ctx.model, ordered, ctx.sites, labels, frozen_roots, ctx.attributes, entries)
+    return ChannelGraph(
+        ctx.model,
+        ordered,
+        ctx.sites,
+        labels,
+        frozen_roots,
+        ctx.attributes,
+        entries,
+        approximate=ctx.approximate,
+    )

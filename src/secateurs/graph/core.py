@@ -151,6 +151,8 @@ class ChannelGraph:
     # dim, group id), sorted by group id, then site, then index: what `groups` lists, for
     # vectorised scoring; None when the graph was built another way
     entries: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    # modules whose removal is not exact (LayerNorms pruned through with through_norms=True)
+    approximate: list[str] = field(default_factory=list)
 
     def group_of_root(self) -> dict[int, ChannelGroup]:
         return {g.id: g for g in self.groups}
@@ -160,9 +162,11 @@ class ChannelGraph:
 class Context:
     """What rules see: labels, shapes, modules, and where to record sites."""
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, *, through_norms: bool = False) -> None:
         self.gm = gm
         self.model = model
+        self.through_norms = through_norms  # prune channels LayerNorm normalises together (not exact)
+        self.approximate: list[str] = []
         self.modules = dict(model.named_modules())
         self.labels = Labels()
         self.sites: list[Site] = []

@@ -153,8 +153,24 @@ def layer_norm_rule(ctx: Context, node: fx.Node, module: nn.Module) -> Tracked |
     if t is None or shape is None:
         return None
     normalized = set(range(len(shape) - len(module.normalized_shape), len(shape)))
-    if normalized & set(t.dims):
-        ctx.labels.freeze(t.labels)  # mean and variance over the channels depend on every channel
+    if not normalized & set(t.dims):
+        return t
+    last = t.on(len(shape) - 1)
+    if (
+        ctx.through_norms
+        and last is not None
+        and module.elementwise_affine
+        and normalized == {len(shape) - 1}
+    ):
+        # opted in: slice its weight and bias like a BatchNorm's; the statistics of the channels
+        # kept change, so the output deviates (measured by secateurs.structured.prune_channels)
+        name = str(node.target)
+        for tensor in ("weight", "bias"):
+            if getattr(module, tensor, None) is not None:
+                ctx.site(name, tensor, 0, last, "passive")
+        ctx.approximate.append(name)
+        return t
+    ctx.labels.freeze(t.labels)  # mean and variance over the channels depend on every channel
     return t
 
 

@@ -126,6 +126,8 @@ def _update_sizes(module: nn.Module) -> None:
         module.num_embeddings, module.embedding_dim = module.weight.shape
     elif isinstance(module, nn.PReLU):
         module.num_parameters = module.weight.shape[0]
+    elif isinstance(module, nn.LayerNorm) and module.weight is not None:  # pruned through (opt-in)
+        module.normalized_shape = (*module.normalized_shape[:-1], module.weight.shape[0])
 
 
 def _adopt_attention(model: nn.Module) -> None:

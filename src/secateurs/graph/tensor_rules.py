@@ -363,14 +363,21 @@ def matmul_rule(ctx: Context, node: fx.Node) -> Tracked | None:
             else:
                 out[od] = labels
         _tie_within(ctx, t, [d for d in t.dims if d != (ka if t is ta else kb)] or list(t.dims[:1]))
+    return _product(ctx, out)
+
+
+def _product(ctx: Context, out: dict[int, np.ndarray]) -> Tracked | None:
+    """The channels of a product's output from the labels of each of its channel dims.
+
+    Several channel dims (heads × head positions): each position carries its first-dim label, and
+    the other dims' labels are tied to the first one's first label, a conservative coarsening (in
+    attention those labels are already tied within each head).
+    """
     if not out:
         return None
     dims = tuple(sorted(out))
     if len(dims) == 1:
         return Tracked(dims, out[dims[0]])
-    # Several channel dims in the product (heads × head positions): each position carries its
-    # first-dim label, and the other dims' labels are tied to the first one's first label, a
-    # conservative coarsening (in attention those labels are already tied within each head).
     first = out[dims[0]]
     shape = [len(out[d]) for d in dims]
     grid = np.broadcast_to(first.reshape(-1, *[1] * (len(dims) - 1)), shape).copy()
@@ -397,3 +404,118 @@ def pixel_shuffle_channels(ctx: Context, node: fx.Node) -> Tracked | None:
 @register_function_rule(F.pixel_shuffle, torch.pixel_shuffle)
 def pixel_shuffle_rule(ctx: Context, node: fx.Node) -> Tracked | None:
     return pixel_shuffle_channels(ctx, node)
+
+
+def _einsum_subscripts(equation: str, ranks: Sequence[int]) -> tuple[list[str], str] | None:
+    """Each operand's subscripts and the output's, with `...` spelled out as digits (right-aligned
+    across operands, as einsum broadcasts them); None for what it cannot read."""
+    equation = equation.replace(" ", "")
+    inputs, arrow, output = equation.partition("->")
+    operands = inputs.split(",")
+    if len(operands) != len(ranks):
+        return None
+    widest = max(
+        (r - len(s.replace("...", "")) for s, r in zip(operands, ranks, strict=True) if "..." in s), default=0
+    )
+    batch = "".join(chr(ord("0") + i) for i in range(widest))  # digits: never an einsum letter
+    spelled = []
+    for s, r in zip(operands, ranks, strict=True):
+        if "..." in s:
+            n = r - len(s.replace("...", ""))
+            s = s.replace("...", batch[len(batch) - n :] if n else "")
+        if len(s) != r:
+            return None
+        spelled.append(s)
+    if arrow:
+        output = output.replace("...", batch)
+    else:  # implicit: the ellipsis dims, then every letter used once, in alphabetical order
+        counts = {c: "".join(spelled).count(c) for c in "".join(spelled)}
+        output = batch + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in batch))
+    return spelled, output
+
+
+def _weight_sites(
+    ctx: Context,
+    node: fx.Node,
+    subscripts: str,
+    shape: tuple[int, ...],
+    others: str,
+    output: str,
+    by_letter: dict[str, list[np.ndarray]],
+) -> None:
+    """Sites of a parameter in an einsum, as a layer's weight has them: a letter only it and the
+    output share is new output channels (producer), a letter it shares with another operand is
+    sliced with that operand's channels (consumer if contracted, else passive)."""
+    module, _, tensor = str(node.target).rpartition(".")
+    for dim, letter in enumerate(subscripts):
+        if shape[dim] == 1 or (letter not in others and letter not in output):
+            continue  # broadcast, or summed within the weight alone: not a channel
+        if letter in others:
+            labels = ctx.labels.fresh((shape[dim],), PASSIVE)
+            ctx.site(module, tensor, dim, labels, "passive" if letter in output else "consumer")
+        else:
+            labels = ctx.fresh_channels(module, [(tensor, dim)], shape[dim])
+        by_letter.setdefault(letter, []).append(labels)
+
+
+@register_function_rule(torch.einsum, torch.functional.einsum)
+def einsum_rule(ctx: Context, node: fx.Node) -> Tracked | None:
+    """torch.einsum from its subscripts: a letter kept in the output ties the channels of every
+    operand on it position by position (like broadcasting), a contracted letter ties the operands
+    that carry it (like matmul's inner dim); channels meeting untracked data of the same size, a
+    letter repeated within one operand, or a contraction of one operand alone are kept whole."""
+    equation = node.args[0]
+    operands = (
+        list(node.args[1])
+        if len(node.args) == 2 and isinstance(node.args[1], list | tuple)
+        else list(node.args[1:])
+    )
+    weights = [isinstance(o, fx.Node) and o.op == "get_attr" for o in operands]
+    tracked = [
+        ctx.tracked(o) if isinstance(o, fx.Node) and not w else None
+        for o, w in zip(operands, weights, strict=True)
+    ]
+    shapes = [ctx.shape(o) if isinstance(o, fx.Node) else None for o in operands]
+    if all(t is None for t in tracked):
+        return None
+    parsed = None
+    if isinstance(equation, str) and all(s is not None for s in shapes):
+        parsed = _einsum_subscripts(equation, [len(s) for s in shapes])  # type: ignore[arg-type]
+    if parsed is None or any(len(set(s)) != len(s) for s in parsed[0]):
+        for t in tracked:
+            if t is not None:
+                ctx.labels.freeze(t.labels)
+        return None
+    subscripts, output = parsed
+    by_letter: dict[str, list[np.ndarray]] = {}
+    untracked: set[str] = set()
+    for k, (operand, s, shape) in enumerate(zip(operands, subscripts, shapes, strict=True)):
+        if weights[k]:  # a parameter used directly: its subscripts say which dims are channels
+            others = "".join(sub for j, sub in enumerate(subscripts) if j != k)
+            _weight_sites(ctx, operand, s, shape, others, output, by_letter)  # type: ignore[arg-type]
+    for t, s, shape, weight in zip(tracked, subscripts, shapes, weights, strict=True):
+        assert shape is not None
+        if weight:
+            continue
+        for dim, letter in enumerate(s):
+            labels = _axis_labels(t, dim) if t is not None else None
+            if labels is not None:
+                by_letter.setdefault(letter, []).append(labels)
+            elif shape[dim] > 1:
+                untracked.add(letter)
+        if t is not None:
+            _tie_within(ctx, t, [d for d in t.dims if s[d] in output] or list(t.dims[:1]))
+    out: dict[int, np.ndarray] = {}
+    for letter, labels in by_letter.items():
+        if letter in untracked or (letter not in output and len(labels) < 2):
+            for lab in labels:
+                ctx.labels.freeze(lab)  # fixed data on the other side, or summed away within one operand
+            continue
+        for lab in labels[1:]:
+            ctx.labels.union(labels[0], lab)
+        if letter in output:
+            out[output.index(letter)] = labels[0]
+    return _product(ctx, out)
+
+
+einsum_rule.reads_parameters = True  # type: ignore[attr-defined]  (its weights are not opaque tables)

@@ -33,10 +33,12 @@ def check_max_per_layer(value: object, structure: str) -> float:
 class Channel(Structure):
     """Channel groups of a traced model (see the module docstring).
 
-    `exclude`: module name patterns whose output channels are kept. `max_per_layer`: the most of
-    any layer's groups an allocation ranking across layers (global) removes. `pool`, `side`: how
-    element scores become a group's score (default: the criterion's preference, else l1 over
-    the producing filters).
+    `exclude`: module name patterns kept whole (their output channels stay, and ops inside them
+    the engine cannot follow keep their channels). `max_per_layer`: the most of any layer's
+    groups an allocation ranking across layers (global) removes. `pool`, `side`: how element
+    scores become a group's score (default: the criterion's preference, else l1 over the producing
+    filters). `through_norms`: prune channels that a LayerNorm normalises together (not exact:
+    the kept channels' statistics change; `prune_channels` reports the output deviation).
     """
 
     name = "channel"
@@ -47,6 +49,7 @@ class Channel(Structure):
         max_per_layer: float = 0.9,
         pool: str | None = None,
         side: str | None = None,
+        through_norms: bool = False,
     ) -> None:
         if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
             raise ConfigError(
@@ -58,6 +61,7 @@ class Channel(Structure):
         self.max_per_layer = check_max_per_layer(max_per_layer, "channel")
         check_pooling("channel", pool, side)
         self.pool, self.side = pool, side
+        self.through_norms = bool(through_norms)
 
     def layout(self, ctx: LayoutContext) -> Layout:
         if ctx.example_input is None:
@@ -65,4 +69,5 @@ class Channel(Structure):
                 "structure channel traces the model and needs an example input",
                 fix="pass example_input= (one batch) or input_shape= (one sample) to prune()/compute_masks()",
             )
-        return graph_layout(self, ctx, analyze(ctx.model, ctx.example_input, exclude=self.exclude))
+        graph = analyze(ctx.model, ctx.example_input, exclude=self.exclude, through_norms=self.through_norms)
+        return graph_layout(self, ctx, graph)
