@@ -314,3 +314,10 @@ def test_real_timing_produces_a_plan_that_computes_the_same() -> None:
     x = torch.randn(8, 40)
     with torch.inference_mode():
         torch.testing.assert_close(sparse(x), model(x), atol=ATOL, rtol=0)
+
+
+def test_a_model_off_the_cpu_is_refused_with_the_fix() -> None:
+    model = nn.Linear(8, 4, device="meta")  # stands in for a GPU: any non-CPU device
+    masks = MaskSet({"weight": torch.ones(4, 8, dtype=torch.bool)})
+    with pytest.raises(ConfigError, match="sparse kernels are for CPU inference, but the model is on meta"):
+        sparsify(model, masks=masks)

@@ -384,3 +384,16 @@ def test_export_writes_csv_and_json_atomically(filled: Path, tmp_path: Path) -> 
         "no results database",
     )
     assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_sweep_over_a_users_model_factories_and_data_factory_runs_in_worker_processes(folder: Path) -> None:
+    user_model = {"factory": "user_code.models:residual_net", "options": {"width": 4}}
+    other_width = {"factory": "user_code.models:residual_net", "options": {"width": 6}}
+    points = points_of(
+        folder, models=[user_model, other_width], data=[{"factory": "user_code.data:patterns"}]
+    )
+    assert len({p.hash for p in points}) == 2  # the options are part of the run hash
+    summary = run_sweep(points, folder / "store", workers=2)  # spawned: they import user_code themselves
+    assert summary.line() == "2 finished, 0 skipped, 0 failed"
+    again = run_sweep(points, folder / "store")
+    assert again.line() == "0 finished, 2 skipped, 0 failed"

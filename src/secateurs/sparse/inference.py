@@ -321,6 +321,13 @@ def sparsify(
             where="sparsify()",
             fix="prune it with secateurs.prune first, or pass masks=MaskSet({'fc.weight': fc.weight != 0})",
         )
+    devices = {p.device.type for p in model.parameters()}
+    if devices - {"cpu"}:
+        raise ConfigError(
+            f"sparse kernels are for CPU inference, but the model is on {', '.join(sorted(devices))}",
+            where="sparsify()",
+            fix="sparsify a CPU copy (model.cpu()) for CPU serving; on a GPU keep the masked dense model",
+        )
     sizes = sorted({int(b) for b in batch_sizes})
     if not sizes or sizes[0] < 1:
         raise ConfigError(

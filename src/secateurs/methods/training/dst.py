@@ -115,7 +115,8 @@ def grow_strongest(kept: Tensor, scores: Tensor, n: int) -> LayerUpdate:
 
 
 def random_scores(mask: Tensor, generator: torch.Generator) -> Tensor:
-    return torch.rand(mask.shape, generator=generator)
+    """Uniform scores drawn on the CPU (the same on every device), placed beside the mask."""
+    return torch.rand(mask.shape, generator=generator).to(mask.device)
 
 
 def distribute(total: int, weights: list[float], caps: list[int]) -> list[int]:
