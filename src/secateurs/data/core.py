@@ -24,6 +24,7 @@ __all__ = [
     "BatchOrder",
     "DataSplits",
     "DatasetInfo",
+    "EpochLoader",
     "TensorLoader",
     "class_balanced_batch",
     "derive_seed",
@@ -116,31 +117,13 @@ class BatchOrder:
             yield idx
 
 
-class TensorLoader:
-    """Iterates (x, y) mini-batches over in-memory tensors, in the seeded `BatchOrder`.
+class EpochLoader:
+    """A loader over a `BatchOrder` that knows its epoch: each `__iter__` call uses the current
+    epoch and then advances it by one; `set_epoch` rewinds or skips ahead (e.g. when resuming
+    from a checkpoint). Subclasses say how a batch of indices becomes (x, y)."""
 
-    Each `__iter__` call uses the current epoch and then advances it by one; `set_epoch` rewinds
-    or skips ahead (e.g. when resuming from a checkpoint).
-    """
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        drop_last: bool = False,
-        world: World | None = None,
-    ) -> None:
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-        self._x = x
-        self._y = y
-        self._order = BatchOrder(
-            int(x.shape[0]), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, world=world
-        )
+    def __init__(self, order: BatchOrder) -> None:
+        self._order = order
         self._epoch = 0
 
     @property
@@ -164,9 +147,38 @@ class TensorLoader:
     def __len__(self) -> int:
         return len(self._order)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _next_epoch(self) -> int:
         epoch = self._epoch
         self._epoch += 1
+        return epoch
+
+
+class TensorLoader(EpochLoader):
+    """Iterates (x, y) mini-batches over in-memory tensors, in the seeded `BatchOrder`."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        world: World | None = None,
+    ) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+        super().__init__(
+            BatchOrder(
+                int(x.shape[0]), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, world=world
+            )
+        )
+        self._x = x
+        self._y = y
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self._next_epoch()
         return ((self._x[i], self._y[i]) for i in self._order.batches(epoch, self._x.device))
 
 

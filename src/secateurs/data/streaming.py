@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from secateurs.core.distributed import World
 from secateurs.core.errors import ConfigError
-from secateurs.data.core import BatchOrder, DatasetInfo, DataSplits, derive_seed, seeded_generator
+from secateurs.data.core import (
+    BatchOrder,
+    DatasetInfo,
+    DataSplits,
+    EpochLoader,
+    derive_seed,
+    seeded_generator,
+)
 
 __all__ = ["DatasetSplits", "StreamLoader"]
 
@@ -43,33 +50,16 @@ class _Batches(torch.utils.data.Sampler[list[int]]):
                 yield batch.tolist()
 
 
-class StreamLoader:
-    """(x, y) mini-batches of a Dataset, in the seeded `BatchOrder`; `set_epoch` like `TensorLoader`."""
+class StreamLoader(EpochLoader):
+    """(x, y) mini-batches of a Dataset, in the seeded `BatchOrder` (epochs as `EpochLoader`)."""
 
     def __init__(self, dataset: Dataset[Any], order: BatchOrder, settings: dict[str, Any]) -> None:
+        super().__init__(order)
         self._dataset = dataset
-        self._order = order
         self._settings = settings
-        self._epoch = 0
-
-    @property
-    def batch_size(self) -> int:
-        return self._order.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        derive_seed(self._order.seed, epoch)
-        self._epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self._order)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        epoch = self._epoch
-        self._epoch += 1
+        epoch = self._next_epoch()
         loader = DataLoader(
             self._dataset,
             batch_sampler=_Batches(self._order, epoch),
