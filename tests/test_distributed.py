@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,10 +60,13 @@ def _outcome(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, size: int, port: int, folder: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size))
+def _worker(rank: int, size: int, folder: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size))
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=size)
+    # a file store, not a TCP port: a free port picked here could be taken by another test's
+    # torchrun (they run side by side under xdist) before the group binds it
+    store = f"file://{Path(folder) / 'store'}"
+    torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=size)
     try:
         outcomes = {name: _outcome(raw) for name, raw in RECIPES.items()}
         from secateurs.core.distributed import DistributedError, check_same_masks
@@ -80,16 +82,10 @@ def _worker(rank: int, size: int, port: int, folder: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(2, _free_port(), str(folder)), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, str(folder)), nprocs=2, start_method="spawn")
     return [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
