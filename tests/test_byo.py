@@ -444,3 +444,17 @@ def test_a_tensorboard_log_without_tensorboard_says_how_to_get_it(tmp_path: Path
         return
     secateurs.run(user_recipe([{"train": {}}, {"evaluate": {}}]), metrics_log=tmp_path / "tb")
     assert any((tmp_path / "tb").iterdir())
+
+
+def test_a_checkpoint_of_a_user_model_is_inspected_by_rebuilding_it_from_its_factory(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from secateurs.front.cli import app
+
+    stages = [{"train": {}}, {"prune": {"criterion": "magnitude"}}, {"evaluate": {}}]
+    secateurs.run(user_recipe(stages), out=tmp_path / "run")
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path / "run")])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())  # the console wraps long lines
+    assert "model user_code.models:residual_net" in text
+    assert "MACs per sample" in text and "sparsity 0.5000" in text
