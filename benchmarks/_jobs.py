@@ -6,6 +6,8 @@ import argparse
 import json
 import multiprocessing as mp
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ def run_phase(
     workers: int,
     describe: Callable[[Job, Any], str],
 ) -> None:
-    """Run the jobs not yet in `done` on `workers` spawned processes (results in job order).
+    """Run the jobs not yet in `done` on `workers` spawned processes (each stored as it finishes).
 
     After each job its result is written to `store` atomically, so a killed benchmark loses at
     most the jobs that were running and resumes with the rest.
@@ -48,8 +50,18 @@ def run_phase(
     pending = [j for j in jobs if key(j) not in done]
     if not pending:
         return
-    with mp.get_context("spawn").Pool(workers) as pool:
-        for i, (job, result) in enumerate(zip(pending, pool.imap(work, pending), strict=True)):
-            done[key(job)] = result
-            atomic_write_text(store, json.dumps(done, indent=1))
-            print(f"[{i + 1}/{len(pending)}] {key(job)}: {describe(job, result)}", flush=True)
+    # an executor, not multiprocessing.Pool: a worker killed (out of memory) breaks it loudly,
+    # where Pool would replace the worker and wait for the lost job forever
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(work, job): job for job in pending}
+        try:
+            for i, future in enumerate(as_completed(futures)):
+                job, result = futures[future], future.result()
+                done[key(job)] = result
+                atomic_write_text(store, json.dumps(done, indent=1))
+                print(f"[{i + 1}/{len(pending)}] {key(job)}: {describe(job, result)}", flush=True)
+        except BrokenProcessPool:
+            raise SystemExit(
+                f"a worker process died (killed, e.g. out of memory) after {len(done)} finished jobs, "
+                f"which are kept in {store}; run again with fewer --workers to resume"
+            ) from None

@@ -400,9 +400,10 @@ def describe(job: dict[str, Any], r: dict[str, Any]) -> str:
     return f"{text} ({r['seconds']:.0f} s)"
 
 
-def jobs(quick: bool, work: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(first phase, second phase): the dense models and MiniLM, then SmolLM2 and the conv-net pruning
-    (which needs the trained conv nets)."""
+def jobs(quick: bool, work: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(first, heavy, second phase): the dense models and MiniLM; GraSP on SmolLM2, whose double
+    backward holds about 13 GB (one job at a time: two would not fit in 24 GB); then the rest of
+    SmolLM2 and the conv-net pruning (which needs the trained conv nets)."""
     seeds = budget(quick)["seeds"]
     dense = [
         {"model": "lenet5", "kind": "dense", "seed": s, "quick": quick, "out": str(work / f"lenet5-{s}.pt")}
@@ -432,7 +433,8 @@ def jobs(quick: bool, work: Path) -> tuple[list[dict[str, Any]], list[dict[str, 
         for s in seeds
         for c in CRITERIA
     ]
-    return dense + llm("minilm"), smollm2 + conv
+    heavy = [j for j in smollm2 if j["criterion"] == "grasp"]
+    return dense + llm("minilm"), heavy, [j for j in smollm2 if j not in heavy] + conv
 
 
 def prepare_smollm2() -> float:
@@ -875,8 +877,8 @@ def main() -> None:
     store = work / "runs.json"
     done: dict[str, Any] = load_done(store, fresh=args.fresh)
     before = set(done)
-    first, second = jobs(args.quick, work)
-    for job in first + second:  # a result kept under another budget is stale
+    first, heavy, second = jobs(args.quick, work)
+    for job in first + heavy + second:  # a result kept under another budget is stale
         if key(job) in done and done[key(job)].get("budget") != section_budget(job):
             done.pop(key(job))
             before.discard(key(job))
@@ -887,11 +889,9 @@ def main() -> None:
     prepared = prepare_smollm2()
     if prepared:
         print(f"dequantized and saved SmolLM2 in {prepared:.0f} s", flush=True)
-    for phase in (first, second):
-        run_phase(
-            phase, key=key, work=run_job, store=store, done=done, workers=args.workers, describe=describe
-        )
-    keys = {key(j) for j in first + second}
+    for phase, workers in ((first, args.workers), (heavy, 1), (second, args.workers)):
+        run_phase(phase, key=key, work=run_job, store=store, done=done, workers=workers, describe=describe)
+    keys = {key(j) for j in first + heavy + second}
     log = work / "invocations.json"  # wall time of each invocation since the last --fresh
     invocations = json.loads(log.read_text()) if log.exists() and not args.fresh else []
     invocations.append(
