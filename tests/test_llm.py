@@ -463,5 +463,5 @@ def test_cli_calibrates_and_evaluates_on_your_own_text_files(tmp_path: Path) -> 
     args = ["eval", "--model", str(tmp_path / "file"), "--eval-text", str(held_out), "--seq-len", "32"]
     result = runner.invoke(llm_app, args)
     assert result.exit_code == 0, result.output
-    assert "perplexity" in result.output and "18 windows × 32" in result.output
-    assert "held_out.txt" in result.output
+    text = "".join(result.output.split())  # the console wraps long lines, even inside a path
+    assert "perplexity" in text and "18windows×32" in text and f"{held_out})" in text
