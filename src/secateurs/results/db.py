@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -237,10 +238,22 @@ class ResultsDB:
         return "ours"
 
     def _ensure_wal(self) -> None:
-        """WAL lets readers and one writer work at once; switching writes, so only when needed."""
-        mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if str(mode).lower() != "wal":
-            self.conn.execute("PRAGMA journal_mode=WAL")
+        """WAL lets readers and one writer work at once; switching writes, so only when needed.
+
+        Switching needs the database to itself and SQLite does not wait for that (no busy
+        handler): two sweeps opening a new store at once retry here until the first one is done.
+        """
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
