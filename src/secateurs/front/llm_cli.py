@@ -32,7 +32,9 @@ ModelOpt = Annotated[
 ]
 TextOpt = Annotated[str, typer.Option("--text", help="built-in text source: kjv, fortunes or gpl3")]
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="tokens per window")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="CPU threads for torch")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's, all cores)")
+]
 
 
 def _print(text: str) -> None:
@@ -47,9 +49,12 @@ def _quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def _threads(threads: int) -> None:
+def _threads(threads: int | None) -> None:
+    """Large matrix products use every core well: only an explicit --threads changes torch's default."""
     import torch
 
+    if threads is None:
+        return
     if threads < 1:
         raise ConfigError(
             f"--threads must be at least 1, got {threads}", where="--threads", fix="pass 1 or more"
@@ -80,7 +85,7 @@ def prune(
     draw: Annotated[
         str, typer.Option(help="calibration windows: random (seeded offsets) or consecutive from the start")
     ] = "random",
-    threads: ThreadsOpt = 1,
+    threads: ThreadsOpt = None,
 ) -> None:
     """One-shot prune every Linear of the transformer blocks, block by block on calibration text.
 
@@ -175,7 +180,7 @@ def eval_(
         Path | None,
         typer.Option("--eval-text", help="evaluate on this UTF-8 text file (encoders: its non-empty lines)"),
     ] = None,
-    threads: ThreadsOpt = 1,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Perplexity on held-out text (causal LMs) or embedding similarity to a reference (encoders).
 
