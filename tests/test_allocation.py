@@ -236,3 +236,32 @@ def test_unknown_allocation_or_option_lists_valid_names() -> None:
     with pytest.raises(ConfigError, match=r"has no option 'temperature'"):
         allocate("uniform", [layer("a", (4,))], 0.5, temperature=2)
     assert {"er", "erk", "explicit", "global", "uniform"} <= set(ALLOCATIONS.names())
+
+
+def _global_by_sorting(layers: list[LayerInfo], sparsity: float) -> dict[str, int]:
+    """The global rule written as a full stable sort: what the selection must reproduce exactly."""
+    from secateurs.methods.allocations.base import kept_after
+
+    budget = kept_after(sum(x.numel for x in layers), sparsity)
+    scores = torch.cat([x.scores.double() for x in layers])
+    owner = torch.cat([torch.full((x.num_groups,), i) for i, x in enumerate(layers)])
+    sizes = torch.cat([torch.full((x.num_groups,), x.group_size) for x in layers])
+    order = torch.argsort(scores, descending=True, stable=True)
+    taken = torch.cumsum(sizes[order], 0) <= budget
+    counts = torch.bincount(owner[order][taken], minlength=len(layers))
+    return {x.name: int(counts[i]) for i, x in enumerate(layers)}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_global_selection_equals_the_full_sort_with_ties_and_pruned_groups(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    group = int(torch.randint(1, 4, (1,), generator=g))  # one group size for all: the selection path
+    layers = []
+    for i in range(int(torch.randint(1, 6, (1,), generator=g))):
+        n = int(torch.randint(1, 60, (1,), generator=g))
+        scores = torch.randint(0, 6, (n,), generator=g).float() / 4  # many ties
+        scores[torch.rand(n, generator=g) < 0.2] = -math.inf  # already pruned
+        layers.append(LayerInfo(f"l{i}", (n * group,), group, scores))
+    for sparsity in (0.0, 0.3, 0.5, 0.9, 0.99):
+        got = allocate("global", layers, sparsity, allow_collapse=True)
+        assert got == _global_by_sorting(layers, sparsity)

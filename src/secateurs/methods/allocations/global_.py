@@ -10,6 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.topk import topk_mask
 from secateurs.methods.allocations.base import ALLOCATIONS, LayerInfo, kept_after
 
 NORMALIZE = ("none", "mean")
@@ -64,8 +65,15 @@ def global_(
     _check(normalize, max_per_layer)
     total = sum(layer.numel for layer in layers)
     budget = kept_after(total, sparsity)
+    # raw scores are ranked in their own dtype (widening float32 to float64 is exact, so the
+    # ranking is the same); normalised ones in float64, where the division is done
     scores = torch.cat(
-        [_normalised(layer.scores.detach().double().reshape(-1).cpu(), normalize) for layer in layers]
+        [
+            _normalised(layer.scores.detach().reshape(-1).cpu(), normalize)
+            if normalize == "none"
+            else _normalised(layer.scores.detach().double().reshape(-1).cpu(), normalize)
+            for layer in layers
+        ]
     )
     sizes = torch.cat(
         [torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers]
@@ -73,7 +81,6 @@ def global_(
     owner = torch.cat(
         [torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)]
     )
-    order = torch.argsort(scores, descending=True, stable=True)
     must = [
         layer.num_groups
         - min(
@@ -82,6 +89,13 @@ def global_(
         )
         for layer in layers
     ]
+    if not any(must) and len({layer.group_size for layer in layers}) == 1:
+        # one group size: the budget is a number of groups, the best ones (ties to the earlier
+        # layer, then the lower index), found by selection rather than a full sort
+        keep = topk_mask(scores, budget // layers[0].group_size)
+        counts = torch.bincount(owner[keep], minlength=len(layers))
+        return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}
+    order = torch.argsort(scores, descending=True, stable=True)
     if not any(must):
         taken = torch.cumsum(sizes[order], 0) <= budget
         counts = torch.bincount(owner[order][taken], minlength=len(layers))
