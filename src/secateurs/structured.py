@@ -111,15 +111,13 @@ def output_deviation(
     model: nn.Module, small: nn.Module, graph: ChannelGraph, removed: Sequence[int], example_input: Tensor
 ) -> float:
     """How far removal strays from masking: max |small(x) - masked(x)| / max |masked(x)| (0 when exact)."""
-    reference = copy.deepcopy(model)
+    reference = copy.deepcopy(model).eval()
     channel_masks(model, graph, removed).apply(reference)
-    modes = reference.training, small.training
-    reference.eval()
+    training = small.training
     small.eval()
     try:
         expected, got = reference(example_input), small(example_input)
     finally:
-        reference.train(modes[0])
-        small.train(modes[1])
+        small.train(training)
     scale = float(expected.abs().max())
     return float((got - expected).abs().max()) / (scale if scale > 0 else 1.0)

@@ -14,10 +14,7 @@ from secateurs.data.cache import cache_dir
 from secateurs.data.catalog import DATASETS, load_dataset
 from secateurs.data.core import DatasetInfo, DataSplits, TensorLoader, class_balanced_batch
 from secateurs.data.factory import load_data_factory, splits_from
-from secateurs.data.streaming import DatasetSplits, StreamLoader
-
-Splits = DataSplits | DatasetSplits
-"""Either kind of splits: tensors in memory, or Datasets streamed by a DataLoader."""
+from secateurs.data.streaming import DatasetSplits, Splits, StreamLoader
 
 __all__ = [
     "DATASETS",

@@ -250,8 +250,8 @@ class DataSplits:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> DataSplits:
         """The first `n_train` / `n_test` samples (None keeps a split whole), for quick runs."""
-        n_train = _subset_size("n_train", n_train, self.info.num_train)
-        n_test = _subset_size("n_test", n_test, self.info.num_test)
+        n_train = subset_size("n_train", n_train, self.info.num_train)
+        n_test = subset_size("n_test", n_test, self.info.num_test)
         return DataSplits(
             info=replace(self.info, num_train=n_train, num_test=n_test),
             train_x=self.train_x[:n_train],
@@ -261,7 +261,8 @@ class DataSplits:
         )
 
 
-def _subset_size(label: str, n: int | None, available: int) -> int:
+def subset_size(label: str, n: int | None, available: int) -> int:
+    """`n` samples of a split of `available` (None: all of them), or a ConfigError saying the range."""
     if n is None:
         return available
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= available:

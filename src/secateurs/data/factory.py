@@ -15,6 +15,7 @@ Dataset's `classes` (as torchvision's have), else from the largest label.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from torch import Tensor
@@ -23,11 +24,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from secateurs.core.errors import ConfigError
 from secateurs.core.plugins import import_callable
 from secateurs.data.core import DatasetInfo, DataSplits
-from secateurs.data.streaming import DatasetSplits
+from secateurs.data.streaming import DatasetSplits, Splits
 
 __all__ = ["load_data_factory", "splits_from"]
 
-Splits = DataSplits | DatasetSplits
 _FIX = "return (train, test): each a Dataset of (input, label), a DataLoader, or an (x, y) pair of tensors"
 
 
@@ -62,9 +62,8 @@ def splits_from(value: Any, *, name: str = "data") -> Splits:
         num_workers=loader.num_workers if loader is not None else 0,
         collate_fn=loader.collate_fn if loader is not None else None,
     )
-    if splits.info.num_classes < 1:
-        labels = splits.train_labels()
-        splits.info = _info(name, train_set[0][0], len(train_set), len(test_set), None, labels)  # type: ignore[arg-type]
+    if splits.info.num_classes < 1:  # no `classes`: one more than the largest label
+        splits.info = replace(splits.info, num_classes=int(splits.train_labels().max()) + 1)
     return splits
 
 

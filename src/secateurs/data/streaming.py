@@ -11,6 +11,7 @@ when the main process reads), so they repeat too; batches are pinned for a CUDA 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -28,9 +29,10 @@ from secateurs.data.core import (
     EpochLoader,
     derive_seed,
     seeded_generator,
+    subset_size,
 )
 
-__all__ = ["DatasetSplits", "StreamLoader"]
+__all__ = ["DatasetSplits", "Splits", "StreamLoader"]
 
 
 class _Batches(torch.utils.data.Sampler[list[int]]):
@@ -137,15 +139,8 @@ class DatasetSplits:
         pin = torch.device(device).type == "cuda"
         if pin == self.pin_memory:
             return self
-        moved = DatasetSplits(
-            self.info,
-            self.train,
-            self.test,
-            num_workers=self.num_workers,
-            collate_fn=self.collate_fn,
-            pin_memory=pin,
-        )
-        moved._labels = self._labels
+        moved = copy.copy(self)  # the same Datasets and label cache
+        moved.pin_memory = pin
         return moved
 
     def train_labels(self) -> Tensor:
@@ -174,16 +169,8 @@ class DatasetSplits:
 
     def subset(self, n_train: int | None = None, n_test: int | None = None) -> DatasetSplits:
         """The first `n_train` / `n_test` samples (None keeps a split whole), for quick runs."""
-        n_train = self.info.num_train if n_train is None else n_train
-        n_test = self.info.num_test if n_test is None else n_test
-        for label, n, available in (
-            ("n_train", n_train, self.info.num_train),
-            ("n_test", n_test, self.info.num_test),
-        ):
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= available:
-                raise ConfigError(
-                    f"{label}={n!r} is out of range", fix=f"use an integer between 1 and {available}"
-                )
+        n_train = subset_size("n_train", n_train, self.info.num_train)
+        n_test = subset_size("n_test", n_test, self.info.num_test)
         return DatasetSplits(
             replace(self.info, num_train=n_train, num_test=n_test),
             Subset(self.train, range(n_train)),
@@ -192,3 +179,7 @@ class DatasetSplits:
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
         )
+
+
+Splits = DataSplits | DatasetSplits
+"""Either kind of splits: tensors in memory, or Datasets streamed by a DataLoader."""

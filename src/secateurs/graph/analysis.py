@@ -230,7 +230,7 @@ def _visit(ctx: Context, node: fx.Node, exclude: Sequence[str] = ()) -> Any:
         if rule is None:
             if not has_channels and not any(True for _ in module.parameters(recurse=False)):
                 return None
-            if _excluded(node, exclude) or any(fnmatchcase(str(node.target), p) for p in exclude):
+            if _excluded(node, exclude):
                 return _keep_whole(ctx, node)
             raise _unknown(node, f"module {type(module).__name__} ({node.target})")
         return rule(ctx, node, module)
@@ -293,7 +293,8 @@ def _groups(ctx: Context) -> ChannelGraph:
         change = np.ones(len(roots), dtype=bool)
         change[1:] = (roots[1:] != roots[:-1]) | (site_of[1:] != site_of[:-1])
         starts = np.flatnonzero(change)
-        for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(roots)][: len(starts)], strict=True):
+        ends = [*starts[1:].tolist(), len(roots)] if len(starts) else []  # no prunable group: none
+        for a, b in zip(starts.tolist(), ends, strict=True):
             root = int(roots[a])
             group = groups.get(root)
             if group is None:

@@ -78,18 +78,6 @@ def _unwrap_stage_list(value: Any) -> Any:
     return {**value, "stages": stages}
 
 
-class NamedOptions(StrictModel):
-    """A registry name with its options (YAML may give just the name)."""
-
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        return {"name": value} if isinstance(value, str) else value
-
-
 class SourceRef(StrictModel):
     """Where the model or the data comes from: a registered name, or the import path of a factory
     of your own (`package.module:function`), with options.

@@ -67,14 +67,8 @@ def global_(
     budget = kept_after(total, sparsity)
     # raw scores are ranked in their own dtype (widening float32 to float64 is exact, so the
     # ranking is the same); normalised ones in float64, where the division is done
-    scores = torch.cat(
-        [
-            _normalised(layer.scores.detach().reshape(-1).cpu(), normalize)
-            if normalize == "none"
-            else _normalised(layer.scores.detach().double().reshape(-1).cpu(), normalize)
-            for layer in layers
-        ]
-    )
+    raw = [layer.scores.detach().reshape(-1).cpu() for layer in layers]
+    scores = torch.cat([_normalised(s if normalize == "none" else s.double(), normalize) for s in raw])
     sizes = torch.cat(
         [torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers]
     )
