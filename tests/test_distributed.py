@@ -159,7 +159,10 @@ def test_secateurs_run_nproc_2_trains_with_torchrun_and_only_rank_0_writes(tmp_p
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(Path(secateurs.__file__).parents[1])},
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    # both ends of stderr: a rank's own error comes first, torchrun's summary of it last
+    assert done.returncode == 0, (
+        done.stderr if len(done.stderr) < 8000 else done.stderr[:5000] + done.stderr[-3000:]
+    )
     assert done.stdout.count("results written to") == 1  # rank 0 prints, rank 1 stays quiet
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "recipe.yaml"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.yaml"]  # no second writer's leftovers
