@@ -1,15 +1,23 @@
-"""secateurs: neural network pruning for PyTorch, every paradigm as one recipe pipeline."""
+"""secateurs: neural network pruning for PyTorch, every paradigm as one recipe pipeline.
+
+Importing the package is cheap: torch and the registries load the first time a name that needs
+them is used (`secateurs.prune`, `secateurs.MaskSet` …), so the command line starts in a fraction
+of a second (`secateurs --help`, `secateurs methods`).
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secateurs.core.errors import CheckpointError, ConfigError, DataUnavailableError, SecateursError
-from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
-from secateurs.llm import zoo as _zoo  # noqa: F401  (registers the hf model and the token data sets)
-from secateurs.methods.pruning import compute_masks, prune
+from secateurs.core.plugins import provide
+
+if TYPE_CHECKING:
+    from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
+    from secateurs.methods.pruning import compute_masks, prune
 
 __version__ = "0.1.0"
 
@@ -27,6 +35,35 @@ __all__ = [
     "run",
     "set_masks",
 ]
+
+_LAZY = {
+    "MaskSet": "secateurs.core.masks",
+    "masks_of": "secateurs.core.masks",
+    "remove_masks": "secateurs.core.masks",
+    "set_masks": "secateurs.core.masks",
+    "compute_masks": "secateurs.methods.pruning",
+    "prune": "secateurs.methods.pruning",
+}
+"""Public names whose modules import torch: imported on first use (PEP 562)."""
+
+# The llm zoo registers the `hf` model and the token data sets; the model and data registries sit
+# below it in the layers, so they import it the first time they are read rather than here.
+provide("model", "secateurs.llm.zoo")
+provide("data set", "secateurs.llm.zoo")
+
+
+def __getattr__(name: str) -> Any:
+    """The lazily imported public names (`prune`, `MaskSet` …), cached on the package once loaded."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'secateurs' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def run(

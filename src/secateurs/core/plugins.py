@@ -5,6 +5,10 @@ In Python, importing your module is enough. For recipes and the CLI, a recipe's 
 imports them before the recipe is validated, and installed packages can declare an entry point in
 the group `secateurs.plugins` (`[project.entry-points."secateurs.plugins"] my = "my.module"`),
 which is imported once, the first time a recipe is read or the components are listed.
+
+Built-in modules that register into a registry below them in the layers (the llm zoo's `hf` model
+and token data sets) are declared with `provide`: the registry imports them the first time it is
+read, so nothing has to import them eagerly (`import secateurs` stays free of torch).
 """
 
 from __future__ import annotations
@@ -18,6 +22,29 @@ from secateurs.core.errors import ConfigError
 
 ENTRY_POINT_GROUP = "secateurs.plugins"
 _entry_points_loaded = False
+_providers: dict[str, list[str]] = {}
+
+
+def provide(kind: str, module: str) -> None:
+    """Declare that importing `module` registers entries into the registry of `kind` ("model" …).
+
+    The registry imports it before it is first read (`Registry.get`, `names`, `help`, `in`).
+    """
+    if not kind or not module:
+        raise ValueError(f"provide() needs a registry kind and a module name, got {kind!r}, {module!r}")
+    modules = _providers.setdefault(kind, [])
+    if module not in modules:
+        modules.append(module)
+
+
+def providers(kind: str) -> tuple[str, ...]:
+    """The modules declared (by `provide`) to register into the registry of `kind`, in order."""
+    return tuple(_providers.get(kind, ()))
+
+
+def entry_point_names() -> list[str]:
+    """`name = module` of every installed `secateurs.plugins` entry point, without importing any."""
+    return [f"{e.name} = {e.value}" for e in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def load_plugins(modules: Iterable[str]) -> None:

@@ -6,6 +6,7 @@ Strings are dispatched only here: an unknown name raises a `ConfigError` listing
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar, get_type_hints
@@ -13,17 +14,33 @@ from typing import Any, Generic, TypeVar, get_type_hints
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.plugins import providers
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A named collection of plug-ins (criteria, allocations, models, data sets …)."""
+    """A named collection of plug-ins (criteria, allocations, models, data sets …).
+
+    Reading it (`get`, `names`, `help`, `in`) first imports the modules declared to register into
+    it with `core.plugins.provide` (modules above it in the layers, loaded only when needed).
+    """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._provided: set[str] = set()
+
+    def _load_providers(self) -> None:
+        for module in providers(self.kind):
+            if module not in self._provided:
+                self._provided.add(module)  # first: the provider reads this registry as it registers
+                try:
+                    importlib.import_module(module)
+                except BaseException:
+                    self._provided.discard(module)  # the next read retries, and fails as loudly
+                    raise
 
     def register(self, name: str, help: str = "") -> Callable[[T], T]:
         """Decorator: register `obj` under `name`; a duplicate name is a programming error."""
@@ -43,10 +60,12 @@ class Registry(Generic[T]):
 
     def remove(self, name: str) -> T:
         """Unregister `name` (a plug-in that is unloaded, or one a test registered for itself)."""
+        self._load_providers()
         self._help.pop(name, None)
         return self._items.pop(name)
 
     def get(self, name: str) -> T:
+        self._load_providers()
         try:
             return self._items[name]
         except KeyError:
@@ -64,12 +83,15 @@ class Registry(Generic[T]):
         return factory(**options)  # type: ignore[operator]
 
     def help(self, name: str) -> str:
+        self._load_providers()
         return self._help.get(name, "")
 
     def names(self) -> list[str]:
+        self._load_providers()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load_providers()
         return name in self._items
 
     def __iter__(self) -> Iterator[str]:
