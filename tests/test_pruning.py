@@ -326,7 +326,7 @@ def test_random_criterion_is_reproducible_by_seed() -> None:
         ),
         (
             {"allocation": "flat"},
-            r"unknown allocation 'flat'.*er, erk, explicit, global, smart_ratio, uniform",
+            r"unknown allocation 'flat'.*er, erk, explicit, global, latency, smart_ratio, uniform",
         ),
         ({"structure": "blocks9"}, r"unknown structure 'blocks9'.*unstructured"),
         ({"criterion_options": {"power": 2}}, r"criterion 'magnitude' has no option 'power'.*\(none\)"),

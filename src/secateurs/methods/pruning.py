@@ -28,7 +28,7 @@ from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.core.registry import check_options
 from secateurs.core.topk import topk_mask
-from secateurs.methods.allocations import LayerInfo, allocate, check_sparsity
+from secateurs.methods.allocations import AllocationContext, LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Batch, Criterion
 from secateurs.methods.layers import LayerSelection, select_parameters
@@ -100,9 +100,10 @@ def select_groups(
     allow_collapse: bool = False,
     allocation_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
+    context: AllocationContext | None = None,
 ) -> dict[str, Tensor]:
     """Allocate keep counts to the layout's units from their group scores and select: per unit, a
-    bool per group (kept)."""
+    bool per group (kept). `context` is for allocations that measure the model (latency)."""
     layers = [LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor) for u in layout.units]
     keep = allocate(
         allocation,
@@ -111,6 +112,7 @@ def select_groups(
         allow_collapse=allow_collapse,
         layer_sparsities=layer_sparsities,
         defaults=layout.allocation_defaults,
+        context=context,
         **dict(allocation_options or {}),
     )
     return {u.name: layout.select(u, group_scores[u.name], keep[u.name]) for u in layout.units}
@@ -282,6 +284,7 @@ class _Setup:
     pool: PoolSpec
     ctx: ScoringContext
     names: list[str]
+    example_input: Tensor | tuple[Tensor, ...] | None = None
 
 
 def _setup(
@@ -343,7 +346,7 @@ def _setup(
         generator=torch.Generator().manual_seed(seed),
         input_shape=tuple(input_shape) if input_shape is not None else None,
     )
-    return _Setup(crit, built, layout, pool, ctx, names)
+    return _Setup(crit, built, layout, pool, ctx, names, example_input)
 
 
 def _setup_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -419,6 +422,7 @@ def plan(
             allow_collapse=allow_collapse,
             allocation_options=allocation_options,
             layer_sparsities=overrides or None,
+            context=AllocationContext(model, s.layout, s.example_input, current),
         )
         if k < rounds:
             current = _merged(current, s.layout.masks(chosen, current))

@@ -3,25 +3,38 @@
 A new allocation is one file here (a function registered in `ALLOCATIONS`) and one import below.
 """
 
-from secateurs.methods.allocations import erdos_renyi, explicit, global_, smart_ratio, uniform  # noqa: F401
+from secateurs.methods.allocations import (  # noqa: F401
+    erdos_renyi,
+    explicit,
+    global_,
+    latency,
+    smart_ratio,
+    uniform,
+)
 from secateurs.methods.allocations.base import (
     ALLOCATIONS,
+    Allocated,
+    AllocationContext,
     LayerInfo,
     allocate,
     check_sparsity,
     kept_after,
     override_counts,
+    round_counts,
     round_half_up,
     unmatched_patterns,
 )
 
 __all__ = [
     "ALLOCATIONS",
+    "Allocated",
+    "AllocationContext",
     "LayerInfo",
     "allocate",
     "check_sparsity",
     "kept_after",
     "override_counts",
+    "round_counts",
     "round_half_up",
     "unmatched_patterns",
 ]

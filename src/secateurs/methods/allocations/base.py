@@ -16,6 +16,19 @@ a matching layer keeps exactly `n - round_half_up(s_layer·n)` groups, and the n
 splits the target sparsity over the other layers only (so `global` reaches `sparsity` on them).
 The lottery ticket's "output layer at half the rate" is such an override, set per level by the
 iterative schedule's `layer_rates`.
+
+`round_to: k` (an option of the channel-like structures, passed here through the layout's
+`allocation_defaults`, or `allocate(round_to=k)`) makes every unit's kept count a multiple of k,
+so the pruned widths suit SIMD lanes and tensor-core tiles. It applies after any allocation
+(`round_counts`): a unit of n >= k groups keeps a multiple of k, or all n (a unit left whole is
+not rounded down); a unit smaller than k stays whole; no unit is rounded to 0
+unless collapse is allowed, nor below its floor. Each count goes down to its legal value below,
+then units are raised to their legal value above, largest fractional remainder first (ties to the
+earlier unit), while that brings the total kept elements closer to the allocation's total. An
+allocation that takes `round_to` itself (latency) allocates legal counts directly.
+
+An allocation may take `context` (`AllocationContext`: the model, its layout, an example input):
+the pruning step fills it, for allocations that measure the model (latency).
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from secateurs.core.apportion import Infeasible, water_fill
 from secateurs.core.errors import ConfigError
@@ -53,8 +66,97 @@ class LayerInfo:
         return self.num_groups * self.group_size
 
 
+@dataclass(frozen=True)
+class AllocationContext:
+    """The model an allocation allocates, for the allocations that measure it (latency).
+
+    `layout` is the structure's layout of `model` (`methods.structures.Layout`); `example_input`
+    one batch (None when the step was given none); `current`: the model's masks before this prune.
+    """
+
+    model: nn.Module
+    layout: Any
+    example_input: Tensor | tuple[Tensor, ...] | None = None
+    current: Any = None
+
+
+class Allocated(dict[str, int]):
+    """Keep counts per unit; `chosen` holds, per unit, the groups an allocation that ranked them
+    itself already picked (global's one ranking), so they need not be selected a second time."""
+
+    def __init__(self, counts: Mapping[str, int], chosen: Mapping[str, Tensor] | None = None) -> None:
+        super().__init__(counts)
+        self.chosen = dict(chosen or {})
+
+
 Allocation = Callable[..., dict[str, int]]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+INTERNAL_OPTIONS = ("context", "round_to")  # `allocate` fills them (from its own arguments)
+
+
+def sparsity_free(fn: Allocation) -> Allocation:
+    """Mark an allocation that takes its target from elsewhere (its own options), not `sparsity`."""
+    fn.sparsity_free = True  # type: ignore[attr-defined]
+    return fn
+
+
+def check_round_to(value: object, where: str = "structure_options") -> int:
+    """`round_to` is a positive integer (1: no rounding)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"round_to must be a positive integer, got {value!r}",
+            where=where,
+            fix="e.g. round_to: 8 keeps channel counts that are multiples of 8 (1: no rounding)",
+        )
+    return value
+
+
+def legal_counts(n: int, round_to: int, lowest: int) -> list[int]:
+    """The kept counts a unit of n groups may have under `round_to`, ascending, none below `lowest`.
+
+    Multiples of `round_to` up to n, and n itself; a unit smaller than `round_to` only n.
+    """
+    if round_to == 1:
+        values = list(range(n + 1))
+    elif n < round_to:
+        values = [n]
+    else:
+        values = [*range(0, n + 1, round_to), *([] if n % round_to == 0 else [n])]
+    legal = [v for v in values if v >= lowest]
+    return legal or [n]
+
+
+def unit_lowest(layer: LayerInfo, allow_collapse: bool) -> int:
+    """The fewest groups a unit may keep: its floor, and 1 unless collapse is allowed."""
+    return min(max(layer.floor, 0 if allow_collapse else 1), layer.num_groups)
+
+
+def round_counts(
+    layers: list[LayerInfo], keep: Mapping[str, int], round_to: int, *, allow_collapse: bool = False
+) -> dict[str, int]:
+    """Per-unit counts made legal under `round_to`, the total kept elements kept close (module doc)."""
+    if round_to == 1:
+        return dict(keep)
+    out: dict[str, int] = {}
+    raises: list[tuple[float, int, int]] = []  # (−remainder, unit index, elements gained)
+    for i, layer in enumerate(layers):
+        count = keep[layer.name]
+        legal = legal_counts(layer.num_groups, round_to, unit_lowest(layer, allow_collapse))
+        below = [v for v in legal if v <= count]
+        down = below[-1] if below else legal[0]
+        above = [v for v in legal if v >= count]
+        up = above[0] if above else legal[-1]
+        out[layer.name] = down
+        if up > down:
+            raises.append((-(count - down) / (up - down), i, (up - down) * layer.group_size))
+    wanted = sum(keep[layer.name] * layer.group_size for layer in layers)
+    total = sum(out[layer.name] * layer.group_size for layer in layers)
+    for _, i, gain in sorted(raises):
+        if total + gain - wanted < wanted - total:  # closer to the allocation's total
+            layer = layers[i]
+            out[layer.name] += gain // layer.group_size
+            total += gain
+    return out
 
 
 def kept_after(n: int, sparsity: float, floor: int = 0) -> int:
@@ -117,7 +219,11 @@ def override_counts(
 def accepted_options(fn: Callable[..., Any]) -> set[str]:
     """Keyword options an allocation function takes (besides layers and sparsity)."""
     params = inspect.signature(fn).parameters
-    return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    return {n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in INTERNAL_OPTIONS}
+
+
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(fn).parameters
 
 
 def allocate(
@@ -128,27 +234,38 @@ def allocate(
     allow_collapse: bool = False,
     layer_sparsities: Mapping[str, float] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    round_to: int | None = None,
+    context: AllocationContext | None = None,
     **options: object,
-) -> dict[str, int]:
+) -> Allocated:
     """Per-unit keep counts (in groups) from the named allocation, with the collapse guard.
 
     `layer_sparsities` (name pattern → sparsity) fixes the matching layers' counts; the
     allocation then splits `sparsity` over the remaining layers. `defaults` (from the structure,
-    e.g. mean-normalised scores for channel groups) fill the options the allocation takes and
-    the caller left unset.
+    e.g. mean-normalised scores for channel groups, `round_to`) fill the options the allocation
+    takes and the caller left unset. `round_to` (default: the defaults' value, else 1) makes every
+    count a multiple of it (`round_counts`); `context` goes to allocations that measure the model.
     """
     fn = ALLOCATIONS.get(name)
     check_options(fn, options, where=f"allocation {name!r}")
     takes = accepted_options(fn)
     options = {**{k: v for k, v in (defaults or {}).items() if k in takes}, **options}
+    given = round_to if round_to is not None else (defaults or {}).get("round_to", 1)
+    step = check_round_to(given, where=f"allocation {name!r}")
+    if _takes(fn, "round_to"):
+        options["round_to"] = step
+    if _takes(fn, "context"):
+        options["context"] = context
     fixed = override_counts(layers, layer_sparsities or {})
     rest = [layer for layer in layers if layer.name not in fixed]
     if sparsity is not None:
         check_sparsity(sparsity)
-    elif name != "explicit" and rest:
+    elif not getattr(fn, "sparsity_free", False) and rest:
         raise ConfigError(f"allocation {name!r} needs a target sparsity", fix="set `sparsity`")
-    keep = {**fixed, **(fn(rest, sparsity, **options) if rest else {})}
+    counts = fn(rest, sparsity, **options) if rest else {}
+    keep = {**fixed, **counts}
     keep = {layer.name: keep[layer.name] for layer in layers}
+    keep = round_counts(layers, keep, step, allow_collapse=allow_collapse)
     collapsed = [layer.name for layer in layers if keep[layer.name] == 0]
     if collapsed and not allow_collapse:
         raise ConfigError(
@@ -157,4 +274,4 @@ def allocate(
             fix="lower the sparsity, use the 'erk' allocation, exclude the layer, "
             "or set allow_collapse: true",
         )
-    return keep
+    return Allocated(keep, getattr(counts, "chosen", None))

@@ -5,10 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from secateurs.core.errors import ConfigError
-from secateurs.methods.allocations.base import ALLOCATIONS, LayerInfo, kept_after, override_counts
+from secateurs.methods.allocations.base import (
+    ALLOCATIONS,
+    LayerInfo,
+    kept_after,
+    override_counts,
+    sparsity_free,
+)
 
 
 @ALLOCATIONS.register("explicit", "a sparsity per layer, given by name pattern")
+@sparsity_free
 def explicit(
     layers: list[LayerInfo], sparsity: float | None, *, sparsities: Mapping[str, float] | None = None
 ) -> dict[str, int]:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from secateurs.core.errors import ConfigError
 from secateurs.graph.analysis import analyze
+from secateurs.methods.allocations.base import check_round_to
 from secateurs.methods.structures.base import STRUCTURES, Layout, LayoutContext, Structure, check_pooling
 from secateurs.methods.structures.groups import graph_layout
 
@@ -39,6 +40,8 @@ class Channel(Structure):
     scores become a group's score (default: the criterion's preference, else l1 over the producing
     filters). `through_norms`: prune channels that a LayerNorm normalises together (not exact:
     the kept channels' statistics change; `prune_channels` reports the output deviation).
+    `round_to`: every layer keeps a multiple of this many channels (or all of them; see
+    `methods.allocations.base.round_counts`), with any allocation.
     """
 
     name = "channel"
@@ -50,6 +53,7 @@ class Channel(Structure):
         pool: str | None = None,
         side: str | None = None,
         through_norms: bool = False,
+        round_to: int = 1,
     ) -> None:
         if isinstance(exclude, str) or not all(isinstance(p, str) for p in exclude):
             raise ConfigError(
@@ -62,6 +66,7 @@ class Channel(Structure):
         check_pooling("channel", pool, side)
         self.pool, self.side = pool, side
         self.through_norms = bool(through_norms)
+        self.round_to = check_round_to(round_to)
 
     def layout(self, ctx: LayoutContext) -> Layout:
         if ctx.example_input is None:

@@ -10,7 +10,9 @@ channels and still compute.
 
 Allocations that rank across layers compare raw pooled norms of layers of different widths and
 depths, which are not comparable; by default they divide each unit's scores by the unit's mean
-(`normalize: mean`) and remove at most `max_per_layer` of any unit (`allocation_defaults`).
+(`normalize: mean`) and remove at most `max_per_layer` of any unit (`allocation_defaults`). The
+structure's `round_to` goes the same way to `allocate`, which keeps every unit's count a multiple
+of it (`methods.allocations.base.round_counts`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def graph_layout(structure: Any, ctx: Any, graph: ChannelGraph) -> GraphLayout:
         vetoed=vetoed_modules(ctx.model, ctx.names, ctx.selection),
         max_per_layer=structure.max_per_layer,
         structure=structure.name,
+        round_to=getattr(structure, "round_to", 1),
     )
 
 
@@ -184,6 +187,7 @@ class GraphLayout(Layout):
         vetoed: set[str] | None = None,
         max_per_layer: float = 0.9,
         structure: str = "channel",
+        round_to: int = 1,
     ) -> None:
         self.model = model
         self.graph = graph
@@ -206,7 +210,7 @@ class GraphLayout(Layout):
             weight = getattr(modules.get(name), "weight", None)
             shape = tuple(weight.shape) if isinstance(weight, Tensor) else (len(members),)
             self.units.append(Unit(name, shape, 1, len(members), floor=1))
-        self.allocation_defaults = {"normalize": "mean", "max_per_layer": max_per_layer}
+        self.allocation_defaults = {"normalize": "mean", "max_per_layer": max_per_layer, "round_to": round_to}
 
     # -- scores ------------------------------------------------------------------------------
     def _pooled_sites(self, pool: PoolSpec) -> Callable[[Site], bool]:

@@ -12,20 +12,31 @@ from __future__ import annotations
 from torch import nn
 
 from secateurs.graph.hf import architecture, hf_channel_graph
+from secateurs.methods.allocations.base import check_round_to
 from secateurs.methods.structures.base import STRUCTURES, Layout, LayoutContext, Structure, check_pooling
 from secateurs.methods.structures.channel import check_max_per_layer
 from secateurs.methods.structures.groups import graph_layout
 
 
 class TransformerGroups(Structure):
-    """Head groups and/or FFN channels of every transformer block (`parts`)."""
+    """Head groups and/or FFN channels of every transformer block (`parts`).
+
+    `round_to`: every block keeps a multiple of this many heads / FFN channels (or all of them).
+    """
 
     default_pool = "l2"
     default_side = "all"
     parts: tuple[str, ...] = ("heads", "ffn")
 
-    def __init__(self, max_per_layer: float = 0.9, pool: str | None = None, side: str | None = None) -> None:
+    def __init__(
+        self,
+        max_per_layer: float = 0.9,
+        pool: str | None = None,
+        side: str | None = None,
+        round_to: int = 1,
+    ) -> None:
         self.max_per_layer = check_max_per_layer(max_per_layer, self.name)
+        self.round_to = check_round_to(round_to)
         check_pooling(self.name, pool, side)
         self.pool, self.side = pool, side
 
