@@ -187,26 +187,24 @@ def methods(
         list[str] | None, typer.Option("--plugin", help="also import this module and list what it registers")
     ] = None,
 ) -> None:
-    """List every registered component (criteria, structures, allocations, …) and the preset recipes."""
+    """List every registered component (criteria, structures, allocations, models, data sets …) with
+    its options, and the preset recipes."""
     from rich.markup import escape
 
-    from secateurs.core.plugins import load_entry_points, load_plugins
-    from secateurs.methods.catalog import catalog
+    from secateurs.front.catalogue import catalogue
 
-    load_entry_points()
-    load_plugins(plugin or [])
-    from secateurs.pipeline.recipe import preset_names, read_recipe_text
-
-    table = _table("pruning axes", "axis", "name", "what it does")
-    for axis, name, what in catalog():
-        table.add_row(escape(axis), escape(name), escape(what))  # help texts hold [brackets]
+    found = catalogue(plugin or [])
+    table = Table(title="components (options below what each does, with their defaults)")
+    table.add_column("axis", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it does · options", overflow="fold")
+    for c in found.components:  # help texts hold [brackets]
+        what = escape(c.help) + (f"\n[dim]options: {escape(c.options)}[/]" if c.options else "")
+        table.add_row(escape(c.axis), escape(c.name), what)
     console.print(table)
     presets = _table("preset recipes (secateurs run NAME)", "name", "description")
-    import yaml
-
-    for name in preset_names():
-        text, _ = read_recipe_text(name)
-        presets.add_row(name, str(yaml.safe_load(text).get("description", "")))
+    for preset in found.presets:
+        presets.add_row(escape(preset.name), escape(preset.description))
     console.print(presets)
 
 
