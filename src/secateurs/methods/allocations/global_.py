@@ -11,7 +11,7 @@ from torch import Tensor
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.topk import topk_mask
-from secateurs.methods.allocations.base import ALLOCATIONS, LayerInfo, kept_after
+from secateurs.methods.allocations.base import ALLOCATIONS, Allocated, LayerInfo, kept_after
 
 NORMALIZE = ("none", "mean")
 Normalize = Literal["none", "mean"]
@@ -69,12 +69,6 @@ def global_(
     # ranking is the same); normalised ones in float64, where the division is done
     raw = [layer.scores.detach().reshape(-1).cpu() for layer in layers]
     scores = torch.cat([_normalised(s if normalize == "none" else s.double(), normalize) for s in raw])
-    sizes = torch.cat(
-        [torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers]
-    )
-    owner = torch.cat(
-        [torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)]
-    )
     must = [
         layer.num_groups
         - min(
@@ -85,10 +79,18 @@ def global_(
     ]
     if not any(must) and len({layer.group_size for layer in layers}) == 1:
         # one group size: the budget is a number of groups, the best ones (ties to the earlier
-        # layer, then the lower index), found by selection rather than a full sort
+        # layer, then the lower index), found by selection rather than a full sort; each unit's
+        # share of it is that unit's own top k (ties to the lower index), handed on as chosen
         keep = topk_mask(scores, budget // layers[0].group_size)
-        counts = torch.bincount(owner[keep], minlength=len(layers))
-        return {layer.name: int(counts[i]) for i, layer in enumerate(layers)}
+        parts = keep.split([layer.num_groups for layer in layers])
+        chosen = {layer.name: part for layer, part in zip(layers, parts, strict=True)}
+        return Allocated({name: int(kept.count_nonzero()) for name, kept in chosen.items()}, chosen)
+    sizes = torch.cat(
+        [torch.full((layer.num_groups,), layer.group_size, dtype=torch.long) for layer in layers]
+    )
+    owner = torch.cat(
+        [torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)]
+    )
     order = torch.argsort(scores, descending=True, stable=True)
     if not any(must):
         taken = torch.cumsum(sizes[order], 0) <= budget

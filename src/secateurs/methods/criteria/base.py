@@ -130,9 +130,23 @@ def build_criterion(name: str | Criterion, **options: object) -> Criterion:
     return CRITERIA.build(name, **options)  # type: ignore[return-value]
 
 
+SCORING_MODES = ("train", "eval")
+
+
+def check_mode(criterion: str, mode: object) -> str:
+    """The module mode a data criterion scores in: train (batch statistics; our default, the
+    papers' setting) or eval (running statistics; Synaptic-Flow's default, and a little cheaper)."""
+    if mode not in SCORING_MODES:
+        raise ConfigError(
+            f"{criterion} mode must be one of {', '.join(SCORING_MODES)}, got {mode!r}",
+            fix="train: BatchNorm normalises with the batch's statistics; eval: with its running ones",
+        )
+    return str(mode)
+
+
 @contextmanager
-def preserved_state(ctx: ScoringContext) -> Iterator[None]:
-    """Run in train mode, then restore the mode, the `.grad` fields and the buffers.
+def preserved_state(ctx: ScoringContext, mode: str = "train") -> Iterator[None]:
+    """Run in `mode` (train or eval), then restore the mode, the `.grad` fields and the buffers.
 
     Train-mode forward passes would update BatchNorm running statistics; scoring must not.
     """
@@ -141,7 +155,7 @@ def preserved_state(ctx: ScoringContext) -> Iterator[None]:
     buffers = [(b, b.detach().clone()) for b in ctx.model.buffers()]
     was_training = ctx.model.training
     try:
-        ctx.model.train()
+        ctx.model.train(mode == "train")
         yield
     finally:
         ctx.model.train(was_training)
@@ -207,15 +221,18 @@ def take_inputs(ctx: ScoringContext, criterion: str, max_batches: int | None) ->
     return out
 
 
-def accumulate_gradients(ctx: ScoringContext, criterion: str, max_batches: int) -> dict[str, Tensor]:
-    """Sum over up to `max_batches` batches of the loss gradient w.r.t. the scored parameters.
+def accumulate_gradients(
+    ctx: ScoringContext, criterion: str, max_batches: int, mode: str = "train"
+) -> dict[str, Tensor]:
+    """Sum over up to `max_batches` batches of the loss gradient w.r.t. the scored parameters,
+    with the model in `mode`.
 
     The model's own `.grad` fields, buffers (BatchNorm running statistics, which train-mode
     forward passes would update) and train/eval mode are left as they were.
     """
     params = ctx.params()
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
-    with preserved_state(ctx):
+    with preserved_state(ctx, mode):
         for x, y in take_batches(ctx, criterion, max_batches):
             loss = ctx.loss_fn(logits_of(ctx.model(x)), y)
             step = torch.autograd.grad(loss, list(params.values()), allow_unused=True)

@@ -18,6 +18,7 @@ from secateurs.methods.criteria.base import (
     Batch,
     Criterion,
     ScoringContext,
+    check_mode,
     logits_of,
     preserved_state,
     take_batches,
@@ -27,18 +28,26 @@ from secateurs.methods.criteria.snip import check_positive
 
 @CRITERIA.register("grasp", "θ·Hg (GraSP, gradient-flow preservation at init; needs data)")
 class Grasp(Criterion):
-    """Hessian-gradient product by double backward over up to `num_batches` batches."""
+    """Hessian-gradient product by double backward over up to `num_batches` batches, with the model
+    in `mode` (train or eval) while scoring."""
 
     name = "grasp"
     needs_data = True
     pooling = "sum"  # the sign carries the meaning: a group's score is the sum of its entries'
 
-    def __init__(self, temperature: float = 200.0, samples_per_class: int = 10, num_batches: int = 1) -> None:
+    def __init__(
+        self,
+        temperature: float = 200.0,
+        samples_per_class: int = 10,
+        num_batches: int = 1,
+        mode: str = "train",
+    ) -> None:
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or temperature <= 0:
             raise ConfigError(f"grasp temperature must be a positive number, got {temperature!r}")
         self.temperature = float(temperature)
         self.samples_per_class = check_positive(self.name, "samples_per_class", samples_per_class)
         self.num_batches = check_positive(self.name, "num_batches", num_batches)
+        self.mode = check_mode(self.name, mode)
 
     def _loss(self, ctx: ScoringContext, batch: Batch) -> Tensor:
         x, y = batch
@@ -48,7 +57,7 @@ class Grasp(Criterion):
         """H g of the temperature-scaled loss summed over the batches, g its (detached) gradient."""
         params = ctx.params()
         plist = list(params.values())
-        with preserved_state(ctx):
+        with preserved_state(ctx, self.mode):
             batches = take_batches(ctx, self.name, self.num_batches)
             g = [torch.zeros_like(p) for p in plist]
             for batch in batches:

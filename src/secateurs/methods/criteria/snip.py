@@ -5,7 +5,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
-from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext, accumulate_gradients
+from secateurs.methods.criteria.base import (
+    CRITERIA,
+    Criterion,
+    ScoringContext,
+    accumulate_gradients,
+    check_mode,
+)
 
 
 def check_positive(criterion: str, option: str, value: object) -> int:
@@ -23,18 +29,20 @@ class Snip(Criterion):
     `class_balanced_batch(data, samples_per_class)` as the single batch (the prune step's own
     `samples_per_class` wins over this option). Called directly, the criterion uses the batches
     it is given. Scores are divided by their sum over all scored parameters as in the paper;
-    this does not change any ranking, global or per layer.
+    this does not change any ranking, global or per layer. `mode` is the module mode while
+    scoring (train: BatchNorm uses the batch's statistics; eval: its running ones).
     """
 
     name = "snip"
     needs_data = True
 
-    def __init__(self, samples_per_class: int = 10, num_batches: int = 1) -> None:
+    def __init__(self, samples_per_class: int = 10, num_batches: int = 1, mode: str = "train") -> None:
         self.samples_per_class = check_positive(self.name, "samples_per_class", samples_per_class)
         self.num_batches = check_positive(self.name, "num_batches", num_batches)
+        self.mode = check_mode(self.name, mode)
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
-        grads = accumulate_gradients(ctx, self.name, self.num_batches)
+        grads = accumulate_gradients(ctx, self.name, self.num_batches, self.mode)
         scores = {n: (grads[n] * p.detach()).abs() for n, p in ctx.params().items()}
         total = sum(float(s.sum()) for s in scores.values())
         if total == 0.0:

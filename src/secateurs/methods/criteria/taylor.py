@@ -10,25 +10,33 @@ from __future__ import annotations
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
-from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext, accumulate_gradients
+from secateurs.methods.criteria.base import (
+    CRITERIA,
+    Criterion,
+    ScoringContext,
+    accumulate_gradients,
+    check_mode,
+)
 
 
 @CRITERIA.register("taylor", "|g·θ|: first-order estimate of the loss change (needs data)")
 class Taylor(Criterion):
-    """Gradient summed over `num_batches` batches, times the weight, in absolute value."""
+    """Gradient summed over `num_batches` batches, times the weight, in absolute value, with the
+    model in `mode` (train or eval) while scoring."""
 
     name = "taylor"
     needs_data = True
     pooling = "squared_sum"
     pool_tensors = "all"
 
-    def __init__(self, num_batches: int = 1) -> None:
+    def __init__(self, num_batches: int = 1, mode: str = "train") -> None:
         if num_batches < 1:
             raise ConfigError(f"taylor num_batches must be ≥ 1, got {num_batches}")
         self.num_batches = num_batches
+        self.mode = check_mode(self.name, mode)
 
     def contributions(self, ctx: ScoringContext) -> dict[str, Tensor]:
-        grads = accumulate_gradients(ctx, self.name, self.num_batches)
+        grads = accumulate_gradients(ctx, self.name, self.num_batches, self.mode)
         return {n: grads[n] * p.detach() for n, p in ctx.params().items()}
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:

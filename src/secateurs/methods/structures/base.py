@@ -33,6 +33,8 @@ from secateurs.core.topk import topk_mask
 from secateurs.methods.layers import LayerSelection
 from secateurs.methods.structures.pooling import POOLINGS, SIDES, Pooling
 
+_RANKED_AS_IS = (torch.float32, torch.float64)
+
 
 @dataclass(frozen=True)
 class Unit:
@@ -81,11 +83,16 @@ class Layout(ABC):
     def group_scores(
         self, values: Mapping[str, Tensor], current: MaskSet | None, pool: PoolSpec
     ) -> dict[str, Tensor]:
-        """Per unit, one float64 score per group (−∞: removed before)."""
+        """Per unit, one score per group (−∞: removed before): float64 where entries were pooled;
+        element scores that are their own group keep float32 (widening is exact: same ranking)."""
 
     def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
         """The groups of `unit` kept (bool per group): the top k, ties to the lower index."""
         return topk_mask(scores, k)
+
+    def selects_top_k(self) -> bool:
+        """Whether `select` is the plain top k (then a global allocation's own selection is it)."""
+        return type(self).select is Layout.select
 
     @abstractmethod
     def masks(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> MaskSet:
@@ -214,7 +221,9 @@ class ElementLayout(Layout):
     ) -> dict[str, Tensor]:
         out = {}
         for n in self.names:
-            s = values[n].detach().to(torch.float64)
+            s = values[n].detach()
+            if self.pools or s.dtype not in _RANKED_AS_IS:
+                s = s.to(torch.float64)  # pooled sums are float64; unpooled scores rank the same as they are
             if current is not None and n in current:
                 s = s.masked_fill(~current[n].to(s.device), float("-inf"))
             out[n] = self.structure.group_scores(s, pool.pooling.name)
@@ -222,6 +231,9 @@ class ElementLayout(Layout):
 
     def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
         return self.structure.select(scores, k, unit.shape)
+
+    def selects_top_k(self) -> bool:
+        return type(self.structure).select is ElementStructure.select
 
     def masks(self, keep: Mapping[str, Tensor], current: MaskSet | None) -> MaskSet:
         out = {}

@@ -31,16 +31,21 @@ class Pooling:
     finish: Callable[[Tensor, Tensor], Tensor]  # (combined, count) -> score
     signed: bool = False  # pools the criterion's signed contributions, not its scores
     linear: bool = False  # negating every element score negates the group score (the invert check)
+    exact_entry: bool = False  # `entry` is exact in any float dtype (|s|, s), so needs no widening
 
 
 def _same(total: Tensor, count: Tensor) -> Tensor:
     return total
 
 
+def _identity(scores: Tensor) -> Tensor:
+    return scores
+
+
 POOLINGS: Registry[Pooling] = Registry("pooling")
 POOLINGS.add(
     "l1",
-    Pooling("l1", torch.abs, "sum", _same),
+    Pooling("l1", torch.abs, "sum", _same, exact_entry=True),
     "Σ|s| (for saliencies: the loss change of removing the group)",
 )
 POOLINGS.add(
@@ -49,15 +54,19 @@ POOLINGS.add(
     "sqrt(Σ s²) (with magnitudes: the group's norm)",
 )
 POOLINGS.add(
-    "sum", Pooling("sum", lambda s: s, "sum", _same, linear=True), "Σ s (signed scores such as GraSP's)"
+    "sum",
+    Pooling("sum", _identity, "sum", _same, linear=True, exact_entry=True),
+    "Σ s (signed scores such as GraSP's)",
 )
 POOLINGS.add(
-    "mean", Pooling("mean", lambda s: s, "sum", lambda t, c: t / c.clamp(min=1), linear=True), "Σ s / entries"
+    "mean",
+    Pooling("mean", _identity, "sum", lambda t, c: t / c.clamp(min=1), linear=True, exact_entry=True),
+    "Σ s / entries",
 )
-POOLINGS.add("max", Pooling("max", lambda s: s, "max", _same), "the group's best entry")
+POOLINGS.add("max", Pooling("max", _identity, "max", _same, exact_entry=True), "the group's best entry")
 POOLINGS.add(
     "squared_sum",
-    Pooling("squared_sum", lambda s: s, "sum", lambda t, c: t.square(), signed=True),
+    Pooling("squared_sum", _identity, "sum", lambda t, c: t.square(), signed=True, exact_entry=True),
     "(Σ c)² of signed contributions c (group Taylor, Molchanov et al. 2019)",
 )
 
@@ -78,9 +87,17 @@ def pool_table(table: Tensor, pooling: Pooling) -> Tensor:
 
 
 def reduce_over(values: Tensor, dim: int, pooling: Pooling) -> Tensor:
-    """Per index along `dim`: the pooling's entry map combined over all other dims (float64)."""
-    mapped = pooling.entry(values.detach().double())
+    """Per index along `dim`: the pooling's entry map combined over all other dims (float64).
+
+    An exact entry map (|s|, s) reads the values in their own dtype and only the sums are float64
+    (no float64 copy of a whole weight; the result is bit for bit that of widening first). Squares
+    are widened first: a float32 square rounds, and rounding would move near-ties between groups.
+    """
+    values = values.detach()
+    mapped = pooling.entry(values if pooling.exact_entry else values.double())
     others = [d for d in range(values.dim()) if d != dim]
     if not others:
-        return mapped
-    return mapped.amax(dim=others) if pooling.combine == "max" else mapped.sum(dim=others)
+        return mapped.double()
+    if pooling.combine == "max":
+        return mapped.amax(dim=others).double()
+    return mapped.sum(dim=others, dtype=torch.float64)
