@@ -212,9 +212,10 @@ class _BlockStats:
         inputs: list[Tensor],
         kwargs: list[dict[str, Any]],
         hessian: bool,
+        norms: bool,
     ) -> None:
         self.block, self.batches, self.inputs, self.kwargs = block, batches, inputs, kwargs
-        self.hessian = hessian
+        self.hessian, self.norms = hessian, norms
         self.collector: StatsCollector | None = None
 
     def __call__(self, layers: Mapping[str, nn.Module]) -> StatsCollector:
@@ -226,6 +227,7 @@ class _BlockStats:
                 layers,
                 self.batches,
                 hessian=self.hessian,
+                norms=self.norms,
                 run=lambda _x: call_block(self.block, *next(feed)),
             )
         missing = [name for name in layers if not self._has(name)]
@@ -436,7 +438,10 @@ def prune_sequential(
                 if on_block is not None:
                     on_block(index, inputs)
                 hessian = s.reconstruction is not None and s.reconstruction.needs_hessian
-                stats = _BlockStats(block, batches, inputs, kwargs, hessian=hessian)
+                # only what is read: Σx² for the criterion (Wanda), Σxxᵀ for the reconstruction
+                stats = _BlockStats(
+                    block, batches, inputs, kwargs, hessian=hessian, norms=s.criterion.needs_data
+                )
             if names:
                 new = _prune_block(
                     model, s, names, ctx, stats, current, sparsity, select_options, layer_sparsities or {}

@@ -129,7 +129,7 @@ def reconstruct(
                 fix="pass data= (calibration batches)",
             )
         modules = {name.rpartition(".")[0]: module for name, module in owners.items()}
-        stats = collect(model, modules, as_batches(data), hessian=built.needs_hessian)
+        stats = collect(model, modules, as_batches(data), hessian=built.needs_hessian, norms=False)
     out = dict(masks.items())
     with torch.no_grad():
         for name, module in owners.items():

@@ -86,14 +86,17 @@ def _half_up(numerator: int, denominator: int) -> int:
 class _Given:
     """`fixed`: the block's columns of the given mask."""
 
+    per_column = False  # whether `column` must be called as the sweep reaches each column
+
     def __init__(self, mask: Tensor) -> None:
         self.mask = mask
 
     def block(self, i1: int, i2: int, weights: Tensor, diag: Tensor) -> Tensor:
         return self.mask[:, i1:i2].clone()
 
-    def column(self, i1: int, i: int, weights: Tensor, diag: Tensor, keep: Tensor) -> None:
-        pass
+    def column(self, i1: int, i: int, weights: Tensor, diag: Tensor, keep: Tensor) -> slice | None:
+        """Choose the mask of columns starting at block column i; the columns chosen, or None."""
+        return None
 
 
 class _BlockShare(_Given):
@@ -111,17 +114,69 @@ class _BlockShare(_Given):
 class _GroupCounts(_Given):
     """`adaptive`, N:M: each group of m columns keeps its given count per row, chosen at its start."""
 
+    per_column = True
+
     def __init__(self, counts: Tensor, m: int) -> None:
         self.counts, self.m = counts, m
 
     def block(self, i1: int, i2: int, weights: Tensor, diag: Tensor) -> Tensor:
-        return torch.ones_like(weights, dtype=torch.bool)
+        return torch.ones(weights.shape, dtype=torch.bool, device=weights.device)
 
-    def column(self, i1: int, i: int, weights: Tensor, diag: Tensor, keep: Tensor) -> None:
-        if i % self.m == 0:
-            m = self.m
-            score = (weights[:, i : i + m] ** 2) / (diag[None, i : i + m] ** 2)
-            keep[:, i : i + m] = keep_top(score, self.counts[:, (i1 + i) // m])
+    def column(self, i1: int, i: int, weights: Tensor, diag: Tensor, keep: Tensor) -> slice | None:
+        if i % self.m:
+            return None
+        group = slice(i, i + self.m)
+        score = (weights[:, group] ** 2) / (diag[None, group] ** 2)
+        keep[:, group] = keep_top(score, self.counts[:, (i1 + i) // self.m])
+        return group
+
+
+def hessian_factor(hessian: Tensor, percdamp: float) -> tuple[Tensor, Tensor]:
+    """(U, dead) of a Hessian: U the upper Cholesky factor of (H + λI)⁻¹ (float32), computed in
+    float64 with dead inputs (zero diagonal) given a unit diagonal; `dead` marks those inputs.
+
+    It depends on H and `percdamp` alone, so layers reading one input (q/k/v, gate/up) share it.
+    """
+    H = hessian.detach().to(torch.float64).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    return inverse_hessian_factor(H, percdamp), dead
+
+
+# Columns per inner step of a lazy block: the per-column rank-1 updates touch only these
+# (32 × rows floats, in cache); the rest of the block is updated by one matrix product per step.
+_STEP = 32
+
+
+def _eliminate(WT: Tensor, U1: Tensor, keep1: Tensor, chooser: _Given, i1: int, step: int) -> Tensor:
+    """The OBS column sweep over one lazy block, in place; returns the scaled errors (w − q)/d.
+
+    WT [B, rows] is the block's columns of W as rows (a column of W is contiguous here), U1
+    [B, B] the block of U, keep1 [rows, B] its keep-mask, which `chooser.column` may fill in as
+    the sweep reaches a group (`step` is then a multiple of the group length, so that a group's
+    columns are up to date when it is chosen). Column i's error updates the columns after it in
+    its step of `step` columns at once (one rank-1 update), and those of the later steps as one
+    product per step: the sums of SparseGPT's per-column update of every later column of the
+    block, in another order.
+    """
+    width = WT.shape[0]
+    diag = torch.diag(U1)
+    inv = 1.0 / diag[:, None]
+    scale = torch.where(keep1.T, 0.0, inv)  # err = w / d where pruned, 0 where kept
+    err = torch.empty_like(WT)
+    for s1 in range(0, width, step):
+        s2 = min(s1 + step, width)
+        for i in range(s1, s2):
+            if chooser.per_column:
+                chosen = chooser.column(i1, i, WT.T, diag, keep1)
+                if chosen is not None:
+                    scale[chosen] = torch.where(keep1.T[chosen], 0.0, inv[chosen])
+            torch.mul(WT[i], scale[i], out=err[i])
+            if i + 1 < s2:
+                WT[i + 1 : s2].addr_(U1[i, i + 1 : s2], err[i], alpha=-1.0)
+        if s2 < width:
+            WT[s2:].addmm_(U1[s1:s2, s2:].T, err[s1:s2], alpha=-1.0)
+    return err
 
 
 def obs_reconstruct(
@@ -133,13 +188,15 @@ def obs_reconstruct(
     m: int | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    factor: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """OBS-reconstruct a [rows, cols] weight against H [cols, cols]; returns (new weight, keep-mask).
 
     `mask` (bool, weight-shaped) is the mask kept (`select="fixed"`) or, for `"adaptive"`, whose
     counts are kept: the layer's pruned count, or with `m` the count of every group of m
-    consecutive columns per row. The new weight has W's dtype and is exactly zero where the
-    returned mask is False.
+    consecutive columns per row. `factor` is `hessian_factor(hessian, percdamp)` when the caller
+    has it already. The new weight has W's dtype and is exactly zero where the returned mask is
+    False.
     """
     check_select(select)
     W = weight.detach().to(torch.float32).clone()
@@ -147,9 +204,8 @@ def obs_reconstruct(
     if tuple(mask.shape) != (rows, cols) or tuple(hessian.shape) != (cols, cols):
         raise ValueError(f"weight {(rows, cols)}, mask {tuple(mask.shape)}, hessian {tuple(hessian.shape)}")
     mask = mask.to(device=W.device, dtype=torch.bool)
-    H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    U, dead = factor if factor is not None else hessian_factor(hessian.to(W.device), percdamp)
+    U, dead = U.to(W.device), dead.to(W.device)
     chooser: _Given
     if select == "fixed":
         chooser = _Given(mask)
@@ -159,29 +215,21 @@ def obs_reconstruct(
             chooser = _BlockShare(int((~mask).sum()), cols)
         else:
             chooser = _GroupCounts(mask.reshape(rows, cols // m, m).sum(-1), m)
-    U = inverse_hessian_factor(H, percdamp)
 
+    step = _STEP if m is None else m * max(1, _STEP // m)
     keep = torch.ones((rows, cols), dtype=torch.bool, device=W.device)
+    WT = W.T.contiguous()  # [cols, rows]: the sweep reads and updates whole columns of W
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        block = WT[i1:i2]
         U1 = U[i1:i2, i1:i2]
-        d = torch.diag(U1)
-        keep1 = chooser.block(i1, i2, W1, d)
-        for i in range(i2 - i1):
-            chooser.column(i1, i, W1, d, keep1)
-            w = W1[:, i]
-            q = torch.where(keep1[:, i], w, torch.zeros_like(w))
-            Q1[:, i] = q
-            err = (w - q) / d[i]
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i1:i2] = Q1
+        keep1 = chooser.block(i1, i2, block.T, torch.diag(U1))
+        err = _eliminate(block, U1, keep1, chooser, i1, step)
+        block.masked_fill_(~keep1.T, 0.0)
         keep[:, i1:i2] = keep1
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-    W[~keep] = 0.0
+        if i2 < cols:
+            WT[i2:].addmm_(U[i1:i2, i2:].T, err, alpha=-1.0)
+    W = WT.T.contiguous()
     return W.to(weight.dtype), keep
 
 
@@ -271,8 +319,17 @@ class OBS(Reconstruction):
                 torch.arange(matrix.shape[1], device=matrix.device).reshape(1, *weight.shape[1:])
             )[0]
             matrix, keep, hessian = matrix[:, order], keep[:, order], hessian[order][:, order]
+        key = ("obs-factor", self.percdamp, None if order is None else tuple(order.tolist()))
+        factor = stats.memo(key, lambda: hessian_factor(hessian, self.percdamp))  # one per shared input
         new, keep = obs_reconstruct(
-            matrix, hessian, keep, select=self.select, m=m, blocksize=self.blocksize, percdamp=self.percdamp
+            matrix,
+            hessian,
+            keep,
+            select=self.select,
+            m=m,
+            blocksize=self.blocksize,
+            percdamp=self.percdamp,
+            factor=factor,
         )
         if order is not None:
             back = torch.argsort(order)
