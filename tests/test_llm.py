@@ -19,6 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from secateurs.core.errors import ConfigError  # noqa: E402
 from secateurs.front.llm_cli import llm_app  # noqa: E402
+from secateurs.llm import evaluate as llm_evaluate  # noqa: E402
 from secateurs.llm import models as llm_models  # noqa: E402
 from secateurs.llm.calibrate import capture_block_inputs, prune_model  # noqa: E402
 from secateurs.llm.evaluate import (  # noqa: E402
@@ -294,6 +295,66 @@ def test_perplexity_counts_tokens_and_matches_cross_entropy() -> None:
         logits = model(input_ids=windows).logits
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), windows[:, 1:].reshape(-1))
     assert result.nll == pytest.approx(float(nll), rel=1e-5)
+
+
+def full_logits_nll(model: nn.Module, windows: torch.Tensor) -> float:
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits
+    return float(
+        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), windows[:, 1:].reshape(-1))
+    )
+
+
+def lm_head_rows(model: nn.Module) -> list[int]:
+    """Positions per call of the LM head, recorded from now on."""
+    rows: list[int] = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, _i, out: rows.append(out[..., 0].numel()))
+    return rows
+
+
+def tiny_gemma2(softcap: float) -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=VOCAB,
+        final_logit_softcapping=softcap,
+    )
+    return transformers.Gemma2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0], ids=["llama", "gemma2-softcap"])
+def test_perplexity_never_holds_a_whole_batchs_logits(
+    softcap: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_llama() if softcap is None else tiny_gemma2(softcap)
+    windows = eval_windows(torch.arange(400) % VOCAB, 32, max_tokens=200)
+    want = full_logits_nll(model, windows)
+    monkeypatch.setattr(llm_evaluate, "LOGIT_BUDGET", 7 * VOCAB)  # 7 positions' logits at a time
+    rows = lm_head_rows(model)
+    result = perplexity(model, windows, batch_size=4)
+    assert result.nll == pytest.approx(want, rel=1e-6)
+    assert result.tokens == windows.shape[0] * 31
+    # the first two calls check the split on an 8-token prefix (model vs body + head); then chunks of 7
+    assert rows[:2] == [8, 8] and max(rows[2:]) == 7
+    assert sum(rows[2:]) == result.tokens
+
+
+def test_perplexity_of_a_model_whose_logits_are_not_head_of_hidden_uses_its_logits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = tiny_llama()
+    model.config.final_logit_softcapping = 1.0  # Llama does not apply it: the prefix check tells
+    windows = eval_windows(torch.arange(400) % VOCAB, 32, max_tokens=200)
+    want = full_logits_nll(model, windows)
+    monkeypatch.setattr(llm_evaluate, "LOGIT_BUDGET", 7 * VOCAB)
+    rows = lm_head_rows(model)
+    assert perplexity(model, windows, batch_size=4).nll == pytest.approx(want, rel=1e-6)
+    assert max(rows) == 4 * 32  # whole batches, from the model's own logits
 
 
 # -- errors ---------------------------------------------------------------------------------------

@@ -39,24 +39,72 @@ def causal_lm_loss(logits: Tensor, ids: Tensor) -> Tensor:
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
+# Logits held at once while scoring: chunk rows = this / vocabulary size (64 MB of float32 logits;
+# 341 positions for SmolLM2's 49k vocabulary, 64 for Gemma 3's 262k).
+LOGIT_BUDGET = 1 << 24
+
+
+def _logit_softcap(model: nn.Module) -> float | None:
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def _head_logits(model: nn.Module, head: nn.Module, hidden: Tensor) -> Tensor:
+    """Logits from final hidden states as the causal LM computes them (Gemma's soft cap included)."""
+    logits = head(hidden).float()
+    cap = _logit_softcap(model)
+    return torch.tanh(logits / cap) * cap if cap is not None else logits
+
+
+def _body_and_head(model: nn.Module, sample: Tensor) -> tuple[nn.Module, nn.Module] | None:
+    """(body, head) such that the model's logits are `_head_logits(head(body(ids)))`, checked on a
+    short prefix of `sample`; None when the model computes them otherwise (then the full logits
+    are used)."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    body = getattr(model, "base_model", None)
+    if not isinstance(head, nn.Module) or not isinstance(body, nn.Module) or body is model:
+        return None
+    prefix = sample[:1, : min(8, sample.shape[1])]
+    try:
+        expected = model(input_ids=prefix, use_cache=False).logits.float()
+        got = _head_logits(model, head, body(input_ids=prefix, use_cache=False)[0])
+    except (TypeError, ValueError, RuntimeError, IndexError, AttributeError):
+        return None
+    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+        return None
+    return body, head
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: Tensor, batch_size: int = 2) -> Perplexity:
     """Perplexity of a causal LM on [n, seq_len] token windows (each window scored on its own).
 
     Within a window every token after the first is predicted from the ones before it, so a
-    window of L tokens contributes L − 1 predictions. Small batches bound the logits' memory
-    (batch · L · vocab floats).
+    window of L tokens contributes L − 1 predictions. The full-vocabulary logits of a batch are
+    never held: the body's final hidden states go through the LM head a chunk of positions at a
+    time (`LOGIT_BUDGET` floats; a 262k vocabulary makes a 2 × 512 batch's logits 1 GB). A model
+    whose logits are not head(final hidden states) (checked on a prefix) is scored from its logits.
     """
     model.eval()
     total_nll = 0.0
     total = 0
+    split = _body_and_head(model, windows) if windows.numel() else None
     for batch in windows.split(batch_size):
-        logits = model(input_ids=batch, use_cache=False).logits.float()
-        nll = F.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-        )
-        total_nll += float(nll)
-        total += batch[:, 1:].numel()
+        targets = batch[:, 1:].reshape(-1)
+        if split is None:
+            logits = model(input_ids=batch, use_cache=False).logits.float()
+            total_nll += float(
+                F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets, reduction="sum")
+            )
+        else:
+            body, head = split
+            hidden = body(input_ids=batch, use_cache=False)[0][:, :-1]
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+            rows = max(1, LOGIT_BUDGET // int(getattr(head, "out_features", 0) or head.weight.shape[0]))
+            for h, t in zip(hidden.split(rows), targets.split(rows), strict=True):
+                total_nll += float(F.cross_entropy(_head_logits(model, head, h), t, reduction="sum"))
+        total += targets.numel()
     mean = total_nll / total
     return Perplexity(math.exp(mean), mean, total, int(windows.shape[0]), int(windows.shape[1]))
 
