@@ -12,8 +12,11 @@ from torch import nn
 import secateurs
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of
+from secateurs.core.topk import topk_mask
+from secateurs.core.topk_sieve import flat_nonzero
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
 from secateurs.methods.pruning import prune
+from secateurs.methods.training import dst
 from secateurs.methods.training.dst import (
     UPDATERS,
     DsrUpdater,
@@ -29,6 +32,7 @@ from secateurs.pipeline.recipe import recipe_from_raw
 from secateurs.pipeline.runner import MetricEvent, run_recipe
 from secateurs.train import TrainConfig, train
 from secateurs.train.engine import Callback, TrainState
+from secateurs.train.optim import zero_at, zero_optimizer_state
 
 METHODS = ["set", "dsr", "snfs", "rigl"]
 
@@ -257,3 +261,109 @@ def test_grown_weights_train_after_they_are_grown(method: str) -> None:
     # a stale hook would zero every one of them (a grown weight behind a dead unit may stay 0)
     trained = sum(int((next_step[n][g] != 0).sum()) for n, g in grown.items())
     assert trained > sum(int(g.sum()) for g in grown.values()) // 2
+
+
+# -- the update path against the code before it was made faster (issue 18) ------------------------------
+def _old_grow_strongest(kept: torch.Tensor, scores: torch.Tensor, n: int) -> dst.LayerUpdate:
+    """`grow_strongest` as it was: one topk_mask over every entry, the active ones at -inf."""
+    flat = kept.reshape(-1)
+    candidates = scores.detach().reshape(-1).float().masked_fill(flat, -math.inf)
+    return dst.LayerUpdate(kept, (flat | topk_mask(candidates, n)).reshape(kept.shape))
+
+
+def _old_drop_weakest(layer: LayerView, n: int) -> torch.Tensor:
+    active = torch.nonzero(layer.mask.reshape(-1)).reshape(-1)
+    magnitudes = layer.weight.detach().reshape(-1)[active].abs().float()
+    kept = torch.zeros(layer.mask.numel(), dtype=torch.bool, device=layer.mask.device)
+    kept[active[topk_mask(magnitudes, active.numel() - n)]] = True
+    return kept.reshape(layer.mask.shape)
+
+
+@torch.no_grad()
+def _old_update(self: DynamicSparseTraining, state: TrainState) -> None:
+    """`DynamicSparseTraining.update` as it was."""
+    masks = masks_of(state.model)
+    assert masks is not None
+    params = dict(state.model.named_parameters())
+    layers = [
+        LayerView(n, params[n], masks[n], params[n].grad, dst.momentum_of(state.optimizer, params[n]))
+        for n in masks
+    ]
+    drop_fraction = drop_fraction_at(self.config, state.step, self.end_step)
+    updates = self.updater.update(layers, drop_fraction, self.generator)
+    after = sum(int(torch.count_nonzero(updates[n].mask)) for n in masks)
+    moved = 0
+    for layer in layers:
+        u = updates[layer.name]
+        grown, dropped = u.mask & ~layer.mask, layer.mask & ~u.mask
+        layer.weight.masked_fill_(grown, 0.0)
+        zero_optimizer_state(state.optimizer, params[layer.name], grown | dropped)
+        moved += int(torch.count_nonzero(grown))
+    state.install_masks(MaskSet({n: updates[n].mask for n in masks}))
+    self.records.append(dst.UpdateRecord(state.step, drop_fraction, moved, after))
+
+
+class BitRecorder(Callback):
+    """The raw bytes of masks, weights and optimizer state after every step (signed zeros count)."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[bytes]] = []
+
+    def on_step_end(self, state: TrainState) -> None:
+        masks = masks_of(state.model)
+        assert masks is not None
+        row = [m.numpy().tobytes() for m in masks.values()]
+        row += [p.detach().numpy().tobytes() for p in state.model.parameters()]
+        for p in state.model.parameters():
+            state_tensors = [v for v in state.optimizer.state[p].values() if isinstance(v, torch.Tensor)]
+            row += [v.numpy().tobytes() for v in state_tensors]
+        self.steps.append(row)
+
+
+def _run_wide(method: str, optimizer: dict[str, object]) -> tuple[BitRecorder, DynamicSparseTraining]:
+    """A layer of 32,768 weights, large enough for the sieve's fast path, at 90 % sparsity."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    prune(model, 0.9, criterion="random", allocation="erk", seed=0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(96, 256, generator=g), torch.randint(0, 10, (96,), generator=g)
+    loader = [(x[i : i + 16], y[i : i + 16]) for i in range(0, 96, 16)]
+    updater = DynamicSparseTraining(
+        DynamicSparsity(method=method, update_every=2, drop_fraction=0.3, end_fraction=1.0), seed=5
+    )
+    recorder = BitRecorder()
+    train(model, loader, TrainConfig(epochs=2, optimizer=optimizer), callbacks=[updater, recorder], seed=2)
+    return recorder, updater
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    "optimizer",
+    [{"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3}, {"name": "adam", "lr": 1e-3}],
+    ids=["sgd", "adam"],
+)
+def test_updates_are_bit_identical_to_the_code_before_the_speed_up(
+    monkeypatch: pytest.MonkeyPatch, method: str, optimizer: dict[str, object]
+) -> None:
+    """Masks, weights (signed zeros included) and optimizer state at every step equal the old path's."""
+    recorder, updater = _run_wide(method, optimizer)
+    with monkeypatch.context() as patch:
+        patch.setattr(dst, "grow_strongest", _old_grow_strongest)
+        patch.setattr(dst, "drop_weakest", _old_drop_weakest)
+        patch.setattr(DynamicSparseTraining, "update", _old_update)
+        reference, old = _run_wide(method, optimizer)
+    assert len(updater.records) == 5 and sum(r.moved for r in updater.records) > 0
+    assert updater.records == old.records
+    assert recorder.steps == reference.steps
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_zeroing_by_index_writes_what_masked_fill_writes(layout: torch.memory_format) -> None:
+    """The update zeroes grown weights and moved optimizer state by flat index: +0, in any layout."""
+    g = torch.Generator().manual_seed(0)
+    value = torch.randn(4, 3, 5, 5, generator=g).to(memory_format=layout)
+    where = torch.rand(4, 3, 5, 5, generator=g) < 0.2
+    expected = value.clone().masked_fill_(where, 0.0)
+    zero_at(value, flat_nonzero(where))
+    assert torch.equal(value.contiguous().view(torch.int32), expected.contiguous().view(torch.int32))
+    assert value.is_contiguous(memory_format=layout)

@@ -246,6 +246,35 @@ def zero_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, 
 
     Scalar state (Adam's step count) is left alone; only tensors shaped like the parameter are per entry.
     """
-    for value in optimizer.state.get(param, {}).values():
-        if isinstance(value, torch.Tensor) and value.shape == param.shape:
-            value.masked_fill_(where.to(value.device), 0)
+    for value in _per_entry_state(optimizer, param):
+        value.masked_fill_(where.to(value.device), 0)
+
+
+@torch.no_grad()
+def zero_optimizer_entries(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, index: torch.Tensor
+) -> None:
+    """`zero_optimizer_state` at the flat positions `index` (int64): the same zeros, found once for
+    all the state tensors; cheaper than a bool mask when few entries change (a DST update)."""
+    for value in _per_entry_state(optimizer, param):
+        zero_at(value, index)
+
+
+@torch.no_grad()
+def zero_at(tensor: torch.Tensor, index: torch.Tensor) -> None:
+    """Write +0 at the flat (row-major) positions `index` of `tensor`, whatever its memory layout
+    (channels_last weights and their state are not contiguous): `masked_fill_`'s zeros, by index."""
+    index = index.to(tensor.device)
+    if tensor.is_contiguous():
+        tensor.view(-1).index_fill_(0, index, 0)
+    else:
+        tensor.index_put_(
+            torch.unravel_index(index, tensor.shape),
+            torch.zeros((), dtype=tensor.dtype, device=tensor.device),
+        )
+
+
+def _per_entry_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> list[torch.Tensor]:
+    """The optimizer's state tensors of `param` that hold one value per entry (shaped like it)."""
+    state = optimizer.state.get(param, {})
+    return [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
