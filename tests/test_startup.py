@@ -34,8 +34,8 @@ except SystemExit as stop:
     code = stop.code
 else:
     code = 0
-sys.stderr.write(json.dumps({{"code": code, "torch": "torch" in sys.modules,
-    "registries": "secateurs.core.registry" in sys.modules}}))
+sys.stderr.write("\n" + json.dumps({"code": code, "torch": "torch" in sys.modules,
+    "registries": "secateurs.core.registry" in sys.modules}))
 """
 
 
@@ -51,7 +51,7 @@ def python(code: str, *args: str, path: Path | None = None) -> subprocess.Comple
 
 def cli(*args: str, path: Path | None = None) -> tuple[str, dict[str, object]]:
     """stdout of `secateurs ARGS` run in a fresh process, and what it had imported when it ended."""
-    done = python(RUN_CLI.format(), json.dumps(list(args)), path=path)
+    done = python(RUN_CLI, json.dumps(list(args)), path=path)
     state = json.loads(done.stderr.strip().splitlines()[-1])
     return done.stdout, state
 
