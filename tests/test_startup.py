@@ -34,7 +34,7 @@ except SystemExit as stop:
     code = stop.code
 else:
     code = 0
-sys.stderr.write("\n" + json.dumps({"code": code, "torch": "torch" in sys.modules,
+sys.stderr.write("\\n" + json.dumps({"code": code, "torch": "torch" in sys.modules,
     "registries": "secateurs.core.registry" in sys.modules}))
 """
 
