@@ -271,6 +271,22 @@ def test_a_plugin_is_listed_with_its_options(tmp_path: Path) -> None:
     assert found == listed(cli("methods")[0])  # and the built-ins, as without the plug-in
 
 
+def test_an_installed_entry_point_plugin_is_listed(tmp_path: Path) -> None:
+    """A package declaring `secateurs.plugins` is imported by `methods` with no --plugin."""
+    (tmp_path / "startup_plugin.py").write_text(PLUGIN, encoding="utf-8")
+    info = tmp_path / "startup_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: startup-plugin\nVersion: 1.0\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[secateurs.plugins]\ndoubled = startup_plugin\n", encoding="utf-8"
+    )
+    out, state = cli("methods", path=tmp_path)
+    assert state["code"] == 0 and state["torch"] is True  # listing a plug-in may import it
+    assert listed(out)["criterion", "doubled"] == "2|θ|: a user's criterion. options: factor=2.0"
+
+
 def test_a_component_registered_in_process_is_listed() -> None:
     from typer.testing import CliRunner
 
