@@ -63,7 +63,7 @@ def test_wanda_on_a_conv_is_weight_times_the_norm_of_its_unfolded_input() -> Non
     _, scores = score_groups(model, criterion="wanda", data=x)
     for name, conv, inp in (("0.weight", model[0], x), ("2.weight", model[2], hidden)):
         by_hand = conv.weight.detach().abs() * unfolded_norms(inp, conv).reshape(conv.weight.shape[1:])
-        torch.testing.assert_close(scores[name], by_hand.reshape(-1).double(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(scores[name].double(), by_hand.reshape(-1).double(), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("structure", ["rows", "unstructured"])

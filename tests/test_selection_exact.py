@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from secateurs.core.masks import MaskSet
 from secateurs.core.topk import has_nan, topk_mask
 from secateurs.methods.allocations.base import LayerInfo, allocate
+from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.pruning import compute_masks, masks_from_scores, plan, score_groups
+from secateurs.methods.structures.base import removed_to_minus_inf
 from secateurs.methods.structures.pooling import POOLINGS, reduce_over
 from secateurs.models import build_model
 
@@ -152,3 +154,57 @@ def test_an_unknown_scoring_mode_is_refused_with_the_choices(criterion: str) -> 
     data = (torch.randn(10, 1, 28, 28), torch.arange(10))
     with pytest.raises(Exception, match="mode must be one of train, eval"):
         compute_masks(model, 0.5, criterion=criterion, data=data, criterion_options={"mode": "test"})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_removed_entries_become_minus_inf_bit_for_bit_as_masked_fill(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(1000, generator=g).to(dtype)
+    scores[:6] = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1e-45], dtype=dtype)
+    keep = torch.rand(1000, generator=g) < 0.5
+    expected = scores.masked_fill(~keep, -math.inf)
+    got = removed_to_minus_inf(scores, keep)
+    assert got.dtype == dtype
+    assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))  # same bits, NaN and -0.0 too
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(6, 6)
+        self.b = torch.nn.Linear(6, 6)
+        self.b.weight = self.a.weight
+        self.bn = torch.nn.BatchNorm1d(6)
+        self.out = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.b(self.bn(torch.relu(self.a(x))))))
+
+
+def test_synflow_scores_the_abs_network_and_leaves_the_model_as_it_was() -> None:
+    torch.manual_seed(0)
+    model = _Tied().train()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    keep = {"a.weight": torch.rand(6, 6) < 0.5}
+    model_masks = MaskSet(keep)
+    # by hand: a copy with |θ| (masked entries 0) in eval mode
+    copy = _Tied()
+    copy.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for n, p in copy.named_parameters():
+            p.abs_()
+            if n in keep:
+                p.mul_(keep[n])
+    copy.eval()
+    copy(torch.ones(1, 6)).sum().backward()
+    expected = {n: (p.grad * p).detach().abs() for n, p in copy.named_parameters() if p.dim() > 1}
+    names = list(expected)
+    ctx = ScoringContext(model=model, names=names, masks=model_masks, input_shape=(6,))
+    scores = build_criterion("synflow").score(ctx)
+    for n in names:
+        torch.testing.assert_close(scores[n], expected[n], rtol=0, atol=0)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[n]) for n, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())

@@ -30,7 +30,7 @@ from secateurs.core.registry import check_options
 from secateurs.core.topk import has_nan, topk_mask
 from secateurs.methods.allocations import AllocationContext, LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
-from secateurs.methods.criteria.base import Batch, Criterion
+from secateurs.methods.criteria.base import Batch, Criterion, module_mode
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.sanity import SANITY, CorruptedBatches, sanity_seed, shuffle_masks
 from secateurs.methods.structures import (
@@ -418,24 +418,27 @@ def plan(
     existing = masks_of(model)
     current = existing
     chosen: dict[str, Tensor] = {}
-    for k in range(1, rounds + 1):
-        level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
-        overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
-        with _masked_weights(model, current) if k > 1 else nullcontext():
-            scores = group_scores(s.criterion, s.ctx, s.layout, s.pool, current, invert=invert)
-        chosen = select_groups(
-            s.layout,
-            scores,
-            level,
-            allocation=allocation,
-            allow_collapse=allow_collapse,
-            allocation_options=allocation_options,
-            layer_sparsities=overrides or None,
-            context=AllocationContext(model, s.layout, s.example_input, current),
-        )
-        if k < rounds:
-            current = _merged(current, s.layout.masks(chosen, current))
-            s.ctx.masks = current
+    mode = s.criterion.scoring_mode
+    with module_mode(model, mode) if rounds > 1 and mode else nullcontext():
+        for k in range(1, rounds + 1):
+            level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
+            overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
+            masking = k > 1 and not s.criterion.applies_masks
+            with _masked_weights(model, current) if masking else nullcontext():
+                scores = group_scores(s.criterion, s.ctx, s.layout, s.pool, current, invert=invert)
+            chosen = select_groups(
+                s.layout,
+                scores,
+                level,
+                allocation=allocation,
+                allow_collapse=allow_collapse,
+                allocation_options=allocation_options,
+                layer_sparsities=overrides or None,
+                context=AllocationContext(model, s.layout, s.example_input, current),
+            )
+            if k < rounds:
+                current = _merged(current, s.layout.masks(chosen, current))
+                s.ctx.masks = current
     final = chosen, current
 
     def masks() -> MaskSet:

@@ -79,6 +79,12 @@ class Criterion:
     # Scores each layer from that layer alone (its weights and, if it needs data, its calibration
     # inputs), with no gradient through the model: sequential calibration can score block by block.
     layerwise: bool = False
+    # The module mode ("train" or "eval") its scoring runs in, when it has one: pruning in rounds
+    # holds the model in it across all of them instead of switching it twice a round.
+    scoring_mode: str | None = None
+    # Applies `ctx.masks` to the weights it reads itself (without touching the model), so pruning
+    # in rounds need not zero the masked weights in place and restore them every round.
+    applies_masks: bool = False
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         raise NotImplementedError
@@ -145,6 +151,23 @@ def check_mode(criterion: str, mode: object) -> str:
 
 
 @contextmanager
+def module_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Hold `model` in `mode` ("train" or "eval"), then give it back its root's mode: as
+    `model.train(mode == "train")` … `model.train(was_training)`, but without walking the model
+    twice when every module is in that mode already."""
+    training = mode == "train"
+    if all(m.training == training for m in model.modules()):
+        yield
+        return
+    was_training = model.training
+    try:
+        model.train(training)
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
 def preserved_state(ctx: ScoringContext, mode: str = "train") -> Iterator[None]:
     """Run in `mode` (train or eval), then restore the mode, the `.grad` fields and the buffers.
 
@@ -153,12 +176,10 @@ def preserved_state(ctx: ScoringContext, mode: str = "train") -> Iterator[None]:
     params = ctx.params()
     saved = {n: p.grad for n, p in params.items()}
     buffers = [(b, b.detach().clone()) for b in ctx.model.buffers()]
-    was_training = ctx.model.training
     try:
-        ctx.model.train(mode == "train")
-        yield
+        with module_mode(ctx.model, mode):
+            yield
     finally:
-        ctx.model.train(was_training)
         for n, p in params.items():
             p.grad = saved[n]
         with torch.no_grad():

@@ -47,7 +47,7 @@ class Grasp(Criterion):
         self.temperature = float(temperature)
         self.samples_per_class = check_positive(self.name, "samples_per_class", samples_per_class)
         self.num_batches = check_positive(self.name, "num_batches", num_batches)
-        self.mode = check_mode(self.name, mode)
+        self.mode = self.scoring_mode = check_mode(self.name, mode)
 
     def _loss(self, ctx: ScoringContext, batch: Batch) -> Tensor:
         x, y = batch

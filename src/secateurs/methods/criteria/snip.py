@@ -39,7 +39,7 @@ class Snip(Criterion):
     def __init__(self, samples_per_class: int = 10, num_batches: int = 1, mode: str = "train") -> None:
         self.samples_per_class = check_positive(self.name, "samples_per_class", samples_per_class)
         self.num_batches = check_positive(self.name, "num_batches", num_batches)
-        self.mode = check_mode(self.name, mode)
+        self.mode = self.scoring_mode = check_mode(self.name, mode)
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         grads = accumulate_gradients(ctx, self.name, self.num_batches, self.mode)

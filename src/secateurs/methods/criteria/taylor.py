@@ -33,7 +33,7 @@ class Taylor(Criterion):
         if num_batches < 1:
             raise ConfigError(f"taylor num_batches must be ≥ 1, got {num_batches}")
         self.num_batches = num_batches
-        self.mode = check_mode(self.name, mode)
+        self.mode = self.scoring_mode = check_mode(self.name, mode)
 
     def contributions(self, ctx: ScoringContext) -> dict[str, Tensor]:
         grads = accumulate_gradients(ctx, self.name, self.num_batches, self.mode)

@@ -34,6 +34,25 @@ from secateurs.methods.layers import LayerSelection
 from secateurs.methods.structures.pooling import POOLINGS, SIDES, Pooling
 
 _RANKED_AS_IS = (torch.float32, torch.float64)
+_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32}
+_MINUS_INF_BITS = {
+    dtype: int(torch.tensor(float("-inf"), dtype=dtype).view(ints)) for dtype, ints in _SAME_WIDTH_INT.items()
+}
+
+
+def removed_to_minus_inf(scores: Tensor, keep: Tensor) -> Tensor:
+    """`scores` (float32 or float64) with −∞ where `keep` is False: `masked_fill(~keep, -inf)`, bit
+    for bit, done as a bitwise select on the floats' bit patterns: masked_fill branches on every
+    entry and is about three times slower on the random masks pruning makes (this runs every round
+    of SynFlow's hundred, on every layer)."""
+    ints = _SAME_WIDTH_INT[scores.dtype]
+    kept = keep.reshape(scores.shape).to(ints).neg_()  # all bits set where kept, none where removed
+    bits = scores.contiguous().view(ints)
+    return (
+        (bits & kept)
+        .bitwise_or_(kept.bitwise_not_().bitwise_and_(_MINUS_INF_BITS[scores.dtype]))
+        .view(scores.dtype)
+    )
 
 
 @dataclass(frozen=True)
@@ -225,7 +244,7 @@ class ElementLayout(Layout):
             if self.pools or s.dtype not in _RANKED_AS_IS:
                 s = s.to(torch.float64)  # pooled sums are float64; unpooled scores rank the same as they are
             if current is not None and n in current:
-                s = s.masked_fill(~current[n].to(s.device), float("-inf"))
+                s = removed_to_minus_inf(s, current[n].to(s.device))
             out[n] = self.structure.group_scores(s, pool.pooling.name)
         return out
 
