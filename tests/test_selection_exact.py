@@ -208,3 +208,17 @@ def test_synflow_scores_the_abs_network_and_leaves_the_model_as_it_was() -> None
     assert model.training and all(m.training for m in model.modules())
     assert all(torch.equal(v, before[n]) for n, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_selection_whose_count_rounding_changed_is_not_handed_on() -> None:
+    g = torch.Generator().manual_seed(5)
+    layers = [LayerInfo(f"l{i}", (n,), 1, torch.rand(n, generator=g)) for i, n in enumerate((10, 13, 16))]
+    keep = allocate("global", layers, 0.55, round_to=4)
+    assert all(keep[layer.name] % 4 == 0 or keep[layer.name] == layer.num_groups for layer in layers)
+    unrounded = allocate("global", layers, 0.55)
+    for layer in layers:
+        if keep[layer.name] == unrounded[layer.name]:
+            assert torch.equal(keep.chosen[layer.name], unrounded.chosen[layer.name])
+        else:
+            assert layer.name not in keep.chosen
+    assert set(keep.chosen) != {layer.name for layer in layers}  # the case is exercised

@@ -116,15 +116,12 @@ def select_groups(
         **dict(allocation_options or {}),
     )
     # a unit's part of a global ranking is its own top k: reused where the layout selects the top k
-    # and the count is the ranking's (an allocation may adjust counts after ranking)
+    # (`allocate` hands on only the selections whose counts it left as they were)
     chosen = keep.chosen if layout.selects_top_k() else {}
-    out = {}
-    for u in layout.units:
-        picked = chosen.get(u.name)
-        if picked is None or int(picked.count_nonzero()) != keep[u.name]:
-            picked = layout.select(u, group_scores[u.name], keep[u.name])
-        out[u.name] = picked
-    return out
+    return {
+        u.name: chosen[u.name] if u.name in chosen else layout.select(u, group_scores[u.name], keep[u.name])
+        for u in layout.units
+    }
 
 
 def masks_from_scores(

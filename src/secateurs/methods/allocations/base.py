@@ -274,4 +274,5 @@ def allocate(
             fix="lower the sparsity, use the 'erk' allocation, exclude the layer, "
             "or set allow_collapse: true",
         )
-    return Allocated(keep, getattr(counts, "chosen", None))
+    chosen = getattr(counts, "chosen", {})  # a selection stays valid where rounding kept its count
+    return Allocated(keep, {n: c for n, c in chosen.items() if keep[n] == counts[n]})
