@@ -54,11 +54,11 @@ def _kth_largest(flat: Tensor, k: int) -> Tensor:
     if host.dtype == torch.bfloat16:
         host = host.double()
     values = host.numpy()
-    removed = np.isneginf(values)
-    if 2 * np.count_nonzero(removed) > values.size:
+    alive = values > -np.inf
+    if 2 * np.count_nonzero(alive) < values.size:
         # most groups were pruned before (−∞, the late rounds of iterative pruning): select among
         # the others, since a long run of equal values is introselect's slow case
-        values = values[~removed]
+        values = values[alive]
         if k > values.size:
             return torch.tensor(float("-inf"), dtype=flat.dtype, device=flat.device)
     position = values.size - k
