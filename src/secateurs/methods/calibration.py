@@ -35,8 +35,8 @@ class InputStats:
     """Running statistics of one layer input: token count, Σx² per feature (`norms`), Σxxᵀ (`hessian`).
 
     Only what a method reads is collected: Wanda reads Σx², SparseGPT Σxxᵀ. Σx² is summed in float64
-    (each float32 square is exact there): summed in float32 instead, about 30 % of SmolLM2's
-    column norms land one float32 step away, enough to flip Wanda's near-tied scores.
+    (each float32 square is exact there): summed in float32 instead, about 30 % of the norms of
+    4096 random rows land a float32 step away, enough to flip Wanda's near-tied scores.
     """
 
     features: int
