@@ -6,8 +6,9 @@ freshly initialised ResNet-20 and LeNet-300-100, one torch thread, from the same
 batch (10 samples per class, CIFAR / Fashion-MNIST shapes, random values: scoring time does not
 depend on the pixels). SNIP and GraSP score in eval mode on both sides, as the reference does by
 default (`criterion_options: {mode: eval}`); the `_train_mode` rows time our default, train mode,
-whose BatchNorm backward through batch statistics costs more, against the same eval-mode baseline. SynFlow may empty a shortcut convolution on ResNet-20 (its conserved flow
-mostly takes the main path); the reference has no guard against it, so here neither (`allow_collapse`).
+whose BatchNorm backward through batch statistics costs more, against the same eval-mode
+baseline. SynFlow may empty a shortcut convolution on ResNet-20 (its conserved flow mostly takes
+the main path); the reference has no guard against it, so here neither (`allow_collapse`).
 
 The baseline, timed in the same process on the same model, is a plain PyTorch loop following the
 Synaptic-Flow reference's protocol: masks held by `torch.nn.utils.prune` (a multiply in every
