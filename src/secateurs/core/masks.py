@@ -7,6 +7,10 @@ Keeping masks applied is cheap: the weights are zeroed once, and after every opt
 the masked parameters are multiplied in place by their masks (one fused `_foreach_mul_`),
 through PyTorch's own optimizer step hooks, so any training loop keeps them. Unlike
 `torch.nn.utils.prune` nothing is recomputed through autograd in the forward pass.
+
+A parameter shared by several modules (a head tied to its embedding) is one tensor and has one
+mask, under its canonical name: the first name `model.named_parameters()` gives it. A mask given
+under another of its names (an alias) is bound to the same tensor and renamed when read.
 """
 
 from __future__ import annotations
@@ -21,6 +25,19 @@ from torch.utils.hooks import RemovableHandle
 from secateurs.core.errors import CheckpointError, ConfigError
 
 _ATTR = "_secateurs_masks"
+
+
+def canonical_names(model: nn.Module) -> dict[str, str]:
+    """Every name of every parameter of `model` (tied aliases included) → its canonical name.
+
+    The canonical name is the first one `model.named_parameters()` gives the tensor; it is the
+    name a shared parameter has in masks, layouts and scores, so that it is pruned once.
+    """
+    first: dict[int, str] = {}
+    names = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names[name] = first.setdefault(id(p), name)
+    return names
 
 
 @dataclass(frozen=True)
@@ -56,11 +73,13 @@ class MaskSet(Mapping[str, Tensor]):
     def dense(cls, model: nn.Module, names: Iterable[str]) -> MaskSet:
         """All-True masks for the named parameters (the state before any pruning)."""
         names = list(names)  # may be a one-shot iterator; it is read twice
-        params = dict(model.named_parameters())
-        missing = [n for n in names if n not in params]
+        canonical = canonical_names(model)
+        missing = [n for n in names if n not in canonical]
         if missing:
             raise ConfigError(f"parameters not in the model: {', '.join(missing)}")
-        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
+        params = dict(model.named_parameters())
+        unique = dict.fromkeys(canonical[n] for n in names)  # a tied parameter once
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in unique})
 
     # -- mapping protocol -------------------------------------------------------------------
     def __getitem__(self, name: str) -> Tensor:
@@ -101,15 +120,25 @@ class MaskSet(Mapping[str, Tensor]):
 
     # -- application ------------------------------------------------------------------------
     def _bound(self, model: nn.Module) -> list[tuple[nn.Parameter, Tensor]]:
+        """(parameter, mask) per mask, in mask order; a tied parameter's alias names it too."""
         params = dict(model.named_parameters())
+        canonical = canonical_names(model)
+        seen: dict[str, str] = {}  # canonical name → the mask name bound to it
         pairs = []
         for name, mask in self._masks.items():
-            if name not in params:
+            if name not in canonical:
                 raise ConfigError(
                     f"mask names parameter {name!r}, which the model does not have",
                     fix="load masks saved from the same architecture",
                 )
-            p = params[name]
+            if canonical[name] in seen:
+                raise ConfigError(
+                    f"masks {seen[canonical[name]]!r} and {name!r} name one tied parameter "
+                    f"({canonical[name]!r}), which can have only one mask",
+                    fix=f"keep one mask for it, under {canonical[name]!r}",
+                )
+            seen[canonical[name]] = name
+            p = params[canonical[name]]
             if tuple(p.shape) != tuple(mask.shape):
                 raise ConfigError(
                     f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has {tuple(p.shape)}",
@@ -193,8 +222,10 @@ class MaskSet(Mapping[str, Tensor]):
                 pairs = masks._bound(model)
             except ConfigError as err:
                 raise CheckpointError(err.what, where=where, fix=err.fix) from None
-            # beside their parameters: a checkpoint is read onto the CPU, the model may be on a GPU
-            masks = cls({name: m.to(p.device) for name, (p, m) in zip(masks, pairs, strict=True)})
+            # beside their parameters: a checkpoint is read onto the CPU, the model may be on a GPU;
+            # under canonical names, so that a tied parameter saved under an alias is found again
+            canonical = canonical_names(model)
+            masks = cls({canonical[name]: m.to(p.device) for name, (p, m) in zip(masks, pairs, strict=True)})
         return masks
 
 

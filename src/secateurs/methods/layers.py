@@ -4,6 +4,10 @@ By default: the weights of every Linear and Conv layer (biases and norm layers s
 Layers are chosen by module type and by name pattern (shell-style, matched against the module
 name and the parameter name); the first/last prunable layer can be skipped, as most papers do.
 A pattern or type that matches nothing is an error, never silently ignored.
+
+A parameter shared by several layers (a head tied to its embedding, two tied Linears) is selected
+once, under its canonical name (the first name `model.named_parameters()` gives it), and only if
+none of its layers is skipped or excluded: patterns match any of its names.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
+from secateurs.core.masks import canonical_names
 
 DEFAULT_TYPES = ["Linear", "Conv1d", "Conv2d", "Conv3d"]
 
@@ -43,7 +48,7 @@ def _matches(pattern: str, module_name: str, param_name: str) -> bool:
 
 
 def select_parameters(model: nn.Module, selection: LayerSelection | None = None) -> list[str]:
-    """Names of the parameters to prune, in module definition order."""
+    """Canonical names of the parameters to prune, in module definition order, each once."""
     sel = selection or LayerSelection()
     present_types = {type(m).__name__ for m in model.modules()}
     for t in [*sel.types, *sel.exclude_types]:
@@ -66,21 +71,27 @@ def select_parameters(model: nn.Module, selection: LayerSelection | None = None)
             f"no parameters of types {sel.types} in the model",
             fix="set layers.types to module types the model has",
         )
+    canonical = canonical_names(model)  # a tied parameter: the same canonical name in every layer
     if sel.skip_first or sel.skip_last:
         modules = list(dict.fromkeys(m for m, _ in candidates))
         drop = ({modules[0]} if sel.skip_first else set()) | ({modules[-1]} if sel.skip_last else set())
-        candidates = [(m, p) for m, p in candidates if m not in drop]
+        dropped = {canonical[p] for m, p in candidates if m in drop}
+        candidates = [(m, p) for m, p in candidates if canonical[p] not in dropped]
 
-    all_names = [p for _, p in candidates]
+    def hit(pattern: str, module_name: str, param_name: str) -> bool:
+        return _matches(pattern, module_name, param_name) or fnmatchcase(canonical[param_name], pattern)
+
+    all_names = list(dict.fromkeys(p for _, p in candidates))
     for pattern in [*sel.include, *sel.exclude]:
-        if not any(_matches(pattern, m, p) for m, p in candidates):
+        if not any(hit(pattern, m, p) for m, p in candidates):
             raise ConfigError(
                 f"layer pattern {pattern!r} matches no prunable layer",
                 fix=f"prunable parameters are: {', '.join(all_names)}",
             )
     if sel.include:
-        candidates = [(m, p) for m, p in candidates if any(_matches(pat, m, p) for pat in sel.include)]
-    chosen = [p for m, p in candidates if not any(_matches(pat, m, p) for pat in sel.exclude)]
+        candidates = [(m, p) for m, p in candidates if any(hit(pat, m, p) for pat in sel.include)]
+    excluded = {canonical[p] for m, p in candidates if any(hit(pat, m, p) for pat in sel.exclude)}
+    chosen = [n for n in dict.fromkeys(canonical[p] for _, p in candidates) if n not in excluded]
     if not chosen:
         raise ConfigError("the layer selection is empty", fix="loosen include/exclude")
     return chosen

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.masks import MaskSet
+from secateurs.core.masks import MaskSet, canonical_names
 from secateurs.graph.core import ChannelGraph, ChannelGroup, Site
 from secateurs.graph.masking import removed_groups
 from secateurs.graph.removal import channel_masks
@@ -174,6 +174,19 @@ class _Entries:
         return out
 
 
+def _refuse_tied(model: nn.Module, graph: ChannelGraph, structure: str) -> None:
+    """Refuse a parameter that several layers share: removing one layer's channel would remove
+    them from the other layer too, which the channel graph does not model."""
+    canonical = canonical_names(model)
+    for site in graph.sites:
+        if canonical.get(site.name, site.name) != site.name:
+            raise ConfigError(
+                f"structure {structure!r} cannot remove channels of {site.name!r}: it is tied to "
+                f"{canonical[site.name]!r} (one tensor shared by two layers)",
+                fix="use an element structure (unstructured, nm, block) or untie the weights",
+            )
+
+
 class GraphLayout(Layout):
     """Units, scores and masks of the prunable groups of a `ChannelGraph`."""
 
@@ -191,6 +204,7 @@ class GraphLayout(Layout):
     ) -> None:
         self.model = model
         self.graph = graph
+        _refuse_tied(model, graph, structure)
         self.params = dict(model.named_parameters())
         vetoed = vetoed or set()
         by_unit: dict[str, list[ChannelGroup]] = defaultdict(list)
