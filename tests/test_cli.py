@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from rich.console import Console
 from tiny import tiny_recipe
 from typer.testing import CliRunner
 
@@ -42,8 +41,8 @@ RUN_FILES = ["metrics.json", "model.pt", "recipe.yaml"]
 @pytest.fixture(autouse=True)
 def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables wide enough that no name is cut short (the runner is not a terminal)."""
-    monkeypatch.setattr(cli, "console", Console(width=250))
-    monkeypatch.setattr(console_module, "err_console", Console(width=250, stderr=True))
+    monkeypatch.setattr(cli, "console", console_module.make_console(width=250))
+    monkeypatch.setattr(console_module, "err_console", console_module.make_console(width=250, stderr=True))
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from secateurs.core.errors import SecateursError
 from secateurs.front.console import console, err_console, friendly_errors
@@ -189,8 +190,6 @@ def methods(
 ) -> None:
     """List every registered component (criteria, structures, allocations, models, data sets …) with
     its options, and the preset recipes."""
-    from rich.markup import escape
-
     from secateurs.front.catalogue import catalogue
 
     found = catalogue(plugin or [])
@@ -198,13 +197,15 @@ def methods(
     table.add_column("axis", no_wrap=True)
     table.add_column("name", no_wrap=True)
     table.add_column("what it does · options", overflow="fold")
-    for c in found.components:  # help texts hold [brackets]
-        what = escape(c.help) + (f"\n[dim]options: {escape(c.options)}[/]" if c.options else "")
-        table.add_row(escape(c.axis), escape(c.name), what)
+    for c in found.components:  # help texts hold [brackets]: Text shows them as they are
+        what = Text(c.help)
+        if c.options:
+            what.append(f"\noptions: {c.options}", style="dim")
+        table.add_row(c.axis, c.name, what)
     console.print(table)
     presets = _table("preset recipes (secateurs run NAME)", "name", "description")
     for preset in found.presets:
-        presets.add_row(escape(preset.name), escape(preset.description))
+        presets.add_row(preset.name, preset.description)
     console.print(presets)
 
 
@@ -291,7 +292,9 @@ def sweep(
     try:
         summary = run_sweep(points, root, workers=workers, progress=progress and console.is_terminal)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted: finished runs are kept; run the same command to resume[/]")
+        err_console.print(
+            Text("interrupted: finished runs are kept; run the same command to resume", style="yellow")
+        )
         raise typer.Exit(130) from None
     table = Table(
         title=f"sweep {config.name}: {len(points)} of {total} runs" + (f", shard {shard}" if shard else "")

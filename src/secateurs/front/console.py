@@ -1,4 +1,9 @@
-"""Where the CLI prints, and how user errors become one line and exit code 2 (shared by every command)."""
+"""Where the CLI prints, and how user errors become one line and exit code 2 (shared by every command).
+
+Every string is printed as it is: the consoles parse no rich markup and no emoji, so user text such as
+a path ``[/x]``, a fix ``pip install -e ".[llm]"`` or an N:M pattern ``2:4:`` is never interpreted
+(and never crashes the printing). Style is given with `rich.text.Text`, never with ``[bold]`` tags.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,25 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from secateurs.core.errors import SecateursError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(emoji=False)  # "N:M:" must not become an emoji
-err_console = Console(stderr=True, emoji=False)
+
+def make_console(**options: Any) -> Console:
+    """A console that prints strings verbatim (no markup, no emoji); `options` go to rich's Console."""
+    return Console(markup=False, emoji=False, **options)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
+
+
+def error_line(message: object) -> Text:
+    """``error: MESSAGE``, the prefix in bold red and the message verbatim."""
+    return Text.assemble(("error:", "bold red"), " ", str(message))
 
 
 def friendly_errors(fn: F) -> F:
@@ -25,10 +42,10 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SecateursError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(error_line(err), highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted: nothing was written[/]")
+            err_console.print(Text("interrupted: nothing was written", style="yellow"))
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -14,9 +14,11 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from secateurs.core.fileio import atomic_write_text, save_figure
 from secateurs.data import load_dataset
+from secateurs.front.console import make_console
 from secateurs.pipeline.metrics import model_metrics
 from secateurs.pipeline.recipe import load_recipe
 from secateurs.pipeline.runner import run_recipe
@@ -124,7 +126,7 @@ def run_demo_report(
     from secateurs.results.report import write_report
     from secateurs.results.sweep import expand_sweep, parse_sweep, run_sweep
 
-    console = console or Console()
+    console = console or make_console()
     points = expand_sweep(parse_sweep(demo_sweep(quick=quick)))
     summary = run_sweep(points, out / "results", workers=workers, progress=console.is_terminal)
     console.print(summary.line())
@@ -136,7 +138,7 @@ def run_demo_report(
 
 def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
     """Run every demo method at every sparsity; print a table, write JSON and a PNG plot into `out`."""
-    console = console or Console()
+    console = console or make_console()
     data = load_dataset("mnist1d")
     sparsities = QUICK_SPARSITIES if quick else SPARSITIES
     rows: list[dict[str, Any]] = []
@@ -149,10 +151,10 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
     rows.append({"method": "dense", "target": 0.0, **model_metrics(dense.model, data)})
 
     total = len(DEMO_METHODS) * len(sparsities)
-    with console.status("pruning") as status:
+    with console.status(Text("pruning")) as status:
         for i, (label, preset, overrides) in enumerate(DEMO_METHODS):
             for j, sparsity in enumerate(sparsities):
-                status.update(f"[{i * len(sparsities) + j + 1}/{total}] {label} at sparsity {sparsity}")
+                status.update(Text(f"[{i * len(sparsities) + j + 1}/{total}] {label} at sparsity {sparsity}"))
                 extra = quick_overrides(preset) if quick else []
                 recipe = load_recipe(preset, [*overrides, *extra, f"sparsity={sparsity}"])
                 result = run_recipe(recipe, data=data)
