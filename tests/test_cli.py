@@ -97,6 +97,7 @@ def test_run_writes_the_run_directory_and_inspect_reads_it(recipe_file: Path, tm
 
     shown = invoke("inspect", str(out))
     assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith(f"{out}: model mlp on data "), shown.stdout  # no markup tags
     for row in masks.report():
         line = next(line for line in shown.stdout.splitlines() if row.name in line)
         assert f"{row.kept:,}" in line and f"{row.numel:,}" in line and f"{row.sparsity:.4f}" in line
