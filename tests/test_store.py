@@ -283,7 +283,7 @@ def _newer_schema(path: Path) -> None:
         (lambda p: p.write_text("just some notes\n"), "is not a secateurs results database"),
         (
             lambda p: p.write_bytes(b"SQLite format 3\x00" + b"\x07" * 200),
-            "is not a secateurs results database",
+            r"is damaged: its SQLite header is damaged .*Fix: restore results.db from a copy",
         ),
         (_foreign_sqlite, "is not a secateurs results database"),
         (_newer_schema, "written by a newer secateurs .* upgrade secateurs"),
@@ -296,9 +296,9 @@ def test_a_database_that_is_not_ours_or_is_newer_is_refused_and_left_alone(
     make(tmp_path / "results.db")
     before = files(tmp_path)
     monkeypatch.setattr(Pipeline, "__init__", lambda *a, **k: pytest.fail("ran despite a bad database"))
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SecateursError, match=message):
         execute(tiny(), tmp_path)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(SecateursError, match=message):
         ResultsDB(tmp_path / "results.db", create=False)
     assert files(tmp_path) == before  # nothing written, not even runs/
 

@@ -7,7 +7,12 @@ one machine share a database without a coordinator: a writer that finds the data
 its run directory count only once the row says `finished`.
 
 Opening checks before writing anything: a file that is not SQLite, or a SQLite database without
-our `meta` table, is refused, and so is a database written by a newer schema.
+our `meta` table, is refused, and so is a database written by a newer schema. Readers cannot
+write (`query_only`; SQLite's `mode=ro` or `immutable=1` on a read-only disk) and never switch
+the journal mode, so a store on a read-only disk reads. Errors say what was found: not SQLite
+at all (the only case where moving the file away is the advice), another program's database, a
+SQLite file with a damaged page (`StoreError`, quoting `PRAGMA quick_check`), or a read-only
+store opened for writing (`StoreError`).
 
 Schema versions: 2 added `metrics.control`, the control experiment (e.g. "reinit") an event
 belongs to, NULL for the run's own events. A version-1 database is read as it is (no controls)
@@ -20,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,6 +39,8 @@ from typing import Any
 
 from secateurs.core.errors import ConfigError, SecateursError
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 2
 CREATED_BY = "secateurs"
 DB_NAME = "results.db"
@@ -41,6 +49,8 @@ TIMEOUT_S = 60.0
 """How long a writer waits for another one before giving up (a commit here takes milliseconds)."""
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+# SQLite's primary result codes (an exception's `sqlite_errorcode` is the extended code)
+_READONLY, _CORRUPT, _CANTOPEN, _NOTADB = 8, 11, 14, 26
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE runs (
@@ -120,10 +130,24 @@ class MetricRow:
     control: str | None = None  # the control experiment, None for the run itself
 
 
+class StoreError(SecateursError):
+    """The results database cannot be used as it is (damaged, or read-only for a writer).
+
+    No run can go on with it, so a sweep stops at the first one instead of failing each.
+    """
+
+
 def _not_ours(path: Path) -> ConfigError:
     return ConfigError(
-        f"{path} is not a secateurs results database",
+        f"{path} is not a secateurs results database (not a SQLite file)",
         fix="pass --root a directory of secateurs results (or a new one), or move this file away",
+    )
+
+
+def _foreign(path: Path, found: str) -> ConfigError:
+    return ConfigError(
+        f"{path} is not a secateurs results database (a SQLite database: {found})",
+        fix="pass --root a directory of secateurs results, or a new one",
     )
 
 
@@ -135,15 +159,27 @@ def _check_header(path: Path) -> None:
         raise _not_ours(path)
 
 
+def _code(err: sqlite3.Error) -> int | None:
+    """SQLite's primary result code of an error, None when sqlite3 did not give one."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
 class ResultsDB:
     """Access to one results database; use as a context manager (or call `close`)."""
 
-    def __init__(self, path: str | Path, *, create: bool = True) -> None:
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool | None = None) -> None:
+        """Open (with `create`, make) the database at `path`.
+
+        `readonly` (default: `not create`) opens an existing database for reading only: nothing
+        is created or written, and a store on a read-only disk reads.
+        """
         self.path = Path(path)
+        self.readonly = not create if readonly is None else readonly
         if self.path.is_dir():
             raise ConfigError(f"{self.path} is a directory, not a results database")
         exists = self.path.exists()
-        if not exists and not create:
+        if not exists and (self.readonly or not create):
             raise ConfigError(
                 f"no results database at {self.path}",
                 fix="run `secateurs sweep` first, or pass the --root that holds results.db",
@@ -153,16 +189,51 @@ class ResultsDB:
         elif not self.path.parent.is_dir():
             raise ConfigError(f"the directory {self.path.parent} does not exist")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=TIMEOUT_S, isolation_level=None)
+            self.conn = self._connect()
         except sqlite3.Error as err:
             raise ConfigError(f"cannot open the results database {self.path} ({err})") from None
         try:
-            self._prepare(create)
+            self._prepare(create and not self.readonly)
         except BaseException as err:
             self.conn.close()
             if isinstance(err, sqlite3.Error):
                 raise self._error(err) from None
             raise
+
+    def _connect(self) -> sqlite3.Connection:
+        """A read-write connection, or for a reader one that cannot write (`query_only`).
+
+        A reader opens the file read-write where it can: after a `mode=ro` connection SQLite
+        leaves the WAL's `-wal` and `-shm` files behind, litter in a store that was only read.
+        Where the disk is read-only it reads with `mode=ro`, and where the directory cannot hold
+        the `-shm` file either, as `immutable` (which ignores a `-wal` file: only a writer that
+        did not close cleanly leaves one with content).
+        """
+        if not self.readonly:
+            return sqlite3.connect(self.path, timeout=TIMEOUT_S, isolation_level=None)
+        uri = self.path.absolute().as_uri()
+        for mode in ("rw", "ro"):
+            conn = sqlite3.connect(f"{uri}?mode={mode}", uri=True, timeout=TIMEOUT_S, isolation_level=None)
+            conn.execute("PRAGMA query_only = ON")
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as err:
+                if _code(err) not in (_CANTOPEN, _READONLY):
+                    return conn  # a damaged file: opening goes on to say what is wrong with it
+                conn.close()
+            else:
+                return conn
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            log.warning(
+                "%s: its directory is read-only, so the writes left in %s by a writer that did not"
+                " close are not shown",
+                self.path,
+                wal.name,
+            )
+        conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=TIMEOUT_S, isolation_level=None)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
 
     def __enter__(self) -> ResultsDB:
         return self
@@ -180,11 +251,12 @@ class ResultsDB:
         """Check the database is ours and current; create the schema in a new one."""
         self.conn.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_S * 1000)}")
         if self._inspect() == "ours":
-            self._ensure_wal()
+            if not self.readonly:  # a reader leaves the journal mode as it is
+                self._ensure_wal()
             self._has_control = self._control_column()
             return
         if not create:
-            raise _not_ours(self.path)
+            raise _foreign(self.path, "it has no tables")
         self._ensure_wal()
         with self._write() as conn:
             if self._inspect() == "empty":  # another process may have created it meanwhile
@@ -209,7 +281,11 @@ class ResultsDB:
         self._has_control = True
 
     def _inspect(self) -> str:
-        """'empty' (no tables) or 'ours'; raises for a foreign or a newer database. Reads only."""
+        """'empty' (no tables) or 'ours'; raises for a foreign or a newer database. Reads only.
+
+        A SQLite error here is not a sign of a foreign file (the header said SQLite): it is a
+        damaged page or a file that cannot be read, and `_error` says which.
+        """
         try:
             tables = {
                 row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -217,16 +293,16 @@ class ResultsDB:
             if not tables:
                 return "empty"
             if "meta" not in tables:
-                raise _not_ours(self.path)
+                raise _foreign(self.path, "it has no `meta` table")
             meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError:
-            raise _not_ours(self.path) from None
+        except sqlite3.Error as err:
+            raise self._error(err) from None
         if meta.get("created_by") != CREATED_BY:
-            raise _not_ours(self.path)
+            raise _foreign(self.path, f"created by {meta.get('created_by', 'another program')!r}")
         try:
             version = int(meta.get("schema_version", ""))
         except ValueError:
-            raise _not_ours(self.path) from None
+            raise _foreign(self.path, "its schema version is not a number") from None
         if version > SCHEMA_VERSION:
             raise ConfigError(
                 f"{self.path} was written by a newer secateurs (schema version {version}; "
@@ -234,7 +310,7 @@ class ResultsDB:
                 fix="upgrade secateurs (pip install -U secateurs) to read and extend these results",
             )
         if version < 1:
-            raise _not_ours(self.path)
+            raise _foreign(self.path, f"schema version {version}")
         return "ours"
 
     def _ensure_wal(self) -> None:
@@ -279,11 +355,57 @@ class ResultsDB:
             raise self._error(err) from None
 
     def _error(self, err: sqlite3.Error) -> SecateursError:
+        """The user's view of a SQLite error: a damaged file, a read-only one, or a failed write."""
+        code = _code(err)
+        if code in (_CORRUPT, _NOTADB) or "malformed" in str(err):
+            return StoreError(
+                f"the results database is damaged: {self._damage(err)}",
+                where=str(self.path),
+                fix=f"restore {self.path.name} from a copy, or salvage what is readable with"
+                f" `sqlite3 {self.path.name} .recover | sqlite3 recovered.db` and use that file",
+            )
+        if code == _READONLY or (code == _CANTOPEN and not self.readonly and self.path.exists()):
+            return StoreError(
+                f"the results database is read-only ({err})",
+                where=str(self.path),
+                fix="make it and its directory writable, or copy the results root to a writable"
+                " place and pass that --root (reading commands work on it as it is)",
+            )
         return SecateursError(
             f"the results database failed ({err})",
             where=str(self.path),
             fix="check free space and permissions; if it stays locked, stop the other processes using it",
         )
+
+    def _damage(self, err: sqlite3.Error) -> str:
+        """What `PRAGMA quick_check` finds (its first lines), else SQLite's error, per table when
+        the check cannot run over the whole file."""
+        if _code(err) == _NOTADB:  # SQLite's magic string, then a header SQLite cannot read
+            return f"its SQLite header is damaged ({err})"
+        try:
+            rows = [str(row[0]) for row in self.conn.execute("PRAGMA quick_check(3)")]
+        except sqlite3.Error:
+            return self._damaged_tables() or str(err)
+        found = [line for text in rows for line in text.splitlines() if not line.startswith("***")]
+        return str(err) if not found or found == ["ok"] else "; ".join(found)
+
+    def _damaged_tables(self) -> str:
+        """The tables a quick check of its own fails on, with SQLite's message ('' if none)."""
+        try:
+            names = [row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        except sqlite3.Error:
+            return ""
+        damaged = []
+        for name in names:
+            quoted = '"' + name.replace('"', '""') + '"'
+            try:
+                result = [str(row[0]) for row in self.conn.execute(f"PRAGMA quick_check({quoted})")]
+            except sqlite3.Error as table_err:
+                damaged.append(f"table {name}: {table_err}")
+                continue
+            if result != ["ok"]:
+                damaged.append(f"table {name}: {result[0].splitlines()[-1]}")
+        return "; ".join(damaged)
 
     # -- runs ---------------------------------------------------------------------------------
     def add_runs(self, runs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:

@@ -37,7 +37,7 @@ from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.recipe import Recipe, SourceRef, load_recipe
-from secateurs.results.db import ResultsDB
+from secateurs.results.db import ResultsDB, StoreError
 from secateurs.results.runner import (
     ALREADY_FINISHED,
     BUSY,
@@ -250,9 +250,15 @@ def _init_worker() -> None:
 
 
 def _execute_point(point: SweepPoint, root: str) -> RunOutcome:
-    """Run one point; a failure (already recorded in the store by `execute`) becomes an outcome."""
+    """Run one point; a failure (already recorded in the store by `execute`) becomes an outcome.
+
+    A store that cannot be used (damaged, read-only) is raised instead: it is no run's failure,
+    and every other run would report it again.
+    """
     try:
         return execute(point.recipe, root, name=point.name)
+    except StoreError:
+        raise
     except Exception as err:
         return RunOutcome(point.hash, point.name, FAILED, error=error_text(err))
 
