@@ -4,9 +4,10 @@ A `MaskSet` maps parameter names (as in `model.named_parameters()`) to boolean t
 True = keep. The model's `state_dict` keys never change; masks are saved beside it.
 
 Keeping masks applied is cheap: the weights are zeroed once, and after every optimizer step
-the masked parameters are multiplied in place by their masks (one fused `_foreach_mul_`),
-through PyTorch's own optimizer step hooks, so any training loop keeps them. Unlike
-`torch.nn.utils.prune` nothing is recomputed through autograd in the forward pass.
+the pruned entries of the masked parameters are cleared in place (a bitwise AND, as cheap as
+a multiply, that also clears NaN and inf) through PyTorch's own optimizer step hooks, so any
+training loop keeps them. Unlike `torch.nn.utils.prune` nothing is recomputed through
+autograd in the forward pass.
 
 A parameter shared by several modules (a head tied to its embedding) is one tensor and has one
 mask, under its canonical name: the first name `model.named_parameters()` gives it. A mask given
@@ -149,34 +150,34 @@ class MaskSet(Mapping[str, Tensor]):
 
     @torch.no_grad()
     def apply(self, model: nn.Module) -> None:
-        """Zero the pruned entries of the model's parameters, in place (identities preserved)."""
+        """Set the pruned entries of the model's parameters to exactly +0.0 (NaN and inf too), in
+        place (identities preserved)."""
         pairs = self._bound(model)
         if pairs:
-            multipliers = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
-            torch._foreach_mul_([p for p, _ in pairs], multipliers)
+            _zero_pruned([p for p, _ in pairs], [_keep_bits(m, p) for p, m in pairs])
 
     def attach(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *, mask_grads: bool = False
     ) -> MaskHandle:
         """Keep the masks applied while `optimizer` trains `model`.
 
-        After every `optimizer.step()` the masked parameters are multiplied by their masks, so
-        pruned weights stay exactly zero whatever the update rule (momentum, weight decay, Adam).
-        With `mask_grads=True` gradients are masked before the step too, which keeps optimizer
-        state (momentum, Adam moments) of pruned entries at zero.
+        After every `optimizer.step()` the pruned entries of the masked parameters are set to
+        exactly +0.0, whatever the update rule (momentum, weight decay, Adam) and whatever the
+        optimizer state holds there (NaN and inf included). With `mask_grads=True` gradients are
+        masked before the step too, which keeps optimizer state (momentum, Adam moments) of
+        pruned entries at zero.
         """
         pairs = self._bound(model)
         params = [p for p, _ in pairs]
-        multipliers = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
+        multipliers = [_keep_bits(m, p) for p, m in pairs]
 
         def after_step(*_: object) -> None:
-            with torch.no_grad():
-                torch._foreach_mul_(params, multipliers)
+            _zero_pruned(params, multipliers)
 
         def before_step(*_: object) -> None:
             with_grad = [(p.grad, m) for p, m in zip(params, multipliers, strict=True) if p.grad is not None]
             if with_grad:
-                torch._foreach_mul_([g for g, _ in with_grad], [m for _, m in with_grad])
+                _zero_pruned([g for g, _ in with_grad], [m for _, m in with_grad])
 
         handles = [optimizer.register_step_post_hook(after_step)]
         if mask_grads:
@@ -229,6 +230,39 @@ class MaskSet(Mapping[str, Tensor]):
         return masks
 
 
+# an integer type as wide as each floating-point type, to clear pruned entries on their bit patterns
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _keep_bits(mask: Tensor, like: Tensor) -> Tensor:
+    """`mask` as an AND-mask of `like`'s bit patterns, on its device (see `_zero_pruned`)."""
+    out = torch.empty(mask.shape, dtype=_BITS.get(like.element_size(), torch.bool), device=like.device)
+    _write_keep_bits(out, mask)
+    return out
+
+
+def _write_keep_bits(out: Tensor, mask: Tensor) -> None:
+    """Write `mask` into `out` (from `_keep_bits`), in place: all ones (-1) where kept, 0 where pruned."""
+    out.copy_(mask)
+    if out.dtype != torch.bool:
+        out.neg_()
+
+
+def _zero_pruned(tensors: list[Tensor], keep_bits: list[Tensor]) -> None:
+    """Set the entries of `tensors` that `keep_bits` (`_keep_bits`) prune to exactly +0.0, in place.
+
+    A bitwise AND of the entries' bit patterns (an integer view): a float multiply by 0 would
+    keep NaN and inf and turn negative weights into -0.0; the AND clears every bit of a pruned
+    entry, whatever it held, and leaves a kept one bit-identical, at the cost of the multiply.
+    """
+    with torch.no_grad():  # not the decorator: this runs after every optimizer step
+        for t, bits in zip(tensors, keep_bits, strict=True):
+            if bits.dtype == torch.bool:  # no integer type as wide (complex128): a select, slower
+                t.copy_(torch.where(bits, t, torch.zeros((), dtype=t.dtype, device=t.device)))
+            else:
+                t.view(bits.dtype).bitwise_and_(bits)
+
+
 class MaskHandle:
     """Returned by `MaskSet.attach`; `remove()` stops keeping masks applied.
 
@@ -261,7 +295,7 @@ class MaskHandle:
                     fix="compute the new masks for the same model as the attached ones",
                 )
         for name, multiplier in self._multipliers.items():
-            multiplier.copy_(masks[name])
+            _write_keep_bits(multiplier, masks[name])
 
     def remove(self) -> None:
         for h in self._handles:

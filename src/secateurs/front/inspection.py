@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from rich.console import Console
 from rich.table import Table
+from torch import Tensor
 
 from secateurs.core.errors import CheckpointError, SecateursError
-from secateurs.core.masks import set_masks
+from secateurs.core.masks import MaskSet, set_masks
 from secateurs.eval import count_costs
 from secateurs.models import build_model
 from secateurs.models.factory import build_from_factory
@@ -30,6 +33,8 @@ def inspect_checkpoint(path: Path, console: Console) -> None:
         console.print(
             f"masked parameters: sparsity {masks.sparsity():.4f} ({masks.kept():,} of {masks.numel():,} kept)"
         )
+    for line in nonfinite_report(state, masks):
+        console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     if "model" in meta and "input_shape" in meta:
         try:
             build = build_from_factory if meta.get("model_factory") else build_model
@@ -54,3 +59,22 @@ def inspect_checkpoint(path: Path, console: Console) -> None:
             f"parameters: {costs.nonzero_params:,} nonzero of {costs.params:,}; "
             f"MACs per sample: {costs.nonzero_macs:,} nonzero of {costs.macs:,}"
         )
+
+
+def nonfinite_report(state: Mapping[str, object], masks: MaskSet | None) -> list[str]:
+    """One line per tensor of `state` holding NaN or inf: how many, and how many of them sit at
+    pruned entries (harmless: a mask sets them to +0.0 when the checkpoint is loaded)."""
+    lines = []
+    for name, value in state.items():
+        if not isinstance(value, Tensor) or not (value.is_floating_point() or value.is_complex()):
+            continue
+        nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+        if not nan + inf:
+            continue
+        line = f"NaN/inf in {name!r}: {nan:,} NaN, {inf:,} inf"
+        if masks is not None and name in masks:
+            pruned = int((~torch.isfinite(value) & ~masks[name]).sum())
+            kept = nan + inf - pruned
+            line += f" ({pruned:,} pruned, read as 0; {kept:,} kept)"
+        lines.append(line)
+    return lines

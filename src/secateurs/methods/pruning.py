@@ -209,9 +209,7 @@ def _masked_weights(model: nn.Module, masks: MaskSet | None) -> Iterator[None]:
     named = dict(model.named_parameters())
     saved = {n: named[n].detach().clone() for n in masks}
     try:
-        with torch.no_grad():
-            for n in masks:
-                named[n].mul_(masks[n].to(named[n].device))
+        masks.apply(model)  # exactly +0.0, also where a masked-out weight held NaN/inf
         yield
     finally:
         with torch.no_grad():

@@ -27,7 +27,7 @@ from secateurs.core.errors import ConfigError, SecateursError
 from secateurs.core.masks import MaskHandle, MaskSet, masks_of, set_masks
 from secateurs.train.config import TrainConfig
 from secateurs.train.execution import Execution, MixedPrecision, prepare_input, prepare_module
-from secateurs.train.optim import build_lr_scheduler, build_optimizer, zero_optimizer_state
+from secateurs.train.optim import build_lr_scheduler, build_optimizer, per_entry_state, zero_optimizer_state
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,39 @@ def _diverged(step: int, value: float, description: str) -> SecateursError:
         fix="lower the learning rate, add warm-up or gradient clipping (grad_clip), "
         "and check the inputs for NaN/inf values",
     )
+
+
+@torch.no_grad()
+def _check_finite_start(
+    model: nn.Module, optimizer: torch.optim.Optimizer, masks: MaskSet | None, description: str
+) -> None:
+    """Refuse to start from weights (or optimizer state) holding NaN/inf where they count.
+
+    Pruned entries are exactly +0.0 by now whatever they held (`MaskSet.attach`), and their
+    optimizer state only moves them before the masks zero them again; a non-finite kept entry
+    would make the first loss non-finite, which `_diverged` would blame on the learning rate.
+    """
+    keep = dict(masks.items()) if masks else {}
+    found = []
+    for name, param in model.named_parameters():
+        for what, values in [
+            ("", param),
+            *((" (optimizer state)", v) for v in per_entry_state(optimizer, param)),
+        ]:
+            bad = ~torch.isfinite(values)
+            if name in keep:
+                bad &= keep[name].to(bad.device)
+            count = int(bad.sum())
+            if count:
+                where = " at kept entries" if name in keep else ""
+                found.append(f"{count:,} in {name!r}{where}{what}")
+    if found:
+        raise SecateursError(
+            f"NaN/inf values before training starts, so the loss could not be finite: {', '.join(found)}",
+            where=description,
+            fix="the model or optimizer state was loaded or initialised with NaN/inf values: "
+            "re-create the checkpoint it came from (`secateurs inspect` counts them per parameter)",
+        )
 
 
 @torch.no_grad()
@@ -451,6 +484,7 @@ def train(
     if masks:
         state.mask_handle = masks.attach(model, optimizer, mask_grads=config.mask_grads)
     try:
+        _check_finite_start(model, optimizer, masks, description)
         if masks and config.mask_grads:
             _mask_optimizer_state(model, optimizer, masks)
         with _ProgressBar(progress, description, total_steps) as bar:

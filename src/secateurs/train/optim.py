@@ -246,7 +246,7 @@ def zero_optimizer_state(optimizer: torch.optim.Optimizer, param: nn.Parameter, 
 
     Scalar state (Adam's step count) is left alone; only tensors shaped like the parameter are per entry.
     """
-    for value in _per_entry_state(optimizer, param):
+    for value in per_entry_state(optimizer, param):
         value.masked_fill_(where.to(value.device), 0)
 
 
@@ -256,7 +256,7 @@ def zero_optimizer_entries(
 ) -> None:
     """`zero_optimizer_state` at the flat positions `index` (int64): the same zeros, found once for
     all the state tensors; cheaper than a bool mask when few entries change (a DST update)."""
-    for value in _per_entry_state(optimizer, param):
+    for value in per_entry_state(optimizer, param):
         zero_at(value, index)
 
 
@@ -274,7 +274,7 @@ def zero_at(tensor: torch.Tensor, index: torch.Tensor) -> None:
         )
 
 
-def _per_entry_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> list[torch.Tensor]:
+def per_entry_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> list[torch.Tensor]:
     """The optimizer's state tensors of `param` that hold one value per entry (shaped like it)."""
     state = optimizer.state.get(param, {})
     return [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
