@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from torch import Tensor
 
 from secateurs.core.errors import CheckpointError, SecateursError
@@ -22,7 +23,8 @@ from secateurs.pipeline.outputs import read_checkpoint
 def inspect_checkpoint(path: Path, console: Console) -> None:
     """Print the per-layer sparsity table and totals of a checkpoint written by `secateurs run`."""
     state, masks, meta = read_checkpoint(path)
-    console.print(f"[bold]{path}[/]: model {meta.get('model', '?')} on data {meta.get('data', '?')}")
+    about = f": model {meta.get('model', '?')} on data {meta.get('data', '?')}"
+    console.print(Text.assemble((str(path), "bold"), about))
     table = Table(title="per-layer sparsity")
     for col in ("parameter", "shape", "kept", "total", "sparsity"):
         table.add_column(col, justify="left" if col in ("parameter", "shape") else "right")
