@@ -164,7 +164,7 @@ def write(results: dict[str, Any], quick: bool) -> None:
         "Ratios of the thread's CPU time per epoch: the median over rounds of each round's ratio to that "
         "round's dense epoch (the target is judged on these), and (fastest) the ratio of each variant's "
         "fastest epoch to the dense model's fastest. masked / dense is what keeping the mask applied costs "
-        "(an in-place multiply of the masked weights after every optimizer step), with no updates; "
+        "(an in-place bitwise AND of the masked weights after every optimizer step), with no updates; "
         "ms/update is the median thread time of one mask update. dense2 is a second copy of the dense "
         "model: its ratio to the first is how far two identical trainings differ here (on a machine "
         "shared with other jobs, a few percent).",
