@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from secateurs.core.masks import MaskSet
-from secateurs.core.topk import has_nan, topk_mask
+from secateurs.core.topk import _balanced_by_selection, _balanced_by_sort, balanced_topk, has_nan, topk_mask
 from secateurs.methods.allocations.base import LayerInfo, allocate
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.pruning import compute_masks, masks_from_scores, plan, score_groups
@@ -222,3 +222,21 @@ def test_a_selection_whose_count_rounding_changed_is_not_handed_on() -> None:
         else:
             assert layer.name not in keep.chosen
     assert set(keep.chosen) != {layer.name for layer in layers}  # the case is exercised
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_balanced_selection_equals_the_stable_sort_per_group(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(6)
+    for trial in range(200):
+        groups = int(torch.randint(1, 20, (1,), generator=g))
+        m = int(torch.randint(32, 90, (1,), generator=g))
+        scores = (torch.randint(-4, 4, (groups, m), generator=g) / 2).to(dtype)  # many ties
+        if trial % 3 == 0:
+            scores[torch.rand(groups, m, generator=g) < 0.4] = -math.inf
+        if trial % 5 == 0:
+            scores[torch.rand(groups, m, generator=g) < 0.05] = math.inf
+        k = int(torch.randint(0, groups * m + 1, (1,), generator=g))
+        expected = _balanced_by_sort(scores, k)
+        assert torch.equal(balanced_topk(scores, k), expected), (trial, groups, m, k)
+        if 0 < k < groups * m:
+            assert torch.equal(_balanced_by_selection(scores, k), expected), (trial, groups, m, k)

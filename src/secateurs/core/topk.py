@@ -78,6 +78,17 @@ def balanced_topk(scores: Tensor, k: int) -> Tensor:
         return torch.zeros_like(scores, dtype=torch.bool)
     if k >= groups * m:
         return torch.ones_like(scores, dtype=torch.bool)
+    if m >= _SELECT_ROWS_FROM and scores.device.type == "cpu" and not has_nan(scores):
+        return _balanced_by_selection(scores, k)
+    return _balanced_by_sort(scores, k)
+
+
+_SELECT_ROWS_FROM = 32  # entries per group from which selection beats a sort (3x at 576; N:M's 4: slower)
+
+
+def _balanced_by_sort(scores: Tensor, k: int) -> Tensor:
+    """`balanced_topk` by a stable sort of every group (any device, NaN sorted as argsort does)."""
+    groups, m = scores.shape
     q, extra = divmod(k, groups)
     values, order = torch.sort(scores, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -87,3 +98,23 @@ def balanced_topk(scores: Tensor, k: int) -> Tensor:
         more = topk_mask(values[:, q], extra)
         keep |= more[:, None] & (rank == q)
     return keep
+
+
+def _balanced_by_selection(scores: Tensor, k: int) -> Tensor:
+    """`balanced_topk` of NaN-free CPU scores without sorting: the q-th and (q+1)-th largest of every
+    group by one NumPy partition, then in each group the entries above its cut and the first of
+    those tied at it, by index (what the stable sort gives, bit for bit)."""
+    groups, m = scores.shape
+    q, extra = divmod(k, groups)
+    host = scores.detach()
+    values = (host if host.dtype in (torch.float32, torch.float64) else host.double()).numpy()
+    part = np.partition(values, [m - q - 1, m - q] if q else [m - 1], axis=1)
+    following = part[:, m - q - 1]  # each group's (q+1)-th largest
+    counts = np.full(groups, q, dtype=np.int64)
+    if extra:
+        counts[topk_mask(torch.from_numpy(np.ascontiguousarray(following)), extra).numpy()] += 1
+    cut = np.where(counts == q, part[:, m - q] if q else np.inf, following)[:, None]
+    above = values > cut
+    tied = values == cut
+    wanted = (counts - above.sum(1))[:, None]
+    return torch.from_numpy(above | (tied & (np.cumsum(tied, axis=1) <= wanted)))
