@@ -67,9 +67,11 @@ def _worker(rank: int, size: int, folder: str) -> None:
     # torchrun (they run side by side under xdist) before the group binds it
     store = f"file://{Path(folder) / 'store'}"
     torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=size)
+    from secateurs.core.distributed import DistributedError, check_same_masks, shutdown
+
+    finished = False
     try:
         outcomes = {name: _outcome(raw) for name, raw in RECIPES.items()}
-        from secateurs.core.distributed import DistributedError, check_same_masks
 
         differs = {"w": torch.tensor([rank == 1])}  # rank 1's mask differs
         try:
@@ -78,8 +80,12 @@ def _worker(rank: int, size: int, folder: str) -> None:
         except DistributedError as err:
             mismatch = str(err)
         torch.save({"outcomes": outcomes, "mismatch": mismatch}, Path(folder) / f"rank{rank}.pt")
+        finished = True
     finally:
-        torch.distributed.destroy_process_group()
+        # meet at a barrier before tearing gloo down: a rank that leaves while the other still holds
+        # its connections can abort it ("terminate called without an active exception", seen under
+        # load in CI)
+        shutdown(finished=finished)
 
 
 @pytest.fixture(scope="module")
