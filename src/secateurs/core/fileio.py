@@ -14,6 +14,23 @@ from typing import Any
 from secateurs.core.errors import ConfigError
 
 
+def read_config_text(path: str | os.PathLike[str], what: str) -> str:
+    """The text of a YAML file the user gave (a recipe, a sweep): one ConfigError naming the file
+    when it cannot be read or is not UTF-8 text (a binary file, a wrong encoding), never a traceback."""
+    source = Path(path)
+    try:
+        return source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start : err.start + 1]
+        raise ConfigError(
+            f"the {what} file is not UTF-8 text (byte {err.start}: {bad!r})",
+            where=str(source),
+            fix=f"give a YAML {what} file saved as UTF-8",
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the {what} file ({err.strerror or err})", where=str(source)) from None
+
+
 def _umask_mode() -> int:
     """0o666 less the process umask: the mode `open()` would give a new file (mkstemp gives 0600)."""
     mask = os.umask(0)

@@ -34,6 +34,7 @@ from pydantic import (
 from secateurs.core.config import StrictModel
 from secateurs.core.device import DEVICE_FORMS, check_device_name
 from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import read_config_text
 from secateurs.core.plugins import import_callable, load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
@@ -498,7 +499,7 @@ def read_recipe_text(source: str | Path) -> tuple[str, str]:
     """(text, origin) of a recipe given as a file path or a preset name."""
     path = Path(source)
     if path.is_file():
-        return path.read_text(encoding="utf-8"), str(path)
+        return read_config_text(path, "recipe"), str(path)
     name = str(source).removesuffix(".yaml")
     if name in preset_names():
         return (resources.files("secateurs") / "recipes" / f"{name}.yaml").read_text(encoding="utf-8"), name

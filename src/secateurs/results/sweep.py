@@ -35,6 +35,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import read_config_text
 from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.recipe import Recipe, SourceRef, load_recipe
 from secateurs.results.db import ResultsDB, StoreError
@@ -118,10 +119,7 @@ class SweepSummary:
 def load_sweep(path: str | Path) -> SweepConfig:
     """Parse and validate a sweep YAML file; every problem is one ConfigError naming the field."""
     source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read the sweep file ({err.strerror or err})", where=str(source)) from None
+    text = read_config_text(source, "sweep")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -1,0 +1,18 @@
+"""A file that is not text, given where a YAML recipe or sweep goes, is one `error:` line (issue 19, 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_markup import error_line, secateurs
+
+
+@pytest.mark.parametrize(("command", "what"), [("run", "recipe"), ("sweep", "sweep")])
+def test_a_binary_file_is_named_as_not_utf8_text(tmp_path: Path, command: str, what: str) -> None:
+    (tmp_path / "bin.yaml").write_bytes(b"a:\xca\xfe\x00\x01 binary")
+    result = secateurs(command, "bin.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert f"bin.yaml: the {what} file is not UTF-8 text (byte 2: b'\\xca')" in line
+    assert "saved as UTF-8" in line
