@@ -1,4 +1,4 @@
-"""A file that is not text, given where a YAML recipe or sweep goes, is one `error:` line (issue 19, 6)."""
+"""Files that are not what a command expects are one `error:` line (issue 19, failure 6)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,11 @@ def test_a_binary_file_is_named_as_not_utf8_text(tmp_path: Path, command: str, w
     line = error_line(result.stderr)
     assert f"bin.yaml: the {what} file is not UTF-8 text (byte 2: b'\\xca')" in line
     assert "saved as UTF-8" in line
+
+
+def test_a_report_into_an_existing_file_is_one_error_line(tmp_path: Path) -> None:
+    (tmp_path / "taken.md").write_text("mine\n")
+    result = secateurs("report", "--root", str(tmp_path), "--out", "taken.md", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "--out taken.md is an existing file; a report is a directory" in error_line(result.stderr)
+    assert (tmp_path / "taken.md").read_text() == "mine\n"

@@ -505,6 +505,11 @@ def _pyplot() -> Any:
 
 def write_report(root: str | Path, out: str | Path, *, name: str | None = None, delta: float = 0.005) -> Path:
     """Write report.md and PNGs for the finished runs under results root `root` into `out`."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(
+            f"--out {out} is an existing file; a report is a directory (report.md and its figures)",
+            fix="pass a directory (new or existing) to --out",
+        )
     db_path = Path(root) / "results.db"
     if not db_path.exists():
         raise ConfigError(
