@@ -24,3 +24,17 @@ def test_a_report_into_an_existing_file_is_one_error_line(tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     assert "--out taken.md is an existing file; a report is a directory" in error_line(result.stderr)
     assert (tmp_path / "taken.md").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_yaml_nested_too_deeply_is_one_error_line(tmp_path: Path, command: str) -> None:
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 100_000 + "\n")
+    result = secateurs(command, "deep.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "deep.yaml: the YAML is nested too deeply to read" in error_line(result.stderr)
+
+
+def test_an_override_nested_too_deeply_is_one_error_line(tmp_path: Path) -> None:
+    result = secateurs("run", "oneshot-magnitude", "--set", "a=" + "[" * 50_000, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "override 'a': the YAML is nested too deeply to read" in error_line(result.stderr)

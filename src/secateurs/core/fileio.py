@@ -31,6 +31,20 @@ def read_config_text(path: str | os.PathLike[str], what: str) -> str:
         raise ConfigError(f"cannot read the {what} file ({err.strerror or err})", where=str(source)) from None
 
 
+def load_yaml(text: str, origin: str) -> Any:
+    """`yaml.safe_load(text)`, with nesting too deep for the parser (thousands of `[`, hundreds of
+    nested stages) one ConfigError instead of a RecursionError traceback; YAML syntax errors are left
+    to the caller, which knows what the text was."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(
+            "the YAML is nested too deeply to read", where=origin, fix="flatten it: recipes nest a few levels"
+        ) from None
+
+
 def _umask_mode() -> int:
     """0o666 less the process umask: the mode `open()` would give a new file (mkstemp gives 0600)."""
     mask = os.umask(0)

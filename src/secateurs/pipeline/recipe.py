@@ -34,7 +34,7 @@ from pydantic import (
 from secateurs.core.config import StrictModel
 from secateurs.core.device import DEVICE_FORMS, check_device_name
 from secateurs.core.errors import ConfigError
-from secateurs.core.fileio import read_config_text
+from secateurs.core.fileio import load_yaml, read_config_text
 from secateurs.core.plugins import import_callable, load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
@@ -515,7 +515,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override {assignment!r} is not key=value", fix="write e.g. --set train.epochs=3")
     key, _, text = assignment.partition("=")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text, f"override {key.strip()!r}") if text.strip() else None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(
@@ -576,7 +576,7 @@ def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
 def parse_recipe(text: str, origin: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
     """Parse YAML text, apply overrides, validate; every problem becomes one ConfigError."""
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, origin)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -35,7 +35,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
-from secateurs.core.fileio import read_config_text
+from secateurs.core.fileio import load_yaml, read_config_text
 from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.recipe import Recipe, SourceRef, load_recipe
 from secateurs.results.db import ResultsDB, StoreError
@@ -121,7 +121,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     source = Path(path)
     text = read_config_text(source, "sweep")
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text, str(source))
     except yaml.YAMLError as err:
         raise ConfigError(f"YAML syntax error: {getattr(err, 'problem', err)}", where=str(source)) from None
     return parse_sweep(raw, str(source))
