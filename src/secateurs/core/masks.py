@@ -154,7 +154,7 @@ class MaskSet(Mapping[str, Tensor]):
         place (identities preserved)."""
         pairs = self._bound(model)
         if pairs:
-            _zero_pruned([p for p, _ in pairs], [_keep_bits(m, p) for p, m in pairs])
+            _zero_pruned([p for p, _ in pairs], [keep_bits(m, p) for p, m in pairs])
 
     def attach(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *, mask_grads: bool = False
@@ -169,7 +169,7 @@ class MaskSet(Mapping[str, Tensor]):
         """
         pairs = self._bound(model)
         params = [p for p, _ in pairs]
-        multipliers = [_keep_bits(m, p) for p, m in pairs]
+        multipliers = [keep_bits(m, p) for p, m in pairs]
 
         def after_step(*_: object) -> None:
             _zero_pruned(params, multipliers)
@@ -234,29 +234,31 @@ class MaskSet(Mapping[str, Tensor]):
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _keep_bits(mask: Tensor, like: Tensor) -> Tensor:
-    """`mask` as an AND-mask of `like`'s bit patterns, on its device (see `_zero_pruned`)."""
+def keep_bits(mask: Tensor, like: Tensor) -> Tensor:
+    """`mask` as an AND-mask of `like`'s bit patterns, on its device: an integer tensor as wide as
+    `like`'s entries, all ones (-1) where kept and 0 where pruned (bool where no such integer type
+    exists). `_zero_pruned` clears pruned weights with it; a layout selects scores with it."""
     out = torch.empty(mask.shape, dtype=_BITS.get(like.element_size(), torch.bool), device=like.device)
     _write_keep_bits(out, mask)
     return out
 
 
 def _write_keep_bits(out: Tensor, mask: Tensor) -> None:
-    """Write `mask` into `out` (from `_keep_bits`), in place: all ones (-1) where kept, 0 where pruned."""
+    """Write `mask` into `out` (from `keep_bits`), in place: all ones (-1) where kept, 0 where pruned."""
     out.copy_(mask)
     if out.dtype != torch.bool:
         out.neg_()
 
 
-def _zero_pruned(tensors: list[Tensor], keep_bits: list[Tensor]) -> None:
-    """Set the entries of `tensors` that `keep_bits` (`_keep_bits`) prune to exactly +0.0, in place.
+def _zero_pruned(tensors: list[Tensor], masks: list[Tensor]) -> None:
+    """Set the entries of `tensors` that `masks` (from `keep_bits`) prune to exactly +0.0, in place.
 
     A bitwise AND of the entries' bit patterns (an integer view): a float multiply by 0 would
     keep NaN and inf and turn negative weights into -0.0; the AND clears every bit of a pruned
     entry, whatever it held, and leaves a kept one bit-identical, at the cost of the multiply.
     """
     with torch.no_grad():  # not the decorator: this runs after every optimizer step
-        for t, bits in zip(tensors, keep_bits, strict=True):
+        for t, bits in zip(tensors, masks, strict=True):
             if bits.dtype == torch.bool:  # no integer type as wide (complex128): a select, slower
                 t.copy_(torch.where(bits, t, torch.zeros((), dtype=t.dtype, device=t.device)))
             else:

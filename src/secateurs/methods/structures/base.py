@@ -27,16 +27,16 @@ import torch
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.masks import MaskSet
+from secateurs.core.masks import MaskSet, keep_bits
 from secateurs.core.registry import Registry
 from secateurs.core.topk import topk_mask
 from secateurs.methods.layers import LayerSelection
 from secateurs.methods.structures.pooling import POOLINGS, SIDES, Pooling
 
 _RANKED_AS_IS = (torch.float32, torch.float64)
-_SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32}
 _MINUS_INF_BITS = {
-    dtype: int(torch.tensor(float("-inf"), dtype=dtype).view(ints)) for dtype, ints in _SAME_WIDTH_INT.items()
+    dtype: int(torch.tensor(float("-inf"), dtype=dtype).view(ints))
+    for dtype, ints in ((torch.float64, torch.int64), (torch.float32, torch.int32))
 }
 
 
@@ -45,9 +45,8 @@ def removed_to_minus_inf(scores: Tensor, keep: Tensor) -> Tensor:
     for bit, done as a bitwise select on the floats' bit patterns: masked_fill branches on every
     entry and is about three times slower on the random masks pruning makes (this runs every round
     of SynFlow's hundred, on every layer)."""
-    ints = _SAME_WIDTH_INT[scores.dtype]
-    kept = keep.reshape(scores.shape).to(ints).neg_()  # all bits set where kept, none where removed
-    bits = scores.contiguous().view(ints)
+    kept = keep_bits(keep.reshape(scores.shape), scores)  # all bits set where kept, none where removed
+    bits = scores.contiguous().view(kept.dtype)
     return (
         (bits & kept)
         .bitwise_or_(kept.bitwise_not_().bitwise_and_(_MINUS_INF_BITS[scores.dtype]))
