@@ -14,6 +14,10 @@ protocol 2, where bytes become latin-1 text, 40 % larger and ten times slower to
 A torch file has no checksum of its tensor data, so a flipped bit inside a weight (a bad disk,
 a half-copied file patched up, a hand edit) would otherwise load silently; here it is refused
 with an error naming the file. Version 1 files (the payload inline, no checksum) are still read.
+
+A file that does not load is classified by what its bytes hold (`core.torchfile`): empty, cut short,
+damaged (a zip member failing its CRC-32), not a PyTorch file, or a pickle asking to run code;
+never by the wording of torch's exception.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import hashlib
 import io
 import logging
 import os
-import pickle
 import re
 import secrets
 import warnings
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 from secateurs.core.errors import CheckpointError
+from secateurs.core.torchfile import Finding, inspect_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,15 @@ FORMAT = "secateurs-checkpoint"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: payload inline, no checksum
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_WRITE_FIX = (
+    "free disk space or choose a writable directory elsewhere (--out); "
+    "an earlier checkpoint at this path is left as it was"
+)
+_RECREATE_FIX = "delete it and re-create it from an earlier checkpoint or by re-running the recipe"
+_CODE_FIX = (
+    "re-save it with save_checkpoint using only tensors and plain values; "
+    "only if you trust its origin, load it yourself with torch.load(..., weights_only=False)"
+)
 _DELETE_FIX = (
     "delete the file; a run resumes from an earlier checkpoint or restarts from scratch when re-run "
     "(or restore the file from a backup)"
@@ -81,9 +94,14 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> No
         _atomic_save(envelope, target)
     except OSError as err:
         raise CheckpointError(
-            f"could not write the checkpoint: {err}",
+            f"could not write the checkpoint: {err}", where=str(target), fix=_WRITE_FIX
+        ) from err
+    except RuntimeError as err:  # torch's zip writer turns a failed write into "[enforce fail ...]"
+        raise CheckpointError(
+            "could not write the checkpoint: the write failed part-way; is the disk full? "
+            f"({_first_line(err)})",
             where=str(target),
-            fix="choose a writable directory with enough free space",
+            fix=_WRITE_FIX,
         ) from err
     logger.debug("saved checkpoint %s", target)
 
@@ -96,8 +114,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             "is a directory, not a checkpoint file" if source.is_dir() else "no checkpoint file exists here"
         )
         raise CheckpointError(what, where=str(source), fix="check the path (or train first to create it)")
-    envelope = _safe_load(source, source)
-    return _unwrap(envelope, source)
+    try:
+        return _unwrap(_safe_load(source, source), source)
+    except _Unexpected:
+        # torch read it, but not as save_checkpoint wrote it: damage (a flipped bit in the
+        # envelope's pickle) explains that better than "not a secateurs checkpoint"
+        if (finding := _inspect(source, source)) is None:
+            raise
+        raise _refusal(finding, source, "the file") from None
 
 
 # -- saving ---------------------------------------------------------------------------------
@@ -174,44 +198,81 @@ def _fsync_directory(directory: Path) -> None:
 
 # -- loading --------------------------------------------------------------------------------
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+class _Unexpected(CheckpointError):
+    """A file torch read whose content is not what save_checkpoint writes."""
 
 
-def _safe_load(file: Path | io.BytesIO, source: Path) -> object:
-    """`torch.load(weights_only=True)` of `file` (read from `source`); failures become CheckpointErrors."""
+def _safe_load(file: Path | io.BytesIO, source: Path, what: str = "the file") -> object:
+    """`torch.load(weights_only=True)` of `file` (read from `source`; `what` names it in messages).
+
+    A failure is classified by inspecting the bytes (`core.torchfile`), never by torch's wording.
+    """
     try:
         with warnings.catch_warnings():
             # Random bytes can look like an old pickle protocol; the error below says it all.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
-        unsafe = _UNSAFE_GLOBAL.search(str(err)) if isinstance(err, pickle.UnpicklingError) else None
-        if unsafe is not None:
+        finding = _inspect(file, source)
+        if finding is None:
             raise CheckpointError(
-                f"the file contains a Python object ({unsafe.group(1).rstrip('.')}) that could run code "
-                "when loaded, so it was refused",
+                f"{what} is not a readable checkpoint: PyTorch cannot load it ({_first_line(err)})",
                 where=str(source),
-                fix="re-save it with save_checkpoint using only tensors and plain values; "
-                "only if you trust its origin, load it yourself with torch.load(..., weights_only=False)",
+                fix=_RECREATE_FIX,
             ) from err
+        raise _refusal(finding, source, what) from err
+
+
+def _inspect(file: Path | io.BytesIO, source: Path) -> Finding | None:
+    """What `core.torchfile` finds wrong with `file`; a file that cannot be opened is an error."""
+    if isinstance(file, io.BytesIO):
+        return inspect_torch_file(file)
+    try:
+        with file.open("rb") as handle:
+            return inspect_torch_file(handle)
+    except OSError as err:
         raise CheckpointError(
-            f"the file is not a readable checkpoint (truncated or corrupt: {type(err).__name__})",
+            f"cannot read the file ({err.strerror or err})", where=str(source), fix="check its permissions"
+        ) from None
+
+
+def _refusal(finding: Finding, source: Path, what: str) -> CheckpointError:
+    """The error for what inspecting the file found."""
+    if finding.kind == "code":
+        return CheckpointError(
+            f"{what} asks to load a Python object ({finding.detail}) that could run code, so it was refused",
             where=str(source),
-            fix="delete it and re-create it from an earlier checkpoint or by re-running the recipe",
-        ) from err
+            fix=_CODE_FIX,
+        )
+    fix = (
+        "pass a checkpoint written by secateurs (save_checkpoint)"
+        if finding.kind == "not_torch"
+        else _RECREATE_FIX
+    )
+    return CheckpointError(
+        f"{what} is not a readable checkpoint: {finding.detail}", where=str(source), fix=fix
+    )
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, at most `limit` characters (torch's run to pages)."""
+    text = str(err).strip().splitlines()
+    line = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _unwrap(envelope: object, source: Path) -> dict[str, Any]:
     """Check the envelope written by `save_checkpoint` and return its payload."""
     if not (isinstance(envelope, dict) and envelope.get("format") == FORMAT):
-        raise CheckpointError(
+        raise _Unexpected(
             f"the file is a PyTorch file ({type(envelope).__name__}) but not a secateurs checkpoint",
             where=str(source),
             fix="pass a file written by secateurs (save_checkpoint), or load this one with torch.load",
         )
     version = envelope.get("version")
     if version not in READABLE_VERSIONS:
-        raise CheckpointError(
+        raise _Unexpected(
             f"checkpoint format version {version!r} is not supported "
             f"(this secateurs reads versions {', '.join(map(str, READABLE_VERSIONS))})",
             where=str(source),
@@ -219,7 +280,7 @@ def _unwrap(envelope: object, source: Path) -> dict[str, Any]:
         )
     payload = envelope.get("payload") if version == 1 else _verified_payload(envelope, source)
     if not isinstance(payload, dict):
-        raise CheckpointError(
+        raise _Unexpected(
             f"the checkpoint payload is a {type(payload).__name__}, not a dict",
             where=str(source),
             fix="re-create the checkpoint with save_checkpoint",
@@ -232,7 +293,7 @@ def _verified_payload(envelope: dict[str, Any], source: Path) -> object:
     digest, blob = envelope.get("sha256"), envelope.get("payload")
     well_formed = isinstance(blob, Tensor) and blob.dtype == torch.uint8 and blob.dim() == 1
     if not (isinstance(digest, str) and _HEX_DIGEST.fullmatch(digest) and well_formed):
-        raise CheckpointError(
+        raise _Unexpected(
             "the checkpoint envelope is damaged (its checksum or payload is missing or malformed)",
             where=str(source),
             fix=_DELETE_FIX,
@@ -245,4 +306,4 @@ def _verified_payload(envelope: dict[str, Any], source: Path) -> object:
             where=str(source),
             fix=_DELETE_FIX,
         )
-    return _safe_load(io.BytesIO(data.tobytes()), source)
+    return _safe_load(io.BytesIO(data.tobytes()), source, "the checkpoint's payload")
