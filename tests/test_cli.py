@@ -10,6 +10,7 @@ import json
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -194,7 +195,8 @@ def test_a_failing_file_write_is_a_user_error_and_leaves_nothing(
     def fail(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs.json, "dumps", fail)
+    # only the run directory's writer fails (the stages' state, saved before it, is written fine)
+    monkeypatch.setattr(outputs, "json", SimpleNamespace(dumps=fail))
     out = tmp_path / "runs" / "out"
     result = invoke("run", str(recipe_file), "--out", str(out), "--no-progress")
     assert_user_error(result, f"could not write the run directory {out}", "No space left on device")

@@ -75,19 +75,23 @@ def run(
     model: Any = None,
     data: Any = None,
     metrics_log: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> Any:
     """Run a recipe (a YAML path, a preset name, a `Recipe` or a dict) and return its `RunResult`.
 
     `model` (an nn.Module, which is copied, or a factory called with the recipe's model options
     and, where it takes them, `input_shape` and `num_classes`) and `data` (what a data factory
     returns: `secateurs.data.factory`) replace the recipe's. With `out`, the recipe, metrics and
-    final checkpoint are written there atomically. `metrics_log` (a `.csv` file or a TensorBoard
-    directory) receives every metric as it is made (`secateurs.pipeline.metrics_log`).
+    final checkpoint are written there atomically; the state after each stage is kept there
+    meanwhile, so an interrupted run continues with `resume=True` (bit for bit as if never
+    stopped). `overwrite` replaces a previous run in `out` (`secateurs.pipeline.outputs`).
+    `metrics_log` (a `.csv` file or a TensorBoard directory) receives every metric as it is made
+    (`secateurs.pipeline.metrics_log`).
     """
     from secateurs.core.distributed import world
-    from secateurs.pipeline.outputs import check_output_dir, save_run
+    from secateurs.pipeline.outputs import run_directory, save_run
     from secateurs.pipeline.recipe import Recipe, load_recipe, recipe_from_raw, recipe_to_raw
-    from secateurs.pipeline.runner import run_recipe
 
     if isinstance(recipe, Recipe):
         if overrides:
@@ -100,21 +104,28 @@ def run(
         raise ConfigError(
             f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict"
         )
-    if not world().main:
-        out = metrics_log = None  # under torchrun only rank 0 writes
-    if out is not None:
-        check_output_dir(out)  # before training, not after
     if data is not None:
         from secateurs.data import splits_from
 
         data = splits_from(data, name="data")
-    if metrics_log is None:
-        result = run_recipe(recipe, progress=progress, model=model, data=data)
-    else:
-        from secateurs.pipeline.metrics_log import MetricsLog
-
-        with MetricsLog(metrics_log) as log:
-            result = run_recipe(recipe, progress=progress, model=model, data=data, on_metrics=log)
-    if out is not None:
-        save_run(result, out)
+    options = {"progress": progress, "model": model, "data": data}
+    if not world().main:  # under torchrun only rank 0 checks and writes; every rank reads a resumed state
+        return _run_logged(recipe, None, workdir=Path(out) if out is not None and resume else None, **options)
+    if out is None:
+        return _run_logged(recipe, metrics_log, **options)
+    with run_directory(out, overwrite=overwrite, resume=resume) as workdir:  # checked before training
+        result = _run_logged(recipe, metrics_log, workdir=workdir, **options)
+        save_run(result, workdir, overwrite=True)
     return result
+
+
+def _run_logged(recipe: Any, metrics_log: str | os.PathLike[str] | None, **options: Any) -> Any:
+    """`run_recipe(recipe, **options)`, every metric also appended to `metrics_log` if given."""
+    from secateurs.pipeline.runner import run_recipe
+
+    if metrics_log is None:
+        return run_recipe(recipe, **options)
+    from secateurs.pipeline.metrics_log import MetricsLog
+
+    with MetricsLog(metrics_log) as log:
+        return run_recipe(recipe, on_metrics=log, **options)

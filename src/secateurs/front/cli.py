@@ -13,18 +13,24 @@ from rich.table import Table
 from rich.text import Text
 
 from secateurs.core.errors import SecateursError
+from secateurs.front.app import App
 from secateurs.front.console import console, err_console, friendly_errors
 
 if TYPE_CHECKING:
     from secateurs.results import ResultsDB
 
-app = typer.Typer(
+app = App(
     name="secateurs",
     help="Neural network pruning: every method is a recipe of train/prune/reset/repeat/evaluate stages.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="also log what each step does (INFO), not only warnings")
+]
 
 
 def _setup_logging(verbose: bool, *, epochs: bool = False) -> None:
@@ -84,11 +90,27 @@ def records_table(records: list[dict[str, Any]], title: str) -> Table:
 def run(
     recipe: Annotated[str, typer.Argument(help="recipe YAML path or preset name (see `secateurs methods`)")],
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override, e.g. --set train.epochs=3")
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="override, e.g. --set train.epochs=3"),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="write recipe, metrics and checkpoint to this directory")
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="write recipe, metrics and checkpoint to this directory (kept after each stage, for "
+            "--resume)",
+        ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="replace the run already in --out (only a run directory, or an empty one)"
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="continue the interrupted run in --out after its last finished stage"),
+    ] = False,
     progress: Annotated[
         bool, typer.Option(help="show progress: a bar on a terminal, else a line per training epoch")
     ] = True,
@@ -113,7 +135,7 @@ def run(
         Path | None,
         typer.Option(help="append every metric as it is made: a .csv file, or a TensorBoard directory"),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a recipe: train, prune, reset, repeat and evaluate as its stages say.
 
@@ -128,6 +150,7 @@ def run(
     if nproc > 1 and not launched_by_torchrun():
         args = ["run", recipe, *(a for s in set_ or [] for a in ("--set", s)), "--threads", str(threads)]
         args += ["--out", str(out)] if out is not None else []
+        args += [f for f, on in (("--overwrite", overwrite), ("--resume", resume)) if on]
         args += ["--metrics-log", str(metrics_log)] if metrics_log is not None else []
         args += ["--progress" if progress else "--no-progress"] + (["--verbose"] if verbose else [])
         raise typer.Exit(launch_torchrun(nproc, args))
@@ -137,9 +160,21 @@ def run(
         bar = progress and sys.stderr.isatty()
         _setup_logging(verbose and main, epochs=main and progress and not bar)
         _set_threads(threads)
-        result = secateurs.run(
-            recipe, overrides=list(set_ or []), out=out, progress=bar, metrics_log=metrics_log
-        )
+        try:
+            result = secateurs.run(
+                recipe, overrides=list(set_ or []), out=out, progress=bar, metrics_log=metrics_log,
+                overwrite=overwrite, resume=resume,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            from secateurs.pipeline.state import STATE_FILE
+
+            if out is None or not (out / STATE_FILE).exists():
+                raise
+            err_console.print(
+                Text(f"interrupted: the stages done are saved in {out}; add --resume to continue", "yellow"),
+                soft_wrap=True,
+            )
+            raise typer.Exit(130) from None
         if main:
             console.print(records_table(result.records, f"recipe {result.recipe.name}"))
             if out is not None:
@@ -168,7 +203,7 @@ def demo(
         bool, typer.Option(help="run through the results store (OUT/results) and print the report tables")
     ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (the demo's MLP is fastest on 1)")] = 1,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train a small model on MNIST-1D and prune it with every method, at several sparsities."""
     from secateurs.front.demo import run_demo, run_demo_report
@@ -266,7 +301,7 @@ def sweep(
     ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch when --workers is 1")] = 1,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run every point of a sweep into the results store; finished runs are skipped, so re-run to resume."""
     from secateurs.core.errors import ConfigError

@@ -10,11 +10,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from secateurs.core.errors import ConfigError
+from secateurs.front.app import App
 from secateurs.front.console import console, friendly_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-llm_app = typer.Typer(
+llm_app = App(
     name="llm",
     help="Prune pretrained transformers (SmolLM2, MiniLM or a saved directory): magnitude, Wanda, SparseGPT.",
     no_args_is_help=True,

@@ -4,12 +4,18 @@ A run directory holds `recipe.yaml` (the resolved recipe), `metrics.json` (one r
 evaluation) and `model.pt` (weights, masks and what is needed to rebuild the model). Files are
 first written into a hidden staging directory beside the target, which is then renamed into
 place, so an interrupted write never leaves a half-filled run directory.
+
+While the run trains, the pipeline's state after each stage (`state.pt`) is kept in the directory,
+the way the results store keeps it in a run's directory: a run interrupted (Ctrl-C, a kill) is
+continued with `resume`; one that fails with a user error leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +23,17 @@ import yaml
 from torch import Tensor
 
 from secateurs.core.checkpoint import load_checkpoint, save_checkpoint
-from secateurs.core.errors import CheckpointError, ConfigError
+from secateurs.core.errors import CheckpointError, ConfigError, SecateursError
 from secateurs.core.fileio import atomic_directory
 from secateurs.core.masks import MaskSet
 from secateurs.pipeline.recipe import recipe_to_raw
+from secateurs.pipeline.state import STATE_FILE
 
 if TYPE_CHECKING:
     from secateurs.pipeline.result import RunResult
 
 CHECKPOINT_NAME = "model.pt"
+RUN_FILES = ("recipe.yaml", "metrics.json", CHECKPOINT_NAME, STATE_FILE)  # all a run directory may hold
 
 
 def checkpoint_payload(result: RunResult) -> dict[str, Any]:
@@ -55,6 +63,73 @@ def check_output_dir(out: str | os.PathLike[str], *, overwrite: bool = False) ->
             f"output directory {target} already exists and is not empty", fix="choose another --out"
         )
     return target
+
+
+def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> Path:
+    """`out` as a Path once it is fit for a run, before anything trains: absent or empty; with
+    `resume`, holding an interrupted run's state; with `overwrite`, a run directory (whose stale
+    state is dropped, so the run starts afresh; the old results stay until the new ones replace them).
+
+    `overwrite` never replaces a directory holding anything but a run's files: it may be the user's.
+    """
+    target = check_output_dir(out, overwrite=True)
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume exclude each other", fix="pass one of them")
+    entries = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    if not entries:
+        return target
+    foreign = [name for name in entries if name not in RUN_FILES]
+    interrupted = STATE_FILE in entries and not foreign
+    if not (overwrite or resume):
+        holds = "" if foreign else ": it holds an interrupted run" if interrupted else ": it holds a run"
+        raise ConfigError(
+            f"output directory {target} already exists and is not empty{holds}",
+            fix="choose another --out"
+            + ("" if foreign else ", pass --overwrite to replace it")
+            + (" or --resume to continue it" if interrupted else ""),
+        )
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"output directory {target} holds files that are not a secateurs run's ({shown}): "
+            f"{'--overwrite replaces' if overwrite else '--resume continues'} only a run directory",
+            fix="choose another --out, or move those files away",
+        )
+    if resume and not interrupted:
+        raise ConfigError(
+            f"output directory {target} holds a finished run: there is nothing to resume",
+            fix=f"`secateurs inspect {target}` shows it; pass --overwrite to run it again",
+        )
+    if overwrite:
+        (target / STATE_FILE).unlink(missing_ok=True)  # start afresh, not from the old run's stages
+    return target
+
+
+@contextmanager
+def run_directory(
+    out: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False
+) -> Iterator[Path]:
+    """The checked run directory (`prepare_run_dir`), the pipeline's working directory while it runs.
+
+    A run that fails with a user error (a SecateursError) leaves no state behind, nor the directory
+    if it made it, unless it was resuming: a resume point is for interruptions, which it survives.
+    """
+    target = prepare_run_dir(out, overwrite=overwrite, resume=resume)
+    made = not target.exists()
+    try:
+        target.mkdir(parents=True, exist_ok=True)  # the stages' state goes here
+    except OSError as err:
+        raise ConfigError(
+            f"cannot create the output directory {target} ({err})", fix="choose another --out"
+        ) from None
+    try:
+        yield target
+    except SecateursError:
+        if not resume:
+            (target / STATE_FILE).unlink(missing_ok=True)
+            if made and target.is_dir() and not any(target.iterdir()):
+                target.rmdir()
+        raise
 
 
 def save_run(result: RunResult, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

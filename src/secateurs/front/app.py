@@ -1,0 +1,47 @@
+"""The typer app every command group uses (`secateurs`, `secateurs llm`), so that --help reads cleanly.
+
+typer's rich help shows a type column for every parameter, including ``<bool>`` beside switches
+such as ``--quick/--no-quick`` and ``--help``, where it says nothing the switch does not; and it
+keeps the hard line breaks of a docstring's later paragraphs, which wrap raggedly in 80 columns.
+A switch that is off unless given shows no ``[default: no-x]`` either. `App` gives every command
+it registers the `Command` class that fixes these, so no command has to remember to.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperOption
+
+
+def unwrap_paragraphs(text: str | None) -> str | None:
+    """Join the lines of each paragraph (blank-line separated) so the terminal wraps them."""
+    if text is None:
+        return None
+    return "\n\n".join(re.sub(r"\s*\n\s*", " ", p.strip()) for p in re.split(r"\n\s*\n", text.strip()))
+
+
+class Command(TyperCommand):
+    """A command whose switches show no type in --help and whose help text wraps to the terminal."""
+
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=unwrap_paragraphs(help), **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # the --help option is made here, after __init__
+        for param in params:
+            if isinstance(param, TyperOption) and param.is_flag:
+                if param.metavar is None:
+                    param.metavar = ""  # an empty type column: `--x/--no-x` already says it is a switch
+                if param.default is False:
+                    param.show_default = False  # off unless given: `[default: no-x]` says nothing more
+        return params
+
+
+class App(typer.Typer):
+    """A typer app whose commands are `Command`s unless a command asks for another class."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or Command, **kwargs)

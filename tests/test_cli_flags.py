@@ -1,0 +1,216 @@
+"""Specification of the command line's flags (issue 19, CLI friction): --help that reads in 80 columns,
+`run --out` with --overwrite and --resume, `demo --overwrite`, quick presets, specific schema-error
+fixes, `export --out -` and the demo's mask-counted remaining weights."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tiny import tiny_recipe
+from typer.testing import CliRunner
+
+import secateurs.front.cli as cli
+import secateurs.front.console as console_module
+from secateurs.front.llm_cli import llm_app
+from secateurs.pipeline.runner import STATE_FILE, Pipeline
+
+RUN_FILES = ["metrics.json", "model.pt", "recipe.yaml"]
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables wide enough that no name is cut short (the runner is not a terminal)."""
+    monkeypatch.setattr(cli, "console", console_module.make_console(width=250))
+    monkeypatch.setattr(console_module, "err_console", console_module.make_console(width=250, stderr=True))
+
+
+def invoke(*args: str, app: Any = None, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(app or cli.app, list(args), env=env)
+
+
+def assert_user_error(result: Any, *fragments: str) -> str:
+    """Exit code 2, one `error:` line naming every fragment, no traceback; the line."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# -- --help -----------------------------------------------------------------------------------
+def every_command() -> list[list[str]]:
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in cli.app.registered_commands]  # type: ignore[union-attr]
+    llm = [c.name or c.callback.__name__.replace("_", "-") for c in llm_app.registered_commands]  # type: ignore[union-attr]
+    return [[name] for name in names] + [["llm", name] for name in llm]
+
+
+@pytest.mark.parametrize("command", every_command(), ids=" ".join)
+def test_help_shows_no_bool_type_and_every_option_has_help(command: list[str]) -> None:
+    result = invoke(*command, "--help", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    assert "[default: no-" not in result.output  # a switch that is off unless given says nothing more
+    for line in result.output.splitlines():
+        assert len(line) <= 80, line
+        # an option row with nothing after its name and type: an option without help
+        row = re.fullmatch(r"│ (-[-\w]+)(?:\s+-\w)?(?:\s+--no-[-\w]+)?(?:\s+(<[^>]+>|[A-Z=]+))?\s*│", line)
+        assert row is None, f"{' '.join(command)}: {row and row.group(1)} has no help text"
+
+
+def test_verbose_says_what_it_does() -> None:
+    result = invoke("run", "--help", env={"COLUMNS": "80"})
+    verbose = next(line for line in result.output.splitlines() if "--verbose" in line)
+    assert "log" in verbose, verbose
+
+
+def test_help_text_paragraphs_are_not_broken_at_source_line_ends() -> None:
+    result = invoke("run", "--help", env={"COLUMNS": "200"})
+    assert "is a line per training epoch with its loss" in result.output  # one line in the source's two
+
+
+# -- run --out: --overwrite and --resume ------------------------------------------------------
+STAGES: list[dict[str, Any]] = [
+    {"train": {}},
+    {"evaluate": {"label": "dense"}},
+    {
+        "repeat": {
+            "schedule": {"name": "iterative", "rate": 0.5, "levels": 2},
+            "stages": [
+                {"prune": {"criterion": "taylor"}},
+                {"reset": {"mode": "rewind", "step": 2}},
+                {"train": {"iterations": 4}},
+                {"evaluate": {"label": "level"}},
+            ],
+        }
+    },
+]
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path) -> Path:
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(*STAGES, iterations=6)), encoding="utf-8")
+    return path
+
+
+def run_into(recipe: Path, out: Path, *flags: str) -> Any:
+    return invoke("run", str(recipe), "--out", str(out), "--no-progress", *flags)
+
+
+def interrupt_after_stage(monkeypatch: pytest.MonkeyPatch, stage: int) -> None:
+    """Ctrl-C right after stage `stage`'s state is saved."""
+    original = Pipeline._save_state
+
+    def save_then_interrupt(self: Pipeline) -> None:
+        original(self)
+        if self.counter == stage:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "_save_state", save_then_interrupt)
+
+
+@pytest.mark.parametrize("stage", [1, 4])
+def test_an_interrupted_run_resumes_bit_for_bit(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: int
+) -> None:
+    whole = tmp_path / "whole"
+    assert run_into(recipe_file, whole).exit_code == 0
+
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch:
+        interrupt_after_stage(patch, stage)
+        stopped = run_into(recipe_file, out)
+    assert stopped.exit_code == 130, stopped.output
+    assert f"saved in {out}; add --resume" in stopped.stderr
+    assert sorted(p.name for p in out.iterdir()) == [STATE_FILE]
+
+    assert_user_error(run_into(recipe_file, out), "holds an interrupted run", "--resume to continue it")
+    resumed = run_into(recipe_file, out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
+    assert tree(out) == tree(whole)  # metrics, recipe and checkpoint, byte for byte
+
+
+def test_resume_of_an_absent_directory_starts_a_run(recipe_file: Path, tmp_path: Path) -> None:
+    assert run_into(recipe_file, tmp_path / "new", "--resume").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == RUN_FILES
+
+
+def test_resume_of_a_finished_run_is_refused(recipe_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_into(recipe_file, out).exit_code == 0
+    before = tree(out)
+    assert_user_error(run_into(recipe_file, out, "--resume"), "holds a finished run", "--overwrite")
+    assert tree(out) == before
+
+
+def test_resume_of_another_recipes_state_is_refused(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        interrupt_after_stage(patch, 1)
+        assert run_into(recipe_file, out).exit_code == 130
+    result = run_into(recipe_file, out, "--resume", "--set", "seed=7")
+    assert_user_error(result, "written by a different recipe")
+
+
+def test_overwrite_replaces_a_run_directory(recipe_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run_into(recipe_file, out).exit_code == 0
+    taken = run_into(recipe_file, out, "--set", "sparsity=0.75")
+    assert_user_error(taken, f"output directory {out} already exists", "--overwrite to replace it")
+    result = run_into(recipe_file, out, "--overwrite", "--set", "sparsity=0.75")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["sparsity"] == 0.75
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "staged.yaml"]  # nothing set aside
+
+
+def test_overwrite_starts_afresh_instead_of_resuming(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert run_into(recipe_file, whole).exit_code == 0
+    with monkeypatch.context() as patch:
+        interrupt_after_stage(patch, 1)
+        assert run_into(recipe_file, out).exit_code == 130
+    resumed: list[int] = []
+    original = Pipeline._resume
+    monkeypatch.setattr(Pipeline, "_resume", lambda self: resumed.append(original(self)) or resumed[-1])
+    assert run_into(recipe_file, out, "--overwrite").exit_code == 0
+    assert resumed == [0]
+    assert tree(out) == tree(whole)
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_run(
+    recipe_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    (out / "model.pt").write_bytes(b"mine too")
+    before = tree(tmp_path)
+    monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("trained although the output is taken"))
+    for flag in ("--overwrite", "--resume"):
+        line = assert_user_error(run_into(recipe_file, out, flag), "not a secateurs run's (thesis.tex)")
+        assert "only a run directory" in line
+    assert tree(tmp_path) == before
+
+
+def test_overwrite_of_an_empty_directory_and_both_flags(recipe_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert_user_error(run_into(recipe_file, out, "--overwrite", "--resume"), "exclude each other")
+    assert run_into(recipe_file, out, "--overwrite").exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
