@@ -7,7 +7,8 @@ A pattern or type that matches nothing is an error, never silently ignored.
 
 A parameter shared by several layers (a head tied to its embedding, two tied Linears) is selected
 once, under its canonical name (the first name `model.named_parameters()` gives it), and only if
-none of its layers is skipped or excluded: patterns match any of its names.
+none of its layers is skipped or excluded: patterns match any of its names. A parameter with no
+entries (nn.Linear(0, 4)) is never selected: there is nothing in it to prune.
 """
 
 from __future__ import annotations
@@ -59,22 +60,25 @@ def select_parameters(model: nn.Module, selection: LayerSelection | None = None)
             )
 
     candidates: list[tuple[str, str]] = []  # (module name, parameter name)
+    empty: set[str] = set()  # parameters of no entries (nn.Linear(0, 4)): nothing to prune
     for mod_name, module in model.named_modules():
         kind = type(module).__name__
         if kind not in sel.types or kind in sel.exclude_types:
             continue
-        for p_name, _ in module.named_parameters(recurse=False):
+        for p_name, param in module.named_parameters(recurse=False):
             if p_name == "weight" or (sel.include_bias and p_name == "bias"):
                 candidates.append((mod_name, f"{mod_name}.{p_name}" if mod_name else p_name))
+                if param.numel() == 0:
+                    empty.add(candidates[-1][1])
     if not candidates:
         raise ConfigError(
             f"no parameters of types {sel.types} in the model",
             fix="set layers.types to module types the model has",
         )
     canonical = canonical_names(model)  # a tied parameter: the same canonical name in every layer
-    if sel.skip_first or sel.skip_last:
-        modules = list(dict.fromkeys(m for m, _ in candidates))
-        drop = ({modules[0]} if sel.skip_first else set()) | ({modules[-1]} if sel.skip_last else set())
+    if sel.skip_first or sel.skip_last:  # the first/last layer that has weights
+        modules = list(dict.fromkeys(m for m, p in candidates if p not in empty))
+        drop = set(modules[:1] if sel.skip_first else []) | set(modules[-1:] if sel.skip_last else [])
         dropped = {canonical[p] for m, p in candidates if m in drop}
         candidates = [(m, p) for m, p in candidates if canonical[p] not in dropped]
 
@@ -91,7 +95,12 @@ def select_parameters(model: nn.Module, selection: LayerSelection | None = None)
     if sel.include:
         candidates = [(m, p) for m, p in candidates if any(hit(pat, m, p) for pat in sel.include)]
     excluded = {canonical[p] for m, p in candidates if any(hit(pat, m, p) for pat in sel.exclude)}
-    chosen = [n for n in dict.fromkeys(canonical[p] for _, p in candidates) if n not in excluded]
+    chosen = [n for n in dict.fromkeys(canonical[p] for _, p in candidates) if n not in excluded | empty]
+    if not chosen and all(p in empty for _, p in candidates):
+        raise ConfigError(
+            "every selected layer has 0 weights (a dimension of size 0): there is nothing to prune",
+            fix="select layers that have weights (layers.types / layers.include)",
+        )
     if not chosen:
         raise ConfigError("the layer selection is empty", fix="loosen include/exclude")
     return chosen

@@ -12,6 +12,7 @@ and stay pruned.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from secateurs.core.topk import has_nan, topk_mask
 from secateurs.methods.allocations import AllocationContext, LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Batch, Criterion, module_mode
+from secateurs.methods.entry import as_batches, check_model, checked_loss, explained_failures
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.sanity import SANITY, CorruptedBatches, sanity_seed, shuffle_masks
 from secateurs.methods.structures import (
@@ -61,6 +63,22 @@ def _check_nan(values: Mapping[Any, Tensor]) -> None:
         if has_nan(value):
             raise ConfigError(
                 f"criterion produced NaN scores for {name!r}", fix="check the model and data for NaNs"
+            )
+
+
+def _check_scores(values: Mapping[str, Tensor], criterion: Criterion) -> None:
+    """A criterion's scores rank: NaN or +inf means inf/NaN weights (or an overflow) went in, and
+    ranking them would keep arbitrary weights or collapse the other layers; −inf (a group already
+    removed, or one to remove first) is fine."""
+    _check_nan(values)
+    for name, value in values.items():
+        if value.is_floating_point() and not bool(value.sum() < math.inf) and bool((value == math.inf).any()):
+            count = int((value == math.inf).sum())
+            raise ConfigError(
+                f"criterion {criterion.name!r} produced {count:,} infinite scores of {value.numel():,} "
+                f"for {name!r}: its weights or the data hold inf/NaN values, or the scores overflowed",
+                fix="check the weights and data for inf/NaN (`secateurs inspect` counts them per tensor); "
+                "for synflow on a deep model use criterion_options={'dtype': 'float64'}",
             )
 
 
@@ -158,18 +176,6 @@ def masks_from_scores(
     return masks
 
 
-def as_batches(data: Any) -> Iterable[Any] | None:
-    """Accept one explicit `(x, y)` batch, one bare input (a tensor or tokenizer output), or any
-    iterable of batches (a loader)."""
-    if data is None:
-        return None
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor | Mapping):
-        return [data]
-    if isinstance(data, Tensor | Mapping):
-        return [data]
-    return data
-
-
 def layer_selection(layers: LayerSelection | Mapping[str, Any] | None) -> LayerSelection:
     """A LayerSelection from a mapping; an invalid field is a ConfigError, not a pydantic trace."""
     if isinstance(layers, LayerSelection):
@@ -251,13 +257,15 @@ def group_scores(
     Under torchrun every rank uses rank 0's scores (`secateurs.core.distributed.sync_scores`).
     """
     if criterion.scores_groups(layout):
-        native = layout.mark_removed(criterion.group_scores(ctx, layout), current)  # type: ignore[attr-defined]
+        with explained_failures(ctx.model):
+            native = layout.mark_removed(criterion.group_scores(ctx, layout), current)  # type: ignore[attr-defined]
         scores = sync_scores(native)
-        _check_nan(scores)
+        _check_scores(scores, criterion)
         return {n: -s if invert else s for n, s in scores.items()}
     signed = layout.pools and pool.pooling.signed
-    values = sync_scores(criterion.contributions(ctx) if signed else criterion.score(ctx))
-    _check_nan(values)
+    with explained_failures(ctx.model):
+        values = sync_scores(criterion.contributions(ctx) if signed else criterion.score(ctx))
+    _check_scores(values, criterion)
     if invert:  # negated element scores: exact where selection ranks them (Layout.invertible)
         values = {n: -s for n, s in values.items()}
     return layout.group_scores(values, current, pool)
@@ -307,6 +315,7 @@ def _setup(
     sanity: str = "none",
     invert: bool = False,
 ) -> _Setup:
+    check_model(model)
     check = SANITY.get(sanity)
     selection = layer_selection(layers)
     built = build_structure(structure, **dict(structure_options or {}))
@@ -346,7 +355,7 @@ def _setup(
         names=layout.scored(pool),
         masks=existing if existing is not None else MaskSet({}),
         batches=batches,
-        loss_fn=loss_fn,
+        loss_fn=checked_loss(loss_fn),
         generator=torch.Generator().manual_seed(seed),
         input_shape=tuple(input_shape) if input_shape is not None else None,
     )

@@ -9,7 +9,8 @@ Rounding (documented because tests pin it): a unit of n groups pruned to sparsit
 `n - round_half_up(s·n)` groups; global and ER/ERK allocations hit the total count exactly
 (`N - round_half_up(s·N)` elements kept), ER/ERK by largest-remainder rounding of the ideal
 per-layer counts (ties to the earlier layer). A unit never keeps fewer than its `floor` groups
-(1 for channel groups: a layer cannot lose all its channels).
+(1 for channel groups: a layer cannot lose all its channels). A unit of no weights (a dimension
+of size 0) is left out of every allocation: it keeps what it has and is never a collapse.
 
 Per-layer overrides (`layer_sparsities`, name pattern → sparsity) work with every allocation:
 a matching layer keeps exactly `n - round_half_up(s_layer·n)` groups, and the named allocation
@@ -257,16 +258,19 @@ def allocate(
     if _takes(fn, "context"):
         options["context"] = context
     fixed = override_counts(layers, layer_sparsities or {})
-    rest = [layer for layer in layers if layer.name not in fixed]
+    # a unit of no weights (nn.Linear(0, 4)) has nothing to allocate: it keeps what it has, takes
+    # no share of the budget (ERK's fan terms would divide by zero) and cannot collapse
+    empty = {layer.name: layer.num_groups for layer in layers if layer.numel == 0}
+    rest = [layer for layer in layers if layer.name not in fixed and layer.name not in empty]
     if sparsity is not None:
         check_sparsity(sparsity)
     elif not getattr(fn, "sparsity_free", False) and rest:
         raise ConfigError(f"allocation {name!r} needs a target sparsity", fix="set `sparsity`")
     counts = fn(rest, sparsity, **options) if rest else {}
-    keep = {**fixed, **counts}
+    keep = {**fixed, **counts, **empty}
     keep = {layer.name: keep[layer.name] for layer in layers}
     keep = round_counts(layers, keep, step, allow_collapse=allow_collapse)
-    collapsed = [layer.name for layer in layers if keep[layer.name] == 0]
+    collapsed = [layer.name for layer in layers if keep[layer.name] == 0 and layer.name not in empty]
     if collapsed and not allow_collapse:
         raise ConfigError(
             f"allocation {name!r} at sparsity {sparsity} removes every weight of {', '.join(collapsed)} "

@@ -197,10 +197,13 @@ def take_batches(ctx: ScoringContext, criterion: str, max_batches: int) -> list[
         if not (
             isinstance(batch, tuple | list) and len(batch) == 2 and all(isinstance(t, Tensor) for t in batch)
         ):
+            bare = " (inputs without labels)" if isinstance(batch, Tensor | Mapping) else ""
             raise ConfigError(
                 f"criterion {criterion!r} differentiates a loss of (input, target) batches, got a "
-                f"{type(batch).__name__} batch",
-                fix="pass (x, y) tensor pairs (a causal LM: (ids, ids) with a next-token loss_fn)",
+                f"{type(batch).__name__} batch{bare}",
+                fix="pass data=(x, y) with y the labels, a list of such pairs or a DataLoader yielding them "
+                "(a causal LM: (ids, ids) with a next-token loss_fn); wanda and the data-free criteria "
+                "take bare inputs",
             )
         x, y = batch
         out.append((x.to(device), y.to(device)))

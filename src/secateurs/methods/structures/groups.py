@@ -48,7 +48,8 @@ def vetoed_modules(model: nn.Module, names: list[str], selection: LayerSelection
     """Layers the selection leaves out: their channels are kept (a group they produce is not pruned).
 
     A layer counts when its type is one the selection could choose (its `types`, or the default
-    Linear/Conv types); it is left out when none of its parameters were chosen.
+    Linear/Conv types); it is left out when none of its parameters were chosen. A layer whose
+    weight has no entries (nn.Linear(0, 4)) is never selected, and is not left out for that.
     """
     kinds = set(DEFAULT_TYPES) | set(selection.types) | set(selection.exclude_types)
     chosen = {n.rpartition(".")[0] for n in names}
@@ -57,6 +58,7 @@ def vetoed_modules(model: nn.Module, names: list[str], selection: LayerSelection
         for name, module in model.named_modules()
         if type(module).__name__ in kinds
         and getattr(module, "weight", None) is not None
+        and not (isinstance(module.weight, Tensor) and module.weight.numel() == 0)
         and name not in chosen
     }
 
