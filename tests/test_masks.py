@@ -257,3 +257,16 @@ def test_constructor_copies_and_converts_to_bool() -> None:
     assert masks["w"].tolist() == [True, False, True]
     with pytest.raises(TypeError, match="must be a tensor"):
         MaskSet({"w": [True]})  # type: ignore[dict-item]
+
+
+def test_updated_merges_like_the_constructor_without_copying() -> None:
+    a = MaskSet({"x": torch.tensor([True, False]), "y": torch.tensor([False, True])})
+    b = MaskSet({"y": torch.tensor([True, True]), "z": torch.tensor([False])})
+    merged = a.updated(b)
+    expected = MaskSet({**dict(a), **dict(b)})
+    assert list(merged) == list(expected) == ["x", "y", "z"]
+    assert all(torch.equal(merged[n], expected[n]) for n in expected)
+    assert merged["x"] is a["x"] and merged["y"] is b["y"]  # shared, not cloned
+    assert list(a) == ["x", "y"] and torch.equal(a["y"], torch.tensor([False, True]))  # a unchanged
+    from_dict = a.updated({"w": torch.tensor([1, 0])})  # a plain mapping is made a MaskSet first
+    assert from_dict["w"].dtype == torch.bool

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from secateurs.core import topk
 from secateurs.core.masks import MaskSet
 from secateurs.core.topk import _balanced_by_selection, _balanced_by_sort, balanced_topk, has_nan, topk_mask
 from secateurs.methods.allocations.base import LayerInfo, allocate
@@ -224,13 +225,21 @@ def test_a_selection_whose_count_rounding_changed_is_not_handed_on() -> None:
     assert set(keep.chosen) != {layer.name for layer in layers}  # the case is exercised
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["one_thread", "rows_split_over_threads"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_balanced_selection_equals_the_stable_sort_per_group(dtype: torch.dtype) -> None:
+def test_balanced_selection_equals_the_stable_sort_per_group(
+    dtype: torch.dtype, split: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if split:  # every table partitioned in row chunks on a thread pool, as large ones are
+        monkeypatch.setattr(topk, "_PARALLEL_FROM", 0)
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     g = torch.Generator().manual_seed(6)
     for trial in range(200):
         groups = int(torch.randint(1, 20, (1,), generator=g))
         m = int(torch.randint(32, 90, (1,), generator=g))
         scores = (torch.randint(-4, 4, (groups, m), generator=g) / 2).to(dtype)  # many ties
+        if trial % 7 == 0:  # distinct values: no group ties at its cut
+            scores = torch.randn(groups, m, generator=g).to(dtype)
         if trial % 3 == 0:
             scores[torch.rand(groups, m, generator=g) < 0.4] = -math.inf
         if trial % 5 == 0:

@@ -70,6 +70,19 @@ class MaskSet(Mapping[str, Tensor]):
             self._masks[name] = mask.detach().to(torch.bool).clone()
 
     # -- construction -----------------------------------------------------------------------
+    def updated(self, other: Mapping[str, Tensor]) -> MaskSet:
+        """These masks with `other`'s added or replacing them, without copying either's tensors.
+
+        A MaskSet never writes its masks in place, so the result may share them; building it
+        through the constructor would clone every mask each time, and sequential pruning merges
+        once per block (a quadratic number of copies over a deep model).
+        """
+        out = MaskSet({})
+        out._masks = dict(self._masks)
+        for name, mask in (other._masks if isinstance(other, MaskSet) else MaskSet(other)._masks).items():
+            out._masks[name] = mask
+        return out
+
     @classmethod
     def dense(cls, model: nn.Module, names: Iterable[str]) -> MaskSet:
         """All-True masks for the named parameters (the state before any pruning)."""
@@ -310,12 +323,14 @@ def masks_of(model: nn.Module) -> MaskSet | None:
     return model.__dict__.get(_ATTR)
 
 
-def set_masks(model: nn.Module, masks: MaskSet | None) -> None:
-    """Record `masks` on `model` (outside its state_dict) and zero the pruned weights."""
+def set_masks(model: nn.Module, masks: MaskSet | None, *, applied: bool = False) -> None:
+    """Record `masks` on `model` (outside its state_dict) and zero the pruned weights (unless the
+    caller has just done so, `applied`: a pass over every weight saved)."""
     if masks is None:
         model.__dict__.pop(_ATTR, None)
         return
-    masks.apply(model)
+    if not applied:
+        masks.apply(model)
     model.__dict__[_ATTR] = masks
 
 

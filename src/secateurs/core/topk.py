@@ -6,6 +6,9 @@ count is exact even when scores tie, and the same scores give the same mask bit 
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -108,13 +111,38 @@ def _balanced_by_selection(scores: Tensor, k: int) -> Tensor:
     q, extra = divmod(k, groups)
     host = scores.detach()
     values = (host if host.dtype in (torch.float32, torch.float64) else host.double()).numpy()
-    part = np.partition(values, [m - q - 1, m - q] if q else [m - 1], axis=1)
+    part = _partition_rows(values, [m - q - 1, m - q] if q else [m - 1])
     following = part[:, m - q - 1]  # each group's (q+1)-th largest
     counts = np.full(groups, q, dtype=np.int64)
     if extra:
         counts[topk_mask(torch.from_numpy(np.ascontiguousarray(following)), extra).numpy()] += 1
     cut = np.where(counts == q, part[:, m - q] if q else np.inf, following)[:, None]
-    above = values > cut
-    tied = values == cut
-    wanted = (counts - above.sum(1))[:, None]
-    return torch.from_numpy(above | (tied & (np.cumsum(tied, axis=1) <= wanted)))
+    keep = values >= cut
+    # groups holding more entries at or above their cut than they keep tie at the cut: there the
+    # first tied entries by index are kept (few groups, so the running count is only taken there)
+    over = np.flatnonzero(keep.sum(1) > counts)
+    if over.size:
+        rows, at = values[over], cut[over]
+        above, tied = rows > at, rows == at
+        wanted = (counts[over] - above.sum(1))[:, None]
+        keep[over] = above | (tied & (np.cumsum(tied, axis=1) <= wanted))
+    return torch.from_numpy(keep)
+
+
+_PARALLEL_FROM = 1 << 17  # entries from which a partition is split over torch's threads
+_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count, made on first use
+os.register_at_fork(after_in_child=_pools.clear)  # a forked child has none of the parent's threads
+
+
+def _partition_rows(values: np.ndarray, kth: list[int]) -> np.ndarray:
+    """`np.partition(values, kth, axis=1)`, its rows split over torch's intra-op threads when the table
+    is large (NumPy releases the GIL while it partitions; rows are independent, so the result is the
+    same): an LLM's per-row selection is otherwise one thread while the forwards use all of them."""
+    threads = min(torch.get_num_threads(), values.shape[0])
+    if threads < 2 or values.size < _PARALLEL_FROM:
+        return np.partition(values, kth, axis=1)
+    pool = _pools.get(threads) or _pools.setdefault(
+        threads, ThreadPoolExecutor(threads, thread_name_prefix="secateurs-select")
+    )
+    chunks = np.array_split(values, threads)
+    return np.concatenate(list(pool.map(lambda rows: np.partition(rows, kth, axis=1), chunks)))

@@ -447,7 +447,7 @@ def prune_sequential(
                     model, s, names, ctx, stats, current, sparsity, select_options, layer_sparsities or {}
                 )
                 new.apply(model)
-                current = MaskSet({**dict(current or {}), **dict(new)})
+                current = (current or MaskSet({})).updated(new)
                 for n in names:
                     tokens = stats.tokens(n.rpartition(".")[0]) if stats is not None else 0
                     reports.append(LayerReport(n, index, new[n].numel(), int((~new[n]).sum()), tokens))
@@ -455,5 +455,8 @@ def prune_sequential(
                 inputs = [call_block(block, x, kw) for x, kw in zip(inputs, kwargs, strict=True)]
     finally:
         model.train(was_training)
-    set_masks(model, current)
+    if current is not None:  # each block's masks were applied as it was pruned; masks from before, now
+        done = {r.name for r in reports}
+        MaskSet({n: m for n, m in current.items() if n not in done}).apply(model)
+    set_masks(model, current, applied=True)
     return reports
