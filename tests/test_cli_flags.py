@@ -4,6 +4,7 @@ fixes, `export --out -` and the demo's mask-counted remaining weights."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typer.testing import CliRunner
 
 import secateurs.front.cli as cli
 import secateurs.front.console as console_module
+import secateurs.front.demo as demo
+from secateurs.core.masks import masks_of
+from secateurs.data import load_dataset
 from secateurs.front.llm_cli import llm_app
 from secateurs.pipeline.runner import STATE_FILE, Pipeline
 
@@ -204,7 +208,7 @@ def test_overwrite_refuses_a_directory_that_is_not_a_run(
     monkeypatch.setattr(Pipeline, "run", lambda self: pytest.fail("trained although the output is taken"))
     for flag in ("--overwrite", "--resume"):
         line = assert_user_error(run_into(recipe_file, out, flag), "not a secateurs run's (thesis.tex)")
-        assert "only a run directory" in line
+        assert f"{flag} applies only to a directory holding a secateurs run's files" in line
     assert tree(tmp_path) == before
 
 
@@ -214,3 +218,69 @@ def test_overwrite_of_an_empty_directory_and_both_flags(recipe_file: Path, tmp_p
     assert_user_error(run_into(recipe_file, out, "--overwrite", "--resume"), "exclude each other")
     assert run_into(recipe_file, out, "--overwrite").exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == RUN_FILES
+
+
+# -- demo --out: --overwrite; remaining weights counted from the masks -------------------------
+@pytest.fixture
+def tiny_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's machinery on tiny data with one method at one sparsity (seconds, not a minute)."""
+    tiny = load_dataset("synthetic", input_shape=[20], num_classes=3, num_train=96, num_test=48)
+    monkeypatch.setattr(demo, "load_dataset", lambda name: tiny)
+    monkeypatch.setattr(demo, "DEMO_METHODS", [("SET", "dynamic-sparse", ["stages.2.train.dst.method=set"])])
+    monkeypatch.setattr(demo, "QUICK_SPARSITIES", [0.5])
+
+
+def test_demo_refuses_a_non_empty_directory_unless_overwrite(tmp_path: Path, tiny_demo: None) -> None:
+    out = tmp_path / "demo"
+    assert invoke("demo", "--out", str(out), "--quick").exit_code == 0
+    first = tree(out)
+    (out / "demo_results.json").write_text("[]")  # a previous demo's output, however it looks
+    assert_user_error(invoke("demo", "--out", str(out), "--quick"), "already exists", "--overwrite")
+    assert (out / "demo_results.json").read_text() == "[]"
+    result = invoke("demo", "--out", str(out), "--quick", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert tree(out).keys() == first.keys()
+    assert json.loads((out / "demo_results.json").read_text()) != []
+
+
+def test_demo_overwrite_never_deletes_foreign_files(tmp_path: Path, tiny_demo: None) -> None:
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "demo_results.json").write_text("[]")
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    result = invoke("demo", "--out", str(out), "--quick", "--overwrite")
+    assert_user_error(result, "not the demo's (notes.txt)")
+    assert tree(out) == before
+
+
+def test_demo_remaining_weights_come_from_the_masks(
+    tmp_path: Path, tiny_demo: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A DST updater's regrown weights start at exactly zero; they are kept all the same."""
+    real = demo.run_recipe
+    zeroed: list[int] = []
+
+    def regrow_at_zero(recipe: Any, **options: Any) -> Any:
+        result = real(recipe, **options)
+        masks = masks_of(result.model)
+        if masks is not None:
+            for name, param in result.model.named_parameters():
+                if name in masks:
+                    kept = masks[name].flatten().nonzero()[:7, 0]
+                    param.data.view(-1)[kept] = 0.0
+                    zeroed.append(len(kept))
+                    break
+        return result
+
+    monkeypatch.setattr(demo, "run_recipe", regrow_at_zero)
+    out = tmp_path / "demo"
+    result = invoke("demo", "--out", str(out), "--quick")
+    assert result.exit_code == 0, result.output
+    dense, pruned = json.loads((out / "demo_results.json").read_text())
+    assert f"{pruned['remaining_params']:,}" in result.stdout  # the table shows what the masks keep
+    assert dense["remaining_params"] == dense["params"]
+    assert zeroed == [7]
+    # MLP 20-100-100-3: 12300 masked weights, of which the masks prune `sparsity`
+    assert pruned["params"] - pruned["remaining_params"] == round(pruned["sparsity"] * 12300)
+    assert pruned["remaining_params"] - pruned["nonzero_params"] >= 7  # kept, though zero

@@ -195,9 +195,12 @@ def launch_torchrun(nproc: int, args: list[str]) -> int:
 @app.command()
 @friendly_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="where to write the table (JSON) and the plot (PNG)")] = Path(
-        "secateurs-demo"
-    ),
+    out: Annotated[
+        Path, typer.Option(metavar="DIR", help="where to write the table (JSON) and the plot (PNG)")
+    ] = Path("secateurs-demo"),
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a previous demo's --out (only a demo's, or empty)")
+    ] = False,
     quick: Annotated[bool, typer.Option(help="fewer epochs and sparsities (under a minute)")] = False,
     report: Annotated[
         bool, typer.Option(help="run through the results store (OUT/results) and print the report tables")
@@ -206,8 +209,9 @@ def demo(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a small model on MNIST-1D and prune it with every method, at several sparsities."""
-    from secateurs.front.demo import run_demo, run_demo_report
+    from secateurs.front.demo import prepare_demo_dir, run_demo, run_demo_report
 
+    prepare_demo_dir(out, overwrite=overwrite)  # before minutes of training, not after
     _setup_logging(verbose)
     _set_threads(threads)
     if report:

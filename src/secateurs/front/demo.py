@@ -8,6 +8,7 @@ recipe defaults the methods use.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from torch import nn
 
+from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_write_text, save_figure
-from secateurs.data import load_dataset
+from secateurs.core.masks import masks_of
+from secateurs.data import DataSplits, load_dataset
 from secateurs.front.console import make_console
 from secateurs.pipeline.metrics import model_metrics
 from secateurs.pipeline.recipe import load_recipe
@@ -117,6 +121,43 @@ def demo_sweep(
     }
 
 
+DEMO_OUTPUTS = ("demo_results.json", "accuracy_vs_sparsity.png", "results", "report")
+"""Everything the demo writes into its directory (the last two with --report)."""
+
+
+def prepare_demo_dir(out: Path, *, overwrite: bool = False) -> None:
+    """Refuse a non-empty `out` unless `overwrite`, and then only a previous demo's directory, whose
+    outputs are removed (a report's results store too: the new demo must not mix in old runs)."""
+    from secateurs.pipeline.outputs import check_output_dir, foreign_entries, not_ours
+
+    target = check_output_dir(out, overwrite=True)
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"output directory {target} already exists and is not empty",
+            fix="choose another --out, or pass --overwrite to replace a previous demo's directory",
+        )
+    foreign = foreign_entries(target, DEMO_OUTPUTS)
+    if foreign:
+        raise not_ours(target, foreign, "the demo's", "--overwrite")
+    for entry in target.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def demo_row(method: str, target: float, model: nn.Module, data: DataSplits) -> dict[str, Any]:
+    """One row of the demo's table: the model's metrics and `remaining_params`, the parameters its
+    masks keep (every unmasked one counts). Counted from the masks, not the nonzero weights: a
+    weight a DST updater has just regrown is kept, and starts at exactly zero."""
+    metrics = model_metrics(model, data)
+    masks = masks_of(model)
+    pruned = masks.numel() - masks.kept() if masks is not None else 0
+    return {"method": method, "target": target, **metrics, "remaining_params": metrics["params"] - pruned}
+
+
 def run_demo_report(
     out: Path, *, quick: bool = False, workers: int = 1, console: Console | None = None
 ) -> Path:
@@ -148,7 +189,7 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
         "oneshot-magnitude", ["stages=[{train: {}}]", *(["train.epochs=6"] if quick else [])]
     )
     dense = run_recipe(dense_recipe, data=data)
-    rows.append({"method": "dense", "target": 0.0, **model_metrics(dense.model, data)})
+    rows.append(demo_row("dense", 0.0, dense.model, data))
 
     total = len(DEMO_METHODS) * len(sparsities)
     with console.status(Text("pruning")) as status:
@@ -158,7 +199,7 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
                 extra = quick_overrides(preset) if quick else []
                 recipe = load_recipe(preset, [*overrides, *extra, f"sparsity={sparsity}"])
                 result = run_recipe(recipe, data=data)
-                rows.append({"method": label, "target": sparsity, **model_metrics(result.model, data)})
+                rows.append(demo_row(label, sparsity, result.model, data))
 
     console.print(demo_table(rows, time.perf_counter() - started))
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +218,7 @@ def demo_table(rows: list[dict[str, Any]], seconds: float) -> Table:
             r["method"],
             f"{r['target']:.2f}",
             f"{100 * r['accuracy']:.2f} %",
-            f"{r['nonzero_params']:,} / {r['params']:,}",
+            f"{r['remaining_params']:,} / {r['params']:,}",
             f"{r['nonzero_macs']:,}",
             f"{r['macs']:,}",
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,26 @@ def check_output_dir(out: str | os.PathLike[str], *, overwrite: bool = False) ->
     return target
 
 
+def foreign_entries(target: Path, allowed: Collection[str]) -> list[str]:
+    """Names in directory `target` that are none of `allowed`, nor the hidden leftover of an
+    interrupted atomic write of one (`.NAME.*`): what replacing `target` must not delete."""
+    return sorted(
+        name
+        for name in (p.name for p in target.iterdir())
+        if name not in allowed and not any(name.startswith(f".{a}.") for a in allowed)
+    )
+
+
+def not_ours(target: Path, foreign: list[str], whose: str, flag: str) -> ConfigError:
+    """The refusal to replace (or reuse) a directory that holds files of someone else's."""
+    shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+    return ConfigError(
+        f"output directory {target} holds files that are not {whose} ({shown}): {flag} applies only "
+        f"to a directory holding {whose} files",
+        fix="choose another --out, or move those files away",
+    )
+
+
 def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False, resume: bool = False) -> Path:
     """`out` as a Path once it is fit for a run, before anything trains: absent or empty; with
     `resume`, holding an interrupted run's state; with `overwrite`, a run directory (whose stale
@@ -78,7 +98,7 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False, res
     entries = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
     if not entries:
         return target
-    foreign = [name for name in entries if name not in RUN_FILES]
+    foreign = foreign_entries(target, RUN_FILES)
     interrupted = STATE_FILE in entries and not foreign
     if not (overwrite or resume):
         holds = "" if foreign else ": it holds an interrupted run" if interrupted else ": it holds a run"
@@ -89,12 +109,7 @@ def prepare_run_dir(out: str | os.PathLike[str], *, overwrite: bool = False, res
             + (" or --resume to continue it" if interrupted else ""),
         )
     if foreign:
-        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
-        raise ConfigError(
-            f"output directory {target} holds files that are not a secateurs run's ({shown}): "
-            f"{'--overwrite replaces' if overwrite else '--resume continues'} only a run directory",
-            fix="choose another --out, or move those files away",
-        )
+        raise not_ours(target, foreign, "a secateurs run's", "--overwrite" if overwrite else "--resume")
     if resume and not interrupted:
         raise ConfigError(
             f"output directory {target} holds a finished run: there is nothing to resume",
