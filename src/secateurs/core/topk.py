@@ -6,12 +6,11 @@ count is exact even when scores tie, and the same scores give the same mask bit 
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 from torch import Tensor
+
+from secateurs.core.threads import map_in_threads, worker_count
 
 
 def topk_mask(scores: Tensor, k: int) -> Tensor:
@@ -130,19 +129,13 @@ def _balanced_by_selection(scores: Tensor, k: int) -> Tensor:
 
 
 _PARALLEL_FROM = 1 << 17  # entries from which a partition is split over torch's threads
-_pools: dict[int, ThreadPoolExecutor] = {}  # by thread count, made on first use
-os.register_at_fork(after_in_child=_pools.clear)  # a forked child has none of the parent's threads
 
 
 def _partition_rows(values: np.ndarray, kth: list[int]) -> np.ndarray:
     """`np.partition(values, kth, axis=1)`, its rows split over torch's intra-op threads when the table
     is large (NumPy releases the GIL while it partitions; rows are independent, so the result is the
     same): an LLM's per-row selection is otherwise one thread while the forwards use all of them."""
-    threads = min(torch.get_num_threads(), values.shape[0])
-    if threads < 2 or values.size < _PARALLEL_FROM:
+    if values.size < _PARALLEL_FROM:
         return np.partition(values, kth, axis=1)
-    pool = _pools.get(threads) or _pools.setdefault(
-        threads, ThreadPoolExecutor(threads, thread_name_prefix="secateurs-select")
-    )
-    chunks = np.array_split(values, threads)
-    return np.concatenate(list(pool.map(lambda rows: np.partition(rows, kth, axis=1), chunks)))
+    chunks = np.array_split(values, worker_count(values.shape[0]))
+    return np.concatenate(map_in_threads(lambda rows: np.partition(rows, kth, axis=1), chunks))
