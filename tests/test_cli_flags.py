@@ -20,7 +20,9 @@ import secateurs.front.demo as demo
 from secateurs.core.masks import masks_of
 from secateurs.data import load_dataset
 from secateurs.front.llm_cli import llm_app
+from secateurs.pipeline.recipe import recipe_from_raw
 from secateurs.pipeline.runner import STATE_FILE, Pipeline
+from secateurs.results.runner import execute
 
 RUN_FILES = ["metrics.json", "model.pt", "recipe.yaml"]
 
@@ -284,3 +286,34 @@ def test_demo_remaining_weights_come_from_the_masks(
     # MLP 20-100-100-3: 12300 masked weights, of which the masks prune `sparsity`
     assert pruned["params"] - pruned["remaining_params"] == round(pruned["sparsity"] * 12300)
     assert pruned["remaining_params"] - pruned["nonzero_params"] >= 7  # kept, though zero
+
+
+# -- export to standard output ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results root with two finished tiny runs."""
+    root = tmp_path_factory.mktemp("store") / "results"
+    for sparsity in (0.5, 0.75):
+        execute(recipe_from_raw(tiny_recipe(sparsity=sparsity)), root)
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_export_writes_the_rows_alone_to_stdout(store: Path, tmp_path: Path, fmt: str) -> None:
+    to_file = invoke("export", "--root", str(store), "--out", str(tmp_path / f"runs.{fmt}"))
+    assert to_file.exit_code == 0, to_file.output
+    expected = (tmp_path / f"runs.{fmt}").read_text(encoding="utf-8")
+    for out in (["--out", "-"], []):
+        result = invoke("export", "--root", str(store), "--format", fmt, *out)
+        assert result.exit_code == 0, result.output
+        assert result.stdout == expected  # nothing else: no count line, no wrapping
+        assert not result.stderr
+    assert len(json.loads(invoke("export", "--root", str(store), "--format", "json").stdout)) == 2
+
+
+def test_export_to_stdout_defaults_to_csv_and_writes_no_file(store: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["export", "--root", str(store)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].startswith("hash,")
+    assert len(result.stdout.splitlines()) == 3
+    assert not (Path.cwd() / "-").exists()

@@ -454,29 +454,41 @@ def _show_run(db: ResultsDB, prefix: str) -> None:
 @app.command()
 @friendly_errors
 def export(
-    out: Annotated[Path, typer.Option(help="file to write (atomically)")],
+    out: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="file to write (atomically); - or none: standard output"),
+    ] = None,
     root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
     format_: Annotated[
-        str | None, typer.Option("--format", help="csv or json (default: from the --out suffix)")
+        str | None,
+        typer.Option("--format", help="csv or json (default: from the --out suffix; csv on standard output)"),
     ] = None,
 ) -> None:
-    """Write one row per run (status, config fields flattened, final metrics) as CSV or JSON."""
+    """Write one row per run (status, config fields flattened, final metrics) as CSV or JSON.
+
+    On standard output (no --out, or --out -) the rows are all that is printed, for a pipe."""
     from secateurs.core.errors import ConfigError
     from secateurs.core.fileio import atomic_write_text
     from secateurs.results.db import EXPORT_FORMATS, export_rows, render_export
 
-    fmt = format_ if format_ is not None else out.suffix.lstrip(".").lower()
+    target = out if out is not None else Path("-")
+    to_stdout = str(target) == "-"
+    fmt = format_ if format_ is not None else "csv" if to_stdout else target.suffix.lstrip(".").lower()
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(
             f"unknown export format {fmt!r}" if format_ is not None else f"cannot tell the format of {out}",
             fix="pass --format csv or --format json",
         )
-    if out.is_dir():
+    if not to_stdout and target.is_dir():
         raise ConfigError(f"{out} is a directory", fix="pass --out a file name")
     with _open_results(root) as db:
         rows = export_rows(db)
+    text = render_export(rows, fmt)
+    if to_stdout:
+        typer.echo(text, nl=False)  # as it is: no rich wrapping, no markup, nothing else
+        return
     try:
-        atomic_write_text(out, render_export(rows, fmt))
+        atomic_write_text(target, text)
     except OSError as err:
         raise ConfigError(f"cannot write {out} ({err})", fix="choose another --out") from None
     console.print(f"{len(rows)} runs written to {out}", highlight=False)
