@@ -66,7 +66,7 @@ def test_accuracy_table_is_mean_and_std_over_seeds(root: Path) -> None:
         for sparsity in (0.5, 0.9):
             values = [finals[(method, sparsity, seed)] for seed in (0, 1)]
             cells.append(f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}")
-        assert f"| {method} | {cells[0]} | {cells[1]} | 2 |" in table
+        assert f"| {method} | — | {cells[0]} | {cells[1]} | 2 |" in table  # nothing at 0 %: the dense column
     dense = [r.dense["accuracy"] for r in runs if r.dense is not None]
     assert len(dense) == 8
     assert f"| dense | {100 * statistics.fmean(dense):.2f} ± {100 * statistics.stdev(dense):.2f} |" in table

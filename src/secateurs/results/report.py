@@ -305,19 +305,29 @@ def _dense(runs: list[RunSummary], metric: str) -> Cell:
     return Cell([r.dense[metric] for r in runs if r.dense is not None and metric in r.dense])
 
 
+DENSE_COLUMN = "0 % (dense)"
+"""The header of the accuracy table's sparsity-0 column, where the dense reference row has its value."""
+
+
 def accuracy_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
-    """Markdown: one table per (data set, model); rows methods, columns target sparsities."""
+    """Markdown: one table per (data set, model); rows methods, columns target sparsities.
+
+    The dense reference is the row "dense" under its own column, sparsity 0 (never under the lowest
+    target sparsity, which is not where it was measured)."""
     parts = []
     for (data, model), group in _groups(runs).items():
-        sparsities = sorted({r.sparsity for r in group})
+        dense = _dense(group, metric)
+        sparsities = sorted({r.sparsity for r in group} | ({0.0} if dense.values else set()))
         methods = list(dict.fromkeys(r.method for r in sorted(group, key=lambda r: r.method)))
         cells = _cells(group, metric)
+        headers = [DENSE_COLUMN if s == 0 and dense.values else f"{100 * s:g} %" for s in sparsities]
         parts += [f"### {data} · {model}: test {metric} (%), mean ± std over seeds", ""]
-        parts.append("| method | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " | seeds |")
+        parts.append("| method | " + " | ".join(headers) + " | seeds |")
         parts.append("|---|" + "---|" * (len(sparsities) + 1))
-        dense = _dense(group, metric)
         if dense.values:
-            parts.append(f"| dense | {dense.text()} |" + " |" * len(sparsities))
+            row = [dense.text() if s == 0 else "—" for s in sparsities]
+            seeds = len({r.seed for r in group if r.dense is not None and metric in r.dense})
+            parts.append("| dense | " + " | ".join(row) + f" | {seeds} |")
         for m in methods:
             row = [cells[(m, s)].text() if (m, s) in cells else "—" for s in sparsities]
             seeds = len({r.seed for r in group if r.method == m})
