@@ -265,7 +265,7 @@ def test_inspect_rejects_weights_that_do_not_fit_the_recorded_model(
 
 # -- listings ---------------------------------------------------------------------------------
 def test_methods_lists_every_axis_and_preset() -> None:
-    result = invoke("methods")
+    result = invoke("methods", "--wide")  # one row per component, its axis in the row
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()
     expected = [("criterion", n) for n in CRITERIA.names()]

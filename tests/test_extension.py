@@ -165,7 +165,7 @@ def test_a_recipe_runs_the_new_criterion_allocation_reset_and_training_method() 
 def test_the_new_components_are_listed_by_secateurs_methods() -> None:
     from secateurs.front.cli import app
 
-    result = CliRunner().invoke(app, ["methods"])
+    result = CliRunner().invoke(app, ["methods", "--wide"])  # one row per component, its axis in the row
     assert result.exit_code == 0, result.output
     rows = result.stdout.splitlines()
     for axis, name in [("criterion", "tempered"), ("allocation", "ends_dense"), ("reset", "scale"),

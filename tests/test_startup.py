@@ -68,6 +68,8 @@ COMMANDS = [c.name or c.callback.__name__.replace("_", "-") for c in app.registe
         ["llm", "--help"],
         ["llm", "prune", "--help"],
         ["methods"],
+        ["methods", "--wide"],
+        ["methods", "magnitude"],
     ],
     ids=lambda args: " ".join(args),
 )
@@ -222,7 +224,7 @@ def listed(out: str) -> dict[tuple[str, str], str]:
 
 
 def test_methods_prints_every_component_with_its_options_and_every_preset() -> None:
-    out, state = cli("methods")
+    out, state = cli("methods", "--wide")  # every help text and option in full
     assert state["torch"] is False
     stored = stored_catalogue()
     assert listed(out) == {
@@ -263,12 +265,12 @@ CRITERIA.add("doubled", Doubled)
 
 def test_a_plugin_is_listed_with_its_options(tmp_path: Path) -> None:
     (tmp_path / "startup_plugin.py").write_text(PLUGIN, encoding="utf-8")
-    out, state = cli("methods", "--plugin", "startup_plugin", path=tmp_path)
+    out, state = cli("methods", "--wide", "--plugin", "startup_plugin", path=tmp_path)
     assert state["code"] == 0 and state["registries"] is True
     found = listed(out)
     assert found["criterion", "doubled"] == "2|θ|: a user's criterion. options: factor=2.0"
     del found["criterion", "doubled"]
-    assert found == listed(cli("methods")[0])  # and the built-ins, as without the plug-in
+    assert found == listed(cli("methods", "--wide")[0])  # and the built-ins, as without the plug-in
 
 
 def test_an_installed_entry_point_plugin_is_listed(tmp_path: Path) -> None:
@@ -282,7 +284,7 @@ def test_an_installed_entry_point_plugin_is_listed(tmp_path: Path) -> None:
     (info / "entry_points.txt").write_text(
         "[secateurs.plugins]\ndoubled = startup_plugin\n", encoding="utf-8"
     )
-    out, state = cli("methods", path=tmp_path)
+    out, state = cli("methods", "--wide", path=tmp_path)
     assert state["code"] == 0 and state["torch"] is True  # listing a plug-in may import it
     assert listed(out)["criterion", "doubled"] == "2|θ|: a user's criterion. options: factor=2.0"
 
@@ -298,7 +300,7 @@ def test_a_component_registered_in_process_is_listed() -> None:
 
     ALLOCATIONS.add("startup_halves", halves)
     try:
-        result = CliRunner().invoke(app, ["methods"], env={"COLUMNS": "300"})
+        result = CliRunner().invoke(app, ["methods", "--wide"], env={"COLUMNS": "300"})
     finally:
         ALLOCATIONS.remove("startup_halves")
     assert result.exit_code == 0, result.output

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.cells import cell_len
 from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
@@ -15,9 +17,16 @@ from rich.text import Text
 from secateurs.core.errors import SecateursError
 from secateurs.front.app import App
 from secateurs.front.console import console, err_console, friendly_errors
+from secateurs.front.tables import Column, cut, fit, print_json, print_tables
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.console import RenderableType
+
+    from secateurs.front.catalogue import Catalogue, Component, Preset
     from secateurs.results import ResultsDB
+    from secateurs.results.db import RunRecord
 
 app = App(
     name="secateurs",
@@ -31,6 +40,12 @@ app = App(
 VerboseOpt = Annotated[
     bool, typer.Option("--verbose", "-v", help="also log what each step does (INFO), not only warnings")
 ]
+
+
+WideOpt = Annotated[
+    bool, typer.Option("--wide", help="cut and hide nothing: print every column in full, however wide")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the table's data as JSON on stdout instead")]
 
 
 def _setup_logging(verbose: bool, *, epochs: bool = False) -> None:
@@ -71,18 +86,29 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def records_table(records: list[dict[str, Any]], title: str) -> Table:
-    cols = ["label", "level", "accuracy", "sparsity", "nonzero_params", "params", "nonzero_macs", "macs"]
-    headers = ["label", "level", "acc.", "sparsity", "nnz params", "params", "nnz MACs", "MACs"]
-    table = Table(title=title)
-    for header in headers:
-        table.add_column(header, justify="left" if header == "label" else "right")
-    for row in records:
-        cells = [_fmt(row.get(c, "")) if row.get(c) is not None else "" for c in cols]
-        if row.get("control"):
-            cells[0] += f" · control={row['control']}"
-        table.add_row(*cells)
-    return table
+RECORD_COLUMNS = (
+    ("label", Column("label", label=True)),
+    ("control", Column("control")),
+    ("level", Column("level", right=True)),
+    ("accuracy", Column("acc.", right=True)),
+    ("sparsity", Column("sparsity", right=True)),
+    ("nonzero_params", Column("nnz params", right=True)),
+    ("params", Column("params", right=True, once=True)),
+    ("nonzero_macs", Column("nnz MACs", right=True)),
+    ("macs", Column("MACs", right=True, once=True)),
+)
+"""Which fields of a run's records (`RunResult.records`) its table shows; `--json` gives them all."""
+
+
+def records_table(
+    records: list[dict[str, Any]], title: str, *, width: int | None = None, wide: bool = False
+) -> RenderableType:
+    """One row per evaluation of a run, fitted to `width` cells (the console's by default)."""
+    from rich.console import Group
+
+    rows = [["" if row.get(k) is None else _fmt(row[k]) for k, _ in RECORD_COLUMNS] for row in records]
+    columns = [c for _, c in RECORD_COLUMNS]
+    return Group(*fit(title, columns, rows, width=width or console.width, wide=wide))
 
 
 @app.command()
@@ -135,6 +161,8 @@ def run(
         Path | None,
         typer.Option(help="append every metric as it is made: a .csv file, or a TensorBoard directory"),
     ] = None,
+    wide: WideOpt = False,
+    json_: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a recipe: train, prune, reset, repeat and evaluate as its stages say.
@@ -153,6 +181,7 @@ def run(
         args += [f for f, on in (("--overwrite", overwrite), ("--resume", resume)) if on]
         args += ["--metrics-log", str(metrics_log)] if metrics_log is not None else []
         args += ["--progress" if progress else "--no-progress"] + (["--verbose"] if verbose else [])
+        args += [f for f, on in (("--wide", wide), ("--json", json_)) if on]
         raise typer.Exit(launch_torchrun(nproc, args))
     main = init_from_environment().main
     finished = False
@@ -175,8 +204,14 @@ def run(
                 soft_wrap=True,
             )
             raise typer.Exit(130) from None
-        if main:
-            console.print(records_table(result.records, f"recipe {result.recipe.name}"))
+        if main and json_:
+            print_json(console, result.records)  # stdout holds the JSON alone
+            if out is not None:
+                err_console.print(f"results written to {out}", highlight=False, soft_wrap=True)
+        elif main:
+            print_tables(
+                console, [records_table(result.records, f"recipe {result.recipe.name}", wide=wide)], wide=wide
+            )
             if out is not None:
                 console.print(f"results written to {out}")
         finished = True
@@ -206,46 +241,132 @@ def demo(
         bool, typer.Option(help="run through the results store (OUT/results) and print the report tables")
     ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (the demo's MLP is fastest on 1)")] = 1,
+    wide: WideOpt = False,
+    json_: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a small model on MNIST-1D and prune it with every method, at several sparsities."""
     from secateurs.front.demo import prepare_demo_dir, run_demo, run_demo_report
 
+    if report and (wide or json_):
+        raise SecateursError(
+            "--wide and --json are for the demo's own table; --report writes and prints a markdown report",
+            fix="drop --report, or --wide and --json",
+        )
     prepare_demo_dir(out, overwrite=overwrite)  # before minutes of training, not after
     _setup_logging(verbose)
     _set_threads(threads)
     if report:
         run_demo_report(out, quick=quick, console=console)
     else:
-        run_demo(out, quick=quick, console=console)
+        run_demo(out, quick=quick, console=console, wide=wide, as_json=json_)
+
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
+
+
+def summary(text: str) -> str:
+    """The first sentence of a help text, on one line."""
+    return SENTENCE_END.split(" ".join(text.split()), maxsplit=1)[0]
 
 
 @app.command()
 @friendly_errors
 def methods(
+    name: Annotated[
+        str | None, typer.Argument(help="show only this component or preset, with its options")
+    ] = None,
     plugin: Annotated[
         list[str] | None, typer.Option("--plugin", help="also import this module and list what it registers")
     ] = None,
+    wide: WideOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
-    """List every registered component (criteria, structures, allocations, models, data sets …) with
-    its options, and the preset recipes."""
+    """List every registered component (criteria, structures, allocations, models, data sets …) and
+    the preset recipes, each with what it does; NAME or --wide show their options too."""
+    from dataclasses import asdict
+
     from secateurs.front.catalogue import catalogue
 
     found = catalogue(plugin or [])
+    components, presets = list(found.components), list(found.presets)
+    if name is not None:
+        components = [c for c in components if c.name == name]
+        presets = [p for p in presets if p.name == name]
+        if not components and not presets:
+            raise SecateursError(f"no component or preset named {name!r}", fix=_did_you_mean(name, found))
+    if json_:
+        print_json(
+            console, {"components": [asdict(c) for c in components], "presets": [asdict(p) for p in presets]}
+        )
+    elif name is not None:
+        _describe(components, presets)
+    elif wide:
+        _catalogue_tables(components, presets)
+    else:
+        _summaries(components, presets, console.width)
+
+
+def _did_you_mean(name: str, found: Catalogue) -> str:
+    import difflib
+
+    names = sorted({c.name for c in found.components} | {p.name for p in found.presets})
+    close = difflib.get_close_matches(name, names, n=3)
+    return (f"did you mean {' or '.join(close)}? " if close else "") + "`secateurs methods` lists every name"
+
+
+def _summaries(components: list[Component], presets: list[Preset], width: int) -> None:
+    """Each component and preset on one line: its name and the first sentence of its help, cut to fit."""
+
+    def lines(items: list[Any], text: Callable[[Any], str], names: int) -> list[Text]:
+        room = max(width - 2 - names - 2, 20)
+        return [
+            Text(f"  {x.name}{' ' * (names - cell_len(x.name))}  {cut(summary(text(x)), room)}")
+            for x in items
+        ]
+
+    out = [Text("components (secateurs methods NAME: what one does and its options; --wide: all)")]
+    names = max((cell_len(c.name) for c in components), default=0)
+    for axis in dict.fromkeys(c.axis for c in components):
+        group = [c for c in components if c.axis == axis]
+        out += [Text(axis, style="bold"), *lines(group, lambda c: c.help, names)]
+    out += [Text(""), Text("preset recipes (secateurs run NAME)", style="bold")]
+    out += lines(presets, lambda p: p.description, max((cell_len(p.name) for p in presets), default=0))
+    for line in out:
+        console.print(line, no_wrap=True, crop=False)
+
+
+def _describe(components: list[Component], presets: list[Preset]) -> None:
+    """Everything about the components and presets named: key/value tables that wrap in any width."""
+    for c in components:
+        table = Table.grid(padding=(0, 2))
+        table.title, table.title_justify = f"{c.axis} {c.name}", "left"
+        table.add_row("what it does", Text(c.help))
+        table.add_row("options", Text(c.options or "none"))
+        console.print(table)
+    for p in presets:
+        table = Table.grid(padding=(0, 2))
+        table.title, table.title_justify = f"preset recipe {p.name}", "left"
+        table.add_row("what it does", Text(p.description))
+        table.add_row("run it", Text(f"secateurs run {p.name}"))
+        console.print(table)
+
+
+def _catalogue_tables(components: list[Component], presets: list[Preset]) -> None:
+    """The whole catalogue (help and options in full) at its natural width: `methods --wide`."""
     table = Table(title="components (options below what each does, with their defaults)")
     table.add_column("axis", no_wrap=True)
     table.add_column("name", no_wrap=True)
     table.add_column("what it does · options", overflow="fold")
-    for c in found.components:  # help texts hold [brackets]: Text shows them as they are
+    for c in components:  # help texts hold [brackets]: Text shows them as they are
         what = Text(c.help)
         if c.options:
             what.append(f"\noptions: {c.options}", style="dim")
         table.add_row(c.axis, c.name, what)
-    console.print(table)
-    presets = _table("preset recipes (secateurs run NAME)", "name", "description")
-    for preset in found.presets:
-        presets.add_row(preset.name, preset.description)
-    console.print(presets)
+    listing = _table("preset recipes (secateurs run NAME)", "name", "description")
+    for preset in presets:
+        listing.add_row(preset.name, Text(preset.description))
+    print_tables(console, [table, listing], wide=True)
 
 
 @app.command()
@@ -305,6 +426,8 @@ def sweep(
     ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads for torch when --workers is 1")] = 1,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    wide: WideOpt = False,
+    json_: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run every point of a sweep into the results store; finished runs are skipped, so re-run to resume."""
@@ -335,19 +458,29 @@ def sweep(
             Text("interrupted: finished runs are kept; run the same command to resume", style="yellow")
         )
         raise typer.Exit(130) from None
-    table = Table(
-        title=f"sweep {config.name}: {len(points)} of {total} runs" + (f", shard {shard}" if shard else "")
-    )
-    for header in ("hash", "name", "status", "acc.", "attempts", "error"):
-        table.add_column(header, justify="right" if header in ("acc.", "attempts") else "left")
-    for outcome in summary.outcomes:
-        accuracy = outcome.final.get("accuracy")
-        table.add_row(
-            outcome.hash, outcome.name, outcome.status, "" if accuracy is None else _fmt(accuracy),
-            str(outcome.attempts or ""), outcome.error or "",
-        )  # fmt: skip
-    console.print(table)
-    console.print(f"sweep {config.name}: {summary.line()} (results in {root})", highlight=False)
+    title = f"sweep {config.name}: {len(points)} of {total} runs" + (f", shard {shard}" if shard else "")
+    recipes = {point.hash: point.recipe for point in points}
+    outcomes = [
+        {
+            "hash": o.hash, "name": o.name, "seed": recipes[o.hash].seed,
+            "sparsity": recipes[o.hash].sparsity, "status": o.status,
+            "accuracy": o.final.get("accuracy"), "attempts": o.attempts or None,
+            "resumed_from": o.resumed_from, "final": o.final, "error": o.error,
+        }
+        for o in summary.outcomes
+    ]  # fmt: skip
+    line = f"sweep {config.name}: {summary.line()} (results in {root})"
+    if json_:
+        print_json(console, {"sweep": config.name, "root": str(root), "runs": outcomes})
+        err_console.print(line, highlight=False)
+    else:
+        errors: dict[str, list[str]] = {}
+        for o in outcomes:
+            if o["error"]:
+                errors.setdefault(o["error"], []).append(o["hash"])
+        failures = [Text(f"failed ({' '.join(hashes)}):\n  {error}") for error, hashes in errors.items()]
+        print_tables(console, [*_runs_table(title, outcomes, wide), *failures], wide=wide)
+        console.print(line, highlight=False)
     if summary.failed:
         raise typer.Exit(1)
 
@@ -357,6 +490,48 @@ def _open_results(root: Path) -> ResultsDB:
     from secateurs.results import ResultsDB, db_path
 
     return ResultsDB(db_path(root), create=False)
+
+
+RUN_COLUMNS = (
+    ("hash", Column("hash")),
+    ("name", Column("name", label=True)),
+    ("status", Column("status")),
+    ("seed", Column("seed", right=True)),
+    ("sparsity", Column("sparsity", right=True)),
+    ("accuracy", Column("acc.", right=True)),
+    ("attempts", Column("attempts", right=True)),
+)
+"""The columns of the `runs` and `sweep` tables, by the field of a run's JSON object each shows."""
+
+
+COUNTERS = ("seed", "attempts")
+"""Integer fields shown as they are: a seed of 12345 is no quantity to group as "12,345"."""
+
+
+def _cell(key: str, value: Any) -> str:
+    return "" if value is None else str(value) if key in COUNTERS else _fmt(value)
+
+
+def _runs_table(title: str, runs: list[dict[str, Any]], wide: bool) -> list[RenderableType]:
+    """One row per run (objects with RUN_COLUMNS' fields); long names get keys and a legend."""
+    rows = [[_cell(k, run.get(k)) for k, _ in RUN_COLUMNS] for run in runs]
+    return fit(title, [c for _, c in RUN_COLUMNS], rows, width=console.width, wide=wide)
+
+
+def _run_fields(record: RunRecord, final: dict[str, float | None]) -> dict[str, Any]:
+    """A stored run as JSON: its status fields, seed, target sparsity, final metrics and config."""
+    from secateurs.results.db import RUN_FIELDS
+
+    fields = {key: getattr(record, key) for key in RUN_FIELDS}
+    sparsity = record.sparsity
+    return {
+        **fields,
+        "seed": record.config.get("seed", 0),
+        "sparsity": None if sparsity is None else float(sparsity),
+        "accuracy": final.get("accuracy"),
+        "final": final,
+        "config": record.config,
+    }
 
 
 @app.command()
@@ -372,26 +547,19 @@ def runs(
     show: Annotated[
         str | None, typer.Option(help="show one run (hash or unique prefix): config, metrics")
     ] = None,
+    wide: WideOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
     """List the runs in a results store, or show one run's config and metrics."""
     with _open_results(root) as db:
         if show is not None:
-            _show_run(db, show)
+            _show_run(db, show, wide=wide, json_=json_)
             return
-        records = db.list_runs(status=status, name=name)
-        table = Table(title=f"{len(records)} runs in {root}")
-        for header in ("hash", "name", "status", "sparsity", "acc.", "attempts"):
-            table.add_column(
-                header, justify="right" if header in ("sparsity", "acc.", "attempts") else "left"
-            )
-        for record in records:
-            accuracy = db.final_metrics(record.hash).get("accuracy")
-            table.add_row(
-                record.hash, record.name, record.status,
-                "" if record.sparsity is None else _fmt(float(record.sparsity)),
-                "" if accuracy is None else _fmt(accuracy), str(record.attempts),
-            )  # fmt: skip
-        console.print(table)
+        found = [_run_fields(r, db.final_metrics(r.hash)) for r in db.list_runs(status=status, name=name)]
+    if json_:
+        print_json(console, found)
+    else:
+        print_tables(console, _runs_table(f"{len(found)} runs in {root}", found, wide), wide=wide)
 
 
 def _metric(value: float | None) -> str:
@@ -401,54 +569,70 @@ def _metric(value: float | None) -> str:
     return _fmt(int(value)) if value.is_integer() and abs(value) >= 1 else _fmt(value)
 
 
-def _show_run(db: ResultsDB, prefix: str) -> None:
-    """Status, config (as stored, every default filled in) and metric tables of one run."""
+EventKey = tuple[int, "int | None", "int | None", "str | None"]
+"""(stage, level, step, control) of one event of a run's metrics."""
+
+
+def _events(db: ResultsDB, run: str, kind: str) -> dict[EventKey, dict[str, float | None]]:
+    """The run's events of one kind ("evaluate", "train") in order, each its metrics by name."""
+    events: dict[EventKey, dict[str, float | None]] = {}
+    for row in db.metrics(run):
+        if row.kind == kind:
+            events.setdefault((row.stage, row.level, row.step, row.control), {})[row.name] = row.value
+    return events
+
+
+def _show_run(db: ResultsDB, prefix: str, *, wide: bool = False, json_: bool = False) -> None:
+    """One run as key/value tables: its fields, config (YAML, every default filled in) and metrics.
+
+    Evaluations are columns and their metrics rows (a run has a few evaluations and many metrics);
+    training events are rows, their metrics spread over as many tables as the width needs."""
     import yaml
 
     record = db.find_run(prefix)
-    info = Table(title=f"run {record.hash}", show_header=False)
-    info.add_column("field")
-    info.add_column("value")
-    for key in (
-        "name",
-        "status",
-        "attempts",
-        "created",
-        "started",
-        "finished",
-        "version",
-        "git_revision",
-        "error",
-    ):
-        value = getattr(record, key)
-        info.add_row(key, "" if value is None else str(value))
-    for kind, path in db.artifacts(record.hash).items():
-        info.add_row(f"file: {kind}", str(db.path.parent / path))
+    fields = _run_fields(record, db.final_metrics(record.hash))
+    files = {kind: str(db.path.parent / path) for kind, path in db.artifacts(record.hash).items()}
+    evaluate, train = _events(db, record.hash, "evaluate"), _events(db, record.hash, "train")
+    if json_:
+        events = [
+            {"kind": kind, "stage": s, "level": lv, "step": st, "control": c, "metrics": values}
+            for kind, found in (("evaluate", evaluate), ("train", train))
+            for (s, lv, st, c), values in found.items()
+        ]
+        print_json(console, {**fields, "files": files, "events": events})
+        return
+    info = Table.grid(padding=(0, 2))
+    info.title, info.title_justify = f"run {record.hash}", "left"
+    for key in ("name", "status", "seed", "sparsity", "attempts", "created", "started", "finished",
+                "version", "git_revision", "error"):  # fmt: skip
+        if fields[key] is not None and fields[key] != "":
+            info.add_row(key, Text(_cell(key, fields[key])))
+    for kind, path in files.items():
+        info.add_row(f"file: {kind}", Text(path))
     console.print(info)
     console.print(yaml.safe_dump(record.config, sort_keys=False), highlight=False, markup=False)
-    rows = db.metrics(record.hash)
-    controls = any(row.control is not None for row in rows)
-    for kind in ("evaluate", "train"):
-        events: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for row in rows:
-            if row.kind == kind:
-                events.setdefault((row.stage, row.level, row.step, row.control), {})[row.name] = row.value
-        if not events:
-            continue
-        names = list(dict.fromkeys(n for values in events.values() for n in values if n != "step"))
-        table = Table(title=f"{kind} metrics")
-        for header in ("stage", "level", "step", *(["control"] if controls else []), *names):
-            table.add_column(header, justify="right")
-        for (stage, level, step, control), values in events.items():
-            cells = [_metric(values.get(n)) for n in names]
-            table.add_row(
-                str(stage),
-                "" if level is None else str(level),
-                "" if step is None else str(step),
-                *([control or ""] if controls else []),
-                *cells,
-            )
-        console.print(table)
+    tables: list[RenderableType] = []
+    if evaluate:
+        keys = list(evaluate)
+        names = list(dict.fromkeys(n for values in evaluate.values() for n in values))
+        rows = [
+            [field, *("" if k[i] is None else str(k[i]) for k in keys)]
+            for i, field in ((1, "level"), (2, "step"), (3, "control"))
+            if any(k[i] is not None for k in keys)
+        ]
+        rows += [[n, *(_metric(evaluate[k].get(n)) for k in keys)] for n in names]
+        columns = [Column("metric"), *(Column(f"stage {k[0]}", right=True) for k in keys)]
+        tables += fit("evaluate metrics", columns, rows, width=console.width, wide=wide, keys=1)
+    if train:
+        names = list(dict.fromkeys(n for values in train.values() for n in values if n != "step"))
+        header = [Column(h, right=True) for h in ("stage", "level", "step")] + [Column("control")]
+        rows = [
+            [*("" if v is None else str(v) for v in key), *(_metric(values.get(n)) for n in names)]
+            for key, values in train.items()
+        ]
+        columns = [*header, *(Column(n, right=True) for n in names)]
+        tables += fit("train metrics", columns, rows, width=console.width, wide=wide, keys=4)
+    print_tables(console, tables, wide=wide)
 
 
 @app.command()

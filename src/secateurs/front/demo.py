@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 from torch import nn
 
@@ -22,7 +21,8 @@ from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_write_text, save_figure
 from secateurs.core.masks import masks_of
 from secateurs.data import DataSplits, load_dataset
-from secateurs.front.console import make_console
+from secateurs.front.console import err_console, make_console
+from secateurs.front.tables import Column, fit, print_json, print_tables
 from secateurs.pipeline.metrics import model_metrics
 from secateurs.pipeline.recipe import load_recipe
 from secateurs.pipeline.runner import run_recipe
@@ -177,9 +177,18 @@ def run_demo_report(
     return path
 
 
-def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
-    """Run every demo method at every sparsity; print a table, write JSON and a PNG plot into `out`."""
+def run_demo(
+    out: Path,
+    *,
+    quick: bool = False,
+    console: Console | None = None,
+    wide: bool = False,
+    as_json: bool = False,
+) -> list[dict[str, Any]]:
+    """Run every demo method at every sparsity; print a table (or with `as_json` its rows as JSON, and
+    everything else on stderr), write JSON and a PNG plot into `out`."""
     console = console or make_console()
+    notes = err_console if as_json else console
     data = load_dataset("mnist1d")
     sparsities = QUICK_SPARSITIES if quick else SPARSITIES
     rows: list[dict[str, Any]] = []
@@ -192,7 +201,7 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
     rows.append(demo_row("dense", 0.0, dense.model, data))
 
     total = len(DEMO_METHODS) * len(sparsities)
-    with console.status(Text("pruning")) as status:
+    with notes.status(Text("pruning")) as status:
         for i, (label, preset, overrides) in enumerate(DEMO_METHODS):
             for j, sparsity in enumerate(sparsities):
                 status.update(Text(f"[{i * len(sparsities) + j + 1}/{total}] {label} at sparsity {sparsity}"))
@@ -201,28 +210,47 @@ def run_demo(out: Path, *, quick: bool = False, console: Console | None = None) 
                 result = run_recipe(recipe, data=data)
                 rows.append(demo_row(label, sparsity, result.model, data))
 
-    console.print(demo_table(rows, time.perf_counter() - started))
+    if as_json:
+        print_json(console, rows)
+    else:
+        table = demo_table(rows, time.perf_counter() - started, width=console.width, wide=wide)
+        print_tables(console, [table], wide=wide)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "demo_results.json", json.dumps(rows, indent=2))
     plot_path = plot_accuracy_vs_sparsity(rows, out / "accuracy_vs_sparsity.png")
-    console.print(f"table: {out / 'demo_results.json'}  plot: {plot_path}")
+    notes.print(f"table: {out / 'demo_results.json'}  plot: {plot_path}", soft_wrap=True)
     return rows
 
 
-def demo_table(rows: list[dict[str, Any]], seconds: float) -> Table:
-    table = Table(title=f"MNIST-1D MLP, every method ({seconds:.0f} s)")
-    for col in ("method", "target sparsity", "accuracy", "remaining weights", "nonzero MACs", "MACs"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    for r in rows:
-        table.add_row(
+DEMO_COLUMNS = (
+    Column("method", label=True),
+    Column("sparsity", right=True),
+    Column("accuracy", right=True),
+    Column("remaining", right=True),  # weights the masks keep (a DST model's regrown zeros count)
+    Column("params", right=True, once=True),
+    Column("nnz MACs", right=True),
+    Column("MACs", right=True, once=True),
+)
+
+
+def demo_table(
+    rows: list[dict[str, Any]], seconds: float, *, width: int = 80, wide: bool = False
+) -> RenderableType:
+    """The demo's rows fitted to `width` cells: method names too long for it get keys and a legend."""
+    cells = [
+        [
             r["method"],
             f"{r['target']:.2f}",
             f"{100 * r['accuracy']:.2f} %",
-            f"{r['remaining_params']:,} / {r['params']:,}",
+            f"{r['remaining_params']:,}",
+            f"{r['params']:,}",
             f"{r['nonzero_macs']:,}",
             f"{r['macs']:,}",
-        )
-    return table
+        ]
+        for r in rows
+    ]
+    title = f"MNIST-1D MLP, every method ({seconds:.0f} s)"
+    return Group(*fit(title, DEMO_COLUMNS, cells, width=width, wide=wide))
 
 
 def plot_accuracy_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:

@@ -1,0 +1,233 @@
+"""Tables that read in an 80-column terminal, and the same data as JSON for scripts.
+
+What a table does to fit (issue 19, CLI friction): a column empty in every row is left out; a
+column marked `once` that holds one value in every row moves to the caption; labels too long for
+the room the other columns leave become short keys explained in a legend below the table
+(``#1 = one-shot magnitude, ERK``); a table with more value columns than fit is split into
+several tables that repeat its key columns. A cell is never cut to "…": what still does not fit
+wraps. `wide` keeps every label and prints the table at its natural width (as long as its lines
+need).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+GAP = 2
+"""Blank columns between two table columns (the compact style has no vertical rules)."""
+MIN_LABEL = 8
+"""Labels at most this wide are never replaced by keys: a key would save nothing worth a legend."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a `fit` table.
+
+    `right` right-justifies (numbers); `label` lets long values become keys with a legend; `once`
+    moves a column holding the same value in every row to the caption ("params 1,234 in every row").
+    """
+
+    header: str
+    right: bool = False
+    label: bool = False
+    once: bool = False
+
+
+def text_width(text: str) -> int:
+    """Terminal cells of the widest line of `text`."""
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def _widths(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max([text_width(c.header), *(text_width(row[i]) for row in rows)]) for i, c in enumerate(columns)]
+
+
+def natural_width(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> int:
+    """The width of the compact table of `rows` when no cell wraps."""
+    widths = _widths(columns, rows)
+    return sum(widths) + GAP * (len(widths) - 1) if widths else 0
+
+
+def cut(text: str, width: int) -> str:
+    """The first line of `text` in at most `width` cells: cut at a word, ending in "…" when cut."""
+    line = text.splitlines()[0] if text else ""
+    if cell_len(line) <= width:
+        return line
+    room = max(width - 1, 1)
+    head = line[:room]
+    while cell_len(head) > room:
+        head = head[:-1]
+    words = head.rsplit(" ", 1)[0].rstrip(" ,;:")
+    return (words if len(words) >= room // 2 else head.rstrip()) + "…"
+
+
+def _keep(columns: list[Column], rows: list[list[str]]) -> tuple[list[int], list[str]]:
+    """The columns to show (empty ones left out, `once` ones with one value moved to caption parts)."""
+    caption: list[str] = []
+    kept = []
+    for i, column in enumerate(columns):
+        values = {row[i] for row in rows}
+        if rows and values <= {""}:
+            continue
+        if column.once and len(rows) > 1 and len(values) == 1:
+            caption.append(f"{column.header} {values.pop()}")
+            continue
+        kept.append(i)
+    return kept, caption
+
+
+def _legend(
+    columns: list[Column], rows: list[list[str]], width: int
+) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """Replace labels too long for the room left by `#n` keys; the (key, label) pairs for a legend."""
+    if natural_width(columns, rows) <= width:
+        return rows, []
+    widths = _widths(columns, rows)
+    legend: dict[str, str] = {}
+    rows = [list(row) for row in rows]
+    for i, column in enumerate(columns):
+        if not column.label:
+            continue
+        room = max(width - (natural_width(columns, rows) - widths[i]), MIN_LABEL)
+        for row in rows:
+            label = row[i]
+            if text_width(label) > room:
+                key = legend.setdefault(label, f"#{len(legend) + 1}")
+                row[i] = key
+    return rows, [(key, label) for label, key in legend.items()]
+
+
+def _chunks(columns: list[Column], rows: list[list[str]], keys: int, width: int) -> list[list[int]]:
+    """Column indices of each table: the `keys` leading columns, then as many others as fit."""
+    widths = _widths(columns, rows)
+    key_width = sum(widths[:keys]) + GAP * keys
+    chunks: list[list[int]] = [[]]
+    used = key_width
+    for i in range(keys, len(columns)):
+        need = widths[i] + GAP
+        if chunks[-1] and used + need - GAP > width:
+            chunks.append([])
+            used = key_width
+        chunks[-1].append(i)
+        used += need
+    return [[*range(keys), *chunk] for chunk in chunks]
+
+
+def _table(
+    title: str | None, columns: Sequence[Column], rows: Iterable[Sequence[str]], caption: str | None
+) -> Table:
+    table = Table(
+        title=title,
+        caption=caption,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+        title_justify="left",
+        caption_justify="left",
+    )
+    widths = _widths(list(columns), [list(r) for r in rows])
+    for column, natural in zip(columns, widths, strict=True):
+        # numbers keep their width (they never fold mid-number); text folds rather than "…"
+        table.add_column(
+            column.header,
+            justify="right" if column.right else "left",
+            overflow="fold",
+            min_width=natural if column.right else None,
+        )
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def fit(
+    title: str | None,
+    columns: Sequence[Column],
+    rows: Iterable[Sequence[str]],
+    *,
+    width: int,
+    wide: bool = False,
+    keys: int = 0,
+    caption: str | None = None,
+) -> list[RenderableType]:
+    """`rows` (strings, one per column) as tables that fit `width` cells, and their legend.
+
+    `keys` leading columns name a row: when the other columns cannot fit beside them they are
+    spread over several tables, each repeating the key columns. With `wide` nothing is shortened.
+    """
+    columns, rows = list(columns), [list(row) for row in rows]
+    shown, once = _keep(columns, rows)
+    keys = sum(i < keys for i in shown)
+    kept, cells = [columns[i] for i in shown], [[row[i] for i in shown] for row in rows]
+    said_once = [", ".join(once) + " in every row"] if once else []
+    notes = "; ".join([*said_once, *([caption] if caption else [])])
+    if wide or not kept:
+        return [_table(title, kept, cells, notes or None)]
+    cells, legend = _legend(kept, cells, width)
+    parts = (
+        _chunks(kept, cells, keys, width)
+        if keys and natural_width(kept, cells) > width
+        else [list(range(len(kept)))]
+    )
+    out: list[RenderableType] = []
+    for n, part in enumerate(parts, 1):
+        numbered = f"{title} ({n}/{len(parts)})" if title and len(parts) > 1 else title
+        out.append(
+            _table(
+                numbered,
+                [kept[i] for i in part],
+                [[row[i] for i in part] for row in cells],
+                notes if notes and n == len(parts) else None,
+            )
+        )
+    if legend:
+        keys = max(cell_len(key) for key, _ in legend)
+        out.append(Text("\n".join(f"{key:>{keys}} = {label}" for key, label in legend)))
+    return out
+
+
+def print_tables(console: Console, renderables: Iterable[RenderableType], *, wide: bool = False) -> None:
+    """Print `renderables`; with `wide`, each at its natural width even beyond the terminal's."""
+    for renderable in renderables:
+        if not wide:
+            console.print(renderable)
+            continue
+        natural = Measurement.get(console, console.options.update(max_width=10**6), renderable).maximum
+        if natural <= console.width:
+            console.print(renderable)
+            continue
+        detected = console.__dict__.get("_width")  # None: rich measures the terminal each time
+        console.width = natural
+        try:
+            console.print(renderable, crop=False)
+        finally:
+            console.__dict__["_width"] = detected
+
+
+def plain(value: Any) -> Any:
+    """`value` with what JSON cannot hold made plain: NaN and ±inf as null, tuples and sets as lists."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def print_json(console: Console, data: Any) -> None:
+    """`data` as indented JSON on the console's file, never wrapped, highlighted or cut."""
+    console.out(json.dumps(plain(data), indent=2, ensure_ascii=False), highlight=False)
