@@ -160,10 +160,74 @@ def test_two_masks_for_one_tied_parameter_are_refused() -> None:
         MaskSet({"a.weight": keep, "b.weight": keep}).apply(tied)
 
 
-@pytest.mark.parametrize("kind", list(CASES), ids=lambda k: k.__name__)
-def test_channel_structure_refuses_tied_weights_clearly(kind: type[nn.Module]) -> None:
-    tied, _ = _pair(kind)
-    data = CASES[kind][0]
-    with pytest.raises(ConfigError, match="tied to") as err:
-        prune(tied, 0.5, structure="channel", criterion="taylor", data=data, example_input=data[0])
+class DeepTied(nn.Module):
+    """A Linear, then two Linears sharing one square weight: every channel of the shared tensor,
+    rows and columns alike, is a channel of the first layer's output, so one group removes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(DIM, DIM)
+        self.a = nn.Linear(DIM, DIM)
+        self.b = nn.Linear(DIM, DIM)
+        self.b.weight = self.a.weight
+        self.c = nn.Linear(DIM, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x))
+        return self.c(torch.relu(self.b(torch.relu(self.a(h)))))
+
+
+CHANNEL_CASES = {  # model → an (x, y) batch
+    TiedLM: CASES[TiedLM][0],
+    DeepTied: (torch.randn(8, DIM), torch.randint(0, 4, (8,))),
+}
+
+
+@pytest.mark.parametrize("criterion", ["l1", "taylor"])
+@pytest.mark.parametrize("kind", list(CHANNEL_CASES), ids=lambda k: k.__name__)
+def test_channel_structure_removes_the_same_channels_of_a_tied_tensor_for_every_layer(
+    kind: type[nn.Module], criterion: str
+) -> None:
+    """Masks under the canonical name only, and physical removal computes what masking does,
+    with the smaller model still tied (one tensor, sliced once)."""
+    from secateurs.structured import resize_like, shrink
+
+    torch.manual_seed(0)
+    model = kind()
+    x, y = CHANNEL_CASES[kind]
+    prune(model, 0.5, structure="channel", criterion=criterion, data=(x, y), example_input=x)
+    masks = masks_of(model)
+    assert masks is not None and not any(n in masks for n in ("head.weight", "b.weight"))
+    shared, alias = (model.emb, model.head) if kind is TiedLM else (model.a, model.b)
+    assert alias.weight is shared.weight
+    columns = masks["emb.weight" if kind is TiedLM else "a.weight"].any(0)
+    assert 0 < int(columns.sum()) < DIM  # channels of the shared tensor went
+
+    small = shrink(model, x)
+    small_shared, small_alias = (small.emb, small.head) if kind is TiedLM else (small.a, small.b)
+    assert small_alias.weight is small_shared.weight  # still one tensor
+    assert small_alias.weight.shape[1] == int(columns.sum())
+    assert small_alias.in_features == small_alias.weight.shape[1]  # the alias's sizes follow
+    model.eval(), small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-5, atol=1e-6)
+
+    # saved and loaded into the original architecture, the tensor stays shared
+    torch.manual_seed(1)
+    fresh = resize_like(kind(), small.state_dict())
+    fresh_shared, fresh_alias = (fresh.emb, fresh.head) if kind is TiedLM else (fresh.a, fresh.b)
+    assert fresh_alias.weight is fresh_shared.weight
+    assert torch.equal(fresh_shared.weight, small_shared.weight)
+
+
+def test_tied_linears_whose_first_reads_the_input_say_why_no_channel_can_go() -> None:
+    """In TwoTied the shared weight's columns are the model's input features for `a`: they
+    cannot shrink, and its rows are the channels `b` reads through those same columns."""
+    tied, _ = _pair(TwoTied)
+    x, y = CASES[TwoTied][0]
+    before = {n: p.clone() for n, p in tied.named_parameters()}
+    with pytest.raises(ConfigError, match=r"tied 'a\.weight' are kept") as err:
+        prune(tied, 0.5, structure="channel", criterion="taylor", data=(x, y), example_input=x)
     assert "untie the weights" in (err.value.fix or "")
+    assert masks_of(tied) is None
+    assert all(torch.equal(p, before[n]) for n, p in tied.named_parameters())

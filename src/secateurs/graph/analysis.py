@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -194,14 +195,23 @@ def analyze(
     for site in ctx.sites:
         if site.role == "producer" and any(fnmatchcase(site.module, p) for p in exclude):
             ctx.labels.freeze(site.labels)
-    return _groups(ctx)
+    tied = ctx.freeze_partial_uses()
+    graph = _groups(ctx)
+    graph.kept_shared = tied
+    return graph
 
 
 def _visit(ctx: Context, node: fx.Node, exclude: Sequence[str] = ()) -> Any:
+    ctx.node = node
     if node.op == "placeholder":
         return None  # model inputs: their channels (e.g. RGB) are never removed
-    if node.op == "get_attr":
+    if node.op == "get_attr":  # the ops reading it record its sites, as uses of their own
         return _parameter(ctx, node)
+    if node.op == "call_module":  # it reads all its tensors, whichever channels its rule follows
+        prefix = f"{node.target}."
+        module = ctx.modules[str(node.target)]
+        for name, _ in chain(module.named_parameters(), module.named_buffers()):
+            ctx.use(prefix + name)
     if node.op == "output":
         for value in node.all_input_nodes:
             t = ctx.tracked(value)

@@ -17,7 +17,10 @@ Ops whose result would change if channels disappeared (a softmax or a mean over 
 LayerNorm or GroupNorm computing statistics over them, a reshape into literal sizes) *freeze*
 the channels they see: such groups are never pruned, so removal stays exactly equivalent to
 zeroing the removed channels where they are consumed. Channels reaching the model's output are
-frozen too (they are the classes).
+frozen too (they are the classes). A tensor that several layers share (tied weights), or that one
+layer reads in several calls, is one tensor with one set of sites, under its canonical name: its
+channels are tied across the uses, and a dim that one use does not follow (a tied Linear reading
+the model's input) is frozen, since the one tensor cannot shrink for some uses only.
 
 Memory is a few integers per channel per tensor; no per-weight structure is built.
 """
@@ -34,6 +37,7 @@ import torch
 from torch import fx, nn
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.masks import canonical_names
 
 PRODUCER, PASSIVE = 1, 0
 RULE_HELP = "secateurs.graph.core.register_function_rule or register_module_rule"
@@ -153,6 +157,8 @@ class ChannelGraph:
     entries: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     # modules whose removal is not exact (LayerNorms pruned through with through_norms=True)
     approximate: list[str] = field(default_factory=list)
+    # shared tensors (tied weights) some of whose channels were kept: a use did not follow them
+    kept_shared: list[str] = field(default_factory=list)
 
     def group_of_root(self) -> dict[int, ChannelGroup]:
         return {g.id: g for g in self.groups}
@@ -173,6 +179,10 @@ class Context:
         self._site_keys: dict[tuple[str, str, int], Site] = {}
         self.attributes: dict[tuple[str, str], np.ndarray] = {}  # module size attributes and their units
         self.values: dict[fx.Node, Any] = {}
+        # a tensor under several names (tied weights) is one tensor: its sites go under its canonical name
+        self.canonical = canonical_names(model)
+        self.node: fx.Node | None = None  # the node whose rule runs: the use a site belongs to
+        self.uses: dict[str, dict[fx.Node | None, set[int]]] = {}  # tensor -> use -> dims it tracks
 
     def shape(self, node: Any) -> tuple[int, ...] | None:
         meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
@@ -183,7 +193,13 @@ class Context:
         return found if isinstance(found, Tracked) else None
 
     def site(self, module: str, tensor: str, dim: int, labels: np.ndarray, role: str) -> None:
-        """Record where channels live; a module called twice must see the same channels each time."""
+        """Record where channels live; a module called twice must see the same channels each time,
+        and so must every layer sharing a tensor (it is recorded under its canonical name)."""
+        qualified = f"{module}.{tensor}" if module else tensor
+        name = self.canonical.get(qualified, qualified)
+        if name != qualified:
+            module, _, tensor = name.rpartition(".")
+        self.uses.setdefault(name, {}).setdefault(self.node, set()).add(dim)
         key = (module, tensor, dim)
         known = self._site_keys.get(key)
         if known is not None:
@@ -194,6 +210,32 @@ class Context:
         site = Site(module, tensor, dim, labels.reshape(-1).copy(), role)
         self._site_keys[key] = site
         self.sites.append(site)
+
+    def use(self, tensor: str) -> None:
+        """The running node reads `tensor` (by any of its names), whether or not it tracks its channels."""
+        name = self.canonical.get(tensor, tensor)
+        self.uses.setdefault(name, {}).setdefault(self.node, set())
+
+    def freeze_partial_uses(self) -> list[str]:
+        """Freeze a dim of a tensor that several uses read when one of them does not track it.
+
+        Removing channels slices the one tensor for every use: a dim may shrink only if each use
+        follows its channels along it (a head tied to its embedding reads its columns as input
+        channels; a Linear on the model's input reads them as fixed features). Returns the tensors
+        whose channels were kept for that reason.
+        """
+        kept = []
+        for name, uses in self.uses.items():
+            if len(uses) < 2:
+                continue
+            module, _, tensor = name.rpartition(".")
+            partial = set.union(*uses.values()) - set.intersection(*uses.values())
+            labels = [self._site_keys[(module, tensor, dim)].labels for dim in sorted(partial)]
+            if any(not self.labels.frozen.issuperset(a.tolist()) for a in labels):
+                kept.append(name)  # not kept for another reason already (e.g. the model's output)
+            for a in labels:
+                self.labels.freeze(a)
+        return kept
 
     def attribute_site(self, module: str, attribute: str, labels: np.ndarray) -> None:
         """`module.attribute` counts the positions `labels` (one per unit): pruning sets it to those kept."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.masks import MaskSet
+from secateurs.core.masks import MaskSet, canonical_names
 from secateurs.graph.attention import PrunedMultiheadAttention, adopt_pruned_attention
 from secateurs.graph.core import ChannelGraph, Site
 
@@ -87,7 +87,7 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]
         )
     pruned = copy.deepcopy(model, memo)
     modules = dict(pruned.named_modules())
-    for module in {modules[m] for m, _ in slices}:
+    for module in _holders(pruned, memo.values()):  # a tied tensor's every layer, not only its site's
         _update_sizes(module)
     _adopt_attention(pruned)
     gone = _gone(graph, removed)
@@ -101,6 +101,16 @@ def remove_channels(model: nn.Module, graph: ChannelGraph, groups: Iterable[int]
                 )
             setattr(modules[module_name], attribute, kept)  # the forward reshapes with it
     return pruned
+
+
+def _holders(model: nn.Module, tensors: Iterable[object]) -> list[nn.Module]:
+    """The modules of `model` that hold one of `tensors` as their own parameter or buffer."""
+    wanted = {id(t) for t in tensors}
+    return [
+        m
+        for m in model.modules()
+        if any(id(t) in wanted for t in (*m._parameters.values(), *m._buffers.values()))
+    ]
 
 
 def _update_sizes(module: nn.Module) -> None:
@@ -159,6 +169,7 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
     weights_only=True))` gives back the small model.
     """
     own = dict(model.state_dict())
+    canonical = canonical_names(model)  # a tied tensor is replaced once, for all its names
     extra = sorted(set(state_dict) - set(own))
     if extra:
         raise ConfigError(
@@ -167,15 +178,21 @@ def resize_like(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
         )
     modules = dict(model.named_modules())
     touched = set()
+    replaced: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if tuple(own[key].shape) == tuple(value.shape):
             continue
         module_name, _, tensor_name = key.rpartition(".")
         module = modules[module_name]
         old = getattr(module, tensor_name)
-        new = torch.empty(value.shape, dtype=old.dtype, device=old.device)
-        if isinstance(old, nn.Parameter):
-            setattr(module, tensor_name, nn.Parameter(new, requires_grad=old.requires_grad))
+        new = replaced.get(canonical.get(key, key))
+        if new is None:
+            new = torch.empty(value.shape, dtype=old.dtype, device=old.device)
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            replaced[canonical.get(key, key)] = new
+        if isinstance(new, nn.Parameter):
+            setattr(module, tensor_name, new)
         else:
             module.register_buffer(tensor_name, new)
         touched.add(module)
@@ -202,7 +219,7 @@ def channel_masks(
     the same from one pruning step to the next.
     """
     removed = _removed_roots(graph, groups)
-    params = dict(model.named_parameters())
+    params = dict(model.named_parameters())  # sites name tied tensors canonically, as these do
     masks: dict[str, Tensor] = {}
     gone = _gone(graph, removed)
     for site in graph.sites:

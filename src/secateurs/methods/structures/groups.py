@@ -52,14 +52,20 @@ def vetoed_modules(model: nn.Module, names: list[str], selection: LayerSelection
     weight has no entries (nn.Linear(0, 4)) is never selected, and is not left out for that.
     """
     kinds = set(DEFAULT_TYPES) | set(selection.types) | set(selection.exclude_types)
-    chosen = {n.rpartition(".")[0] for n in names}
+    chosen = set(names)
+    canonical = canonical_names(model)  # a layer whose tied weight was chosen under another name is in
+
+    def picked(name: str, module: nn.Module) -> bool:
+        own = (f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False))
+        return any(canonical.get(n, n) in chosen for n in own)
+
     return {
         name
         for name, module in model.named_modules()
         if type(module).__name__ in kinds
         and getattr(module, "weight", None) is not None
         and not (isinstance(module.weight, Tensor) and module.weight.numel() == 0)
-        and name not in chosen
+        and not picked(name, module)
     }
 
 
@@ -177,8 +183,8 @@ class _Entries:
 
 
 def _refuse_tied(model: nn.Module, graph: ChannelGraph, structure: str) -> None:
-    """Refuse a parameter that several layers share: removing one layer's channel would remove
-    them from the other layer too, which the channel graph does not model."""
+    """Refuse a site under a tied parameter's other name: a graph built without the engine's
+    tracing (`secateurs.graph.hf`) does not couple the layers sharing it (`analyze` does)."""
     canonical = canonical_names(model)
     for site in graph.sites:
         if canonical.get(site.name, site.name) != site.name:
@@ -215,9 +221,20 @@ class GraphLayout(Layout):
             if not any(m in vetoed for m in producers):
                 by_unit[producers[0] if producers else ""].append(g)  # its unit: see layer_of
         if not by_unit:
+            shared = graph.kept_shared
+            why = (
+                f" (the channels of the tied {', '.join(map(repr, shared))} are kept: a layer sharing "
+                "it reads them as fixed features, e.g. the model's input, and one tensor cannot shrink "
+                "for one layer only)"
+                if shared
+                else ""
+            )
             raise ConfigError(
-                f"the model has no prunable groups for structure {structure!r}",
-                fix="check the layer selection and the structure's exclude patterns",
+                f"the model has no prunable groups for structure {structure!r}{why}",
+                fix="untie the weights (give each layer its own copy) or use an element structure "
+                "(unstructured, nm, block)"
+                if shared
+                else "check the layer selection and the structure's exclude patterns",
             )
         self.groups = dict(by_unit)
         modules = dict(model.named_modules())
