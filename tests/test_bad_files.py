@@ -152,3 +152,79 @@ def test_a_run_on_a_full_disk_is_one_error_line_and_leaves_no_checkpoint(tmp_pat
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # after the log
     assert re.search(r"out/\w+\.pt: could not write the checkpoint", line) and "Fix: free disk space" in line
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.tmp"))
+
+
+# -- size limits (issue 19, failure 11) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "what"), [("run", "recipe"), ("sweep", "sweep")])
+def test_a_2_mib_file_is_refused_before_it_is_parsed(tmp_path: Path, command: str, what: str) -> None:
+    (tmp_path / "big.yaml").write_text("description: " + "x" * (2 * 1024 * 1024) + "\n")
+    result = secateurs(command, "big.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"big.yaml: the {what} file is 2.0 MiB (2,097,166 bytes), over the limit of 1.0 MiB (1,048,576 bytes)"
+        in error_line(result.stderr)
+    )
+
+
+def test_the_size_limit_is_checked_before_reading_the_whole_file(tmp_path: Path) -> None:
+    import time
+
+    from secateurs.core.errors import ConfigError
+    from secateurs.core.fileio import MAX_CONFIG_BYTES, read_config_text
+
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as file:  # 4 GiB, sparse: reading it all would take seconds and the memory
+        file.truncate(4 * 2**30)
+    started = time.perf_counter()
+    with pytest.raises(
+        ConfigError, match=r"huge.yaml: the recipe file is 4096.0 MiB \(4,294,967,296 bytes\)"
+    ):
+        read_config_text(path, "recipe")
+    assert time.perf_counter() - started < 1.0
+    path.write_text("a: " + "x" * (MAX_CONFIG_BYTES - 4) + "\n")  # exactly at the limit: read
+    assert len(read_config_text(path, "recipe")) == MAX_CONFIG_BYTES
+
+
+def test_a_long_override_value_is_refused(tmp_path: Path) -> None:
+    result = secateurs("run", "oneshot-magnitude", "--set", "description=" + "x" * 70_000, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert "override 'description': the YAML is 70,000 characters long; the limit is 65,536" in line
+    assert len(line) < 300
+
+
+def test_a_long_description_is_refused(tmp_path: Path) -> None:
+    result = secateurs("run", "oneshot-magnitude", "--set", "description=" + "x" * 20_000, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert "description:" in line and re.search(r"at most 10,?000 characters", line), line
+
+
+def test_the_error_for_100_nested_stages_is_one_short_line(tmp_path: Path) -> None:
+    import yaml
+    from tiny import tiny_recipe
+
+    stages: list[dict[str, Any]] = [{"prune": {}}]
+    for _ in range(100):  # a typo at every level: one problem per level, each with a 100-part path
+        stages = [{"repeat": {"schedule": {"name": "iterative"}, "stages": stages, "bogus": 1}}]
+    (tmp_path / "deep.yaml").write_text(yaml.safe_dump(tiny_recipe(*stages)))
+    result = secateurs("run", "deep.yaml", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = error_line(result.stderr)
+    assert len(line) <= len("error: ") + 2000 + 40
+    assert line.startswith("error: deep.yaml: invalid recipe: stages.0.repeat.")
+    assert re.search(r" … \([\d,]+ characters omitted\) … ", line)
+
+
+def test_error_line_keeps_the_start_and_the_end_of_a_long_message() -> None:
+    from secateurs.front.console import MAX_ERROR_CHARS, error_line
+
+    message = "where: " + "x" * 10_000 + " Fix: do this"
+    shown = error_line(message).plain
+    assert len(shown) <= len("error: ") + MAX_ERROR_CHARS + 40
+    assert shown.startswith("error: where: xxx") and shown.endswith("xxx Fix: do this")
+    omitted = int(re.search(r"\(([\d,]+) characters omitted\)", shown).group(1).replace(",", ""))
+    assert omitted == len(message) - MAX_ERROR_CHARS
+    assert error_line("short").plain == "error: short"

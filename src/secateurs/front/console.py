@@ -29,9 +29,19 @@ console = make_console()
 err_console = make_console(stderr=True)
 
 
-def error_line(message: object) -> Text:
-    """``error: MESSAGE``, the prefix in bold red and the message verbatim."""
-    return Text.assemble(("error:", "bold red"), " ", str(message))
+MAX_ERROR_CHARS = 2000
+"""The longest message an error line prints: problems in 100 nested stages made one of 170 KB."""
+
+
+def error_line(message: object, limit: int = MAX_ERROR_CHARS) -> Text:
+    """``error: MESSAGE``, the prefix in bold red and the message verbatim, with the middle of a
+    message over `limit` characters left out (its start says what and where, its end the fix)."""
+    text = str(message)
+    if len(text) > limit:
+        head = (limit * 2) // 3
+        tail = limit - head
+        text = f"{text[:head]} … ({len(text) - head - tail:,} characters omitted) … {text[-tail:]}"
+    return Text.assemble(("error:", "bold red"), " ", text)
 
 
 def friendly_errors(fn: F) -> F:

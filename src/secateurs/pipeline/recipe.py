@@ -34,7 +34,7 @@ from pydantic import (
 from secateurs.core.config import StrictModel
 from secateurs.core.device import DEVICE_FORMS, check_device_name
 from secateurs.core.errors import ConfigError
-from secateurs.core.fileio import load_yaml, read_config_text
+from secateurs.core.fileio import MAX_OVERRIDE_CHARS, load_yaml, read_config_text
 from secateurs.core.plugins import import_callable, load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
@@ -315,7 +315,7 @@ class Recipe(StrictModel):
     """A complete, validated pruning experiment."""
 
     name: str = "recipe"
-    description: str = ""
+    description: str = Field("", max_length=10_000)  # copied into every run's outputs
     seed: int = 0
     data: SourceRef = Field(default_factory=lambda: SourceRef(name="mnist1d"))
     model: SourceRef = Field(default_factory=lambda: SourceRef(name="mlp"))
@@ -515,7 +515,7 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"override {assignment!r} is not key=value", fix="write e.g. --set train.epochs=3")
     key, _, text = assignment.partition("=")
     try:
-        value = load_yaml(text, f"override {key.strip()!r}") if text.strip() else None
+        value = load_yaml(text, f"override {key.strip()!r}", MAX_OVERRIDE_CHARS) if text.strip() else None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(
