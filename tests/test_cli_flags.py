@@ -317,3 +317,48 @@ def test_export_to_stdout_defaults_to_csv_and_writes_no_file(store: Path, tmp_pa
     assert result.stdout.splitlines()[0].startswith("hash,")
     assert len(result.stdout.splitlines()) == 3
     assert not (Path.cwd() / "-").exists()
+
+
+# -- schema errors: a fix for each kind of mistake --------------------------------------------
+GENERIC = "see `secateurs methods` and the presets"
+
+
+@pytest.mark.parametrize(
+    ("override", "message", "fix"),
+    [
+        ("trian.epochs=3", "trian: Extra inputs", "did you mean 'train'? the recipe takes name, description"),
+        ("sparsty=0.5", "sparsty: Extra inputs", "did you mean 'sparsity'?"),
+        ("stages.2.prune.critrion=snip", "prune.critrion: Extra", "did you mean 'criterion'? stages.2"),
+        ("stages.0.train.epoch=3", "stages.0.train.epoch: Extra", "did you mean 'epochs'?"),
+        ("stages.0.train.dts={}", "stages.0.train.dts: Extra", "did you mean 'dst'?"),  # a method's name
+        ("train.optimizer.lrr=0.1", "train.optimizer.lrr: Extra", "did you mean 'lr'? train.optimizer takes"),
+        ("stages.2={trian: {}}", "unknown stage 'trian'", "did you mean 'train'?"),
+        ("stages.4.reset={mode: rewind, stp: 3}", "has no option 'stp'", "did you mean 'step'?"),
+        ("seed=abc", "seed: Input should be a valid integer", "give seed a whole number, e.g. --set seed=3"),
+        ("stages.1.evaluate.per_layer=maybe", "got 'maybe'", "give stages.1.evaluate.per_layer true or"),
+        ("train.optimizer=3", "train.optimizer: Input should be", "give train.optimizer a mapping"),
+        ("stages.2.prune.sparsity=1.5", "less than 1, got 1.5", "give stages.2.prune.sparsity a value less"),
+        ("precision=fp33", "got 'fp33'", "use one of 'fp32', 'bf16' or 'fp16', e.g. --set precision=fp32"),
+    ],
+)
+def test_schema_errors_end_with_a_fix_for_their_kind(override: str, message: str, fix: str) -> None:
+    line = assert_user_error(invoke("run", "oneshot-magnitude", "--set", override), message)
+    assert line.split(" Fix: ")[1].startswith(fix), line
+    assert GENERIC not in line
+
+
+def test_a_typo_in_a_recipe_file_and_a_missing_field(tmp_path: Path) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(yaml.safe_dump({**tiny_recipe(), "sparsty": 0.5}), encoding="utf-8")
+    assert_user_error(invoke("run", str(typo)), str(typo), "sparsty", "Fix: did you mean 'sparsity'?")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("name: no-stages\n", encoding="utf-8")
+    line = assert_user_error(invoke("run", str(missing)), "stages: Field required")
+    assert "Fix: add `stages` (the steps in order, e.g. [{train: {}}" in line and GENERIC not in line
+
+
+@pytest.mark.parametrize("assignment", ["=0.5", "0.5", ".sparsity=0.5", "stages..prune=1"])
+def test_set_without_a_key_says_so(assignment: str) -> None:
+    line = assert_user_error(invoke("run", "oneshot-magnitude", "--set", assignment))
+    assert line.startswith(f"error: --set needs KEY=VALUE, got {assignment!r}"), line
+    assert "(top level)" not in line and "Extra inputs" not in line

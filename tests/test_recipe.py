@@ -235,7 +235,7 @@ def test_override_creates_missing_mappings() -> None:
         ("stages.x.prune.sparsity=0.5", r"'stages\.x' needs a list index below 3"),
         ("stages.-1.prune.sparsity=0.5", r"'stages\.-1' needs a list index below 3"),
         ("sparsity=[0.5", r"override 'sparsity=\[0\.5': the value is not valid YAML"),
-        ("sparsity", r"override 'sparsity' is not key=value"),
+        ("sparsity", r"--set needs KEY=VALUE, got .sparsity."),
         ("sparsity.deep=1", r"'sparsity' is a value, not a mapping"),
         ("sparsity=1.5", r"sparsity: Input should be less than 1"),
         ("stages.1.prune.criterion=[a, b]", r"stages\.1\.prune\.criterion: Input should be a valid string"),
