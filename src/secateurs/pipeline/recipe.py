@@ -16,12 +16,15 @@ a `prune` block prunes gradually while it trains. Unknown fields anywhere are er
 from __future__ import annotations
 
 import copy
+import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
+    BaseModel,
     Field,
     SerializerFunctionWrapHandler,
     TypeAdapter,
@@ -50,6 +53,18 @@ from secateurs.train.execution import Execution, Precision
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
 
 
+Path_ = tuple[str | int, ...]
+
+
+class Problem(NamedTuple):
+    """One invalid field: where (the path `--set` takes), what is wrong, and the fix for that kind
+    of mistake ("" when the message already says it)."""
+
+    path: Path_
+    message: str
+    fix: str = ""
+
+
 class FieldProblems(ValueError):
     """Problems found by a validator at paths below the object it validates.
 
@@ -57,9 +72,9 @@ class FieldProblems(ValueError):
     carrying the paths lets `format_validation_error` name the exact field the user wrote.
     """
 
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{_dotted(path) or '(top level)'}: {msg}" for path, msg in problems))
+    def __init__(self, problems: list[Problem] | list[tuple[Path_, str]]) -> None:
+        self.problems = [Problem(*p) for p in problems]
+        super().__init__("; ".join(f"{_dotted(p.path) or '(top level)'}: {p.message}" for p in self.problems))
 
 
 def _dotted(path: tuple[str | int, ...]) -> str:
@@ -74,6 +89,8 @@ def _unwrap_stage_list(value: Any) -> Any:
     for i, stage in enumerate(value["stages"]):
         try:
             stages.append(_unwrap(stage))
+        except FieldProblems as err:
+            raise FieldProblems([p._replace(path=("stages", i, *p.path)) for p in err.problems]) from None
         except ValueError as err:
             raise FieldProblems([(("stages", i), str(err))]) from None
     return {**value, "stages": stages}
@@ -133,14 +150,12 @@ class Flattened(StrictModel):
         return data
 
 
-def _validated(
-    schema: Any, value: Any, path: tuple[str | int, ...]
-) -> tuple[Any, list[tuple[tuple[str | int, ...], str]]]:
+def _validated(schema: Any, value: Any, path: Path_) -> tuple[Any, list[Problem]]:
     """`value` validated by `schema`, or the problems at their paths below `path`."""
     try:
         return TypeAdapter(schema).validate_python(value), []
     except ValidationError as err:
-        return None, [((*path, *e["loc"]), _message(e)) for e in err.errors()]
+        return None, problems_of(err, schema, path)
 
 
 class TrainStage(Flattened):
@@ -218,9 +233,10 @@ class ResetStage(Flattened):
             unknown = [k for k in options if k not in schema.model_fields]
             if unknown:
                 takes = ", ".join(schema.model_fields) or "no options"
-                raise ValueError(
-                    f"reset mode {mode!r} has no option {', '.join(map(repr, unknown))} (it takes {takes})"
-                )
+                named = ", ".join(map(repr, unknown))
+                message = f"reset mode {mode!r} has no option {named} (it takes {takes})"
+                fix = did_you_mean(unknown[0], list(schema.model_fields)) or f"drop {named}"
+                raise FieldProblems([Problem((), message, fix)])
             options, problems = _validated(schema, options, ())
             if problems:
                 raise FieldProblems(problems)
@@ -301,7 +317,8 @@ def _unwrap(stage: Any) -> Any:
         )
     ((kind, body),) = stage.items()
     if kind not in STAGE_KINDS:
-        raise ValueError(f"unknown stage {kind!r}; stages are {', '.join(STAGE_KINDS)}")
+        message = f"unknown stage {kind!r}; stages are {', '.join(STAGE_KINDS)}"
+        raise FieldProblems([Problem((), message, did_you_mean(str(kind), list(STAGE_KINDS)))])
     if body is not None and not isinstance(body, dict):
         raise ValueError(f"the body of a {kind!r} stage must be a mapping of its options, got {body!r}")
     body = dict(body or {})
@@ -340,7 +357,9 @@ class Recipe(StrictModel):
         False, description="train through torch.compile (a mapping: its options)"
     )
     channels_last: bool = Field(False, description="conv weights and image batches in channels-last memory")
-    stages: list[Stage]
+    stages: list[Stage] = Field(
+        description="the steps in order, e.g. [{train: {}}, {prune: {}}, {evaluate: {}}]"
+    )
 
     @field_validator("device", mode="before")
     @classmethod
@@ -444,7 +463,8 @@ class Recipe(StrictModel):
         try:
             self.train_config(overrides)
         except ValidationError as err:
-            raise FieldProblems([((*path, *e["loc"]), _message(e)) for e in err.errors()]) from None
+            also = TRAINING.names() if path[:1] == ("stages",) else ()  # a stage's methods stand beside
+            raise FieldProblems(problems_of(err, TrainConfig, path, also=also)) from None
 
     def train_config(self, overrides: dict[str, Any]) -> TrainConfig:
         """The recipe's default training options merged with a stage's overrides."""
@@ -511,9 +531,12 @@ def read_recipe_text(source: str | Path) -> tuple[str, str]:
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one `dotted.key=value` override (value parsed as YAML) to a raw recipe dict."""
-    if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} is not key=value", fix="write e.g. --set train.epochs=3")
     key, _, text = assignment.partition("=")
+    if not _ or not all(part.strip() for part in key.split(".")):
+        raise ConfigError(
+            f"--set needs KEY=VALUE, got {assignment!r}",
+            fix="name the field by its dotted path, e.g. --set train.epochs=3",
+        )
     try:
         value = load_yaml(text, f"override {key.strip()!r}", MAX_OVERRIDE_CHARS) if text.strip() else None
     except yaml.YAMLError as err:
@@ -556,20 +579,142 @@ def _message(error: Any) -> str:
     return str(error["msg"]).removeprefix("Value error, ")
 
 
-def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
-    """One ConfigError naming every invalid field by its dotted path (the path `--set` takes)."""
-    lines = []
+GENERIC_FIX = "see `secateurs methods` and the presets in secateurs/recipes/ for valid fields"
+# what a field of each type takes, and a value to show in an example
+EXPECTED: dict[str, tuple[str, str]] = {
+    "int": ("a whole number", "3"),
+    "float": ("a number", "0.5"),
+    "bool": ("true or false", "true"),
+    "str": ("a string", "name"),
+    "list": ("a list", "[a, b]"),
+    "tuple": ("a list", "[0.9, 0.999]"),
+    "dict": ("a mapping", "{key: value}"),
+    "model": ("a mapping", "{key: value}"),
+}
+RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short", "too_long")
+
+
+def did_you_mean(key: str, allowed: list[str]) -> str:
+    """The question naming the allowed name closest to a mistyped `key`; "" if none is close."""
+    close = difflib.get_close_matches(key, allowed, n=1)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_key_fix(key: str, allowed: list[str], where: str) -> str:
+    """Did you mean the allowed key closest to `key`, and every allowed key at that level."""
+    mean = did_you_mean(key, allowed)
+    return f"{mean + ' ' if mean else ''}{where} takes {', '.join(allowed) if allowed else 'no keys'}"
+
+
+def _schema_at(schema: Any, loc: Path_) -> Any:
+    """The type that validated the value at `loc` below `schema` (None where it cannot be told)."""
+    for part in loc:
+        schema = _unwrapped(schema)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            field = schema.model_fields.get(str(part))
+            if field is None:
+                return None
+            schema = field.annotation
+        elif get_origin(schema) in (list, tuple) and isinstance(part, int):
+            schema = (get_args(schema) or (None,))[0]
+        elif get_origin(schema) is dict:
+            schema = (get_args(schema) or (None, None))[1]
+        elif get_origin(schema) in (Union, UnionType):  # a stage: its kind is in the path
+            members = [_unwrapped(m) for m in get_args(schema)]
+            schema = next((m for m in members if _kind(m) == part), None)
+        else:
+            return None
+    return _unwrapped(schema)
+
+
+def _unwrapped(schema: Any) -> Any:
+    """`X` of `Annotated[X, ...]` and of `X | None`."""
+    while get_origin(schema) is Annotated:
+        schema = get_args(schema)[0]
+    if get_origin(schema) in (Union, UnionType):
+        members = [m for m in get_args(schema) if m is not type(None)]
+        if len(members) == 1:
+            return _unwrapped(members[0])
+    return schema
+
+
+def _kind(schema: Any) -> Any:
+    """The `kind` a stage model is told by (None for other types)."""
+    if isinstance(schema, type) and issubclass(schema, BaseModel) and "kind" in schema.model_fields:
+        return schema.model_fields["kind"].default
+    return None
+
+
+def _keys(schema: Any) -> list[str] | None:
+    """The keys a user may write in a mapping validated by `schema` (None: not a model)."""
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        return None
+    hidden = {"kind", *getattr(schema, "flattened", ())}
+    return [name for name in schema.model_fields if name not in hidden]
+
+
+def _problem(error: Any, schema: Any, path: Path_, also: Any = ()) -> Problem:
+    """One pydantic error as a Problem whose fix suits its kind: an unknown key gets the closest
+    allowed key and the list of them; a wrong type the type expected, with an example; a missing
+    field what to add; a value out of range the range. `also`: keys allowed besides the schema's."""
+    kind, loc = error["type"], tuple(error["loc"])
+    where = _dotted((*path, *loc))
+    parent = _dotted((*path, *loc[:-1])) or "the recipe"
+    key = str(loc[-1]) if loc else ""
+    if kind == "extra_forbidden":
+        keys = _keys(_schema_at(schema, loc[:-1]))
+        fix = GENERIC_FIX if keys is None else unknown_key_fix(key, [*keys, *also], parent)
+        return Problem((*path, *loc), _message(error), fix)
+    if kind == "missing":
+        field = _schema_at(schema, loc[:-1])
+        fields = field.model_fields if isinstance(field, type) and issubclass(field, BaseModel) else {}
+        info = fields.get(key)
+        what = f" ({info.description})" if info is not None and info.description else ""
+        return Problem((*path, *loc), _message(error), f"add `{key}`{what} to {parent}")
+    got = f", got {_shown(error.get('input'))}"
+    if kind in RANGE_ERRORS:
+        wanted = _message(error).removeprefix("Input should ").removeprefix("be ")
+        return Problem((*path, *loc), _message(error) + got, f"give {where} a value {wanted}")
+    if kind == "literal_error":
+        choices = str((error.get("ctx") or {}).get("expected", ""))
+        first = choices.split(",")[0].split(" or ")[0].strip().strip("'")
+        fix = f"use one of {choices}, e.g. --set {where}={first}"
+        return Problem((*path, *loc), _message(error) + got, fix)
+    base = kind.split("_")[0]
+    if base in EXPECTED and kind.endswith(("_type", "_parsing", "_from_float")):
+        expected, example = EXPECTED[base]
+        fix = f"give {where} {expected}, e.g. --set {where}={example}"
+        return Problem((*path, *loc), _message(error) + got, fix)
+    return Problem((*path, *loc), _message(error), "")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def problems_of(err: ValidationError, schema: Any, path: Path_ = (), also: Any = ()) -> list[Problem]:
+    """Every error of `err` (raised validating `schema` at `path`) as Problems, a validator's own
+    FieldProblems at the paths they name."""
+    problems: list[Problem] = []
     for e in err.errors():
-        loc = e["loc"]
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, FieldProblems):
-            lines.extend(f"{_dotted((*loc, *path)) or '(top level)'}: {msg}" for path, msg in cause.problems)
+            problems += [p._replace(path=(*path, *e["loc"], *p.path)) for p in cause.problems]
         else:
-            lines.append(f"{_dotted(loc) or '(top level)'}: {_message(e)}")
+            problems.append(_problem(e, schema, path, also))
+    return problems
+
+
+def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
+    """One ConfigError naming every invalid field by its dotted path (the path `--set` takes), with
+    the fixes for the kinds of mistake found."""
+    problems = problems_of(err, Recipe)
+    fixes = list(dict.fromkeys(p.fix for p in problems if p.fix)) or [GENERIC_FIX]
     return ConfigError(
-        "invalid recipe: " + "; ".join(lines),
+        "invalid recipe: " + "; ".join(f"{_dotted(p.path) or '(top level)'}: {p.message}" for p in problems),
         where=origin,
-        fix="see `secateurs methods` and the presets in secateurs/recipes/ for valid fields",
+        fix="; ".join(fixes),
     )
 
 
