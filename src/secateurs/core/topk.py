@@ -30,10 +30,11 @@ def topk_mask(scores: Tensor, k: int) -> Tensor:
         keep[torch.argsort(flat, descending=True, stable=True)[:k]] = True
         return keep
     threshold = _kth_largest(flat, k)
-    keep = flat > threshold
-    short = k - int(torch.count_nonzero(keep))
-    if short > 0:
-        keep[torch.nonzero(flat == threshold).reshape(-1)[:short]] = True
+    keep = flat >= threshold
+    extra = int(torch.count_nonzero(keep)) - k
+    if extra > 0:  # entries tie at the k-th largest: the last `extra` of them by index are dropped
+        tied = torch.nonzero(flat == threshold).reshape(-1)
+        keep[tied[tied.numel() - extra :]] = False
     return keep
 
 
