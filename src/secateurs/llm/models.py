@@ -19,6 +19,7 @@ from torch import nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_directory
+from secateurs.llm.modelfiles import check_config, check_tokenizer, check_weights
 from secateurs.methods.sequential import transformer_stack
 
 LLM_EXTRA_FIX = 'pip install -e ".[llm]"'
@@ -159,6 +160,8 @@ def _locate(source: str) -> tuple[Path, str, dict[str, Any]]:
             where="model",
             fix=f"use one of {', '.join(MODELS)}, a Hugging Face model directory, or a GGUF file",
         )
+    if not gguf:
+        check_config(path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, **gguf)
     except (OSError, ValueError, KeyError) as err:
@@ -178,7 +181,12 @@ def model_kind(name_or_dir: str | os.PathLike[str]) -> str:
 def load_tokenizer(name_or_dir: str | os.PathLike[str]) -> Any:
     """The tokenizer of `smollm2`, `minilm` or a saved directory (without loading the model)."""
     path, _, gguf_kw = _locate(str(name_or_dir))
-    return require_transformers().AutoTokenizer.from_pretrained(path, **gguf_kw)
+    if not gguf_kw:
+        check_tokenizer(path)
+    try:
+        return require_transformers().AutoTokenizer.from_pretrained(path, **gguf_kw)
+    except Exception as err:  # transformers raises what its backends raise: name the model instead
+        raise _load_error("the tokenizer", path, gguf_kw, err) from err
 
 
 def load_weights(
@@ -193,7 +201,12 @@ def load_weights(
     path, kind, gguf_kw = _locate(str(name_or_dir))
     auto = transformers.AutoModelForCausalLM if kind == "causal" else transformers.AutoModel
     extra = {"attn_implementation": attention} if attention is not None else {}
-    model = auto.from_pretrained(path, dtype=dtype, **gguf_kw, **extra)
+    if not gguf_kw:
+        check_weights(path)
+    try:
+        model = auto.from_pretrained(path, dtype=dtype, **gguf_kw, **extra)
+    except Exception as err:  # a Rust SafetensorError, a torch unpickling error, an OSError ...
+        raise _load_error("the weights", path, gguf_kw, err) from err
     if gguf_kw:  # the GGUF weights are dequantized to plain `dtype` tensors: drop the quantizer too,
         model.hf_quantizer = None  # or save_pretrained refuses ("quantized with gguf")
         if getattr(model.config, "quantization_config", None) is not None:
@@ -209,6 +222,19 @@ def load_model(
     source = str(name_or_dir)
     model = load_weights(source, dtype, attention)
     return LoadedModel(model, load_tokenizer(source), model_kind(source), source)
+
+
+def _load_error(what: str, path: Path, gguf_kw: dict[str, Any], err: Exception) -> ConfigError:
+    """One line for a load transformers could not finish, naming the file or directory."""
+    lines = str(err).strip().splitlines()
+    detail = f"{type(err).__name__}: {lines[0][:300]}" if lines else type(err).__name__
+    source = path / gguf_kw["gguf_file"] if gguf_kw else path
+    return ConfigError(
+        f"cannot load {what} ({detail})",
+        where=str(source),
+        fix="check that it is a complete Hugging Face model directory (save_pretrained) or a GGUF file "
+        "transformers supports",
+    )
 
 
 def decoder_path(model: nn.Module) -> str:
