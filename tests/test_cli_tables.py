@@ -379,3 +379,16 @@ def test_the_report_puts_the_dense_accuracy_in_its_own_column(root: Path) -> Non
     for name in LONG_NAMES.values():
         row = next(line for line in lines if line.startswith(f"| {name} |")).split(" | ")
         assert row[1] == "—" and row[2] != "—" and row[3] != "—"  # the pruned runs under 50 % and 90 %
+
+
+def test_the_report_printed_in_80_columns_cuts_no_cell(root: Path, tmp_path: Path) -> None:
+    """rich's markdown cut the report's table cells to "gaussi…" and names to "tiny-m…"."""
+    out = invoke("report", "--root", str(root), "--out", str(tmp_path / "r")).stdout
+    assert_fits(out)
+    assert "…" not in out
+    keys = legend(out)
+    header, rows = table_rows(out, "method ")
+    assert header[:4] == ["method", DENSE_COLUMN, "50 %", "90 %"]
+    assert [keys.get(row[0], row[0]) for row in rows] == ["dense", *sorted(LONG_NAMES.values())]
+    shifts = {"clean", "gaussian_noise:0.1", "gaussian_noise:0.3", "shift:2", "shifted_split"}
+    assert shifts <= {cell for line in out.splitlines() for cell in cells(line)}  # every shift, whole

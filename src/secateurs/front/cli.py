@@ -689,14 +689,13 @@ def report(
     delta: Annotated[float, typer.Option(help="prune potential tolerance, in accuracy points")] = 0.5,
 ) -> None:
     """Markdown tables (mean ± std over seeds, prune potential) and PNG plots of finished runs."""
-    from rich.markdown import Markdown
-
+    from secateurs.front.tables import markdown
     from secateurs.results.report import write_report
 
     if not 0 < delta < 100:
         raise SecateursError(f"--delta must be between 0 and 100 points, got {delta}")
     path = write_report(root, out if out is not None else root / "report", name=name, delta=delta / 100)
-    console.print(Markdown(path.read_text(encoding="utf-8")))
+    print_tables(console, markdown(path.read_text(encoding="utf-8"), width=console.width))
     console.print(f"report written to {path}")
 
 

@@ -22,7 +22,7 @@ from secateurs.core.fileio import atomic_write_text, save_figure
 from secateurs.core.masks import masks_of
 from secateurs.data import DataSplits, load_dataset
 from secateurs.front.console import err_console, make_console
-from secateurs.front.tables import Column, fit, print_json, print_tables
+from secateurs.front.tables import Column, fit, markdown, print_json, print_tables
 from secateurs.pipeline.metrics import model_metrics
 from secateurs.pipeline.recipe import load_recipe
 from secateurs.pipeline.runner import run_recipe
@@ -162,8 +162,6 @@ def run_demo_report(
     out: Path, *, quick: bool = False, workers: int = 1, console: Console | None = None
 ) -> Path:
     """The demo through the results store: a sweep into OUT/results, then the report in OUT/report."""
-    from rich.markdown import Markdown
-
     from secateurs.results.report import write_report
     from secateurs.results.sweep import expand_sweep, parse_sweep, run_sweep
 
@@ -172,7 +170,7 @@ def run_demo_report(
     summary = run_sweep(points, out / "results", workers=workers, progress=console.is_terminal)
     console.print(summary.line())
     path = write_report(out / "results", out / "report")
-    console.print(Markdown(path.read_text(encoding="utf-8")))
+    print_tables(console, markdown(path.read_text(encoding="utf-8"), width=console.width))
     console.print(f"report: {path}")
     return path
 

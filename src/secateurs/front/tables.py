@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,6 +214,45 @@ def print_tables(console: Console, renderables: Iterable[RenderableType], *, wid
             console.print(renderable, crop=False)
         finally:
             console.__dict__["_width"] = detected
+
+
+RULE = re.compile(r"^\|(\s*:?-+:?\s*\|)+\s*$")
+"""The line under a markdown table's header."""
+
+
+def _markdown_cells(line: str, count: int | None = None) -> list[str]:
+    cells = [cell.strip() for cell in line.strip().removeprefix("|").removesuffix("|").split("|")]
+    return cells if count is None else (cells + [""] * count)[:count]
+
+
+def markdown(text: str, *, width: int, wide: bool = False) -> list[RenderableType]:
+    """Markdown for the terminal: its tables fitted as `fit` does (the first column names a row),
+    the text between them rendered by rich (which would cut a table's cells to "…")."""
+    from rich.markdown import Markdown
+
+    out: list[RenderableType] = []
+    prose: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if not (lines[i].startswith("|") and i + 1 < len(lines) and RULE.match(lines[i + 1])):
+            prose.append(lines[i])
+            i += 1
+            continue
+        if "".join(prose).strip():
+            out.append(Markdown("\n".join(prose)))
+        prose = []
+        header = _markdown_cells(lines[i])
+        i += 2
+        rows = []
+        while i < len(lines) and lines[i].startswith("|"):
+            rows.append(_markdown_cells(lines[i], len(header)))
+            i += 1
+        columns = [Column(h, label=n == 0, right=n > 0) for n, h in enumerate(header)]
+        out += [*fit(None, columns, rows, width=width, wide=wide, keys=1), Text("")]
+    if "".join(prose).strip():
+        out.append(Markdown("\n".join(prose)))
+    return out
 
 
 def plain(value: Any) -> Any:
