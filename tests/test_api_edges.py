@@ -293,3 +293,8 @@ def test_a_model_that_is_not_a_module_is_a_type_error(call: Any) -> None:
     with pytest.raises(ModelTypeError, match=r"nn\.Module, got a str \('model'\)") as err:
         call("model", 0.5)
     assert isinstance(err.value, TypeError) and isinstance(err.value, SecateursError)
+
+
+def test_masks_of_a_non_module_is_one_clear_error() -> None:
+    with pytest.raises(ModelTypeError, match=r"masks_of needs an nn\.Module, got a str"):
+        masks_of("model")  # type: ignore[arg-type]

@@ -25,6 +25,10 @@ class ConfigError(SecateursError):
     """An invalid recipe, option or value."""
 
 
+class ModelTypeError(ConfigError, TypeError):
+    """A model argument that is not an `nn.Module` (catchable as TypeError too)."""
+
+
 class DataUnavailableError(SecateursError):
     """A data set that is not installed on this machine."""
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from secateurs.core.errors import CheckpointError, ConfigError
+from secateurs.core.errors import CheckpointError, ConfigError, ModelTypeError
 
 _ATTR = "_secateurs_masks"
 
@@ -320,6 +320,11 @@ class MaskHandle:
 
 def masks_of(model: nn.Module) -> MaskSet | None:
     """The masks recorded on `model` by `secateurs.prune` (None for a dense model)."""
+    if not isinstance(model, nn.Module):
+        raise ModelTypeError(
+            f"masks_of needs an nn.Module, got a {type(model).__name__}",
+            fix="pass the model object that was pruned",
+        )
     return model.__dict__.get(_ATTR)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from secateurs.core.errors import ConfigError, SecateursError
+from secateurs.core.errors import ConfigError, ModelTypeError, SecateursError
 
 __all__ = [
     "CheckedBatches",
@@ -37,10 +37,6 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index: a valid label
-
-
-class ModelTypeError(ConfigError, TypeError):
-    """A model argument that is not an `nn.Module` (catchable as TypeError too)."""
 
 
 def check_model(model: Any) -> nn.Module:
