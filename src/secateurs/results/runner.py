@@ -14,8 +14,10 @@ import functools
 import json
 import logging
 import os
+import signal
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,8 @@ DEFAULT_ROOT = Path("secateurs-results")
 RUNS_DIR = "runs"
 LOCK_FILE = ".lock"
 FINISHED, ALREADY_FINISHED, BUSY, FAILED = "finished", "already finished", "busy", "failed"
+INTERRUPTED = "interrupted"
+"""An outcome, not a database status: the row stays `running`, and the next call resumes the run."""
 
 
 @dataclass
@@ -52,7 +56,7 @@ class RunOutcome:
 
     hash: str
     name: str
-    status: str  # finished | already finished | busy (another process runs it) | failed
+    status: str  # finished | already finished | busy (another process runs it) | failed | interrupted
     attempts: int = 0
     resumed_from: int = 0
     final: dict[str, Any] = field(default_factory=dict)
@@ -66,6 +70,7 @@ class RunOutcome:
             ALREADY_FINISHED: "already finished: nothing recomputed",
             BUSY: "skipped: another process is running it",
             FAILED: f"failed: {self.error}",
+            INTERRUPTED: "interrupted: the next run of the same command resumes it after its last stage",
         }[self.status]
         return f"run {self.hash} ({self.name}): {detail}"
 
@@ -175,7 +180,9 @@ def execute(
     """Run `recipe` into the store under `root` unless it is finished or running elsewhere.
 
     A failure is recorded (status failed, one-line error) and re-raised for the caller to
-    decide; a KeyboardInterrupt leaves the run `running`, and a later call resumes it.
+    decide; a KeyboardInterrupt leaves the run `running`, and a later call resumes it. So does
+    an error raised after a Ctrl-C (an import it cut short, a helper process it killed): that
+    is the interrupt's doing, not the run's, and it is raised as a KeyboardInterrupt.
     """
     run = run_hash(recipe)
     name = name or recipe.name
@@ -199,21 +206,55 @@ def _attempt(
 ) -> RunOutcome:
     """One claimed attempt: run (or resume) the pipeline, write the files, mark the row."""
     writer = _MetricWriter(db, run)
-    try:
-        pipeline = Pipeline(recipe, progress=progress, workdir=directory, on_metrics=writer)
-        writer.clear_after(pipeline.resumed_from)
-        if pipeline.resumed_from:
-            log.info("run %s: resuming after stage %d", run, pipeline.resumed_from)
-        result = pipeline.run()
-        files = write_final_files(result, directory)
-        db.mark_finished(run, {kind: f"{RUNS_DIR}/{run}/{file}" for kind, file in files.items()})
-    except Exception as err:
-        _record_failure(db, run, err)
-        raise
+    with interrupts_seen() as interrupted:
+        try:
+            pipeline = Pipeline(recipe, progress=progress, workdir=directory, on_metrics=writer)
+            writer.clear_after(pipeline.resumed_from)
+            if pipeline.resumed_from:
+                log.info("run %s: resuming after stage %d", run, pipeline.resumed_from)
+            result = pipeline.run()
+            files = write_final_files(result, directory)
+            db.mark_finished(run, {kind: f"{RUNS_DIR}/{run}/{file}" for kind, file in files.items()})
+        except Exception as err:
+            if interrupted():  # the row stays `running`: resumable, as after the interrupt itself
+                raise KeyboardInterrupt from err
+            _record_failure(db, run, err)
+            raise
     (directory / STATE_FILE).unlink(missing_ok=True)  # model.pt now holds the result
     return RunOutcome(
         run, name, FINISHED, attempts=attempts, resumed_from=pipeline.resumed_from, final=dict(result.final)
     )
+
+
+@contextmanager
+def interrupts_seen() -> Iterator[Callable[[], bool]]:
+    """Yields a test of whether a SIGINT raised KeyboardInterrupt in this process since the block began.
+
+    An interrupt does not always arrive as a KeyboardInterrupt: caught and replaced (a DataLoader
+    whose workers the same Ctrl-C killed), or leaving a module half imported for the next
+    import to trip over. Knowing that one came tells such an error from a run's own failure.
+    The SIGINT handler in place is wrapped for the block (only in the main thread, where
+    handlers run, and only a Python handler: an ignored SIGINT stays ignored).
+    """
+    seen = False
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield lambda: seen
+        return
+
+    def handler(signum: int, frame: Any) -> Any:
+        nonlocal seen
+        try:
+            return previous(signum, frame)
+        except KeyboardInterrupt:
+            seen = True
+            raise
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _record_failure(db: ResultsDB, run: str, err: Exception) -> None:

@@ -18,13 +18,11 @@ every N-th run of the sorted hashes, and the store's per-run lock keeps any over
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import multiprocessing
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,12 +42,14 @@ from secateurs.results.runner import (
     BUSY,
     FAILED,
     FINISHED,
+    INTERRUPTED,
     RunOutcome,
     db_path,
     error_text,
     execute,
     prepare_root,
 )
+from secateurs.results.workers import run_in_workers
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +272,9 @@ def run_sweep(
     """Run the points into the store at `root`: finished ones are skipped, failures recorded.
 
     With `workers` > 1, runs go to that many spawned processes (one torch thread each);
-    with 1 they run here, one after another.
+    with 1 they run here, one after another. A Ctrl-C is raised as KeyboardInterrupt once the
+    runs in progress have stopped; they stay `running` in the store, and the next call resumes
+    them after their last completed stage.
     """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
@@ -300,22 +302,23 @@ def run_sweep(
 def _run_in_workers(
     points: list[SweepPoint], root: str, workers: int, record: Callable[[RunOutcome], None]
 ) -> None:
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and locks
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
-        futures: dict[Future[RunOutcome], SweepPoint] = {
-            pool.submit(_execute_point, point, root): point for point in points
-        }
-        try:
-            for future in as_completed(futures):
-                point = futures[future]
-                try:
-                    record(future.result())
-                except BrokenProcessPool as err:
-                    message = f"a worker process died ({err or 'killed'})"
-                    record(RunOutcome(point.hash, point.name, FAILED, error=message))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    """The points in worker processes (`results.workers`: they stop with the sweep, however it stops)."""
+
+    def lost(point: SweepPoint, why: str) -> None:
+        record(RunOutcome(point.hash, point.name, FAILED, error=why))
+
+    def interrupted(point: SweepPoint) -> None:
+        record(RunOutcome(point.hash, point.name, INTERRUPTED))
+
+    run_in_workers(
+        points,
+        functools.partial(_execute_point, root=root),
+        workers,
+        done=lambda _, outcome: record(outcome),
+        lost=lost,
+        interrupted=interrupted,
+        initializer=_init_worker,
+    )
 
 
 @contextmanager
