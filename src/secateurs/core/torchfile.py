@@ -29,7 +29,7 @@ _GET_OPS = frozenset(("GET", "BINGET", "LONG_BINGET"))
 _PUT_OPS = frozenset(("PUT", "BINPUT", "LONG_BINPUT"))
 _SILENT_OPS = frozenset(("PROTO", "FRAME", "MEMOIZE", *_PUT_OPS))  # push nothing onto the stack
 
-_UNNAMED = "(a global whose name is computed while loading)"
+_UNNAMED = "a global named only at load time"
 _ZIP_ERRORS = (
     zipfile.BadZipFile,
     EOFError,
