@@ -20,7 +20,16 @@ import secateurs.front.demo as demo
 from secateurs.core.masks import masks_of
 from secateurs.data import load_dataset
 from secateurs.front.llm_cli import llm_app
-from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.recipe import (
+    Recipe,
+    RepeatStage,
+    TrainStage,
+    load_recipe,
+    preset_names,
+    recipe_from_raw,
+    recipe_quick_form,
+    walk,
+)
 from secateurs.pipeline.runner import STATE_FILE, Pipeline
 from secateurs.results.runner import execute
 
@@ -362,3 +371,51 @@ def test_set_without_a_key_says_so(assignment: str) -> None:
     line = assert_user_error(invoke("run", "oneshot-magnitude", "--set", assignment))
     assert line.startswith(f"error: --set needs KEY=VALUE, got {assignment!r}"), line
     assert "(top level)" not in line and "Extra inputs" not in line
+
+
+# -- quick forms of recipes -------------------------------------------------------------------
+def training_epochs(recipe: Recipe) -> float:
+    """Epochs of training the recipe runs in all: every train stage, times the levels of its repeats."""
+
+    def total(stages: list[Any], times: int) -> float:
+        epochs = 0.0
+        for stage in stages:
+            if isinstance(stage, TrainStage):
+                epochs += times * (recipe.train_config(stage.options).epochs or 0)
+            elif isinstance(stage, RepeatStage):
+                epochs += total(stage.stages, times * len(stage.schedule.targets(recipe.sparsity)))
+        return epochs
+
+    return total(recipe.stages, 1)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_has_a_quick_form_with_the_same_stages(preset: str) -> None:
+    full, quick = load_recipe(preset), load_recipe(preset, quick=True)
+    assert [type(s) for s in walk(quick.stages)] == [type(s) for s in walk(full.stages)]
+    assert quick.model_dump(exclude={"train", "stages"}) == full.model_dump(exclude={"train", "stages"})
+    assert training_epochs(quick) <= min(80, training_epochs(full) / 4), training_epochs(quick)
+    assert demo.quick_overrides(preset) == recipe_quick_form(preset)  # the demo's quick runs are these
+
+
+def test_run_quick_runs_the_quick_form_and_set_overrides_it(tmp_path: Path) -> None:
+    out = tmp_path / "quick"
+    result = invoke("run", "prune-at-init", "--quick", "--out", str(out), "--no-progress")
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert saved["train"]["epochs"] == 6 and "quick" not in saved
+    assert [next(iter(s)) for s in saved["stages"]] == ["prune", "evaluate", "train", "evaluate"]
+    assert load_recipe("prune-at-init", ["train.epochs=1"], quick=True).train["epochs"] == 1
+
+
+def test_quick_needs_a_quick_form(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(tiny_recipe()), encoding="utf-8")
+    assert_user_error(invoke("run", str(plain), "--quick"), "has no quick form", "add `quick:")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**tiny_recipe(), "quick": "train.epochs=1"}), encoding="utf-8")
+    assert_user_error(invoke("run", str(bad)), "`quick` must be a list of KEY=VALUE overrides")
+    own = tmp_path / "own.yaml"
+    own.write_text(yaml.safe_dump({**tiny_recipe(iterations=50), "quick": ["train.iterations=2"]}))
+    assert load_recipe(own, quick=True).train["iterations"] == 2
+    assert load_recipe(own).train["iterations"] == 50

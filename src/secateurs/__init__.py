@@ -77,6 +77,7 @@ def run(
     metrics_log: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     resume: bool = False,
+    quick: bool = False,
 ) -> Any:
     """Run a recipe (a YAML path, a preset name, a `Recipe` or a dict) and return its `RunResult`.
 
@@ -85,7 +86,9 @@ def run(
     returns: `secateurs.data.factory`) replace the recipe's. With `out`, the recipe, metrics and
     final checkpoint are written there atomically; the state after each stage is kept there
     meanwhile, so an interrupted run continues with `resume=True` (bit for bit as if never
-    stopped). `overwrite` replaces a previous run in `out` (`secateurs.pipeline.outputs`).
+    stopped). `overwrite` replaces a previous run in `out` (`secateurs.pipeline.outputs`). `quick`
+    applies the recipe's quick form (a few epochs, the same stages: `pipeline.recipe.quick_form`)
+    before `overrides`.
     `metrics_log` (a `.csv` file or a TensorBoard directory) receives every metric as it is made
     (`secateurs.pipeline.metrics_log`).
     """
@@ -94,12 +97,12 @@ def run(
     from secateurs.pipeline.recipe import Recipe, load_recipe, recipe_from_raw, recipe_to_raw
 
     if isinstance(recipe, Recipe):
-        if overrides:
-            recipe = recipe_from_raw(recipe_to_raw(recipe), recipe.name, overrides)
+        if overrides or quick:  # a Recipe has no quick form: that is an error here
+            recipe = recipe_from_raw(recipe_to_raw(recipe), recipe.name, overrides, quick=quick)
     elif isinstance(recipe, dict):
-        recipe = recipe_from_raw(recipe, "<dict>", overrides)
+        recipe = recipe_from_raw(recipe, "<dict>", overrides, quick=quick)
     elif isinstance(recipe, str | Path):
-        recipe = load_recipe(recipe, overrides)
+        recipe = load_recipe(recipe, overrides, quick=quick)
     else:
         raise ConfigError(
             f"cannot run a {type(recipe).__name__}", fix="pass a YAML path, preset name, Recipe or dict"

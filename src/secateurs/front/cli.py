@@ -137,6 +137,10 @@ def run(
         bool,
         typer.Option("--resume", help="continue the interrupted run in --out after its last finished stage"),
     ] = False,
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="the recipe's quick form (its `quick:`): same stages, a few epochs"),
+    ] = False,
     progress: Annotated[
         bool, typer.Option(help="show progress: a bar on a terminal, else a line per training epoch")
     ] = True,
@@ -178,7 +182,7 @@ def run(
     if nproc > 1 and not launched_by_torchrun():
         args = ["run", recipe, *(a for s in set_ or [] for a in ("--set", s)), "--threads", str(threads)]
         args += ["--out", str(out)] if out is not None else []
-        args += [f for f, on in (("--overwrite", overwrite), ("--resume", resume)) if on]
+        args += [f for f, on in (("--overwrite", overwrite), ("--resume", resume), ("--quick", quick)) if on]
         args += ["--metrics-log", str(metrics_log)] if metrics_log is not None else []
         args += ["--progress" if progress else "--no-progress"] + (["--verbose"] if verbose else [])
         args += [f for f, on in (("--wide", wide), ("--json", json_)) if on]
@@ -192,7 +196,7 @@ def run(
         try:
             result = secateurs.run(
                 recipe, overrides=list(set_ or []), out=out, progress=bar, metrics_log=metrics_log,
-                overwrite=overwrite, resume=resume,
+                overwrite=overwrite, resume=resume, quick=quick,
             )  # fmt: skip
         except KeyboardInterrupt:
             from secateurs.pipeline.state import STATE_FILE

@@ -24,7 +24,7 @@ from secateurs.data import DataSplits, load_dataset
 from secateurs.front.console import err_console, make_console
 from secateurs.front.tables import Column, fit, markdown, print_json, print_tables
 from secateurs.pipeline.metrics import model_metrics
-from secateurs.pipeline.recipe import load_recipe
+from secateurs.pipeline.recipe import load_recipe, recipe_quick_form
 from secateurs.pipeline.runner import run_recipe
 
 # (label, preset, overrides): a new method adds one line here.
@@ -79,20 +79,8 @@ QUICK_SPARSITIES = [0.5, 0.9]
 
 
 def quick_overrides(preset: str) -> list[str]:
-    """Shrink every training budget (the recipe's default and the finetune stages)."""
-    if preset == "gradual-magnitude":
-        return [
-            "train.epochs=8",
-            "stages.0.train.prune.schedule.start_epoch=1",
-            "stages.0.train.prune.schedule.end_epoch=6",
-        ]
-    if preset == "iterative-magnitude":
-        return ["train.epochs=6", "stages.2.repeat.stages.2.train.epochs=1"]
-    if preset in ("lottery-ticket", "prune-at-init", "dynamic-sparse", "edge-popup"):
-        return ["train.epochs=6"]  # every (re)training uses the recipe's default budget
-    if preset == "admm":
-        return ["train.epochs=6", "stages.2.train.epochs=2", "stages.3.train.epochs=2"]
-    return ["train.epochs=6", "stages.5.train.epochs=2"]
+    """Shrink every training budget: the preset's quick form (`secateurs run PRESET --quick`)."""
+    return recipe_quick_form(preset)
 
 
 def demo_sweep(

@@ -51,6 +51,7 @@ from secateurs.train.config import TrainConfig
 from secateurs.train.execution import Execution, Precision
 
 STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
+QUICK_KEY = "quick"  # a recipe's quick form: overrides, not a field (`quick_form`)
 
 
 Path_ = tuple[str | int, ...]
@@ -718,23 +719,70 @@ def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
     )
 
 
-def parse_recipe(text: str, origin: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
+def parse_recipe(
+    text: str, origin: str = "<recipe>", overrides: list[str] | None = None, *, quick: bool = False
+) -> Recipe:
     """Parse YAML text, apply overrides, validate; every problem becomes one ConfigError."""
+    return recipe_from_raw(_parse_yaml(text, origin), origin, overrides, quick=quick)
+
+
+def _parse_yaml(text: str, origin: str) -> Any:
     try:
-        raw = load_yaml(text, origin)
+        return load_yaml(text, origin)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"YAML syntax error{at}: {getattr(err, 'problem', err)}", where=origin) from None
-    return recipe_from_raw(raw, origin, overrides)
 
 
-def recipe_from_raw(raw: Any, origin: str = "<recipe>", overrides: list[str] | None = None) -> Recipe:
-    """Validate a recipe given as plain data (the parsed YAML); `raw` itself is not modified."""
+def quick_form(raw: dict[str, Any], origin: str, *, required: bool = False) -> list[str] | None:
+    """The recipe's `quick` list: overrides (as `--set` takes them) that shrink its training budgets so
+    that it runs in well under a minute with the same stages; None if it has none (an error if
+    `required`).
+
+    `quick` is not a field of the recipe (nor of its hash): it says how to make a smaller one.
+    """
+    form = raw.get(QUICK_KEY)
+    if form is None and required:
+        raise ConfigError(
+            "the recipe has no quick form",
+            where=origin,
+            fix=f"add `{QUICK_KEY}: [train.epochs=2, ...]` (overrides that shrink its training) to it, "
+            "or shorten it with --set train.epochs=N",
+        )
+    if form is None:
+        return None
+    if not (isinstance(form, list) and all(isinstance(item, str) for item in form)):
+        raise ConfigError(
+            f"`{QUICK_KEY}` must be a list of KEY=VALUE overrides, got {_shown(form)}",
+            where=origin,
+            fix="write e.g. quick: [train.epochs=2, stages.5.train.epochs=1]",
+        )
+    return list(form)
+
+
+def recipe_quick_form(source: str | Path) -> list[str]:
+    """The quick form of a recipe file or preset (`quick_form`); an error if it has none."""
+    text, origin = read_recipe_text(source)
+    raw = _parse_yaml(text, origin)
+    form = quick_form(raw if isinstance(raw, dict) else {}, origin, required=True)
+    assert form is not None
+    return form
+
+
+def recipe_from_raw(
+    raw: Any, origin: str = "<recipe>", overrides: list[str] | None = None, *, quick: bool = False
+) -> Recipe:
+    """Validate a recipe given as plain data (the parsed YAML); `raw` itself is not modified.
+
+    With `quick`, the recipe's quick form (`quick_form`) applies before `overrides`.
+    """
     if not isinstance(raw, dict):
         raise ConfigError("a recipe must be a YAML mapping with a `stages` list", where=origin)
     raw = copy.deepcopy(raw)
-    for assignment in overrides or []:
+    form = quick_form(raw, origin, required=quick)
+    raw.pop(QUICK_KEY, None)
+    for assignment in [*(form or [] if quick else []), *(overrides or [])]:
         apply_override(raw, assignment)
     load_entry_points()
     plugins = raw.get("plugins") or []
@@ -768,7 +816,8 @@ def _wrap(stage: dict[str, Any]) -> dict[str, Any]:
     return {stage["kind"]: body}
 
 
-def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe from a YAML path or a preset name, with `key=value` overrides."""
+def load_recipe(source: str | Path, overrides: list[str] | None = None, *, quick: bool = False) -> Recipe:
+    """Load a recipe from a YAML path or a preset name, with `key=value` overrides (after its quick
+    form with `quick`)."""
     text, origin = read_recipe_text(source)
-    return parse_recipe(text, origin, overrides)
+    return parse_recipe(text, origin, overrides, quick=quick)
