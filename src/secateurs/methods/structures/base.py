@@ -54,6 +54,24 @@ def removed_to_minus_inf(scores: Tensor, keep: Tensor) -> Tensor:
     )
 
 
+def _removed_to_minus_inf_all(scores: Mapping[str, Tensor], current: MaskSet) -> dict[str, Tensor]:
+    """`removed_to_minus_inf` of every layer's scores, as one call per dtype and device over their
+    concatenation: a call per layer costs more in dispatch than in work on small layers (SynFlow's
+    hundred rounds do this on every layer each round)."""
+    by_kind: dict[tuple[torch.dtype, torch.device], list[str]] = {}
+    for n, s in scores.items():
+        by_kind.setdefault((s.dtype, s.device), []).append(n)
+    out = {}
+    for (_, device), names in by_kind.items():
+        flat = removed_to_minus_inf(
+            torch.cat([scores[n].reshape(-1) for n in names]),
+            torch.cat([current[n].to(device).reshape(-1) for n in names]),
+        )
+        for n, part in zip(names, flat.split([scores[n].numel() for n in names]), strict=True):
+            out[n] = part.view(scores[n].shape)
+    return out
+
+
 @dataclass(frozen=True)
 class Unit:
     """What an allocation distributes: `num_groups` groups of `group_size` entries each."""
@@ -237,15 +255,16 @@ class ElementLayout(Layout):
     def group_scores(
         self, values: Mapping[str, Tensor], current: MaskSet | None, pool: PoolSpec
     ) -> dict[str, Tensor]:
-        out = {}
+        ranked = {}
         for n in self.names:
             s = values[n].detach()
             if self.pools or s.dtype not in _RANKED_AS_IS:
                 s = s.to(torch.float64)  # pooled sums are float64; unpooled scores rank the same as they are
-            if current is not None and n in current:
-                s = removed_to_minus_inf(s, current[n].to(s.device))
-            out[n] = self.structure.group_scores(s, pool.pooling.name)
-        return out
+            ranked[n] = s
+        if current is not None:
+            pruned_before = {n: s for n, s in ranked.items() if n in current}
+            ranked.update(_removed_to_minus_inf_all(pruned_before, current))
+        return {n: self.structure.group_scores(ranked[n], pool.pooling.name) for n in self.names}
 
     def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
         return self.structure.select(scores, k, unit.shape)
