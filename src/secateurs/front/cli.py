@@ -42,10 +42,8 @@ VerboseOpt = Annotated[
 ]
 
 
-WideOpt = Annotated[
-    bool, typer.Option("--wide", help="cut and hide nothing: print every column in full, however wide")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print the table's data as JSON on stdout instead")]
+WideOpt = Annotated[bool, typer.Option("--wide", help="every column and name in full, however wide")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="the table's data as JSON on stdout instead")]
 
 
 def _setup_logging(verbose: bool, *, epochs: bool = False) -> None:
@@ -278,7 +276,8 @@ def summary(text: str) -> str:
 @friendly_errors
 def methods(
     name: Annotated[
-        str | None, typer.Argument(help="show only this component or preset, with its options")
+        str | None,
+        typer.Argument(metavar="NAME", help="show only this component or preset, with its options"),
     ] = None,
     plugin: Annotated[
         list[str] | None, typer.Option("--plugin", help="also import this module and list what it registers")
