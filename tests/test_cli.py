@@ -242,10 +242,12 @@ def test_inspect_rejects_truncated_corrupt_and_foreign_files(recipe_file: Path, 
     data = (out / "model.pt").read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) // 2])
-    assert_user_error(invoke("inspect", str(truncated)), str(truncated), "truncated or corrupt")
+    assert_user_error(
+        invoke("inspect", str(truncated)), str(truncated), "not a readable checkpoint: it is cut short"
+    )
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
-    assert_user_error(invoke("inspect", str(garbage)), "truncated or corrupt")
+    assert_user_error(invoke("inspect", str(garbage)), "not a readable checkpoint: it is not a PyTorch file")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weight": torch.ones(2)}, foreign)
     assert_user_error(invoke("inspect", str(foreign)), "not a secateurs checkpoint")
