@@ -50,8 +50,12 @@ def entry_point_names() -> list[str]:
 def load_plugins(modules: Iterable[str]) -> None:
     """Import each module (its registrations happen on import); a missing one is a ConfigError."""
     for name in modules:
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"a plug-in is a module name, got {name!r}", where="plugins")
+        if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(
+                f"a plug-in is a module name, got {name!r}",
+                where="plugins",
+                fix="name it as you would import it, e.g. mypackage.components",
+            )
         try:
             importlib.import_module(name)
         except ImportError as err:

@@ -5,11 +5,18 @@ such as ``--quick/--no-quick`` and ``--help``, where it says nothing the switch 
 keeps the hard line breaks of a docstring's later paragraphs, which wrap raggedly in 80 columns.
 A switch that is off unless given shows no ``[default: no-x]`` either. `App` gives every command
 it registers the `Command` class that fixes these, so no command has to remember to.
+
+A `Command` also refuses, before it runs, a path argument the operating system could not use (a NUL
+character, a name longer than the file system allows): otherwise the first `exists()` deep inside
+the command would raise an OSError traceback.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from functools import cache
+from pathlib import PurePath
 from typing import Any
 
 import typer
@@ -38,6 +45,42 @@ class Command(TyperCommand):
                 if param.default is False:
                     param.show_default = False  # off unless given: `[default: no-x]` says nothing more
         return params
+
+    def invoke(self, ctx: Any) -> Any:
+        for param in self.get_params(ctx):
+            value = ctx.params.get(param.name)
+            for path in value if isinstance(value, list | tuple) else [value]:
+                problem = path_problem(path) if isinstance(path, PurePath) else None
+                if problem is not None:
+                    raise typer.BadParameter(problem, ctx=ctx, param=param)
+        return super().invoke(ctx)
+
+
+@cache
+def _limits() -> tuple[int, int]:
+    """The longest file name and path, in bytes, that the file system here takes."""
+
+    def limit(name: str, default: int) -> int:
+        try:
+            return int(os.pathconf(".", name))
+        except (AttributeError, OSError, ValueError):
+            return default
+
+    return limit("PC_NAME_MAX", 255), limit("PC_PATH_MAX", 4096)
+
+
+def path_problem(path: PurePath) -> str | None:
+    """Why the operating system could not use `path` at all, or None."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        return "a path cannot hold a NUL character"
+    name_max, path_max = _limits()
+    longest = max(len(part) for part in raw.split(b"/"))
+    if longest > name_max:
+        return f"a name in it is {longest:,} bytes long; the file system takes at most {name_max}"
+    if len(raw) > path_max:
+        return f"it is {len(raw):,} bytes long; the file system takes at most {path_max}"
+    return None
 
 
 class App(typer.Typer):

@@ -519,7 +519,11 @@ def preset_names() -> list[str]:
 def read_recipe_text(source: str | Path) -> tuple[str, str]:
     """(text, origin) of a recipe given as a file path or a preset name."""
     path = Path(source)
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a name the file system refuses (too long): not a file, maybe a preset
+        is_file = False
+    if is_file:
         return read_config_text(path, "recipe"), str(path)
     name = str(source).removesuffix(".yaml")
     if name in preset_names():
