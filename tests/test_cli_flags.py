@@ -66,10 +66,10 @@ def tree(path: Path) -> dict[str, bytes]:
 def every_command() -> list[list[str]]:
     names = [c.name or c.callback.__name__.replace("_", "-") for c in cli.app.registered_commands]  # type: ignore[union-attr]
     llm = [c.name or c.callback.__name__.replace("_", "-") for c in llm_app.registered_commands]  # type: ignore[union-attr]
-    return [[name] for name in names] + [["llm", name] for name in llm]
+    return [[], ["llm"]] + [[name] for name in names] + [["llm", name] for name in llm]  # groups too
 
 
-@pytest.mark.parametrize("command", every_command(), ids=" ".join)
+@pytest.mark.parametrize("command", every_command(), ids=lambda c: " ".join(c) or "secateurs")
 def test_help_shows_no_bool_type_and_every_option_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help", env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output

@@ -3,8 +3,9 @@
 typer's rich help shows a type column for every parameter, including ``<bool>`` beside switches
 such as ``--quick/--no-quick`` and ``--help``, where it says nothing the switch does not; and it
 keeps the hard line breaks of a docstring's later paragraphs, which wrap raggedly in 80 columns.
-A switch that is off unless given shows no ``[default: no-x]`` either. `App` gives every command
-it registers the `Command` class that fixes these, so no command has to remember to.
+A switch that is off unless given shows no ``[default: no-x]`` either. An `App` is a `Group` and
+gives every command it registers the `Command` class, which fix these, so no command has to
+remember to.
 
 A `Command` also refuses, before it runs, a path argument the operating system could not use (a NUL
 character, a name longer than the file system allows): otherwise the first `exists()` deep inside
@@ -20,7 +21,7 @@ from pathlib import PurePath
 from typing import Any
 
 import typer
-from typer.core import TyperCommand, TyperOption
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 
 def unwrap_paragraphs(text: str | None) -> str | None:
@@ -30,21 +31,26 @@ def unwrap_paragraphs(text: str | None) -> str | None:
     return "\n\n".join(re.sub(r"\s*\n\s*", " ", p.strip()) for p in re.split(r"\n\s*\n", text.strip()))
 
 
+def quiet_switches(params: list[Any]) -> list[Any]:
+    """`params` with no type column and no `[default: no-x]` for switches (see the module's doc)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag:
+            if param.metavar is None:
+                param.metavar = ""  # an empty type column: `--x/--no-x` already says it is a switch
+            if param.default is False:
+                param.show_default = False  # off unless given: `[default: no-x]` says nothing more
+    return params
+
+
 class Command(TyperCommand):
-    """A command whose switches show no type in --help and whose help text wraps to the terminal."""
+    """A command whose switches show no type in --help, whose help text wraps to the terminal, and
+    which refuses a path argument the operating system cannot use before it runs."""
 
     def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, help=unwrap_paragraphs(help), **kwargs)
 
     def get_params(self, ctx: Any) -> list[Any]:
-        params = super().get_params(ctx)  # the --help option is made here, after __init__
-        for param in params:
-            if isinstance(param, TyperOption) and param.is_flag:
-                if param.metavar is None:
-                    param.metavar = ""  # an empty type column: `--x/--no-x` already says it is a switch
-                if param.default is False:
-                    param.show_default = False  # off unless given: `[default: no-x]` says nothing more
-        return params
+        return quiet_switches(super().get_params(ctx))  # the --help option is made there
 
     def invoke(self, ctx: Any) -> Any:
         for param in self.get_params(ctx):
@@ -54,6 +60,16 @@ class Command(TyperCommand):
                 if problem is not None:
                     raise typer.BadParameter(problem, ctx=ctx, param=param)
         return super().invoke(ctx)
+
+
+class Group(TyperGroup):
+    """A command group (`secateurs`, `secateurs llm`) whose --help reads like its commands'."""
+
+    def __init__(self, *args: Any, help: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, help=unwrap_paragraphs(help), **kwargs)
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return quiet_switches(super().get_params(ctx))
 
 
 @cache
@@ -84,7 +100,10 @@ def path_problem(path: PurePath) -> str | None:
 
 
 class App(typer.Typer):
-    """A typer app whose commands are `Command`s unless a command asks for another class."""
+    """A typer app that is a `Group` of `Command`s unless told otherwise."""
+
+    def __init__(self, *args: Any, cls: type[TyperGroup] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, cls=cls or Group, **kwargs)
 
     def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
         return super().command(*args, cls=cls or Command, **kwargs)
