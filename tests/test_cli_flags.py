@@ -419,3 +419,11 @@ def test_quick_needs_a_quick_form(tmp_path: Path) -> None:
     own.write_text(yaml.safe_dump({**tiny_recipe(iterations=50), "quick": ["train.iterations=2"]}))
     assert load_recipe(own, quick=True).train["iterations"] == 2
     assert load_recipe(own).train["iterations"] == 50
+
+
+def test_a_typo_in_a_components_options_gets_did_you_mean() -> None:
+    line = assert_user_error(
+        invoke("run", "oneshot-magnitude", "--set", "model={name: mlp, options: {hiden: [3]}}"),
+        "model.options: model 'mlp' has no option 'hiden'",
+    )
+    assert "Fix: did you mean 'hidden'? valid options: " in line and GENERIC not in line

@@ -163,7 +163,9 @@ def check_options(factory: Callable[..., object], options: dict[str, object], *,
     ]
     unknown = [k for k in options if k not in accepted]
     if unknown:
+        close = difflib.get_close_matches(unknown[0], accepted, n=1)
         raise ConfigError(
             f"{where} has no option {', '.join(map(repr, unknown))}",
-            fix=f"valid options: {', '.join(accepted) or '(none)'}",
+            fix=(f"did you mean {close[0]!r}? " if close else "")
+            + f"valid options: {', '.join(accepted) or '(none)'}",
         )

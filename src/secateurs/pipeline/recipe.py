@@ -392,7 +392,7 @@ class Recipe(StrictModel):
                     try:
                         entry = import_callable(value.factory, where=f"{field}.factory")
                     except ConfigError as err:
-                        problems.append(((field, "factory"), f"{err.what} ({err.fix})"))
+                        problems.append(Problem((field, "factory"), err.what, err.fix or ""))
                         continue
                 else:
                     assert value.name is not None
@@ -406,9 +406,9 @@ class Recipe(StrictModel):
                     filled=DATA_FILLED if field == "model" else (),
                 )
             except ValueError as err:
-                problems.append(((field,), str(err)))
+                problems.append(Problem((field,), str(err)))
             except ConfigError as err:
-                problems.append(((field, "options"), f"{err.what} ({err.fix})" if err.fix else err.what))
+                problems.append(Problem((field, "options"), err.what, err.fix or ""))
         if problems:
             raise FieldProblems(problems)
         self._check_train(("train",), {})  # the defaults must be valid on their own
