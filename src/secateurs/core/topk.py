@@ -2,15 +2,43 @@
 
 Every structure, allocation, updater and projection selects through `topk_mask`, so the requested
 count is exact even when scores tie, and the same scores give the same mask bit for bit.
+
+A prune may ask for another rule among the scores tied at the cut (`ties`, `TIES`): `index` (the
+default: ties kept in index order), `reverse` (the higher index kept), `random` (a seeded random
+order) or `original`, the rule of the reference codes, got by calling their own torch ops:
+
+- N:M groups (`balanced_select(..., original="topk")`): each group's pruned entries are
+  `torch.topk(group_scores, n_pruned, dim=1, largest=False)`'s, as in the Wanda and SparseGPT
+  codes. Among ties topk has an order of its own: on CPU, for a group of 4 equal scores pruned to 1
+  it keeps index 1; for [0, 1, 1, 1] pruned to 2 it keeps indices 1 and 3.
+- rows (`original="sort"`): each row's pruned entries are the first of
+  `torch.sort(row_scores, dim=1, stable=True)`, ascending, as in Wanda's per-output rule: among
+  ties the lower index is pruned first.
+- any other top-k (`select_topk`): the first n − k of a stable ascending `torch.sort` are pruned,
+  the nearest exact-count rule of the reference codes (SynFlow's and Wanda's magnitude code prune
+  every score at or below a threshold, which does not give an exact count); among ties this is
+  `reverse`.
+
+Rules other than `index` permute the scores so that the index rule applied to the permuted scores
+is the asked rule, and permute the selection back: exact counts and determinism are kept, and the
+default path is `topk_mask`/`balanced_topk` untouched.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from secateurs.core.errors import ConfigError
 from secateurs.core.threads import map_in_threads, worker_count
+
+TIES = ("index", "reverse", "random", "original")
+"""Rules among scores tied at the cut (module doc); `index` is the default."""
 
 
 def topk_mask(scores: Tensor, k: int) -> Tensor:
@@ -140,3 +168,118 @@ def _partition_rows(values: np.ndarray, kth: list[int]) -> np.ndarray:
         return np.partition(values, kth, axis=1)
     chunks = np.array_split(values, worker_count(values.shape[0]))
     return np.concatenate(map_in_threads(lambda rows: np.partition(rows, kth, axis=1), chunks))
+
+
+def check_ties(ties: object, where: str = "ties") -> str:
+    """`ties` names one of `TIES`."""
+    if not isinstance(ties, str) or ties not in TIES:
+        raise ConfigError(
+            f"{where} must be one of {', '.join(TIES)}, got {ties!r}",
+            fix="index keeps the lower index among tied scores; reverse the higher; random a seeded "
+            "random one; original the reference codes' own rule (torch.topk / torch.sort)",
+        )
+    return ties
+
+
+_RULE: ContextVar[tuple[str, torch.Generator | None]] = ContextVar("secateurs_ties", default=("index", None))
+
+
+@contextmanager
+def tie_rule(ties: str, generator: torch.Generator | None = None) -> Iterator[None]:
+    """Break ties by `ties` inside the block, for code that ranks without being handed the rule (the
+    global allocation: `secateurs.methods.allocations.allocate` sets it from the prune's `ties`)."""
+    token = _RULE.set((check_ties(ties), generator))
+    try:
+        yield
+    finally:
+        _RULE.reset(token)
+
+
+def current_tie_rule() -> tuple[str, torch.Generator | None]:
+    """The tie rule in force and its generator (`tie_rule`; ("index", None) outside one)."""
+    return _RULE.get()
+
+
+def tie_order(scores: Tensor, ties: str, generator: torch.Generator | None = None) -> Tensor | None:
+    """A permutation p of a 1-D tensor's positions such that the index rule on `scores[p]` is the
+    `ties` rule on `scores` (None for index). `generator` seeds the random rule."""
+    n = scores.numel()
+    if ties == "index":
+        return None
+    if ties == "reverse":
+        return torch.arange(n - 1, -1, -1, device=scores.device)
+    if ties == "random":
+        return torch.randperm(n, generator=generator).to(scores.device)
+    if ties == "original":  # stable ascending sort, pruned from its start: descending, ties reversed
+        return torch.sort(scores, stable=True).indices.flip(0)
+    raise ValueError(check_ties(ties))
+
+
+def select_topk(
+    scores: Tensor, k: int, ties: str = "index", generator: torch.Generator | None = None
+) -> Tensor:
+    """`topk_mask` with the tie rule `ties` (module doc); `index` is `topk_mask` itself."""
+    if ties == "index":
+        return topk_mask(scores, k)
+    flat = scores.detach().reshape(-1)
+    order = tie_order(flat, ties, generator)
+    assert order is not None
+    keep = torch.empty(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[order] = topk_mask(flat[order], k)
+    return keep
+
+
+def balanced_select(
+    scores: Tensor,
+    k: int,
+    ties: str = "index",
+    generator: torch.Generator | None = None,
+    original: str = "topk",
+) -> Tensor:
+    """`balanced_topk` with the tie rule `ties`, both within a group and between groups.
+
+    `original` names the reference op of the `original` rule: "topk" (N:M groups) or "sort" (rows).
+    """
+    if ties == "index":
+        return balanced_topk(scores, k)
+    if ties == "original":
+        return _balanced_original(scores, k, original)
+    if ties == "reverse":  # the flattened order reversed: groups reversed, and entries in each
+        return balanced_topk(scores.flip((0, 1)), k).flip((0, 1))
+    check_ties(ties)
+    groups, m = scores.shape
+    rows = torch.randperm(groups, generator=generator).to(scores.device)
+    cols = torch.rand(groups, m, generator=generator).argsort(dim=1).to(scores.device)
+    kept = balanced_topk(scores[rows].gather(1, cols), k)  # entry (i, j) is scores[rows[i], cols[i, j]]
+    out = torch.empty_like(kept)
+    out[rows] = torch.empty_like(kept).scatter_(1, cols, kept)
+    return out
+
+
+def _balanced_original(scores: Tensor, k: int, op: str) -> Tensor:
+    """`balanced_topk`'s counts per group, each group's pruned entries picked by the reference op:
+    `torch.topk(..., largest=False)` or the start of a stable ascending `torch.sort`. Which groups keep
+    one more when k is not a multiple of the group count (no reference has that case) is decided
+    as `balanced_topk` decides it."""
+    groups, m = scores.shape
+    if k <= 0 or k >= groups * m:
+        return balanced_topk(scores, k)
+    q, extra = divmod(k, groups)
+    counts = balanced_topk(scores, k).sum(1) if extra else None
+    keep = torch.ones(groups, m, dtype=torch.bool, device=scores.device)
+    for kept in (q, q + 1) if extra else (q,):
+        rows = None if counts is None else torch.nonzero(counts == kept).reshape(-1)
+        table = scores if rows is None else scores[rows]
+        pruned = m - kept
+        if pruned == 0 or table.shape[0] == 0:
+            continue
+        if op == "topk":
+            index = torch.topk(table, pruned, dim=1, largest=False).indices
+        else:
+            index = torch.sort(table, dim=1, stable=True).indices[:, :pruned]
+        part = torch.ones_like(table, dtype=torch.bool).scatter_(1, index, False)
+        if rows is None:
+            keep = part
+        else:
+            keep[rows] = part
+    return keep

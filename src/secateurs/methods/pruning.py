@@ -5,8 +5,10 @@ structure alike: the structure lays the model out in units of groups (`methods.s
 criterion's element scores are pooled into group scores (or the criterion scores groups itself),
 the allocation decides how many groups each unit keeps, and the layout selects them (top-k,
 ties to the lower index, so the requested count is exact even when scores tie) and expands them
-to element masks. A prune respects the model's existing mask: already-pruned groups score −∞
-and stay pruned.
+to element masks. `rounding` (how a removed count is rounded, `secateurs.core.sparsity`) and
+`ties` (the rule among scores tied at the cut, `secateurs.core.topk`) let a prune match a
+reference implementation; their defaults are the rules above. A prune respects the model's
+existing mask: already-pruned groups score −∞ and stay pruned.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from secateurs.core.distributed import sync_scores
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.core.registry import check_options
-from secateurs.core.topk import has_nan, topk_mask
+from secateurs.core.sparsity import check_rounding
+from secateurs.core.topk import check_ties, has_nan, topk_mask
 from secateurs.methods.allocations import AllocationContext, LayerInfo, allocate, check_sparsity
 from secateurs.methods.criteria import ScoringContext, build_criterion
 from secateurs.methods.criteria.base import Batch, Criterion, module_mode
@@ -92,6 +95,9 @@ def select_masks(
     allow_collapse: bool = False,
     allocation_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
+    rounding: str = "half_up",
+    ties: str = "index",
+    generator: torch.Generator | None = None,
 ) -> tuple[dict[str, Tensor], MaskSet]:
     """Allocate keep counts to the layout's units from their group scores, select, expand to masks.
 
@@ -105,6 +111,9 @@ def select_masks(
         allow_collapse=allow_collapse,
         allocation_options=allocation_options,
         layer_sparsities=layer_sparsities,
+        rounding=rounding,
+        ties=ties,
+        generator=generator,
     )
     return chosen, layout.masks(chosen, current)
 
@@ -119,9 +128,13 @@ def select_groups(
     allocation_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
     context: AllocationContext | None = None,
+    rounding: str = "half_up",
+    ties: str = "index",
+    generator: torch.Generator | None = None,
 ) -> dict[str, Tensor]:
     """Allocate keep counts to the layout's units from their group scores and select: per unit, a
-    bool per group (kept). `context` is for allocations that measure the model (latency)."""
+    bool per group (kept). `context` is for allocations that measure the model (latency);
+    `rounding` rounds the removed counts, `ties` breaks ties at the cut (`generator` seeds "random")."""
     layers = [LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor) for u in layout.units]
     keep = allocate(
         allocation,
@@ -131,13 +144,25 @@ def select_groups(
         layer_sparsities=layer_sparsities,
         defaults=layout.allocation_defaults,
         context=context,
+        rounding=rounding,
+        ties=ties,
+        generator=generator,
         **dict(allocation_options or {}),
     )
     # a unit's part of a global ranking is its own top k: reused where the layout selects the top k
     # (`allocate` hands on only the selections whose counts it left as they were)
     chosen = keep.chosen if layout.selects_top_k() else {}
+    if ties == "index":
+        return {
+            u.name: chosen[u.name]
+            if u.name in chosen
+            else layout.select(u, group_scores[u.name], keep[u.name])
+            for u in layout.units
+        }
     return {
-        u.name: chosen[u.name] if u.name in chosen else layout.select(u, group_scores[u.name], keep[u.name])
+        u.name: chosen[u.name]
+        if u.name in chosen
+        else layout.select(u, group_scores[u.name], keep[u.name], ties=ties, generator=generator)
         for u in layout.units
     }
 
@@ -153,10 +178,14 @@ def masks_from_scores(
     allocation_options: Mapping[str, Any] | None = None,
     layer_sparsities: Mapping[str, float] | None = None,
     pooling: str | None = None,
+    rounding: str = "half_up",
+    ties: str = "index",
+    seed: int = 0,
 ) -> MaskSet:
     """Masks from per-parameter element scores (higher = keep), for a structure inside parameters.
 
-    `layer_sparsities` (name pattern → sparsity) overrides the allocation for matching layers.
+    `layer_sparsities` (name pattern → sparsity) overrides the allocation for matching layers;
+    `rounding`, `ties` (and `seed`, for ties "random") as in `compute_masks`.
     """
     structure = structure or Unstructured()
     _check_nan(scores)
@@ -172,6 +201,9 @@ def masks_from_scores(
         allow_collapse=allow_collapse,
         allocation_options=allocation_options,
         layer_sparsities=layer_sparsities,
+        rounding=check_rounding(rounding),
+        ties=check_ties(ties),
+        generator=torch.Generator().manual_seed(seed),
     )
     return masks
 
@@ -188,9 +220,27 @@ def layer_selection(layers: LayerSelection | Mapping[str, Any] | None) -> LayerS
         raise ConfigError(f"invalid layer selection: {problems}", fix=f"valid fields: {fields}") from None
 
 
-def round_sparsity(sparsity: float, k: int, rounds: int) -> float:
-    """Sparsity after round k of n on the exponential schedule: 1 − (1 − s)^(k/n), exactly s at k = n."""
-    return sparsity if k == rounds else 1.0 - (1.0 - sparsity) ** (k / rounds)
+ROUND_SCHEDULES = ("exponential", "linear")
+"""How `rounds` > 1 reach the target: density d^(k/n) after round k of n, or 1 − s·k/n."""
+
+
+def round_sparsity(sparsity: float, k: int, rounds: int, schedule: str = "exponential") -> float:
+    """Sparsity after round k of n: 1 − (1 − s)^(k/n) on the exponential schedule (the density falls
+    by the same factor each round, SynFlow's), s·k/n on the linear one; exactly s at k = n."""
+    if k == rounds:
+        return sparsity
+    if schedule == "linear":
+        return sparsity * k / rounds
+    return 1.0 - (1.0 - sparsity) ** (k / rounds)
+
+
+def _check_round_schedule(schedule: object) -> str:
+    if not isinstance(schedule, str) or schedule not in ROUND_SCHEDULES:
+        raise ConfigError(
+            f"round_schedule must be one of {', '.join(ROUND_SCHEDULES)}, got {schedule!r}",
+            fix="exponential: density d^(k/n) after round k of n (SynFlow's); linear: 1 − s·k/n",
+        )
+    return schedule
 
 
 def _check_rounds(rounds: object, sparsity: float | None) -> int:
@@ -410,6 +460,9 @@ def plan(
     input_shape: tuple[int, ...] | None = None,
     example_input: Tensor | tuple[Tensor, ...] | None = None,
     rounds: int = 1,
+    round_schedule: str = "exponential",
+    rounding: str = "half_up",
+    ties: str = "index",
     invert: bool = False,
     sanity: str = "none",
 ) -> Plan:
@@ -418,6 +471,12 @@ def plan(
     if sparsity is not None:
         check_sparsity(sparsity)
     rounds = _check_rounds(rounds, sparsity)
+    schedule = _check_round_schedule(round_schedule)
+    rules = {
+        "rounding": check_rounding(rounding),
+        "ties": check_ties(ties),
+        "generator": torch.Generator().manual_seed(seed),  # ties "random": the same seed, the same mask
+    }
     s = _setup(model, **_setup_arguments(locals()))
     existing = masks_of(model)
     current = existing
@@ -425,8 +484,10 @@ def plan(
     mode = s.criterion.scoring_mode
     with module_mode(model, mode) if rounds > 1 and mode else nullcontext():
         for k in range(1, rounds + 1):
-            level = None if sparsity is None else round_sparsity(sparsity, k, rounds)
-            overrides = {p: round_sparsity(v, k, rounds) for p, v in (layer_sparsities or {}).items()}
+            level = None if sparsity is None else round_sparsity(sparsity, k, rounds, schedule)
+            overrides = {
+                p: round_sparsity(v, k, rounds, schedule) for p, v in (layer_sparsities or {}).items()
+            }
             masking = k > 1 and not s.criterion.applies_masks
             with _masked_weights(model, current) if masking else nullcontext():
                 scores = group_scores(s.criterion, s.ctx, s.layout, s.pool, current, invert=invert)
@@ -439,6 +500,7 @@ def plan(
                 allocation_options=allocation_options,
                 layer_sparsities=overrides or None,
                 context=AllocationContext(model, s.layout, s.example_input, current),
+                **rules,
             )
             if k < rounds:
                 current = _merged(current, s.layout.masks(chosen, current))
@@ -476,9 +538,15 @@ def compute_masks(model: nn.Module, sparsity: float | None, **options: Any) -> M
     sample, no batch dimension) or `example_input` (one batch) are for data-free criteria that
     build their own input and for structures that trace the model (channel).
 
-    `rounds` > 1 prunes in n rounds on the exponential schedule: round k reaches sparsity
-    1 − (1 − s)^(k/n) (each layer override likewise), re-scoring the model with the previous
-    round's masks applied (SynFlow's 100 rounds; any criterion may use it).
+    `rounds` > 1 prunes in n rounds, re-scoring the model with the previous round's masks applied
+    (SynFlow's 100 rounds; any criterion may use it). `round_schedule` "exponential" (default):
+    round k reaches sparsity 1 − (1 − s)^(k/n), i.e. density d^(k/n); "linear": sparsity s·k/n,
+    i.e. density 1 − s·k/n (each layer override likewise).
+
+    `rounding` ("half_up" default, "floor", "ceil") rounds every removed count, s·n → an integer,
+    in every round and allocation (`secateurs.core.sparsity`); `ties` ("index" default: the lower
+    index kept; "reverse"; "random", seeded by `seed`; "original": the reference codes' torch.topk /
+    torch.sort order) breaks ties among scores at the cut (`secateurs.core.topk`).
 
     `invert` keeps the lowest scores instead of the highest. `sanity` names a sanity check
     (`secateurs.methods.sanity`): "invert" sets `invert`, "shuffle" permutes each layer's new

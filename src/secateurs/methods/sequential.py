@@ -42,6 +42,8 @@ from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
+from secateurs.core.sparsity import check_rounding
+from secateurs.core.topk import check_ties
 from secateurs.methods.allocations import check_sparsity, unmatched_patterns
 from secateurs.methods.calibration import StatsCollector, collect, inputs_of
 from secateurs.methods.criteria import ScoringContext, build_criterion
@@ -379,15 +381,17 @@ def prune_sequential(
     layer_sparsities: Mapping[str, float] | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
     on_block: Callable[[int, list[Tensor]], None] | None = None,
+    rounding: str = "half_up",
+    ties: str = "index",
 ) -> list[LayerReport]:
     """Prune `model` in place block by block (see the module docstring); one report per parameter.
 
     Options as in `secateurs.methods.pruning.prune` (criterion × structure × allocation, their
-    options, `layers`, `seed`, `allow_collapse`, `layer_sparsities`), plus: `data`, calibration
-    batches ((x, y) pairs, input tensors or tokenizer outputs); `reconstruct`, a reconstruction
-    applied after each layer's mask is chosen (`secateurs.methods.reconstruction`: a name, a
-    mapping `{method: obs, select: adaptive, ...}` or an instance); `blocks`, the path(s) of the
-    blocks; `forward(model, x)`, how to run the model on one calibration input (default
+    options, `layers`, `seed`, `allow_collapse`, `layer_sparsities`, `rounding`, `ties`), plus:
+    `data`, calibration batches ((x, y) pairs, input tensors or tokenizer outputs); `reconstruct`, a
+    reconstruction applied after each layer's mask is chosen (`secateurs.methods.reconstruction`:
+    a name, a mapping `{method: obs, select: adaptive, ...}` or an instance); `blocks`, the path(s)
+    of the blocks; `forward(model, x)`, how to run the model on one calibration input (default
     `calibration_forward`); `on_block(i, inputs)` sees the inputs block i is calibrated on (called
     only when blocks are run). The masks are recorded on the model (`secateurs.masks_of`), like
     `prune()`.
@@ -409,6 +413,9 @@ def prune_sequential(
         "allocation": allocation,
         "allow_collapse": allow_collapse,
         "allocation_options": allocation_options,
+        "rounding": check_rounding(rounding),
+        "ties": check_ties(ties),
+        "generator": torch.Generator().manual_seed(seed),  # ties "random"
     }
     ctx = ScoringContext(
         model=model, names=[], masks=MaskSet({}), generator=torch.Generator().manual_seed(seed)

@@ -58,6 +58,20 @@ class PruneSpec(StrictModel):
         "(default: the criterion's own, e.g. 10 for snip and grasp; loader batches for the others)",
     )
     rounds: int = Field(1, gt=0, description="prune in rounds on the exponential schedule (SynFlow: 100)")
+    round_schedule: Literal["exponential", "linear"] = Field(
+        "exponential",
+        description="density after round r of R: d^(r/R) (exponential, SynFlow's) or 1 - s·r/R (linear)",
+    )
+    rounding: Literal["half_up", "floor", "ceil"] = Field(
+        "half_up",
+        description="rounding of each removed count s·n: half_up, floor (the SynFlow and Wanda codes' "
+        "int(s·n)) or ceil",
+    )
+    ties: Literal["index", "reverse", "random", "original"] = Field(
+        "index",
+        description="which of the scores tied at the cut are kept: the lower index, the higher, a seeded "
+        "random one, or the reference codes' torch.topk/torch.sort order (original)",
+    )
     sanity: str = Field(
         "none", description="a sanity check of the criterion (`secateurs methods`); none: no check"
     )

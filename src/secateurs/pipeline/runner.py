@@ -367,6 +367,8 @@ class Pipeline:
             "allocation_options": spec.allocation_options,
             "structure_options": spec.structure_options,
             "layer_sparsities": layer_sparsities or None,
+            "rounding": spec.rounding,
+            "ties": spec.ties,
         }
         if spec.calibration.mode == "full":
             common["loss_fn"] = self.task.loss  # sequential calibration takes no gradients
@@ -384,6 +386,7 @@ class Pipeline:
             sparsity,
             input_shape=tuple(self.data.info.input_shape),
             rounds=spec.rounds,
+            round_schedule=spec.round_schedule,
             sanity=spec.sanity,
             **common,
         )

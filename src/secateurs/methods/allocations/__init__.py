@@ -3,6 +3,7 @@
 A new allocation is one file here (a function registered in `ALLOCATIONS`) and one import below.
 """
 
+from secateurs.core.sparsity import ROUNDINGS, removed_count, round_half_up, rounding_rule
 from secateurs.methods.allocations import (  # noqa: F401
     erdos_renyi,
     explicit,
@@ -21,12 +22,12 @@ from secateurs.methods.allocations.base import (
     kept_after,
     override_counts,
     round_counts,
-    round_half_up,
     unmatched_patterns,
 )
 
 __all__ = [
     "ALLOCATIONS",
+    "ROUNDINGS",
     "Allocated",
     "AllocationContext",
     "LayerInfo",
@@ -34,7 +35,9 @@ __all__ = [
     "check_sparsity",
     "kept_after",
     "override_counts",
+    "removed_count",
     "round_counts",
     "round_half_up",
+    "rounding_rule",
     "unmatched_patterns",
 ]

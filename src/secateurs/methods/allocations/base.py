@@ -6,14 +6,17 @@ and every structure works with every allocation (no "global" twin of each criter
 a parameter for structures inside one parameter, or the layer producing a channel group.
 
 Rounding (documented because tests pin it): a unit of n groups pruned to sparsity s keeps
-`n - round_half_up(s·n)` groups; global and ER/ERK allocations hit the total count exactly
-(`N - round_half_up(s·N)` elements kept), ER/ERK by largest-remainder rounding of the ideal
-per-layer counts (ties to the earlier layer). A unit never keeps fewer than its `floor` groups
-(1 for channel groups: a layer cannot lose all its channels). A unit of no weights (a dimension
-of size 0) is left out of every allocation: it keeps what it has and is never a collapse.
+`n - removed_count(s·n)` groups, the removed count rounded by the prune's `rounding` rule
+(`secateurs.core.sparsity`: half_up by default, floor, ceil); global and ER/ERK allocations hit
+the total count exactly (`N - removed_count(s·N)` elements kept), ER/ERK by largest-remainder
+rounding of the ideal per-layer counts (ties to the earlier layer). `allocate(rounding=...)` sets
+the rule around the allocation, so an allocation that counts through `kept_after` honours it. A unit
+never keeps fewer than its `floor` groups (1 for channel groups: a layer cannot lose all its
+channels). A unit of no weights (a dimension of size 0) is left out of every allocation: it keeps
+what it has and is never a collapse.
 
 Per-layer overrides (`layer_sparsities`, name pattern → sparsity) work with every allocation:
-a matching layer keeps exactly `n - round_half_up(s_layer·n)` groups, and the named allocation
+a matching layer keeps exactly `n - removed_count(s_layer·n)` groups, and the named allocation
 splits the target sparsity over the other layers only (so `global` reaches `sparsity` on them).
 The lottery ticket's "output layer at half the rate" is such an override, set per level by the
 iterative schedule's `layer_rates`.
@@ -40,12 +43,14 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from secateurs.core.apportion import Infeasible, water_fill
 from secateurs.core.errors import ConfigError
 from secateurs.core.registry import Registry, check_options
-from secateurs.core.sparsity import check_sparsity, round_half_up
+from secateurs.core.sparsity import check_sparsity, current_rounding, removed_count, rounding_rule
+from secateurs.core.topk import current_tie_rule, tie_rule
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,9 @@ def round_counts(
 
 
 def kept_after(n: int, sparsity: float, floor: int = 0) -> int:
-    """Groups a unit of n keeps at `sparsity` (never fewer than `floor`)."""
-    return max(n - round_half_up(sparsity * n), min(floor, n))
+    """Groups a unit of n keeps at `sparsity` (never fewer than `floor`), the removed count rounded
+    by the rule in force (`secateurs.core.sparsity.rounding_rule`)."""
+    return max(n - removed_count(sparsity * n), min(floor, n))
 
 
 def scaled_shares(layers: list[LayerInfo], sparsity: float, raw: list[float]) -> list[float]:
@@ -237,6 +243,9 @@ def allocate(
     defaults: Mapping[str, Any] | None = None,
     round_to: int | None = None,
     context: AllocationContext | None = None,
+    rounding: str = "half_up",
+    ties: str = "index",
+    generator: torch.Generator | None = None,
     **options: object,
 ) -> Allocated:
     """Per-unit keep counts (in groups) from the named allocation, with the collapse guard.
@@ -246,6 +255,10 @@ def allocate(
     e.g. mean-normalised scores for channel groups, `round_to`) fill the options the allocation
     takes and the caller left unset. `round_to` (default: the defaults' value, else 1) makes every
     count a multiple of it (`round_counts`); `context` goes to allocations that measure the model.
+    `rounding` rounds every removed count (module doc); `ties` (and `generator`, for "random") is
+    the rule in force for allocations that rank groups themselves (global: `current_tie_rule`), so
+    their cut breaks ties as the structure's selection does (`secateurs.core.topk.TIES`). Both are
+    set around the allocation (context variables), so no allocation takes them as options.
     """
     fn = ALLOCATIONS.get(name)
     check_options(fn, options, where=f"allocation {name!r}")
@@ -257,6 +270,24 @@ def allocate(
         options["round_to"] = step
     if _takes(fn, "context"):
         options["context"] = context
+    arguments = (name, fn, layers, sparsity, step, allow_collapse, layer_sparsities, options)
+    if rounding == current_rounding() and (ties, generator) == current_tie_rule():  # already in force
+        return _allocate(*arguments)
+    with rounding_rule(rounding), tie_rule(ties, generator):
+        return _allocate(*arguments)
+
+
+def _allocate(
+    name: str,
+    fn: Allocation,
+    layers: list[LayerInfo],
+    sparsity: float | None,
+    step: int,
+    allow_collapse: bool,
+    layer_sparsities: Mapping[str, float] | None,
+    options: dict[str, Any],
+) -> Allocated:
+    """`allocate` once its options are resolved, under the rounding rule of the prune."""
     fixed = override_counts(layers, layer_sparsities or {})
     # a unit of no weights (nn.Linear(0, 4)) has nothing to allocate: it keeps what it has, takes
     # no share of the budget (ERK's fan terms would divide by zero) and cannot collapse

@@ -10,7 +10,7 @@ from pydantic import Field
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.topk import topk_mask
+from secateurs.core.topk import current_tie_rule, tie_order, topk_mask
 from secateurs.methods.allocations.base import ALLOCATIONS, Allocated, LayerInfo, kept_after
 
 NORMALIZE = ("none", "mean")
@@ -58,9 +58,10 @@ def global_(
 ) -> dict[str, int]:
     """Keep the highest-scoring groups of the whole model until the element budget is spent.
 
-    Ties are broken deterministically: earlier layer first, then lower index. A unit loses at most
-    `max_per_layer` of its groups and keeps at least its floor: the groups that must stay are kept
-    first (its best ones), the rest of the budget goes down the global ranking.
+    Ties are broken deterministically: earlier layer first, then lower index (or by the prune's
+    `ties` rule in force, `current_tie_rule`, over the layers' scores laid end to end). A unit
+    loses at most `max_per_layer` of its groups and keeps at least its floor: the groups that must
+    stay are kept first (its best ones), the rest of the budget goes down the global ranking.
     """
     _check(normalize, max_per_layer)
     total = sum(layer.numel for layer in layers)
@@ -77,11 +78,18 @@ def global_(
         )
         for layer in layers
     ]
+    # another tie rule: the scores are ranked in the permuted order by the index rule below
+    # (ties to the earlier position), and what is kept is mapped back
+    permutation = tie_order(scores, *current_tie_rule())
+    if permutation is not None:
+        scores = scores[permutation]
     if not any(must) and len({layer.group_size for layer in layers}) == 1:
         # one group size: the budget is a number of groups, the best ones (ties to the earlier
         # layer, then the lower index), found by selection rather than a full sort; each unit's
         # share of it is that unit's own top k (ties to the lower index), handed on as chosen
         keep = topk_mask(scores, budget // layers[0].group_size)
+        if permutation is not None:
+            keep = torch.empty_like(keep).index_put_((permutation,), keep)
         parts = keep.split([layer.num_groups for layer in layers])
         chosen = {layer.name: part for layer, part in zip(layers, parts, strict=True)}
         return Allocated({name: int(kept.count_nonzero()) for name, kept in chosen.items()}, chosen)
@@ -91,6 +99,8 @@ def global_(
     owner = torch.cat(
         [torch.full((layer.num_groups,), i, dtype=torch.long) for i, layer in enumerate(layers)]
     )
+    if permutation is not None:
+        sizes, owner = sizes[permutation], owner[permutation]
     order = torch.argsort(scores, descending=True, stable=True)
     if not any(must):
         taken = torch.cumsum(sizes[order], 0) <= budget

@@ -4,6 +4,10 @@ A level schedule (one-shot, iterative, levels) answers "what sparsity after leve
 `repeat` stage; a step schedule (gradual cubic) answers "is step t a pruning step, and to what
 sparsity?" for pruning during training. Both are plain, validated configs registered by their
 `name`, so they appear in recipes and hash the same way everywhere; a new one is one file here.
+
+A schedule gives sparsities, not counts: the prune stages it drives turn each into counts with
+their own `rounding` (and `ties`), so every schedule honours those options (`rounds` within one
+prune stage take `round_schedule`, `secateurs.methods.pruning.round_sparsity`).
 """
 
 from __future__ import annotations

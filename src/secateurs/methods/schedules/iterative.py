@@ -22,8 +22,9 @@ class Iterative(LevelSchedule):
     exactly at it.
 
     `layer_rates` (name pattern → rate r') prunes matching layers at their own rate: after
-    level l such a layer has sparsity 1 − (1 − r')^l, so it keeps n − round_half_up((1 − (1 − r')^l)·n)
-    of its n weights, at every level including a last level cut short to reach the target
+    level l such a layer has sparsity 1 − (1 − r')^l, so it keeps n − removed_count((1 − (1 − r')^l)·n)
+    of its n weights (the removed count rounded by the prune stage's `rounding`,
+    `secateurs.core.sparsity`), at every level including a last level cut short to reach the target
     (the lottery ticket's output layer at 10 % per level while the others lose 20 %). The
     target `sparsity` is then that of the other layers; the whole network ends less sparse.
     Prune stages of the repeat that set their own `sparsity` do not use the level's targets.

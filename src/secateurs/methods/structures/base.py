@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, keep_bits
 from secateurs.core.registry import Registry
-from secateurs.core.topk import topk_mask
+from secateurs.core.topk import select_topk, topk_mask
 from secateurs.methods.layers import LayerSelection
 from secateurs.methods.structures.pooling import POOLINGS, SIDES, Pooling
 
@@ -122,9 +122,17 @@ class Layout(ABC):
         """Per unit, one score per group (−∞: removed before): float64 where entries were pooled;
         element scores that are their own group keep float32 (widening is exact: same ranking)."""
 
-    def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
-        """The groups of `unit` kept (bool per group): the top k, ties to the lower index."""
-        return topk_mask(scores, k)
+    def select(
+        self,
+        unit: Unit,
+        scores: Tensor,
+        k: int,
+        ties: str = "index",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The groups of `unit` kept (bool per group): the top k, ties to the lower index (or by the
+        rule `ties`, `secateurs.core.topk.TIES`; `generator` seeds the random one)."""
+        return topk_mask(scores, k) if ties == "index" else select_topk(scores, k, ties, generator)
 
     def selects_top_k(self) -> bool:
         """Whether `select` is the plain top k (then a global allocation's own selection is it)."""
@@ -205,7 +213,8 @@ class ElementStructure(Structure):
 
     Subclasses give `num_groups`, `group_size`, `group_scores` and `expand`, and may give
     `check(name, shape)` (reject a shape the structure cannot group, by name) and
-    `select(scores, k, shape)` (spread the count instead of a plain top-k).
+    `select(scores, k, shape, ties, generator)` (spread the count instead of a plain top-k; `ties`
+    other than "index" is passed only when a prune asks for it).
     """
 
     def check(self, name: str, shape: tuple[int, ...]) -> None:
@@ -223,8 +232,15 @@ class ElementStructure(Structure):
     def expand(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
         raise NotImplementedError
 
-    def select(self, scores: Tensor, k: int, shape: tuple[int, ...]) -> Tensor:
-        return topk_mask(scores, k)
+    def select(
+        self,
+        scores: Tensor,
+        k: int,
+        shape: tuple[int, ...],
+        ties: str = "index",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        return topk_mask(scores, k) if ties == "index" else select_topk(scores, k, ties, generator)
 
     @property
     def pools(self) -> bool:
@@ -266,8 +282,17 @@ class ElementLayout(Layout):
             ranked.update(_removed_to_minus_inf_all(pruned_before, current))
         return {n: self.structure.group_scores(ranked[n], pool.pooling.name) for n in self.names}
 
-    def select(self, unit: Unit, scores: Tensor, k: int) -> Tensor:
-        return self.structure.select(scores, k, unit.shape)
+    def select(
+        self,
+        unit: Unit,
+        scores: Tensor,
+        k: int,
+        ties: str = "index",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        if ties == "index":  # a structure of a plug-in may not take the tie rule: it needs none here
+            return self.structure.select(scores, k, unit.shape)
+        return self.structure.select(scores, k, unit.shape, ties=ties, generator=generator)
 
     def selects_top_k(self) -> bool:
         return type(self.structure).select is ElementStructure.select

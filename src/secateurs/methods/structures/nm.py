@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.topk import balanced_topk
+from secateurs.core.topk import balanced_select
 from secateurs.methods.structures.base import STRUCTURES, ElementStructure, positive_int
 from secateurs.methods.structures.unstructured import Unstructured
 
@@ -111,9 +112,18 @@ class NM(ElementStructure):
         """Element scores in grouped order (runs of m consecutive entries form one N:M group)."""
         return self.to_groups(scores).reshape(-1)
 
-    def select(self, scores: Tensor, k: int, shape: tuple[int, ...]) -> Tensor:
-        """k elements kept, balanced over the N:M groups (in the order of `group_scores`)."""
-        return balanced_topk(scores.reshape(-1, self.m), k).reshape(-1)
+    def select(
+        self,
+        scores: Tensor,
+        k: int,
+        shape: tuple[int, ...],
+        ties: str = "index",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """k elements kept, balanced over the N:M groups (in the order of `group_scores`); with ties
+        "original", each group's pruned entries are `torch.topk(..., largest=False)`'s (Wanda's and
+        SparseGPT's code)."""
+        return balanced_select(scores.reshape(-1, self.m), k, ties, generator, original="topk").reshape(-1)
 
     def expand(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
         return self.from_groups(keep.reshape(-1, self.m), shape)
@@ -134,5 +144,14 @@ class Rows(Unstructured):
     def check(self, name: str, shape: tuple[int, ...]) -> None:
         check_matrix("rows", name, shape)
 
-    def select(self, scores: Tensor, k: int, shape: tuple[int, ...]) -> Tensor:
-        return balanced_topk(scores.reshape(shape[0], -1), k).reshape(-1)
+    def select(
+        self,
+        scores: Tensor,
+        k: int,
+        shape: tuple[int, ...],
+        ties: str = "index",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """k elements kept, balanced over the rows; with ties "original", each row's pruned entries
+        are the first of a stable ascending `torch.sort` of the row (Wanda's code)."""
+        return balanced_select(scores.reshape(shape[0], -1), k, ties, generator, original="sort").reshape(-1)
