@@ -22,6 +22,7 @@ from secateurs.methods.pruning import compute_masks, round_sparsity, score_group
 from secateurs.models import build_model
 from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import run_recipe
 from tests.tiny import tiny_recipe
 
 # ---------------------------------------------------------------- rounding of removed counts
@@ -380,6 +381,18 @@ def test_spelling_out_the_defaults_in_a_recipe_keeps_its_hash() -> None:
     hashes = [run_hash(recipe_from_raw(r, "test")) for r in (bare, spelled, changed)]
     assert hashes[0] == hashes[1] != hashes[2]
     assert recipe_config(recipe_from_raw(changed, "test"))["stages"][0]["rounding"] == "floor"
+
+
+def test_a_recipe_prune_stage_passes_its_rounding_and_ties_to_the_prune() -> None:
+    # 0.3 of the tiny MLP's 368 weights is 110.4: ceil removes 111, half_up 110 (global allocation)
+    kept = {}
+    for rounding in ("half_up", "ceil"):
+        stage = {
+            "prune": {"criterion": "magnitude", "sparsity": 0.3, "rounding": rounding, "ties": "reverse"}
+        }
+        result = run_recipe(recipe_from_raw(tiny_recipe({"train": {}}, stage)))
+        kept[rounding] = result.masks.kept()
+    assert kept == {"half_up": 368 - 110, "ceil": 368 - 111}
 
 
 def test_a_recipe_refuses_an_unknown_rounding_when_read() -> None:
