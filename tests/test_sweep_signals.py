@@ -334,3 +334,36 @@ def test_an_error_a_task_raises_is_raised_once_every_worker_has_exited() -> None
             done=lambda t, r: None, lost=lambda t, why: pytest.fail(why), interrupted=lambda t: None,
         )  # fmt: skip
     assert multiprocessing.active_children() == []
+
+
+def test_runs_lists_a_running_run_that_no_process_holds_as_interrupted(tmp_path: Path) -> None:
+    """The store keeps an interrupted run 'running' (a sweep resumes it); `runs` tells it apart from a
+    run some process is training now by the run's lock."""
+    import json as json_module
+
+    from typer.testing import CliRunner
+
+    from secateurs.front.cli import app
+    from secateurs.results import ResultsDB
+    from secateurs.results.runner import db_path, held_by_a_process, run_dir, run_lock
+
+    root = tmp_path / "store"
+    root.mkdir()
+    with ResultsDB(db_path(root)) as db:
+        db.add_runs([("abc123", "imp", {"seed": 0}), ("def456", "omp", {"seed": 1})])
+        db.claim("abc123", version="v", git_revision=None)
+        db.claim("def456", version="v", git_revision=None)
+
+    def statuses() -> dict[str, str]:
+        out = CliRunner().invoke(app, ["runs", "--root", str(root), "--json"])
+        assert out.exit_code == 0, out.output
+        return {r["hash"]: r["status"] for r in json_module.loads(out.stdout)}
+
+    assert held_by_a_process(run_dir(root, "abc123")) is False  # no lock file: never trained
+    assert statuses() == {"abc123": "interrupted", "def456": "interrupted"}
+    with run_lock(run_dir(root, "abc123")) as locked:  # a process trains abc123 now
+        assert locked and held_by_a_process(run_dir(root, "abc123")) is True
+        assert statuses() == {"abc123": "running", "def456": "interrupted"}
+    assert statuses()["abc123"] == "interrupted"
+    shown = CliRunner().invoke(app, ["runs", "--root", str(root), "--show", "abc", "--json"])
+    assert json_module.loads(shown.stdout)["status"] == "interrupted"

@@ -542,7 +542,11 @@ def _run_fields(record: RunRecord, final: dict[str, float | None]) -> dict[str, 
 def runs(
     root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
     status: Annotated[
-        str | None, typer.Option(help="only runs with this status: pending, running, finished, failed")
+        str | None,
+        typer.Option(
+            help="only runs with this status: pending, running, finished, failed (an interrupted run, "
+            "listed as interrupted, is running to the store: a sweep resumes it)"
+        ),
     ] = None,
     name: Annotated[
         str | None, typer.Option(help="only runs whose name matches this glob, e.g. 'imp*'")
@@ -559,10 +563,21 @@ def runs(
             _show_run(db, show, wide=wide, json_=json_)
             return
         found = [_run_fields(r, db.final_metrics(r.hash)) for r in db.list_runs(status=status, name=name)]
+    _mark_interrupted(root, found)
     if json_:
         print_json(console, found)
     else:
         print_tables(console, _runs_table(f"{len(found)} runs in {root}", found, wide), wide=wide)
+
+
+def _mark_interrupted(root: Path, found: list[dict[str, Any]]) -> None:
+    """Runs the store calls running but no process holds are shown as interrupted (a later sweep
+    resumes them): a killed or Ctrl-C'd sweep leaves them so, and 'running' would be untrue."""
+    from secateurs.results.runner import held_by_a_process, run_dir
+
+    for run in found:
+        if run["status"] == "running" and held_by_a_process(run_dir(root, run["hash"])) is False:
+            run["status"] = "interrupted"
 
 
 def _metric(value: float | None) -> str:
@@ -594,6 +609,7 @@ def _show_run(db: ResultsDB, prefix: str, *, wide: bool = False, json_: bool = F
 
     record = db.find_run(prefix)
     fields = _run_fields(record, db.final_metrics(record.hash))
+    _mark_interrupted(db.path.parent, [fields])
     files = {kind: str(db.path.parent / path) for kind, path in db.artifacts(record.hash).items()}
     evaluate, train = _events(db, record.hash, "evaluate"), _events(db, record.hash, "train")
     if json_:

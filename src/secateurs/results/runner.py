@@ -133,6 +133,29 @@ def run_lock(directory: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+def held_by_a_process(directory: Path) -> bool | None:
+    """Whether some process holds the run's lock now (None where locks are unknown: no flock, or
+    the lock file cannot be opened). A run the store calls running that nobody holds was
+    interrupted (Ctrl-C, a killed worker); the next sweep resumes it."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(directory / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False  # never locked: no process got as far as training it
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing the descriptor drops a lock taken just now
+    return False
+
+
 class _MetricWriter:
     """Writes each metric event as rows, first dropping rows an interrupted attempt left behind."""
 
