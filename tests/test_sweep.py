@@ -123,8 +123,18 @@ def test_recipe_paths_are_relative_to_the_sweep_file(folder: Path, monkeypatch: 
 @pytest.mark.parametrize(
     ("sweep", "fragments"),
     [
-        ({"sedes": [1]}, ["invalid sweep: sedes: Extra inputs are not permitted"]),
-        ({"recipes": [{"recipe": "tiny.yaml", "lable": "x"}]}, ["recipes.0.lable: Extra inputs"]),
+        (
+            {"sedes": [1]},
+            [
+                "invalid sweep: sedes: Extra inputs are not permitted",
+                "did you mean 'seeds'?",
+                "the sweep takes",
+            ],
+        ),
+        (
+            {"recipes": [{"recipe": "tiny.yaml", "lable": "x"}]},
+            ["recipes.0.lable: Extra inputs", "did you mean 'label'?"],
+        ),
         ({"sparsities": [0.5, 1.0]}, ["sparsities.1: Input should be less than 1"]),
         ({"seeds": []}, ["the sweep's grid is empty: `seeds` is an empty list"]),
         ({"recipes": []}, ["the sweep's grid is empty: `recipes` is an empty list"]),

@@ -658,13 +658,18 @@ def _keys(schema: Any) -> list[str] | None:
     return [name for name in schema.model_fields if name not in hidden]
 
 
-def _problem(error: Any, schema: Any, path: Path_, also: Any = ()) -> Problem:
+def _problem(error: Any, schema: Any, path: Path_, also: Any = (), top: str = "recipe") -> Problem:
     """One pydantic error as a Problem whose fix suits its kind: an unknown key gets the closest
     allowed key and the list of them; a wrong type the type expected, with an example; a missing
-    field what to add; a value out of range the range. `also`: keys allowed besides the schema's."""
+    field what to add; a value out of range the range. `also`: keys allowed besides the schema's;
+    `top`: what the schema is (a recipe's fields can be set with --set, a sweep file's are YAML)."""
     kind, loc = error["type"], tuple(error["loc"])
     where = _dotted((*path, *loc))
-    parent = _dotted((*path, *loc[:-1])) or "the recipe"
+    parent = _dotted((*path, *loc[:-1])) or f"the {top}"
+
+    def example(value: str) -> str:
+        return f"--set {where}={value}" if top == "recipe" else f"{where}: {value}"
+
     key = str(loc[-1]) if loc else ""
     if kind == "extra_forbidden":
         keys = _keys(_schema_at(schema, loc[:-1]))
@@ -683,12 +688,12 @@ def _problem(error: Any, schema: Any, path: Path_, also: Any = ()) -> Problem:
     if kind == "literal_error":
         choices = str((error.get("ctx") or {}).get("expected", ""))
         first = choices.split(",")[0].split(" or ")[0].strip().strip("'")
-        fix = f"use one of {choices}, e.g. --set {where}={first}"
+        fix = f"use one of {choices}, e.g. {example(first)}"
         return Problem((*path, *loc), _message(error) + got, fix)
     base = kind.split("_")[0]
     if base in EXPECTED and kind.endswith(("_type", "_parsing", "_from_float")):
-        expected, example = EXPECTED[base]
-        fix = f"give {where} {expected}, e.g. --set {where}={example}"
+        expected, sample = EXPECTED[base]
+        fix = f"give {where} {expected}, e.g. {example(sample)}"
         return Problem((*path, *loc), _message(error) + got, fix)
     return Problem((*path, *loc), _message(error), "")
 
@@ -698,26 +703,31 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def problems_of(err: ValidationError, schema: Any, path: Path_ = (), also: Any = ()) -> list[Problem]:
-    """Every error of `err` (raised validating `schema` at `path`) as Problems, a validator's own
-    FieldProblems at the paths they name."""
+def problems_of(
+    err: ValidationError, schema: Any, path: Path_ = (), also: Any = (), top: str = "recipe"
+) -> list[Problem]:
+    """Every error of `err` (raised validating `schema`, a `top`, at `path`) as Problems, a
+    validator's own FieldProblems at the paths they name."""
     problems: list[Problem] = []
     for e in err.errors():
         cause = (e.get("ctx") or {}).get("error")
         if isinstance(cause, FieldProblems):
             problems += [p._replace(path=(*path, *e["loc"], *p.path)) for p in cause.problems]
         else:
-            problems.append(_problem(e, schema, path, also))
+            problems.append(_problem(e, schema, path, also, top))
     return problems
 
 
-def format_validation_error(err: ValidationError, origin: str) -> ConfigError:
+def format_validation_error(
+    err: ValidationError, origin: str, *, schema: Any = None, kind: str = "recipe", fix: str = GENERIC_FIX
+) -> ConfigError:
     """One ConfigError naming every invalid field by its dotted path (the path `--set` takes), with
-    the fixes for the kinds of mistake found."""
-    problems = problems_of(err, Recipe)
-    fixes = list(dict.fromkeys(p.fix for p in problems if p.fix)) or [GENERIC_FIX]
+    the fixes for the kinds of mistake found (`fix` where none applies). `schema` is what was
+    validated (a recipe by default; a sweep file passes its own)."""
+    problems = problems_of(err, Recipe if schema is None else schema, top=kind)
+    fixes = list(dict.fromkeys(p.fix for p in problems if p.fix)) or [fix]
     return ConfigError(
-        "invalid recipe: " + "; ".join(f"{_dotted(p.path) or '(top level)'}: {p.message}" for p in problems),
+        f"invalid {kind}: " + "; ".join(f"{_dotted(p.path) or '(top level)'}: {p.message}" for p in problems),
         where=origin,
         fix="; ".join(fixes),
     )

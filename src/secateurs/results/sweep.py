@@ -35,7 +35,7 @@ from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import load_yaml, read_config_text
 from secateurs.pipeline.hashing import recipe_config, run_hash
-from secateurs.pipeline.recipe import Recipe, SourceRef, load_recipe
+from secateurs.pipeline.recipe import Recipe, SourceRef, format_validation_error, load_recipe
 from secateurs.results.db import ResultsDB, StoreError
 from secateurs.results.runner import (
     ALREADY_FINISHED,
@@ -133,13 +133,12 @@ def parse_sweep(raw: Any, origin: str = "<sweep>") -> SweepConfig:
     try:
         return SweepConfig.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
-        )
-        raise ConfigError(
-            f"invalid sweep: {problems}",
-            where=origin,
-            fix="a sweep has name, recipes, sparsities, models, data, seeds and set (see README)",
+        raise format_validation_error(
+            err,
+            origin,
+            schema=SweepConfig,
+            kind="sweep",
+            fix="a sweep has name, recipes, sparsities, models, data, seeds and overrides (see README)",
         ) from None
 
 
