@@ -321,14 +321,18 @@ def test_unstructured_ties(allocation: str) -> None:
     assert int(keep["random"].sum()) == 3 and bool(keep["random"][0, 0]) and not bool(keep["random"][0, 5])
 
 
-def test_global_ties_span_layers_by_the_rule() -> None:
+@pytest.mark.parametrize("options", [{}, {"max_per_layer": 0.75}])  # the ranking by selection, or by sort
+def test_global_ties_span_layers_by_the_rule(options: dict) -> None:
     model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
     with torch.no_grad():
         for layer in model:
             layer.weight.copy_(torch.tensor([[3.0, 1.0], [1.0, 1.0]]))
     # two 3s, then two of six tied 1s: the earlier layer's first (index) or the later layer's last
     kept = {
-        t: [int(compute_masks(model, 0.5, ties=t)[n].sum()) for n in ("0.weight", "1.weight")]
+        t: [
+            int(compute_masks(model, 0.5, ties=t, allocation_options=options)[n].sum())
+            for n in ("0.weight", "1.weight")
+        ]
         for t in ("index", "reverse", "original")
     }
     assert kept == {"index": [3, 1], "reverse": [1, 3], "original": [1, 3]}
