@@ -216,27 +216,3 @@ def test_a_pass_ends_at_the_last_layers_input_and_loses_nothing(net: type[nn.Mod
     # each layer ran once in the first pass: the later passes stop at c's input (tail runs once);
     # a layer called twice per pass (Twice) keeps every pass whole
     assert len(tail_runs) == (1 if net is Once else 3)
-
-
-@pytest.mark.parametrize("features", [1, 63, 130, 576, 1537])
-def test_squared_norms_split_over_threads_equal_one_loop_bit_for_bit(
-    features: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Σx² is summed in column pieces on several threads for large batches; every column's float64
-    sum must be the one loop's, over several batches (the accumulation order across batches too)."""
-    from secateurs.methods import calibration
-
-    g = torch.Generator().manual_seed(features)
-    batches = [torch.randn(n, features, generator=g) * 30 for n in (1000, 7, 333)]
-    monkeypatch.setattr(calibration, "_SQ_PARALLEL_FROM", 1 << 62)  # one loop over all columns
-    one = InputStats(features, hessian=False)
-    for rows in batches:
-        one.add(rows)
-    monkeypatch.setattr(calibration, "_SQ_PARALLEL_FROM", 0)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    split = InputStats(features, hessian=False)
-    for rows in batches:
-        split.add(rows)
-    assert one.sq is not None and split.sq is not None
-    assert torch.equal(one.sq, split.sq)
-    assert torch.equal(one.norms(), split.norms())

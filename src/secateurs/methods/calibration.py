@@ -22,14 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.threads import map_in_threads, worker_count
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
 
 
 _SQ_CHUNK = 64  # rows squared in float64 at a time: the copy stays in cache (12x faster than whole)
-_SQ_ALIGN = 64  # columns: where a piece of Σx² summed on its own thread may start (see _add_squares)
-_SQ_PARALLEL_FROM = 1 << 16  # entries of a batch of rows from which Σx² is split over threads
 _PANELS = 4  # Σxxᵀ is accumulated in its upper block triangle of 4 × 4 panels: 10/16 of the work
 
 
@@ -67,7 +64,9 @@ class InputStats:
         self.tokens += rows.shape[0]
         if self.sq is not None:
             self.sq = self.sq.to(rows.device)
-            self._add_squares(rows)
+            for chunk in rows.split(_SQ_CHUNK):
+                c = chunk.to(torch.float64)
+                self.sq += (c * c).sum(0)
         if self.xtx is not None:
             self.xtx = self.xtx.to(rows.device)
             x32 = rows.to(torch.float32)
@@ -76,27 +75,6 @@ class InputStats:
                 j1 = min(j0 + width, self.features)
                 self.xtx[:j1, j0:j1].addmm_(x32[:, :j1].T, x32[:, j0:j1])
         self._memo.clear()
-
-    def _add_squares(self, rows: Tensor) -> None:
-        """Σx² += the rows' squares, in float64 chunks of rows; on a CPU, the columns in pieces over
-        torch's threads (a loop of small kernels runs on one thread otherwise). Each column's sum is
-        the same bit for bit whichever piece holds it, as long as pieces start at multiples of
-        `_SQ_ALIGN` columns (the float64 sum kernel's vector lanes stay the same)."""
-        sq = self.sq
-        assert sq is not None
-        pieces = [slice(0, self.features)]
-        if rows.device.type == "cpu" and rows.numel() >= _SQ_PARALLEL_FROM:
-            per = -(-self.features // worker_count(self.features // _SQ_ALIGN))
-            per = -(-per // _SQ_ALIGN) * _SQ_ALIGN
-            pieces = [slice(j, min(j + per, self.features)) for j in range(0, self.features, per)]
-
-        def add(columns: slice) -> None:
-            target = sq[columns]
-            for chunk in rows[:, columns].split(_SQ_CHUNK):
-                c = chunk.to(torch.float64)
-                target += (c * c).sum(0)
-
-        map_in_threads(add, pieces)
 
     def norms(self) -> Tensor:
         """‖X_j‖₂ over all calibration tokens (Wanda's activation norm), float32."""
