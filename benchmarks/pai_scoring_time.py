@@ -22,7 +22,7 @@ The issue that set the targets measured the reference implementation itself on t
 SynFlow-100 1.60 s, SNIP 0.36 s, GraSP 1.57 s (ResNet-20, 1 thread); targets: SynFlow ≤ 0.8×,
 SNIP and GraSP ≤ 1.0× the reference.
 
-    python benchmarks/pai_scoring_time.py            # about 3 minutes
+    python benchmarks/pai_scoring_time.py            # about 2 minutes (5 repeats)
     python benchmarks/pai_scoring_time.py --quick    # under a minute (SynFlow 10 rounds, 1 repeat)
 Writes benchmarks/results/pai_scoring_time{,_quick}.json and .md.
 """
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="SynFlow with 10 rounds, one repeat")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rounds, repeats = (10, 1) if args.quick else (100, 3)
+    rounds, repeats = (10, 1) if args.quick else (100, 5)
     load = os.getloadavg()[0]
     results = {name: bench(name, shape, rounds, repeats) for name, shape in CASES.items()}
     stem = "pai_scoring_time_quick" if args.quick else "pai_scoring_time"
