@@ -17,7 +17,9 @@ from secateurs.core.plugins import provide
 
 if TYPE_CHECKING:
     from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
+    from secateurs.methods.ensemble import ParamEnsemble, ensemble
     from secateurs.methods.pruning import compute_masks, prune
+    from secateurs.methods.training.param_stats import ParamStats
 
 __version__ = "0.1.0"
 
@@ -26,9 +28,12 @@ __all__ = [
     "ConfigError",
     "DataUnavailableError",
     "MaskSet",
+    "ParamEnsemble",
+    "ParamStats",
     "SecateursError",
     "__version__",
     "compute_masks",
+    "ensemble",
     "masks_of",
     "prune",
     "remove_masks",
@@ -43,6 +48,9 @@ _LAZY = {
     "set_masks": "secateurs.core.masks",
     "compute_masks": "secateurs.methods.pruning",
     "prune": "secateurs.methods.pruning",
+    "ensemble": "secateurs.methods.ensemble",
+    "ParamEnsemble": "secateurs.methods.ensemble",
+    "ParamStats": "secateurs.methods.training.param_stats",
 }
 """Public names whose modules import torch: imported on first use (PEP 562)."""
 

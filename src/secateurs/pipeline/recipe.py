@@ -41,6 +41,7 @@ from secateurs.core.fileio import MAX_OVERRIDE_CHARS, load_yaml, read_config_tex
 from secateurs.core.plugins import import_callable, load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
 from secateurs.methods.controls import CONTROLS, check_controls
+from secateurs.methods.ensemble import EnsembleSpec
 from secateurs.methods.layers import LayerSelection
 from secateurs.methods.resets import RESETS
 from secateurs.methods.schedules import SCHEDULES, LevelSchedule
@@ -50,7 +51,7 @@ from secateurs.models.factory import DATA_FILLED
 from secateurs.train.config import TrainConfig
 from secateurs.train.execution import Execution, Precision
 
-STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate")
+STAGE_KINDS = ("train", "prune", "reset", "repeat", "evaluate", "ensemble")
 QUICK_KEY = "quick"  # a recipe's quick form: overrides, not a field (`quick_form`)
 
 
@@ -259,6 +260,13 @@ class EvaluateStage(StrictModel):
     latency: bool = Field(True, description="with beyond: also time CPU inference at batch 1 and 64")
 
 
+class EnsembleStage(EnsembleSpec):
+    """Samples an ensemble from the parameter distribution of the trained model and evaluates it
+    (`secateurs.methods.ensemble`); the run's model is left as it was."""
+
+    kind: Literal["ensemble"] = "ensemble"
+
+
 class RepeatStage(StrictModel):
     """Runs `stages` once per level of `schedule`; `controls` branch off after each level's prune."""
 
@@ -303,7 +311,8 @@ class RepeatStage(StrictModel):
 
 
 Stage = Annotated[
-    TrainStage | PruneStage | ResetStage | EvaluateStage | RepeatStage, Field(discriminator="kind")
+    TrainStage | PruneStage | ResetStage | EvaluateStage | EnsembleStage | RepeatStage,
+    Field(discriminator="kind"),
 ]
 RepeatStage.model_rebuild()
 

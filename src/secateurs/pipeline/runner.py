@@ -32,12 +32,14 @@ from secateurs.core.distributed import check_same_masks, world
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
 from secateurs.data import Splits, class_balanced_batch, load_recipe_data
-from secateurs.eval import evaluate
+from secateurs.eval import agreement, evaluate, expected_calibration_error, predict
 from secateurs.eval.beyond import beyond_accuracy
+from secateurs.eval.macs import count_costs
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
 from secateurs.methods.allocations import unmatched_patterns
 from secateurs.methods.controls import CONTROLS, derived_seed, fork_index
 from secateurs.methods.criteria import build_criterion
+from secateurs.methods.ensemble import collect_pass, ensemble
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.pruning import compute_masks
 from secateurs.methods.reconstruction import reconstruct
@@ -48,11 +50,13 @@ from secateurs.methods.sequential import prune_sequential
 from secateurs.methods.spec import PruneSpec
 from secateurs.methods.structures import build_structure
 from secateurs.methods.training import TRAINING
+from secateurs.methods.training.param_stats import KEPT_AS, ParamStats
 from secateurs.models import build_model
 from secateurs.models.factory import build_from_factory
-from secateurs.pipeline.metrics import TASKS, model_metrics
+from secateurs.pipeline.metrics import TASKS, mask_metrics, model_metrics
 from secateurs.pipeline.publish import Publisher
 from secateurs.pipeline.recipe import (
+    EnsembleStage,
     EvaluateStage,
     PruneStage,
     Recipe,
@@ -70,6 +74,9 @@ from secateurs.train.engine import Callback, TrainState, train
 __all__ = ["STATE_FILE", "MetricEvent", "Pipeline", "RunResult", "best_of", "model_metrics", "run_recipe"]
 
 log = logging.getLogger(__name__)
+
+# what an ensemble's record takes from its single model: the masks are the members' masks
+_MASK_KEYS = ("sparsity", "remaining", "collapsed_layers")
 
 
 @dataclass
@@ -100,6 +107,9 @@ class StageServices:
 
     def set_dense_state(self, state: dict[str, torch.Tensor]) -> None:
         self.pipeline.state.dense_state = state
+
+    def keep(self, name: str, value: Any) -> None:
+        self.pipeline.state.kept[name] = value
 
 
 class _LiveHistory(Callback):
@@ -194,6 +204,7 @@ class Pipeline:
             for applies, what in (
                 (self.task.trains or not any(isinstance(s, TrainStage) for s in stages), "train stages"),
                 (self.task.beyond or not beyond, "beyond-accuracy evaluations"),
+                (self.task.beyond or not any(isinstance(s, EnsembleStage) for s in stages), "ensembles"),
             )
             if not applies
         ]
@@ -292,8 +303,11 @@ class Pipeline:
                 step=self._snapshot_step(reset),
             )
             self.state.last_training = None
+            self.state.kept = {}  # what training handed on describes weights that are gone
         elif isinstance(stage, EvaluateStage):
             self._evaluate(stage, level)
+        elif isinstance(stage, EnsembleStage):
+            self._ensemble(stage, level)
         elif isinstance(stage, RepeatStage):
             for i, level_target in enumerate(stage.schedule.targets(target.sparsity)):
                 log.info("level %d: target sparsity %.4f", i + 1, level_target.sparsity)
@@ -328,6 +342,7 @@ class Pipeline:
         branch.state = dataclasses.replace(
             self.state,
             snapshots=dict(self.state.snapshots),
+            kept=dict(self.state.kept),
             pending_optimizer_state=copy.deepcopy(self.state.pending_optimizer_state),
         )
         branch.workdir, branch.resumed_from = None, 0
@@ -440,6 +455,7 @@ class Pipeline:
     # -- train --------------------------------------------------------------------------------
     def _train(self, stage: TrainStage, level_sparsity: float | None) -> None:
         config = self.recipe.train_config(stage.options)
+        self.state.kept = {}  # an earlier training's hand-ons describe weights this one changes
         services = StageServices(self, self._stage_seed(), level_sparsity)
         methods = [TRAINING.get(name)(block, services) for name, block in stage.methods.items()]
         cost = forward_cost(self.model, tuple(self.data.info.input_shape))
@@ -514,6 +530,69 @@ class Pipeline:
             row["sparsity"],
         )
         self._publish("evaluate", None, row, record=True)
+
+    # -- ensemble -------------------------------------------------------------------------------
+    def _ensemble(self, stage: EnsembleStage, level: int | None) -> None:
+        """Sample an ensemble from the parameter statistics of the training that made the weights
+        (collected now, by a short pass on a copy, if it did not collect) and evaluate it beside
+        the single model: accuracy, loss, ECE, agreement, noise and shifts, inference cost."""
+        kept = self.state.kept.get(KEPT_AS)
+        if kept is None:
+            config = self.recipe.train_config({})  # the recipe's optimizer (at the pass's own LR)
+            loader = self.data.train_loader(config.batch_size, seed=self._stage_seed(), world=self.world)
+            stats = collect_pass(
+                self.model,
+                loader,
+                config,
+                stage.collect,
+                seed=self._stage_seed(),
+                execution=self.recipe.execution,
+            )
+            self.state.kept[KEPT_AS] = (
+                stats.state_dict()
+            )  # saved with the stage: a resume does not collect again
+        else:
+            stats = ParamStats.from_state_dict(kept)
+        seed = stage.seed if stage.seed is not None else self.recipe.seed
+        sampled = ensemble(
+            self.model, stats.to(self.device), members=stage.members, seed=seed, scale=stage.scale
+        )
+        row: dict[str, Any] = {"label": stage.label or f"stage {self.counter}: ensemble", "level": level}
+        if self.control is not None:
+            row["control"] = self.control
+        row.update(self.task.evaluate(sampled, self.data))
+        single = count_costs(self.model, self.data.info.input_shape)
+        logits, labels = predict(sampled, self.data.test_loader())
+        single_logits, _ = predict(self.model, self.data.test_loader())
+        row.update(
+            {
+                **{k: v for k, v in mask_metrics(self.model).items() if k in _MASK_KEYS},
+                "members": stage.members,
+                "macs": stage.members * single.macs,  # inference cost: every member runs
+                "nonzero_macs": stage.members * single.nonzero_macs,
+                "inference_cost_vs_single": float(stage.members),
+                "ece": expected_calibration_error(logits, labels),
+                "agreement": agreement(logits, single_logits),  # with the single (trained) model
+                "single_accuracy": float((single_logits.argmax(1) == labels).double().mean()),
+                "single_ece": expected_calibration_error(single_logits, labels),
+                "collected_samples": stats.count,
+            }
+        )
+        if stage.beyond:  # shifts and noise; excess_error@… and per_class_drop against the single model
+            row.update(
+                beyond_accuracy(
+                    sampled, self.data, dense=self.model, latency=stage.latency, seed=self.recipe.seed
+                )
+            )
+        log.info(
+            "%s: accuracy %.4f (single model %.4f), ece %.4f (single %.4f)",
+            row["label"],
+            row["accuracy"],
+            row["single_accuracy"],
+            row["ece"],
+            row["single_ece"],
+        )
+        self._publish("ensemble", None, row, record=True)
 
     def _publish(self, kind: str, step: Any, row: dict[str, Any], *, record: bool) -> None:
         self.publisher.publish(

@@ -41,6 +41,7 @@ class RunState:
     dense_state: dict[str, torch.Tensor] | None = None  # weights before the first prune
     last_training: dict[str, float] | None = None  # best_of() the training that made the weights
     train_flops: tuple[int, int] = (0, 0)  # training FLOPs so far, and those of the same steps dense
+    kept: dict[str, Any] = field(default_factory=dict)  # handed on by training-time methods (param_stats)
 
 
 def fingerprint(recipe: Recipe) -> str:
@@ -86,6 +87,7 @@ def save_state(path: Path, recipe: Recipe, model: nn.Module, state: RunState, pu
             "last_training": state.last_training,
             "pending_controls": publisher.pending,
             "train_flops": list(state.train_flops),
+            "kept": state.kept,
         },
     )
 
@@ -116,6 +118,7 @@ def load_state(path: Path, recipe: Recipe, model: nn.Module, publisher: Publishe
             dense_state=saved["dense_state"],
             last_training=saved.get("last_training"),  # absent from states of older versions
             train_flops=(int(flops), int(dense_flops)),
+            kept=dict(saved.get("kept") or {}),  # absent from states of older versions
         )
         publisher.records[:] = list(saved["records"])
         publisher.pending[:] = list(saved.get("pending_controls", []))

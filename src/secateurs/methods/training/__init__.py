@@ -4,7 +4,14 @@ A new training-time method is one file here (a `TrainingMethod` registered in `T
 one import below; it then appears as a block of train stages and in `secateurs methods`.
 """
 
-from secateurs.methods.training import admm, dst, gradual, selection, slimming  # noqa: F401  (registration)
+from secateurs.methods.training import (  # noqa: F401  (registration)
+    admm,
+    dst,
+    gradual,
+    param_stats,
+    selection,
+    slimming,
+)
 from secateurs.methods.training.base import TRAINING, StageServices, TrainingMethod, stage_sparsity
 
 __all__ = ["TRAINING", "StageServices", "TrainingMethod", "stage_sparsity"]

@@ -48,6 +48,11 @@ class StageServices(Protocol):
         """Declare the weights the run's dense parent has (for agreement metrics)."""
         ...
 
+    def keep(self, name: str, value: Any) -> None:
+        """Hand `value` (plain tensors and numbers) to later stages under `name`; it is saved and
+        resumed with the run's state (e.g. `param_stats` for the `ensemble` stage)."""
+        ...
+
 
 def stage_sparsity(services: StageServices, own: float | None) -> float | None:
     """A block's sparsity: its own, else the stage's level, else the recipe's (None if none)."""
