@@ -14,9 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from torch import nn
+from typer.testing import CliRunner
 
 import secateurs
+import secateurs.front.cli as cli
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.data import load_dataset
@@ -259,3 +262,13 @@ def test_a_window_longer_than_the_training_is_refused_before_it_trains() -> None
         ConfigError, match=r"window of 9 steps \(9 steps\) does not fit the training's 6 steps"
     ):
         run_recipe(make_recipe({"train": {"param_stats": {"steps": 9}}}))
+
+
+def test_the_cli_names_a_bad_ensemble_option_in_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    raw = {"data": DATA, "model": MODEL, "train": {"iterations": 2}}
+    recipe.write_text(yaml.safe_dump({**raw, "stages": [{"train": {}}, {"ensemble": {"members": 0}}]}))
+    result = CliRunner().invoke(cli.app, ["run", str(recipe), "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "stages.1.ensemble.members" in lines[0]

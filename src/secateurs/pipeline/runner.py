@@ -1,6 +1,6 @@
 """The stage loop: runs a recipe's stages on one model.
 
-Every method is a recipe, so this runner has no per-method code: it knows the five stage kinds,
+Every method is a recipe, so this runner has no per-method code: it knows the six stage kinds,
 and everything a method adds comes through a registry (criteria, structures, allocations,
 resets, sanity checks, controls, training-time methods). Seeds are derived from the recipe's seed
 and the stage's number, so the same recipe gives bit-identical masks and weights. The state
