@@ -112,6 +112,7 @@ def test_import_secateurs_loads_torch_only_when_a_name_needs_it() -> None:
 def test_public_api_is_unchanged() -> None:
     assert secateurs.__all__ == [
         "CheckpointError",
+        "ClosedFormClassifier",
         "ConfigError",
         "DataUnavailableError",
         "MaskSet",
@@ -121,6 +122,7 @@ def test_public_api_is_unchanged() -> None:
         "__version__",
         "compute_masks",
         "ensemble",
+        "fit_closed_form",
         "masks_of",
         "prune",
         "remove_masks",

@@ -17,6 +17,7 @@ from secateurs.core.plugins import provide
 
 if TYPE_CHECKING:
     from secateurs.core.masks import MaskSet, masks_of, remove_masks, set_masks
+    from secateurs.methods.closed_form import ClosedFormClassifier, fit_closed_form
     from secateurs.methods.ensemble import ParamEnsemble, ensemble
     from secateurs.methods.pruning import compute_masks, prune
     from secateurs.methods.training.param_stats import ParamStats
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "ClosedFormClassifier",
     "ConfigError",
     "DataUnavailableError",
     "MaskSet",
@@ -34,6 +36,7 @@ __all__ = [
     "__version__",
     "compute_masks",
     "ensemble",
+    "fit_closed_form",
     "masks_of",
     "prune",
     "remove_masks",
@@ -48,6 +51,8 @@ _LAZY = {
     "set_masks": "secateurs.core.masks",
     "compute_masks": "secateurs.methods.pruning",
     "prune": "secateurs.methods.pruning",
+    "ClosedFormClassifier": "secateurs.methods.closed_form",
+    "fit_closed_form": "secateurs.methods.closed_form",
     "ensemble": "secateurs.methods.ensemble",
     "ParamEnsemble": "secateurs.methods.ensemble",
     "ParamStats": "secateurs.methods.training.param_stats",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from secateurs.core.registry import Registry
 from secateurs.methods.allocations import ALLOCATIONS
+from secateurs.methods.closed_form import TRAINERS
 from secateurs.methods.controls import CONTROLS
 from secateurs.methods.criteria import CRITERIA
 from secateurs.methods.reconstruction import RECONSTRUCTIONS
@@ -35,6 +36,7 @@ def axes() -> list[tuple[str, Registry]]:
         ("sanity check", SANITY),
         ("control", CONTROLS),
         ("training-time method", TRAINING),
+        ("train method", TRAINERS),
     ]
     for name in TRAINING.names():
         choices = TRAINING.get(name).choices

@@ -40,6 +40,7 @@ from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import MAX_OVERRIDE_CHARS, load_yaml, read_config_text
 from secateurs.core.plugins import import_callable, load_entry_points, load_plugins
 from secateurs.core.registry import validate_options
+from secateurs.methods.closed_form import TRAINERS, SolvedTraining
 from secateurs.methods.controls import CONTROLS, check_controls
 from secateurs.methods.ensemble import EnsembleSpec
 from secateurs.methods.layers import LayerSelection
@@ -423,7 +424,7 @@ class Recipe(StrictModel):
         self._check_train(("train",), {})  # the defaults must be valid on their own
         for path, stage in walk_paths(self.stages):
             if isinstance(stage, TrainStage):
-                self._check_train((*path, "train"), stage.options)
+                self._check_train((*path, "train"), stage.options, list(stage.methods))
         problems = self._lr_rewind_problems(self.stages, ("stages",))
         if problems:
             raise FieldProblems(problems)
@@ -452,6 +453,14 @@ class Recipe(StrictModel):
                 )
                 continue
             original, replay = self.train_config(first.options), self.train_config(after.options)
+            if not (isinstance(original, TrainConfig) and isinstance(replay, TrainConfig)):
+                problems.append(
+                    (
+                        (*path, "reset"),
+                        f"{stage.mode} replays an optimizer's LR schedule: gradient train stages only",
+                    )
+                )
+                continue
             differ = [
                 f"{key} {getattr(replay, key).model_dump()} vs {getattr(original, key).model_dump()}"
                 for key in ("optimizer", "lr_schedule")
@@ -468,21 +477,62 @@ class Recipe(StrictModel):
                 )
         return problems
 
-    def _check_train(self, path: tuple[str | int, ...], overrides: dict[str, Any]) -> None:
-        """Validate merged training options; errors name the field under `path`."""
+    def _check_train(
+        self, path: tuple[str | int, ...], overrides: dict[str, Any], methods: list[str] | None = None
+    ) -> None:
+        """Validate merged training options (and that a solved `method` has no training-time
+        `methods` beside it); errors name the field under `path`."""
+        method = self._train_options(overrides).get("method")
+        if method is not None and methods:
+            raise FieldProblems(
+                [
+                    Problem(
+                        path,
+                        f"train method {method} solves the weights, so the {', '.join(methods)} block(s) "
+                        "cannot act while it trains",
+                        "move them to a gradient train stage (without `method`)",
+                    )
+                ]
+            )
+        if method is not None and method not in TRAINERS:
+            raise FieldProblems(
+                [
+                    Problem(
+                        (*path, "method"),
+                        f"unknown train method {method!r}",
+                        f"use one of {', '.join(TRAINERS.names())}, or leave `method` out for "
+                        "gradient training",
+                    )
+                ]
+            )
         try:
             self.train_config(overrides)
         except ValidationError as err:
             also = TRAINING.names() if path[:1] == ("stages",) else ()  # a stage's methods stand beside
-            raise FieldProblems(problems_of(err, TrainConfig, path, also=also)) from None
+            schema = TrainConfig if method is None else TRAINERS.get(method)
+            raise FieldProblems(problems_of(err, schema, path, also=also)) from None
 
-    def train_config(self, overrides: dict[str, Any]) -> TrainConfig:
-        """The recipe's default training options merged with a stage's overrides."""
-        merged = deep_merge(self.train, overrides)
+    def _train_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's `train` merged with a stage's overrides; a stage naming another train
+        `method` than the recipe's starts from that method's defaults, not the recipe's options."""
+        base = self.train
+        if overrides.get("method", base.get("method")) != base.get("method"):
+            base = {}
+        merged = deep_merge(base, overrides)
+        if merged.get("method", "") is None:  # `method: null`: gradient training
+            del merged["method"]
         if "epochs" in overrides and "iterations" not in overrides:
             merged.pop("iterations", None)
         if "iterations" in overrides and "epochs" not in overrides:
             merged.pop("epochs", None)
+        return merged
+
+    def train_config(self, overrides: dict[str, Any]) -> TrainConfig | SolvedTraining:
+        """The recipe's default training options merged with a stage's overrides: a `TrainConfig`,
+        or with `method` the options of that registered trainer (`methods.closed_form.TRAINERS`)."""
+        merged = self._train_options(overrides)
+        if merged.get("method") is not None:
+            return TRAINERS.get(merged["method"])(**merged)
         return TrainConfig(**merged)
 
 

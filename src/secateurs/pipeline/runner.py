@@ -37,6 +37,7 @@ from secateurs.eval.beyond import beyond_accuracy
 from secateurs.eval.macs import count_costs
 from secateurs.eval.training_flops import TrainingFlops, forward_cost
 from secateurs.methods.allocations import unmatched_patterns
+from secateurs.methods.closed_form import SolvedTraining
 from secateurs.methods.controls import CONTROLS, derived_seed, fork_index
 from secateurs.methods.criteria import build_criterion
 from secateurs.methods.ensemble import collect_pass, ensemble
@@ -69,6 +70,7 @@ from secateurs.pipeline.recipe import (
 from secateurs.pipeline.result import MetricEvent, RunResult, best_of
 from secateurs.pipeline.state import STATE_FILE, RunState, load_state, save_state
 from secateurs.pipeline.weights import RewindSnapshots, load_initial_weights, own_rng, rewound_optimizer
+from secateurs.train.config import TrainConfig
 from secateurs.train.engine import Callback, TrainState, train
 
 __all__ = ["STATE_FILE", "MetricEvent", "Pipeline", "RunResult", "best_of", "model_metrics", "run_recipe"]
@@ -225,6 +227,8 @@ class Pipeline:
             return None
         config = self.recipe.train_config(first.options)
         per_epoch = len(self.data.train_loader(config.batch_size))
+        if not isinstance(config, TrainConfig):  # solved in closed form: no optimizer steps
+            return per_epoch, 0
         steps = (
             config.iterations if config.iterations is not None else round((config.epochs or 0) * per_epoch)
         )
@@ -455,6 +459,9 @@ class Pipeline:
     # -- train --------------------------------------------------------------------------------
     def _train(self, stage: TrainStage, level_sparsity: float | None) -> None:
         config = self.recipe.train_config(stage.options)
+        if not isinstance(config, TrainConfig):
+            self._train_solved(stage, config)
+            return
         self.state.kept = {}  # an earlier training's hand-ons describe weights this one changes
         services = StageServices(self, self._stage_seed(), level_sparsity)
         methods = [TRAINING.get(name)(block, services) for name, block in stage.methods.items()]
@@ -500,6 +507,29 @@ class Pipeline:
                 f"rewind step(s) {sorted(missing)} lie beyond the first training stage",
                 fix="rewind to a step the first training stage reaches",
             )
+        self.state.trained_once = True
+
+    def _train_solved(self, stage: TrainStage, config: SolvedTraining) -> None:
+        """A train stage whose `method` solves the weights (`methods.closed_form.TRAINERS`): no
+        optimizer (the recipe refuses training-time methods beside it); each pass is evaluated and
+        published as an epoch."""
+        test_loader = self.data.test_loader()
+        history: list[dict[str, Any]] = []
+
+        def on_pass(done: int) -> None:
+            row: dict[str, Any] = {"epoch": done, "step": done}
+            row.update({f"test_{k}": float(v) for k, v in evaluate(self.model, test_loader).items()})
+            history.append(row)
+            self._publish("train", done, row, record=False)
+
+        config.fit(
+            self.model,
+            self.data.train_loader(config.batch_size, shuffle=False),
+            classes=self.data.info.num_classes,
+            masks=masks_of(self.model),
+            on_pass=on_pass,
+        )
+        self.state.last_training = best_of(history)
         self.state.trained_once = True
 
     # -- evaluate -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ A new reconstruction is one file here (a `Reconstruction` subclass registered in
 `RECONSTRUCTIONS`) and one import below.
 """
 
-from secateurs.methods.reconstruction import obs  # noqa: F401  (registration)
+from secateurs.methods.reconstruction import obs, ridge  # noqa: F401  (registration)
 from secateurs.methods.reconstruction.base import (
     RECONSTRUCTIONS,
     Reconstruction,
@@ -12,11 +12,13 @@ from secateurs.methods.reconstruction.base import (
     reconstruct,
 )
 from secateurs.methods.reconstruction.obs import OBS, obs_reconstruct
+from secateurs.methods.reconstruction.ridge import RidgeRefit
 
 __all__ = [
     "OBS",
     "RECONSTRUCTIONS",
     "Reconstruction",
+    "RidgeRefit",
     "build_reconstruction",
     "obs_reconstruct",
     "reconstruct",
