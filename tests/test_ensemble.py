@@ -247,6 +247,8 @@ def test_the_stage_resumes_with_identical_results(
         ({"ensemble": {"membres": 3}}, "did you mean 'members'?"),
         ({"ensemble": {"collect": {"epochs": 1, "steps": 3}}}, "in epochs or in steps, not both"),
         ({"ensemble": {"scale": -1}}, "stages.1.ensemble.scale"),
+        ({"ensemble": {"scale": float("inf")}}, "stages.1.ensemble.scale"),
+        ({"train": {"param_stats": {"epochs": float("nan")}}}, "stages.1.train.param_stats.epochs"),
         ({"train": {"param_stats": {"every": 0}}}, "stages.1.train.param_stats.every"),
     ],
 )

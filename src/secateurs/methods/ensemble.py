@@ -61,6 +61,7 @@ class CollectPass(CollectWindow):
     lr: float | None = Field(
         None,
         gt=0,
+        allow_inf_nan=False,
         description=f"constant LR of the pass (default: {COLLECT_LR_FACTOR} x the optimizer's lr)",
     )
 
@@ -73,7 +74,9 @@ class EnsembleSpec(StrictModel):
         default_factory=CollectPass, description="the pass that collects when training did not"
     )
     seed: int | None = Field(None, description="member i draws from seed (seed, i); default: the recipe's")
-    scale: float = Field(1.0, ge=0, description="standard deviations are multiplied by this (0: the mean)")
+    scale: float = Field(
+        1.0, ge=0, allow_inf_nan=False, description="standard deviations are multiplied by this (0: the mean)"
+    )
     label: str = ""
     beyond: bool = Field(True, description="also measure noise and shift robustness (excess error)")
     latency: bool = Field(False, description="with beyond: also time CPU inference of the whole ensemble")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import CheckpointError, ConfigError
-from secateurs.methods.training.base import TRAINING, TrainingMethod
+from secateurs.methods.training.base import TRAINING, StageServices, TrainingMethod
 from secateurs.train.engine import Callback, TrainState
 
 __all__ = ["CollectWindow", "ParamStats", "ParamStatsMethod", "StatsCollector", "floating_parameters"]
@@ -110,7 +110,9 @@ class CollectWindow(StrictModel):
     """Which steps are collected: the last `epochs` (a fraction allowed) or the last `steps` of
     training, one sample every `every` optimizer steps."""
 
-    epochs: float | None = Field(None, gt=0, description="collect over the last N epochs (e.g. 1 or 0.5)")
+    epochs: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="collect over the last N epochs (e.g. 1 or 0.5)"
+    )
     steps: int | None = Field(None, gt=0, description="collect over the last N optimizer steps")
     every: int = Field(1, ge=1, description="one sample every k optimizer steps")
 
@@ -165,7 +167,7 @@ class ParamStatsMethod(TrainingMethod):
     schema: ClassVar[type] = CollectWindow
     changes_mask = False
 
-    def __init__(self, config: Any, services: Any) -> None:
+    def __init__(self, config: CollectWindow, services: StageServices) -> None:
         super().__init__(config, services)
         self.stats = ParamStats()
 
