@@ -183,6 +183,21 @@ def test_identical_members_give_the_single_models_probabilities() -> None:
         torch.testing.assert_close(ens(x).exp().sum(1), torch.ones(8))
 
 
+def test_members_keep_the_batchnorm_statistics_and_predict_by_mean_probability() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model(torch.randn(32, 4) * 3 + 1)  # training mode: the running statistics move off 0 and 1
+    ens = secateurs.ensemble(model.eval(), collected(model), members=3, seed=0).eval()
+    for member in ens.members:
+        assert torch.equal(member[1].running_mean, model[1].running_mean)
+        assert torch.equal(member[1].running_var, model[1].running_var)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    mean_probability = torch.stack([torch.softmax(m(x), dim=1) for m in ens.members]).mean(0)
+    torch.testing.assert_close(ens.probabilities(x), mean_probability)
+    nll = -mean_probability[torch.arange(5), y].log().mean()
+    torch.testing.assert_close(nn.functional.cross_entropy(ens(x), y), nll)
+
+
 # -- the ensemble stage -------------------------------------------------------------------------
 STAGES: list[dict[str, Any]] = [
     {"train": {"param_stats": {"steps": 4}}},
