@@ -21,10 +21,10 @@ from secateurs.methods.closed_form import (
     ClosedFormConfig,
     fit_closed_form,
     masked_ridge_rows,
-    polar_factor,
     reconstruction_error,
     refit_on_mask,
     ridge_solve,
+    stiefel_frame,
 )
 from secateurs.methods.reconstruction import RECONSTRUCTIONS, build_reconstruction, reconstruct
 from secateurs.models.mlp import MLP
@@ -77,12 +77,25 @@ def test_inverse_activation_round_trips(act: Activation) -> None:
 
 def test_projection_has_orthonormal_columns() -> None:
     m = torch.randn(20, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    p = polar_factor(m)
+    p = stiefel_frame(m)
     torch.testing.assert_close(p.T @ p, torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(p @ p.T @ m, m)  # it spans the matrix's columns
+    deficient = torch.cat([m[:, :4], -m[:, :4].sum(1, keepdim=True)], dim=1)  # columns sum to 0
+    assert stiefel_frame(deficient).shape == (20, 4)  # the direction it does not use is dropped
     fitted = secateurs.ClosedFormClassifier().fit(*_blobs())
     assert fitted.projection is not None
     k = fitted.projection.shape[1]
     torch.testing.assert_close(fitted.projection.T @ fitted.projection, torch.eye(k, dtype=torch.float64))
+
+
+def test_decision_layer_does_not_follow_rounding_noise() -> None:
+    """One-vs-rest ridge solutions are rank-deficient; the frame must not pick a direction from noise."""
+    x, y = _blobs()
+    x = torch.cat([x, torch.randn(150, 20, generator=torch.Generator().manual_seed(5))], dim=1).double()
+    a = secateurs.ClosedFormClassifier().fit(x, y)
+    b = secateurs.ClosedFormClassifier().fit(x * (1 + 1e-15), y)  # rounding-level change of the inputs
+    assert a.weight is not None and b.weight is not None
+    assert float((a.weight - b.weight).norm() / a.weight.norm()) < 1e-6
 
 
 def _blobs() -> tuple[torch.Tensor, torch.Tensor]:

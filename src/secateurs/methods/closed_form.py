@@ -19,15 +19,16 @@ Every layer is solved in closed form, never by gradient descent:
   pass; `passes` such passes are run (a few suffice).
 - **Decision layer: Stiefel projection + adaptive SVM.** `ClosedFormClassifier`: the ridge
   solution B of the ±1 one-vs-rest targets on the features is projected onto the Stiefel
-  manifold (its polar factor P = UVᵀ, orthonormal columns: the orthonormal frame nearest to B),
-  the features are projected, z = Pᵀh, and a linear one-vs-rest squared-hinge SVM is fit on z
-  by its finite Newton / active-set iteration (Keerthi & DeCoste 2005): each step is a ridge
-  regression on the samples that violate their margin, until the active sets stop changing
-  (or `svm.iterations`). The decision layer is the product: scores = Vᵀ Pᵀ h + c, one `Linear`.
+  manifold (P = U_r, the orthonormal frame of B's column space, i.e. its polar factor UVᵀ up to
+  a rotation; `stiefel_frame`), the features are projected, z = Pᵀh, and a linear one-vs-rest
+  squared-hinge SVM is fit on z by its finite Newton / active-set iteration (Keerthi & DeCoste
+  2005): each step is a ridge regression on the samples that violate their margin, until the
+  active sets stop changing (or `svm.iterations`). The decision layer is the product:
+  scores = Vᵀ Pᵀ h + c, one `Linear`.
 
 Where this differs from (or fills gaps in) the paper's summary, by choice: the "adaptive" SVM is
-the active-set reweighting above; the Stiefel frame has as many columns as classes (fewer if the
-features have fewer dimensions); the first decision layer is fit on the initial (seeded random)
+the active-set reweighting above; the Stiefel frame has as many columns as B has rank (classes
+− 1 for one-vs-rest targets); the first decision layer is fit on the initial (seeded random)
 features before the first pass, so `passes: 0` is a random-feature network with a trained
 decision layer; tanh targets are clamped to ±`TANH_LIMIT` before `atanh`. The network stays an
 ordinary `nn.Module` of `Linear` layers, so every pruning method applies to it; a pruned network
@@ -319,14 +320,20 @@ def hinge_residual(scores: Tensor, targets: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- decision layer
-def polar_factor(matrix: Tensor) -> Tensor:
-    """The Stiefel-manifold projection of a [d, k] matrix (d ≥ k): UVᵀ of its thin SVD, the matrix
-    with orthonormal columns nearest to it in Frobenius norm. With d < k: the d×d identity."""
-    d, k = matrix.shape
-    if d < k:
-        return torch.eye(d, dtype=matrix.dtype, device=matrix.device)
-    u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
-    return u @ vh
+def stiefel_frame(matrix: Tensor, tolerance: float = 1e-10) -> Tensor:
+    """The Stiefel-manifold frame of a [d, k] matrix: the left singular vectors U_r of its r
+    singular values above `tolerance`·largest, a [d, r] matrix with orthonormal columns.
+
+    For a full-rank matrix U_r spans the columns of its polar factor UVᵀ (the orthonormal matrix
+    nearest to it), which differs only by the rotation Vᵀ that the SVM after it is invariant to.
+    The ridge solution of one-vs-rest targets is never full rank (the targets sum to the same
+    constant for every sample, which the bias absorbs); there the polar factor is not unique, and
+    the frame keeps only the directions the solution uses, so it does not follow rounding noise.
+    """
+    u, s, _ = torch.linalg.svd(matrix, full_matrices=False)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return u[:, :0]
+    return u[:, s > tolerance * s[0]]
 
 
 def fit_decision(
@@ -347,7 +354,7 @@ def fit_decision(
     if gram is None or cross is None:
         raise ConfigError("closed-form training got no samples", where="train", fix="give training data")
     solution = ridge_solve(gram, cross, ridge * n)
-    projection = polar_factor(solution[:-1])  # [d, k]
+    projection = stiefel_frame(solution[:-1])  # [d, k]
     k = projection.shape[1]
     # the projection's Gram matrix follows from the features' one: [P 0; 0 1]ᵀ G [P 0; 0 1]
     lift = torch.zeros(gram.shape[0], k + 1, dtype=torch.float64, device=gram.device)
