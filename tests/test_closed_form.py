@@ -191,6 +191,42 @@ def test_trainer_keeps_masks() -> None:
     assert bool((model.features[1].weight[~masks["features.1.weight"]] == 0).all())
 
 
+def test_leaky_relu_sequential_and_a_pruned_decision_layer() -> None:
+    splits = load_digits()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.LeakyReLU(0.2), nn.Linear(48, 10))
+    gen = torch.Generator().manual_seed(1)
+    masks = MaskSet({"3.weight": torch.rand(10, 48, generator=gen) > 0.5})
+    batches = list(splits.train_loader(512, shuffle=False))
+    fit_closed_form(model, batches, ClosedFormConfig(passes=1), classes=10, masks=masks)
+    assert bool((model[3].weight[~masks["3.weight"]] == 0).all())
+    with torch.no_grad():
+        assert float((model(splits.test_x).argmax(1) == splits.test_y).float().mean()) > 0.85
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act, self.b = nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.act(self.a(x)) + x)  # a skip connection: not a chain of its layers
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (nn.Sequential(nn.Linear(8, 8), nn.LeakyReLU(0.0), nn.Linear(8, 3)), r"'1'.*not invertible"),
+        (nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Tanh(), nn.Linear(8, 3)), r"'2' is another"),
+        (nn.Sequential(nn.Linear(8, 8), nn.Tanh()), "ending in a Linear"),
+        (_Residual(), "forward is something else"),
+    ],
+)
+def test_models_that_are_not_invertible_chains_are_refused(model: nn.Module, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fit_closed_form(model, [(torch.randn(4, 8), torch.zeros(4, dtype=torch.long))], classes=3)
+
+
 def test_non_invertible_activation_is_refused_by_name() -> None:
     model = MLP(64, [16], 10, "relu")
     with pytest.raises(ConfigError, match=r"'features\.2'.*not invertible.*activation tanh"):
