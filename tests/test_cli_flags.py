@@ -374,14 +374,15 @@ def test_set_without_a_key_says_so(assignment: str) -> None:
 
 
 # -- quick forms of recipes -------------------------------------------------------------------
-def training_epochs(recipe: Recipe) -> float:
-    """Epochs of training the recipe runs in all: every train stage, times the levels of its repeats."""
+def training_epochs(recipe: Recipe, budget: str = "epochs") -> float:
+    """Epochs of training the recipe runs in all: every train stage, times the levels of its repeats
+    (`budget="passes"`: the closed-form trainer's passes instead, which has no epochs)."""
 
     def total(stages: list[Any], times: int) -> float:
         epochs = 0.0
         for stage in stages:
             if isinstance(stage, TrainStage):
-                epochs += times * (recipe.train_config(stage.options).epochs or 0)
+                epochs += times * (getattr(recipe.train_config(stage.options), budget, None) or 0)
             elif isinstance(stage, RepeatStage):
                 epochs += total(stage.stages, times * len(stage.schedule.targets(recipe.sparsity)))
         return epochs
@@ -395,6 +396,7 @@ def test_every_preset_has_a_quick_form_with_the_same_stages(preset: str) -> None
     assert [type(s) for s in walk(quick.stages)] == [type(s) for s in walk(full.stages)]
     assert quick.model_dump(exclude={"train", "stages"}) == full.model_dump(exclude={"train", "stages"})
     assert training_epochs(quick) <= min(80, training_epochs(full) / 4), training_epochs(quick)
+    assert training_epochs(quick, "passes") <= training_epochs(full, "passes") / 2  # closed-form training
     assert demo.quick_overrides(preset) == recipe_quick_form(preset)  # the demo's quick runs are these
 
 
