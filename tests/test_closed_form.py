@@ -308,3 +308,16 @@ def test_preset_runs_from_the_cli(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "train.rank" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_recipe_mlp_with_leaky_relu_trains_in_closed_form() -> None:
+    """The model zoo's MLP offers an invertible leaky ReLU (slope 0.1), so a recipe can use it."""
+    splits = load_digits()
+    model = secateurs.models.build_model("mlp", (64,), 10, seed=0, hidden=[64], activation="leaky_relu")
+    assert isinstance(model.features[2], nn.LeakyReLU) and model.features[2].negative_slope == 0.1
+    fit_closed_form(
+        model, list(splits.train_loader(512, shuffle=False)), ClosedFormConfig(passes=2), classes=10
+    )
+    with torch.no_grad():
+        accuracy = float((model(splits.test_x).argmax(1) == splits.test_y).float().mean())
+    assert accuracy > 0.85

@@ -300,7 +300,7 @@ def test_mlp_activation_option_builds_a_deep_linear_network() -> None:
     b1, b2, b3 = (m.bias for m in linear.modules() if isinstance(m, nn.Linear))
     expected = ((x @ w1.T + b1) @ w2.T + b2) @ w3.T + b3  # no nonlinearity anywhere
     torch.testing.assert_close(linear(x), expected)
-    with pytest.raises(ConfigError, match=r"activation='gelu' is not known.*relu, tanh, linear"):
+    with pytest.raises(ConfigError, match=r"activation='gelu' is not known.*relu, tanh, leaky_relu, linear"):
         build_model("mlp", (6,), 3, activation="gelu")
 
 

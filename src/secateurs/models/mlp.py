@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
@@ -12,7 +13,13 @@ from secateurs.models._checks import positive_ints
 from secateurs.models._spec import register_model
 from secateurs.models.init import init_weights
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "linear": nn.Identity}
+LEAKY_SLOPE = 0.1  # leaky_relu's negative slope: invertible, and its inverse (x / 0.1) stays tame
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": functools.partial(nn.LeakyReLU, LEAKY_SLOPE),
+    "linear": nn.Identity,
+}
 
 
 class MLP(nn.Module):
@@ -20,7 +27,8 @@ class MLP(nn.Module):
 
     `features` holds the hidden layers and `classifier` the output layer, which is the last
     module in definition order (so "skip the last layer" selections find it). With
-    `activation="linear"` the network is a deep linear network (dynamical isometry studies).
+    `activation="linear"` the network is a deep linear network (dynamical isometry studies);
+    `tanh` and `leaky_relu` (slope 0.1) are invertible, as the closed-form trainer needs.
     """
 
     def __init__(
