@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from secateurs.core.fileio import atomic_write_text
+from secateurs.results.workers import run_in_workers
 
 Job = dict[str, Any]
 
@@ -45,23 +43,31 @@ def run_phase(
     """Run the jobs not yet in `done` on `workers` spawned processes (each stored as it finishes).
 
     After each job its result is written to `store` atomically, so a killed benchmark loses at
-    most the jobs that were running and resumes with the rest.
+    most the jobs that were running and resumes with the rest. The processes are the sweep's
+    (`secateurs.results.workers`): they exit when the benchmark does, however it stops (a killed
+    benchmark used to leave its workers training on); a job whose worker dies (out of memory) is
+    reported at the end and left for the rerun, the others go on.
     """
     pending = [j for j in jobs if key(j) not in done]
     if not pending:
         return
-    # an executor, not multiprocessing.Pool: a worker killed (out of memory) breaks it loudly,
-    # where Pool would replace the worker and wait for the lost job forever
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(work, job): job for job in pending}
-        try:
-            for i, future in enumerate(as_completed(futures)):
-                job, result = futures[future], future.result()
-                done[key(job)] = result
-                atomic_write_text(store, json.dumps(done, indent=1))
-                print(f"[{i + 1}/{len(pending)}] {key(job)}: {describe(job, result)}", flush=True)
-        except BrokenProcessPool:
-            raise SystemExit(
-                f"a worker process died (killed, e.g. out of memory) after {len(done)} finished jobs, "
-                f"which are kept in {store}; run again with fewer --workers to resume"
-            ) from None
+    finished: list[str] = []
+    lost: list[str] = []
+
+    def record(job: Job, result: Any) -> None:
+        done[key(job)] = result
+        atomic_write_text(store, json.dumps(done, indent=1))
+        finished.append(key(job))
+        print(f"[{len(finished)}/{len(pending)}] {key(job)}: {describe(job, result)}", flush=True)
+
+    def worker_died(job: Job, why: str) -> None:
+        lost.append(key(job))
+        print(f"lost {key(job)}: {why}", flush=True)
+
+    workers = min(workers, len(pending))
+    run_in_workers(pending, work, workers, done=record, lost=worker_died, interrupted=lambda _job: None)
+    if lost:
+        raise SystemExit(
+            f"{len(lost)} job(s) lost their worker process (killed, e.g. out of memory): {', '.join(lost)}; "
+            f"the {len(done)} finished jobs are kept in {store}; run again (with fewer --workers) to resume"
+        )
