@@ -16,6 +16,7 @@ them (sequential calibration passes the current block's). Recipe form:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +29,18 @@ from secateurs.core.registry import Registry
 from secateurs.methods.calibration import InputStats, collect
 from secateurs.methods.pruning import as_batches
 from secateurs.methods.structures import Structure, Unstructured, build_structure
+
+
+def non_negative_option(method: str, option: str, value: object, fix: str) -> float:
+    """A reconstruction's option that must be a finite number >= 0 (not a bool), as a float; else one
+    error naming the option and `fix` (an example)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"{method} option {option} must be a non-negative number, got {value!r}",
+            where="reconstruct",
+            fix=fix,
+        )
+    return float(value)
 
 
 class Reconstruction:

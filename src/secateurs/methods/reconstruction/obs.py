@@ -28,7 +28,6 @@ processed in that order (any order is a valid OBS order).
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
@@ -37,7 +36,7 @@ from torch import Tensor, nn
 from secateurs.core.errors import ConfigError
 from secateurs.core.topk import topk_mask
 from secateurs.methods.calibration import InputStats
-from secateurs.methods.reconstruction.base import RECONSTRUCTIONS, Reconstruction
+from secateurs.methods.reconstruction.base import RECONSTRUCTIONS, Reconstruction, non_negative_option
 from secateurs.methods.structures import NM, Structure, Unstructured
 from secateurs.methods.structures.nm import reduction_rows
 
@@ -255,18 +254,9 @@ class OBS(Reconstruction):
     ) -> None:
         self.select = check_select(select)
         self.blocksize = _positive_int("blocksize", blocksize)
-        if (
-            isinstance(percdamp, bool)
-            or not isinstance(percdamp, int | float)
-            or not math.isfinite(percdamp)
-            or percdamp < 0
-        ):
-            raise ConfigError(
-                f"obs option percdamp must be a non-negative number, got {percdamp!r}",
-                where="reconstruct",
-                fix="e.g. percdamp: 0.01 (1 % of the mean diagonal of H)",
-            )
-        self.percdamp = float(percdamp)
+        self.percdamp = non_negative_option(
+            "obs", "percdamp", percdamp, "e.g. percdamp: 0.01 (1 % of the mean diagonal of H)"
+        )
 
     def check(self, structure: Structure) -> None:
         if self.select != "adaptive":

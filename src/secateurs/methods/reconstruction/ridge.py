@@ -20,14 +20,12 @@ the unfolded inputs.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.methods.calibration import InputStats
 from secateurs.methods.closed_form import refit_on_mask
-from secateurs.methods.reconstruction.base import RECONSTRUCTIONS, Reconstruction
+from secateurs.methods.reconstruction.base import RECONSTRUCTIONS, Reconstruction, non_negative_option
 from secateurs.methods.structures import Structure
 
 
@@ -40,18 +38,9 @@ class RidgeRefit(Reconstruction):
     name = "ridge"
 
     def __init__(self, ridge: float = 1e-8) -> None:
-        if (
-            isinstance(ridge, bool)
-            or not isinstance(ridge, int | float)
-            or not math.isfinite(ridge)
-            or ridge < 0
-        ):
-            raise ConfigError(
-                f"ridge option ridge must be a non-negative number, got {ridge!r}",
-                where="reconstruct",
-                fix="e.g. ridge: 1.0e-8 (a fraction of the mean diagonal of Σxxᵀ)",
-            )
-        self.ridge = float(ridge)
+        self.ridge = non_negative_option(
+            "ridge", "ridge", ridge, "e.g. ridge: 1.0e-8 (a fraction of the mean diagonal of Σxxᵀ)"
+        )
 
     def check_layer(self, name: str, module: nn.Module, *, pruned_before: bool = False) -> None:
         if not isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) or getattr(module, "groups", 1) != 1:
