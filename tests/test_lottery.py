@@ -457,6 +457,22 @@ def test_evaluations_carry_the_early_stop_step_of_the_training_that_made_the_wei
     assert "best_step" not in pruned.final  # the pruned weights were not made by a training stage
 
 
+def test_the_early_stop_step_comes_from_the_evaluations_every_n_steps(
+    train_calls: list[dict[str, Any]],
+) -> None:
+    events: list[MetricEvent] = []
+    recipe = imp(levels=1, reset={"mode": "rewind", "step": 0})
+    recipe = recipe_from_raw({**recipe.model_dump(mode="json"), "train": {**recipe.train, "eval_every": 4}})
+    result = run_recipe(recipe, on_metrics=events.append)
+    for call in train_calls:  # 6 steps: evaluated after steps 4 and 6, not after each 3-step epoch
+        assert [row["step"] for row in call["result"].history] == [4, 6]
+    train_events = [e for e in events if e.kind == "train"]
+    assert [(e.stage, e.step) for e in train_events] == [(1, 4), (1, 6), (6, 4), (6, 6)]
+    for record, stage in zip(result.records, (1, 6), strict=True):
+        history = [{"step": e.step, **e.metrics} for e in train_events if e.stage == stage]
+        assert {k: record[k] for k in ("best_step", "best_accuracy")} == best_of(history)
+
+
 # -- resuming -------------------------------------------------------------------------------------
 class Crash(Exception):
     """Stands in for a kill after a stage ran but before its state was saved."""

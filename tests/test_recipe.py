@@ -280,6 +280,16 @@ def test_yaml_syntax_error_names_the_line() -> None:
         ("- train: {}", "- train: {epochs: many}", "stages.0.train.epochs: Input should be a valid number"),
         (
             "- train: {}",
+            "- train: {eval_every: 0}",
+            "stages.0.train.eval_every: Input should be greater than 0",
+        ),
+        (
+            "- train: {}",
+            "- train: {eval_every: 4}",
+            "stages.0.train: eval_every=4 is more than the 3 iterations: no evaluation before the end",
+        ),
+        (
+            "- train: {}",
             "- train: {prune: {schedule: {frequency: 0}}}",
             "stages.0.train.prune.schedule.frequency: Input should be greater than 0",
         ),

@@ -85,7 +85,13 @@ def test_key_order_and_spelled_out_defaults_do_not_change_the_hash() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["seed=1", "sparsity=0.75", "model.options.hidden=[17]", "stages.2.evaluate.label=x"],
+    [
+        "seed=1",
+        "sparsity=0.75",
+        "model.options.hidden=[17]",
+        "stages.2.evaluate.label=x",
+        "train.eval_every=1",
+    ],
 )
 def test_any_changed_field_changes_the_hash(override: str) -> None:
     assert run_hash(tiny(override)) != run_hash(tiny())

@@ -514,6 +514,71 @@ def test_history_one_row_per_epoch_and_final() -> None:
     assert [r["step"] for r in once.history] == [8]
 
 
+@pytest.mark.parametrize(
+    ("budget", "every", "steps"),
+    [
+        ({"iterations": 10}, 3, [3, 6, 9, 10]),  # floor(10/3) = 3 evaluations, then the final one
+        ({"epochs": 3}, 4, [4, 8, 12]),  # 4 steps per epoch: the last one is the final
+        ({"epochs": 3}, 7, [7, 12]),  # across an epoch boundary
+        ({"epochs": 2.5}, 1, list(range(1, 11))),
+    ],
+)
+def test_eval_every_evaluates_after_every_nth_step_and_at_the_end(
+    budget: dict[str, float], every: int, steps: list[int]
+) -> None:
+    data = make_data()  # 4 steps per epoch
+    losses: list[float] = []
+
+    def loss_fn(out: Tensor, y: Tensor) -> Tensor:
+        loss = F.cross_entropy(out, y)
+        losses.append(loss.item())
+        return loss
+
+    result = train(
+        make_model(), data, cfg(**budget, eval_every=every), evaluate_fn=accuracy_fn(data), loss_fn=loss_fn
+    )
+    total = result.steps
+    assert len(result.history) == total // every + (total % every != 0)
+    assert [r["step"] for r in result.history] == steps
+    assert [r["epoch"] for r in result.history] == [s / 4 for s in steps]
+    for row in result.history:  # the mean loss of the current epoch's steps up to this one
+        step = int(row["step"])
+        first = 4 * ((step - 1) // 4)
+        assert row["train_loss"] == math.fsum(losses[first:step]) / (step - first)
+
+
+def test_eval_every_evaluates_the_weights_of_that_step_and_changes_no_training() -> None:
+    data = make_data()
+    evaluate = accuracy_fn(data)
+    stepped = make_model(dropout=0.5)  # dropout draws from the RNG: evaluations must not shift it
+    result = train(stepped, data, cfg(iterations=9, eval_every=2), evaluate_fn=evaluate)
+    again = train(make_model(dropout=0.5), data, cfg(iterations=9, eval_every=2), evaluate_fn=evaluate)
+    assert result.history == again.history  # same seed, same metrics
+    for row in result.history:
+        short = make_model(dropout=0.5)
+        train(short, data, cfg(iterations=int(row["step"])))
+        short.eval()
+        assert evaluate(short) == {k[5:]: v for k, v in row.items() if k.startswith("test_")}
+    plain = make_model(dropout=0.5)
+    train(plain, data, cfg(iterations=9), evaluate_fn=evaluate)
+    for a, b in zip(plain.parameters(), stepped.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_eval_every_is_checked_when_read_and_against_the_budget() -> None:
+    with pytest.raises(ValueError, match="greater than 0"):
+        cfg(iterations=10, eval_every=0)
+    with pytest.raises(ValueError, match="eval_every=11 is more than the 10 iterations"):
+        cfg(iterations=10, eval_every=11)
+    with pytest.raises(ValueError, match="give eval_every \\(steps\\) or eval_every_epoch, not both"):
+        cfg(epochs=1, eval_every=2, eval_every_epoch=True)
+    assert cfg(epochs=1, eval_every=2, eval_every_epoch=False).eval_every == 2
+    with pytest.raises(
+        ConfigError, match=r"train\.eval_every: eval_every=9 is more than this training's 8 steps"
+    ):
+        train(make_model(), make_data(), cfg(epochs=2, eval_every=9), evaluate_fn=accuracy_fn(make_data()))
+
+
 def test_without_evaluate_fn_final_has_train_loss() -> None:
     result = train(make_model(), make_data(), cfg(iterations=6))
     assert result.history == []

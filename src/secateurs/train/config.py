@@ -55,6 +55,12 @@ class TrainConfig(StrictModel):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     eval_every_epoch: bool = True
+    eval_every: int | None = Field(
+        None,
+        gt=0,
+        description="evaluate every this many optimizer steps (and at the end) instead of after each "
+        "epoch, so the best step (early stopping) is known to within these steps",
+    )
     grad_clip: float | None = Field(None, gt=0)
     mask_grads: bool = False
 
@@ -62,4 +68,15 @@ class TrainConfig(StrictModel):
     def _one_budget(self) -> TrainConfig:
         if (self.epochs is None) == (self.iterations is None):
             raise ValueError("give exactly one training budget: epochs or iterations")
+        if self.eval_every is not None:
+            if self.eval_every_epoch and "eval_every_epoch" in self.model_fields_set:
+                raise ValueError(
+                    "give eval_every (steps) or eval_every_epoch, not both: eval_every replaces "
+                    "the evaluation after each epoch"
+                )
+            if self.iterations is not None and self.eval_every > self.iterations:
+                raise ValueError(
+                    f"eval_every={self.eval_every} is more than the {self.iterations} iterations: no "
+                    "evaluation before the end; use a smaller eval_every or leave it out"
+                )
         return self

@@ -342,6 +342,11 @@ class _Loop:
         self.execution = execution
         self.precision = MixedPrecision(execution.precision, self.device)
         self.forward = prepare_module(state.model, execution, wrap=_data_parallel)
+        # evaluation every N steps replaces the one after each epoch
+        self.eval_every = config.eval_every if evaluate_fn is not None else None
+        self.eval_each_epoch = (
+            config.eval_every_epoch and config.eval_every is None and evaluate_fn is not None
+        )
 
     def run(self) -> None:
         st = self.state
@@ -351,7 +356,7 @@ class _Loop:
         while st.step < st.total_steps and not st.stop:
             if self._epoch():
                 st.epoch += 1
-                if self.config.eval_every_epoch and self.evaluate_fn is not None:
+                if self.eval_each_epoch:
                     self._evaluate()
                 for cb in self.callbacks:
                     cb.on_epoch_end(st)
@@ -377,6 +382,11 @@ class _Loop:
                 self._read_losses()
             for hook in self.step_hooks:
                 hook(st)
+            if self.eval_every is not None and st.step % self.eval_every == 0:
+                st.seconds += time.perf_counter() - started  # the evaluation is not training time
+                self._read_losses()
+                self._evaluate()
+                started = time.perf_counter()
             if st.step >= st.total_steps or st.stop:
                 exhausted = False
                 break
@@ -412,7 +422,10 @@ class _Loop:
         self.bar.update(self.state)
 
     def _evaluate(self) -> None:
-        """Evaluate in eval mode, append a history row, and return the model to train mode."""
+        """Evaluate in eval mode, append a history row, and return the model to train mode.
+
+        The row's `train_loss` is the mean loss of the current epoch's steps so far.
+        """
         st = self.state
         assert self.evaluate_fn is not None
         st.model.eval()
@@ -461,11 +474,19 @@ def train(
     exactly zero throughout. Pass `optimizer` to continue from a saved optimizer state
     (rewinding); otherwise one is built from `config.optimizer`. `evaluate_fn(model)` returns
     metrics such as {"accuracy", "loss"}, recorded as `test_<name>` after every epoch (if
-    `config.eval_every_epoch`) and at the end. `execution` sets mixed precision, torch.compile
-    and channels_last (`secateurs.train.execution`); training follows the model's device.
+    `config.eval_every_epoch`), or after every `config.eval_every`-th step instead, and at the
+    end. `execution` sets mixed precision, torch.compile and channels_last
+    (`secateurs.train.execution`); training follows the model's device.
     """
     steps_per_epoch = _steps_per_epoch(train_loader)
     total_steps = _total_steps(config, steps_per_epoch)
+    if config.eval_every is not None and config.eval_every > total_steps:
+        raise ConfigError(
+            f"eval_every={config.eval_every} is more than this training's {total_steps} steps, so it "
+            "would evaluate only at the end",
+            where="train.eval_every",
+            fix="use a smaller eval_every, or leave it out to evaluate after each epoch",
+        )
     torch.manual_seed(seed)
     given_optimizer = optimizer is not None
     if optimizer is None:
