@@ -110,6 +110,7 @@ CASES: list[tuple[str, list[Any]]] = [
     ("llm prune --text", ["llm", "prune", "--model", NO_MODEL, "--text", X]),
     ("llm prune --calib-text", ["llm", "prune", "--model", NO_MODEL, "--calib-text", X]),
     ("llm prune --draw", ["llm", "prune", "--model", NO_MODEL, "--draw", X]),
+    ("llm prune --ties", ["llm", "prune", "--model", NO_MODEL, "--ties", X]),
 ]
 PATH_OPTIONS = {"--out", "--root", "--metrics-log", "--calib-text"}
 

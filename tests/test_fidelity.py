@@ -439,3 +439,61 @@ def test_scoring_mode_changes_snip_on_a_batchnorm_resnet_and_matches_a_hand_comp
         assert torch.equal(v, before[k]), k
     assert model.training
     assert math.isclose(float(scores["eval"].sum()), 1.0, rel_tol=1e-5)
+
+
+def _sparsegpt_code_nm_mask(weight: torch.Tensor, prune_n: int, prune_m: int = 4) -> torch.Tensor:
+    """SparseGPT's N:M choice (sparsegpt.py) where the Hessian is the identity: each group of m columns
+    prunes torch.topk(w² / d², prune_n, largest=False); d is equal for every column, and with a diagonal
+    inverse-Hessian factor no update reaches a later column, so the choice is on the weights as given."""
+    pruned = torch.zeros_like(weight, dtype=torch.bool)
+    for i in range(0, weight.shape[1], prune_m):
+        tmp = weight[:, i : i + prune_m] ** 2
+        pruned.scatter_(1, i + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+    return ~pruned
+
+
+def test_sparsegpt_nm_breaks_ties_by_the_prunes_rule() -> None:
+    from secateurs.llm.methods import make_pattern, sparsegpt_prune
+
+    torch.manual_seed(0)
+    weight = torch.randint(-2, 3, (8, 16)).float()  # 4-bit-like: most groups of 4 tie at the cut
+    hessian = torch.eye(16)
+    pattern = make_pattern(None, "2:4")
+    masks = {t: sparsegpt_prune(weight, hessian, pattern, ties=t)[1] for t in TIES}
+    assert torch.equal(masks["original"], _sparsegpt_code_nm_mask(weight, 2))
+    assert torch.equal(masks["index"], _tied_groups_by_hand(weight.abs(), 2, prefer_high=False))
+    assert torch.equal(masks["reverse"], _tied_groups_by_hand(weight.abs(), 2, prefer_high=True))
+    assert len({repr(m.int().tolist()) for m in masks.values()}) == len(TIES)  # the rules differ here
+    assert torch.equal(masks["random"], sparsegpt_prune(weight, hessian, pattern, ties="random")[1])
+    for mask in masks.values():
+        assert (mask.reshape(-1, 4).sum(1) == 2).all()
+
+
+def test_sparsegpt_unstructured_ties_and_the_default_rule() -> None:
+    from secateurs.llm.methods import make_pattern, sparsegpt_prune
+
+    torch.manual_seed(1)
+    weight = torch.randint(-2, 3, (4, 16)).float()
+    hessian = torch.eye(16)
+    pattern = make_pattern(0.5, None)
+    default, index = (sparsegpt_prune(weight, hessian, pattern, **kw)[1] for kw in ({}, {"ties": "index"}))
+    assert torch.equal(default, index)
+    reverse = sparsegpt_prune(weight, hessian, pattern, ties="reverse")[1]
+    assert not torch.equal(reverse, index) and int(reverse.sum()) == int(index.sum()) == 32
+
+
+def test_obs_reconstruction_follows_the_prunes_ties() -> None:
+    from secateurs.methods.reconstruction import reconstruct
+    from secateurs.methods.structures import NM
+
+    model = _linear(torch.randint(-2, 3, (4, 8), generator=torch.Generator().manual_seed(2)).float())
+    data = [torch.eye(8)]  # an identity-like Hessian: the choice is on the weights as given
+    masks = compute_masks(model, 0.5, structure="nm", structure_options={"n": 2, "m": 4})
+
+    def chosen(**kw: str) -> torch.Tensor:
+        obs = {"method": "obs", "select": "adaptive"}
+        return reconstruct(copy.deepcopy(model), masks, obs, data=data, structure=NM(2, 4), **kw)["0.weight"]
+
+    assert torch.equal(chosen(ties="original"), _sparsegpt_code_nm_mask(model[0].weight.detach(), 2))
+    assert torch.equal(chosen(), chosen(ties="index"))
+    assert not torch.equal(chosen(), chosen(ties="original"))

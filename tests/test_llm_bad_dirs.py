@@ -153,3 +153,12 @@ def test_weights_transformers_cannot_read_are_one_line_naming_the_directory(
     line = _prune_error(model)
     assert f"{model}: cannot load the weights (" in line
     assert "Fix: check that it is a complete Hugging Face model directory" in line
+
+
+def test_an_unknown_tie_rule_is_one_line_naming_the_choices(model_dir: Path) -> None:
+    result = CliRunner().invoke(
+        llm_app, ["prune", "--model", str(model_dir), "--sparsity", "0.5", "--ties", "lowest"]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert "--ties must be one of index, reverse, random, original, got 'lowest'" in line

@@ -86,6 +86,13 @@ def prune(
     draw: Annotated[
         str, typer.Option(help="calibration windows: random (seeded offsets) or consecutive from the start")
     ] = "random",
+    ties: Annotated[
+        str,
+        typer.Option(
+            help="rule among weights tied at the cut: index, reverse, random or original "
+            "(the Wanda / SparseGPT code's; dequantized weights tie often)"
+        ),
+    ] = "index",
     threads: ThreadsOpt = None,
 ) -> None:
     """One-shot prune every Linear of the transformer blocks, block by block on calibration text.
@@ -93,6 +100,7 @@ def prune(
     The command is a recipe (`hf` model, `text` data, one prune stage: `secateurs.llm.methods.prune_step`)
     run by the pipeline, then saved with save_pretrained.
     """
+    from secateurs.core.topk import check_ties
     from secateurs.llm.methods import check_method, make_pattern, prune_step
     from secateurs.llm.models import LoadedModel, load_tokenizer, model_kind, save_model
     from secateurs.pipeline.recipe import recipe_from_raw
@@ -107,7 +115,8 @@ def prune(
         )
     _quiet_transformers()
     calibrated = method != "magnitude"
-    step = prune_step(method, pattern) | {"data_batches": -(-samples // 8), "data_batch_size": 8}
+    step = prune_step(method, pattern, ties=check_ties(ties, "--ties"))
+    step |= {"data_batches": -(-samples // 8), "data_batch_size": 8}
     recipe = {
         "name": f"llm-{method}",
         "model": {"name": "hf", "options": {"path": model}},

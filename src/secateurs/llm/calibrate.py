@@ -52,6 +52,7 @@ def prune_model(
     blocksize: int = 128,
     percdamp: float = 0.01,
     on_block: Callable[[int, list[Tensor]], None] | None = None,
+    ties: str = "index",
 ) -> list[LayerReport]:
     """Prune every nn.Linear inside the transformer blocks in place; returns one report per Linear.
 
@@ -60,9 +61,10 @@ def prune_model(
     calibrated on (the outputs of the already pruned blocks before it). The blocks run on
     `batch_size` samples at a time: a block's outputs do not depend on it (bit for bit, SmolLM2
     at 1, 2, 4, 8), and at 2 the activations stay in cache (a block runs ~6 % faster than at 8)
-    and the statistics pass of every batch after the first ends early.
+    and the statistics pass of every batch after the first ends early. `ties` breaks ties at the
+    cut (`secateurs.core.topk`; "original" is the Wanda / SparseGPT code's rule).
     """
-    options = method_options(method, pattern, blocksize=blocksize, percdamp=percdamp)
+    options = method_options(method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties)
     batches = None
     if method != "magnitude":
         if calibration is None or calibration.numel() == 0:

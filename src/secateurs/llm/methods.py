@@ -27,9 +27,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.topk import check_ties, tie_rule
 from secateurs.methods.allocations import check_sparsity
 from secateurs.methods.criteria.wanda import wanda_scores as _wanda_scores
 from secateurs.methods.pruning import masks_from_scores
@@ -106,10 +108,15 @@ def structure_of(pattern: Pattern, per_row: bool = False) -> ElementStructure:
 
 
 def prune_step(
-    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01
+    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01, ties: str = "index"
 ) -> dict[str, Any]:
-    """An LLM method as a recipe's prune stage: sequential calibration (no data read by magnitude)."""
+    """An LLM method as a recipe's prune stage: sequential calibration (no data read by magnitude).
+
+    `ties` breaks ties at the cut (`secateurs.core.topk`): dequantized 4-bit weights tie often, and
+    `original` is the Wanda / SparseGPT code's rule; the default (index) is left out of the step.
+    """
     check_method(method)
+    check_ties(ties)
     structure = structure_of(pattern, per_row=method == "wanda")
     step: dict[str, Any] = {
         "criterion": "wanda" if method == "wanda" else "magnitude",
@@ -125,16 +132,19 @@ def prune_step(
             "blocksize": blocksize,
             "percdamp": percdamp,
         }
+    if ties != "index":
+        step["ties"] = ties
     step["calibration"] = {"mode": "sequential"}  # block by block: only the blocks' Linears are pruned
     return step
 
 
 def method_options(
-    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01
+    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01, ties: str = "index"
 ) -> dict[str, Any]:
     """The `secateurs.methods.sequential.prune_sequential` options of an LLM method (its prune step)."""
-    step = prune_step(method, pattern, blocksize=blocksize, percdamp=percdamp)
+    step = prune_step(method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties)
     return {
+        "ties": ties,
         "criterion": step["criterion"],
         "structure": build_structure(step["structure"], **step["structure_options"]),
         "allocation": step["allocation"],
@@ -142,17 +152,21 @@ def method_options(
     }
 
 
-def _mask(scores: Tensor, pattern: Pattern, per_row: bool = False) -> Tensor:
+def _mask(scores: Tensor, pattern: Pattern, per_row: bool = False, ties: str = "index") -> Tensor:
     """Keep-mask of one weight from its scores: uniform allocation at the pattern's sparsity."""
     masks = masks_from_scores(
-        {"weight": scores}, pattern.sparsity, allocation="uniform", structure=structure_of(pattern, per_row)
+        {"weight": scores},
+        pattern.sparsity,
+        allocation="uniform",
+        structure=structure_of(pattern, per_row),
+        ties=ties,
     )
     return masks["weight"]
 
 
-def magnitude_mask(weight: Tensor, pattern: Pattern) -> Tensor:
-    """Keep-mask of the largest |W| in the whole layer (or per N:M group)."""
-    return _mask(weight.detach().abs().float(), pattern)
+def magnitude_mask(weight: Tensor, pattern: Pattern, ties: str = "index") -> Tensor:
+    """Keep-mask of the largest |W| in the whole layer (or per N:M group); `ties` as in `prune_step`."""
+    return _mask(weight.detach().abs().float(), pattern, ties=ties)
 
 
 def wanda_scores(weight: Tensor, act_norm: Tensor) -> Tensor:
@@ -160,13 +174,20 @@ def wanda_scores(weight: Tensor, act_norm: Tensor) -> Tensor:
     return _wanda_scores(weight, act_norm)
 
 
-def wanda_mask(weight: Tensor, act_norm: Tensor, pattern: Pattern) -> Tensor:
+def wanda_mask(weight: Tensor, act_norm: Tensor, pattern: Pattern, ties: str = "index") -> Tensor:
     """Keep-mask from Wanda scores, compared within each output row (or N:M group)."""
-    return _mask(wanda_scores(weight, act_norm), pattern, per_row=True)
+    return _mask(wanda_scores(weight, act_norm), pattern, per_row=True, ties=ties)
 
 
 def sparsegpt_prune(
-    weight: Tensor, hessian: Tensor, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01
+    weight: Tensor,
+    hessian: Tensor,
+    pattern: Pattern,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    ties: str = "index",
+    seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Prune and reconstruct W against H = 2XXᵀ/n; returns (new weight, keep-mask), same dtype as W.
 
@@ -176,12 +197,13 @@ def sparsegpt_prune(
     structure = structure_of(pattern)
     OBS("adaptive", blocksize, percdamp).check(structure)
     m = pattern.nm[1] if pattern.nm else None
-    return obs_reconstruct(
-        weight,
-        hessian,
-        magnitude_mask(weight, pattern),
-        select="adaptive",
-        m=m,
-        blocksize=blocksize,
-        percdamp=percdamp,
-    )
+    with tie_rule(check_ties(ties), torch.Generator().manual_seed(seed)):  # `seed`: ties "random"
+        return obs_reconstruct(
+            weight,
+            hessian,
+            magnitude_mask(weight, pattern),
+            select="adaptive",
+            m=m,
+            blocksize=blocksize,
+            percdamp=percdamp,
+        )

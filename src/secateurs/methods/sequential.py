@@ -361,7 +361,14 @@ def _prune_block(
         owners = {n.rpartition(".")[0]: weight_module(model, n) for n in names}
         collector = stats({m: module for m, module in owners.items() if module is not None})
         new = reconstruct_layers(
-            model, new, s.reconstruction, stats=collector, structure=s.structure, current=current
+            model,
+            new,
+            s.reconstruction,
+            stats=collector,
+            structure=s.structure,
+            current=current,
+            ties=select_options["ties"],
+            generator=select_options["generator"],
         )
     return new
 

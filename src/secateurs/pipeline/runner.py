@@ -412,7 +412,15 @@ class Pipeline:
         if spec.reconstruct is None:
             return masks
         structure = build_structure(spec.structure, **spec.structure_options)
-        return reconstruct(self.model, masks, spec.reconstruct, data=data, structure=structure)
+        return reconstruct(
+            self.model,
+            masks,
+            spec.reconstruct,
+            data=data,
+            structure=structure,
+            ties=spec.ties,
+            generator=torch.Generator().manual_seed(self._stage_seed()),  # ties "random"
+        )
 
     def _calibration_data(self, spec: PruneSpec, criterion: Any) -> list[Any] | None:
         """The batches a prune step scores (and reconstructs) on; None when it needs none.

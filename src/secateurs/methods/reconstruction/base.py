@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import Registry
+from secateurs.core.topk import tie_rule
 from secateurs.methods.calibration import InputStats, collect
 from secateurs.methods.pruning import as_batches
 from secateurs.methods.structures import Structure, Unstructured, build_structure
@@ -110,6 +111,8 @@ def reconstruct(
     stats: Any = None,
     structure: str | Structure | None = None,
     current: MaskSet | None = None,
+    ties: str = "index",
+    generator: torch.Generator | None = None,
 ) -> MaskSet:
     """Reconstruct every masked weight of `model` in place; returns the masks after reconstruction.
 
@@ -118,9 +121,10 @@ def reconstruct(
     are collected on `data` (calibration batches) with one forward pass of the whole model.
     `structure` is the structure the masks were chosen with (a name or an instance, default
     unstructured; `select: adaptive` follows an `nm` one) and `current` the model's masks before
-    this prune (default: the recorded ones). Masks of other tensors (biases) and of weights that
-    keep every entry are returned unchanged, those weights left as they are; the caller applies
-    and records the result (`set_masks`).
+    this prune (default: the recorded ones). `ties` is the prune's tie rule, for a reconstruction
+    that chooses its own mask (SparseGPT's `select: adaptive`; `generator` seeds "random").
+    Masks of other tensors (biases) and of weights that keep every entry are returned unchanged,
+    those weights left as they are; the caller applies and records the result (`set_masks`).
     """
     built = build_reconstruction(reconstruction)
     assert built is not None
@@ -144,7 +148,7 @@ def reconstruct(
         modules = {name.rpartition(".")[0]: module for name, module in owners.items()}
         stats = collect(model, modules, as_batches(data), hessian=built.needs_hessian, norms=False)
     out = dict(masks.items())
-    with torch.no_grad():
+    with torch.no_grad(), tie_rule(ties, generator):
         for name, module in owners.items():
             layer_stats = stats.get(name.rpartition(".")[0])
             out[name] = built.apply(name, module, masks[name], layer_stats, structure=structure)

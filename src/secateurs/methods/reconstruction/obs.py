@@ -19,6 +19,8 @@ Cholesky factor U of H⁻¹; updates are applied lazily in blocks of `blocksize`
   rounding half up, so the total is exactly P), chosen over all rows × block columns; N:M (the
   `nm` structure), each group of m consecutive inputs keeps as many weights as in the given mask
   (n of every m at the structure's sparsity), chosen just before the group's first column.
+  Ties in w²/[U]_jj² follow the prune's `ties` rule (`secateurs.core.topk.tie_rule`, set by
+  `reconstruct`): `original` is SparseGPT's `torch.topk(largest=False)` in each group of m.
 
 A Linear weight is [out, in]; a Conv1d/Conv2d weight (groups=1) is viewed as [out, in·kh·kw], its
 columns those of the unfolded input, in which H is collected. An N:M group of a convolution
@@ -34,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.topk import topk_mask
+from secateurs.core.topk import balanced_select, current_tie_rule, select_topk
 from secateurs.methods.calibration import InputStats
 from secateurs.methods.reconstruction.base import RECONSTRUCTIONS, Reconstruction, non_negative_option
 from secateurs.methods.structures import NM, Structure, Unstructured
@@ -68,8 +70,17 @@ def inverse_hessian_factor(hessian: Tensor, percdamp: float) -> Tensor:
         ) from None
 
 
-def keep_top(scores: Tensor, counts: Tensor) -> Tensor:
-    """Per row of `scores`, keep its counts[row] highest entries (ties to the lower index)."""
+def keep_top(
+    scores: Tensor, counts: Tensor, ties: str = "index", generator: torch.Generator | None = None
+) -> Tensor:
+    """Per row of `scores`, keep its counts[row] highest entries, ties broken by `ties`
+    (`secateurs.core.topk`; "original" is SparseGPT's `torch.topk(..., largest=False)` per group)."""
+    if ties != "index":
+        keep = torch.zeros_like(scores, dtype=torch.bool)
+        for count in torch.unique(counts).tolist():
+            rows = torch.nonzero(counts == count).reshape(-1)
+            keep[rows] = balanced_select(scores[rows], int(count) * rows.numel(), ties, generator, "topk")
+        return keep
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     positions = torch.arange(scores.shape[1], device=scores.device).expand_as(order).contiguous()
@@ -107,7 +118,8 @@ class _BlockShare(_Given):
     def block(self, i1: int, i2: int, weights: Tensor, diag: Tensor) -> Tensor:
         share = _half_up(self.pruned * i2, self.cols) - _half_up(self.pruned * i1, self.cols)
         score = (weights**2) / (diag[None, :] ** 2)
-        return topk_mask(score.reshape(-1), weights.numel() - share).reshape(weights.shape)
+        ties, generator = current_tie_rule()
+        return select_topk(score.reshape(-1), weights.numel() - share, ties, generator).reshape(weights.shape)
 
 
 class _GroupCounts(_Given):
@@ -126,7 +138,7 @@ class _GroupCounts(_Given):
             return None
         group = slice(i, i + self.m)
         score = (weights[:, group] ** 2) / (diag[None, group] ** 2)
-        keep[:, group] = keep_top(score, self.counts[:, (i1 + i) // self.m])
+        keep[:, group] = keep_top(score, self.counts[:, (i1 + i) // self.m], *current_tie_rule())
         return group
 
 
