@@ -228,6 +228,19 @@ def test_the_stage_runs_end_to_end_and_keeps_the_model_as_trained() -> None:
     assert "acc@shifted_split" in with_shifts and "excess_error@shifted_split" in with_shifts
 
 
+def test_the_collection_pass_ignores_the_recipes_eval_every() -> None:
+    # the pass is not evaluated and may be shorter than eval_every (issue 23)
+    raw = make_recipe().model_dump(mode="json")
+    raw["train"]["eval_every"] = 5
+    recipe = recipe_from_raw(
+        {
+            **raw,
+            "stages": [{"train": {}}, {"ensemble": {"members": 2, "beyond": False, "collect": {"steps": 3}}}],
+        }
+    )
+    assert run_recipe(recipe).final["collected_samples"] == 3
+
+
 @pytest.mark.parametrize("crash_stage", [2, 5])  # the ensemble of kept statistics; the one that collects
 def test_the_stage_resumes_with_identical_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_stage: int

@@ -184,6 +184,7 @@ def collect_pass(
             "optimizer": {**config.optimizer.model_dump(), "lr": lr},
             "lr_schedule": {"name": "constant"},
             "eval_every_epoch": False,
+            "eval_every": None,  # the pass is not evaluated (and may be shorter than eval_every)
         }
     )
     stats = ParamStats()
