@@ -64,7 +64,17 @@ def run_seed(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     started = time.perf_counter()
     result = secateurs.run(imp_recipe(job["setup"], job["seed"]))
-    return {"records": result.records, "seconds": time.perf_counter() - started}
+    return {"records": result.records, "seconds": time.perf_counter() - started, "setup": job["setup"]}
+
+
+def same_setup(done: dict[str, Any], setup: dict[str, Any], stem: str) -> dict[str, Any]:
+    """The finished seeds that were run with `setup`, so a changed setup reruns them.
+
+    A seed stored before seeds kept their setup counts as run with the setup of the last report.
+    """
+    report = RESULTS / f"{stem}.json"
+    earlier = json.loads(report.read_text())["setup"] if report.exists() else setup
+    return {k: v for k, v in done.items() if v.get("setup", earlier) == setup}
 
 
 def describe(job: dict[str, Any], r: dict[str, Any]) -> str:
@@ -131,7 +141,7 @@ def main(setup: dict[str, Any], quick_setup: dict[str, Any], stem: str, doc: str
     if args.quick:
         setup, stem = {**setup, **quick_setup}, f"{stem}_quick"
     store = RESULTS / f"{stem}_runs.json"
-    done = load_done(store, fresh=args.fresh)
+    done = same_setup(load_done(store, fresh=args.fresh), setup, stem)
     jobs = [{"setup": setup, "seed": s} for s in setup["seeds"]]
     run_phase(
         jobs,
@@ -143,9 +153,12 @@ def main(setup: dict[str, Any], quick_setup: dict[str, Any], stem: str, doc: str
         describe=describe,
     )
     train = setup["train"]
+    every = train.get("eval_every")
+    evaluated = f"test accuracy read every {every} steps" if every else "test accuracy read after each epoch"
     budget_text = (
         f"Budget per level: {train['epochs']} epochs of {train['optimizer']['name']} "
-        f"(lr {train['optimizer']['lr']:g}), batch {train['batch_size']}; 20 % of each hidden layer per "
+        f"(lr {train['optimizer']['lr']:g}), batch {train['batch_size']}, {evaluated} (the early-stop "
+        "step is the best of these); 20 % of each hidden layer per "
         f"level, output layer 10 %, rewind to initialisation, until {100 * setup['sparsity']:g} % of the "
         "hidden weights are pruned; controls per level: random reinit (same mask, fresh init) and random "
         "mask (same per-layer counts, random positions, original init)."
