@@ -1,4 +1,4 @@
-"""Reports from the results store: markdown tables and PNG plots, readable without a terminal.
+"""Reports from the results store: markdown tables and figures (PNG + SVG), readable without a terminal.
 
 Runs are grouped by (data set, model, method, target sparsity) and summarised over seeds as
 mean ± std. The dense reference of a (data set, model) pair is every evaluation at sparsity 0
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.fileio import atomic_write_text, save_figure
+from secateurs.core.fileio import atomic_write_text
 from secateurs.eval.potential import prune_potential
+from secateurs.results import figures
 from secateurs.results.db import MetricRow, ResultsDB
 
 SHIFT_PREFIX = "acc@"
@@ -240,46 +241,44 @@ def plot_ticket_curves(
     *,
     dense: Mapping[str, Cell] | None = None,
     metric: str = "accuracy",
+    styles: figures.Styles | None = None,
 ) -> Path:
-    """Ticket curves, one column per panel: the metric (mean ± std band) against the remaining weights
-    on a log axis, one line per series, and below it the early-stop step of each level.
+    """Ticket curves (see `figures.ticket_figure`) saved as `path` (PNG) and SVG beside it.
 
     `panels` maps a title to `ticket_curves(...)`; from records:
     `plot_ticket_curves({"IMP": ticket_curves([levels_from_records(r.records) for r in results])}, path)`.
     """
-    plt = _pyplot()
-    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 8), squeeze=False, sharex="col")
-    for column, (title, curves) in enumerate(panels.items()):
-        top, bottom = axes[0][column], axes[1][column]
-        reference = (dense or {}).get(title)
-        if reference is not None and reference.values:
-            top.axhline(100 * reference.mean, color="black", linestyle="--", label="dense")
+    fig = figures.ticket_figure(ticket_panels(panels, dense), styles=styles, metric=metric)
+    if fig is None:
+        raise ConfigError("no ticket curves to draw", fix="pass runs with repeat levels")
+    return figures.save(fig, path)
+
+
+def ticket_panels(
+    panels: Mapping[str, Mapping[str, list[TicketPoint]]], dense: Mapping[str, Cell] | None = None
+) -> list[figures.TicketPanel]:
+    """`level_panels`' curves as figure data; a panel's method is its title up to the first " · "."""
+    out = []
+    for title, curves in panels.items():
+        metric, steps = [], []
         for name, points in curves.items():
-            x = [100 * p.remaining for p in points]
-            mean = [100 * p.metric.mean if p.metric.values else math.nan for p in points]
-            std = [100 * p.metric.std if p.metric.values else math.nan for p in points]
-            top.plot(x, mean, marker="o", label=name)
-            top.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
-                             [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
-            steps = [(100 * p.remaining, p.best_step) for p in points if p.best_step.values]
-            if steps:
-                xs, cells = [x for x, _ in steps], [c for _, c in steps]
-                bottom.errorbar(xs, [c.mean for c in cells], yerr=[c.std for c in cells], marker="o",
-                                capsize=3, label=name)  # fmt: skip
-        ticks = sorted({100 * p.remaining for points in curves.values() for p in points}, reverse=True)
-        for ax in (top, bottom):
-            ax.set_xscale("log")
-            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks], fontsize=7)  # the levels' remaining weights
-            ax.minorticks_off()
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
-        if not top.xaxis_inverted():
-            top.invert_xaxis()  # shared with the axes below: sparser to the right
-        top.set_title(title, fontsize=9)
-        top.set_ylabel(f"test {metric} (%)")
-        bottom.set_ylabel("early-stop step (best test accuracy)")
-        bottom.set_xlabel("remaining weights (%), log scale")
-    return save_figure(fig, path)
+            variant = None if name == TICKET else name
+            metric.append(
+                figures.Curve(title, variant, [(p.remaining, s) for p in points if (s := _stat(p.metric))])
+            )
+            steps.append(
+                figures.Curve(title, variant, [(p.remaining, s) for p in points if (s := _stat(p.best_step))])
+            )
+        method = title.split(" · ")[0]
+        for curve in metric + steps:
+            curve.method = method
+        out.append(figures.TicketPanel(title, method, metric, [c for c in steps if c.points],
+                                       _stat((dense or {}).get(title))))  # fmt: skip
+    return out
+
+
+def _stat(cell: Cell | None) -> figures.Stat | None:
+    return figures.Stat(cell.mean, cell.std) if cell is not None and cell.values else None
 
 
 def _artifact(root: Path, relative: str | None) -> str | None:
@@ -413,104 +412,128 @@ def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
     return "\n".join(parts)
 
 
-def plot_accuracy(runs: list[RunSummary], path: Path, metric: str = "accuracy") -> Path:
-    """Accuracy vs remaining weights (log x), one line with an error band per method."""
-    plt = _pyplot()
-    groups = _groups(runs)
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.5), squeeze=False)
-    for ax, ((data, model), group) in zip(axes[0], groups.items(), strict=True):
-        dense = _dense(group, metric)
-        if dense.values:
-            ax.axhline(100 * dense.mean, color="black", linestyle="--", label="dense")
-        cells = _cells(group, metric)
-        for method in sorted({r.method for r in group}):
-            pts = sorted((s, c) for (m, s), c in cells.items() if m == method)
-            x = [100 * (1 - s) for s, _ in pts]
-            mean = [100 * c.mean for _, c in pts]
-            std = [100 * c.std for _, c in pts]
-            ax.plot(x, mean, marker="o", label=method)
-            ax.fill_between(x, [m - s for m, s in zip(mean, std, strict=True)],
-                            [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
-        ax.set_xscale("log")
-        ax.invert_xaxis()
-        ax.set_xlabel("remaining weights (%), log scale")
-        ax.set_ylabel(f"test {metric} (%)")
-        ax.set_title(f"{data} · {model}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    return save_figure(fig, path)
+# -- figures (drawn by `figures`; here the runs become its panels) --------------------------------
+def figure_styles(runs: Iterable[RunSummary]) -> figures.Styles:
+    """One colour per method (its sanity checks share it) for every figure of these runs."""
+    return figures.Styles({r.base_method for r in runs}, {r.check for r in runs})
 
 
-def plot_excess_error(runs: list[RunSummary], path: Path) -> Path | None:
-    """Excess error under each shift vs sparsity (error increase under shift beyond the clean one)."""
-    rows = []
+def accuracy_panels(runs: list[RunSummary], metric: str = "accuracy") -> list[figures.Panel]:
+    """Per (data set, model): each method's metric against the remaining weights, checks left out."""
+    return [
+        figures.Panel(
+            f"{data} · {model}", _method_curves(group, metric, check=None), _stat(_dense(group, metric))
+        )
+        for (data, model), group in _groups(runs).items()
+    ]
+
+
+def sanity_panels(runs: list[RunSummary], metric: str = "accuracy") -> list[figures.Panel]:
+    """Per (data set, model) and checked method: the method and each of its sanity checks."""
+    out = []
+    for (data, model), group in _groups(runs).items():
+        for base in sorted({r.base_method for r in group if r.check}):
+            mine = [r for r in group if r.base_method == base]
+            curves = [c for check in [None, *sorted({r.check for r in mine if r.check})]
+                      for c in _method_curves(mine, metric, check=check)]  # fmt: skip
+            out.append(figures.Panel(f"{base}\n{data} · {model}", curves, _stat(_dense(group, metric))))
+    return out
+
+
+def _method_curves(runs: list[RunSummary], metric: str, *, check: str | None) -> list[figures.Curve]:
+    """One curve per method among `runs` whose check is `check`: (remaining, mean ± std over seeds)."""
+    cells = _cells([r for r in runs if r.check == check], metric)
+    curves: dict[str, figures.Curve] = {}
+    for (method, sparsity), cell in sorted(cells.items()):
+        base = method.removesuffix(f" [{check}]") if check else method
+        curve = curves.setdefault(method, figures.Curve(base, check))
+        curve.points.append((1 - sparsity, figures.Stat(cell.mean, cell.std)))
+    return list(curves.values())
+
+
+def excess_error_panels(runs: list[RunSummary]) -> list[figures.Panel]:
+    """Per (data set, model, shift): each method's excess error (error increase under the shift
+    beyond the clean one, relative to its dense evaluation) against the remaining weights."""
+    found: dict[tuple[str, str, str], dict[tuple[str, float], list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for r in runs:
-        if r.dense is None:
+        if r.dense is None or r.check:
             continue
         for k, v in r.final.items():
             if k.startswith(SHIFT_PREFIX) and k in r.dense:
                 clean = r.dense["accuracy"] - r.final["accuracy"]
-                rows.append((r.data, r.model, r.method, k, r.sparsity, (r.dense[k] - v) - clean))
-    if not rows:
-        return None
-    plt = _pyplot()
-    keys = sorted({(d, m, meth) for d, m, meth, *_ in rows})
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
-    for ax, (data, model, method) in zip(axes[0], keys, strict=True):
-        for shift in sorted({k for d, m, meth, k, *_ in rows if (d, m, meth) == (data, model, method)}):
-            by_s: dict[float, list[float]] = defaultdict(list)
-            for d, m, meth, k, s, e in rows:
-                if (d, m, meth, k) == (data, model, method, shift):
-                    by_s[s].append(e)
-            xs = sorted(by_s)
-            ax.plot([100 * s for s in xs], [100 * statistics.fmean(by_s[s]) for s in xs], marker=".",
-                    label=shift[len(SHIFT_PREFIX) :])  # fmt: skip
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel("excess error (points)")
-        ax.set_title(f"{method} on {data} · {model}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    return save_figure(fig, path)
+                found[(r.data, r.model, k)][(r.method, r.sparsity)].append((r.dense[k] - v) - clean)
+    out = []
+    for (data, model, shift), cells in sorted(found.items()):
+        curves: dict[str, figures.Curve] = {}
+        for (method, sparsity), values in sorted(cells.items()):
+            cell = Cell(values)
+            curves.setdefault(method, figures.Curve(method)).points.append(
+                (1 - sparsity, figures.Stat(cell.mean, cell.std))
+            )
+        out.append(figures.Panel(f"{data} · {model}\n{shift[len(SHIFT_PREFIX) :]}", list(curves.values())))
+    return out
+
+
+def layer_sparsity_panels(runs: list[RunSummary]) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """Per (data set, model): the layers' sparsities of one run per method (its highest sparsity,
+    first seed; checks left out), read from the runs' saved masks."""
+    from secateurs.pipeline.outputs import read_checkpoint
+
+    out: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    for (data, model), group in _groups(runs).items():
+        chosen: dict[str, RunSummary] = {}
+        for r in sorted(group, key=lambda r: (r.method, -r.sparsity, r.seed)):
+            if r.masks_path and not r.check and r.method not in chosen:
+                chosen[r.method] = r
+        for method, r in chosen.items():
+            _, masks, _ = read_checkpoint(r.masks_path)  # type: ignore[arg-type]
+            if masks is not None:
+                layers = [(layer.name, layer.sparsity) for layer in masks.report()]
+                out.setdefault(f"{data} · {model}", {})[f"{method} ({100 * r.sparsity:g} %)"] = layers
+    return out
+
+
+def report_figures(runs: list[RunSummary], metric: str = "accuracy") -> dict[str, Any]:
+    """Every figure of a report, by file stem, in report order (matplotlib Figures; see `figures`).
+
+    `write_report` saves them; anything else drawing a store's figures should call this too, so the
+    colours and the choice of figures stay the same everywhere."""
+    styles = figure_styles(runs)
+    panels, dense = level_panels(runs, metric)
+    drawn = {
+        "accuracy_vs_remaining": figures.accuracy_figure(
+            accuracy_panels(runs, metric), styles=styles, metric=metric
+        ),
+        "sanity_checks": figures.sanity_figure(sanity_panels(runs, metric), styles=styles, metric=metric),
+        "excess_error": figures.excess_error_figure(excess_error_panels(runs), styles=styles),
+        "layer_sparsity": figures.layer_sparsity_figure(layer_sparsity_panels(runs), styles=styles),
+        "ticket_curves": figures.ticket_figure(ticket_panels(panels, dense), styles=styles, metric=metric)
+        if panels
+        else None,
+    }
+    return {stem: fig for stem, fig in drawn.items() if fig is not None}
+
+
+def plot_accuracy(runs: list[RunSummary], path: Path, metric: str = "accuracy") -> Path:
+    """Accuracy vs remaining weights (log x), one line with an error band per method, saved as PNG + SVG."""
+    fig = figures.accuracy_figure(accuracy_panels(runs, metric), styles=figure_styles(runs), metric=metric)
+    if fig is None:
+        raise ConfigError("no finished runs to draw", fix="run the sweep first")
+    return figures.save(fig, path)
+
+
+def plot_excess_error(runs: list[RunSummary], path: Path) -> Path | None:
+    """Excess error under each shift vs remaining weights, saved as PNG + SVG; None without shifts."""
+    fig = figures.excess_error_figure(excess_error_panels(runs), styles=figure_styles(runs))
+    return None if fig is None else figures.save(fig, path)
 
 
 def plot_layer_sparsity(runs: list[RunSummary], path: Path) -> Path | None:
-    """Per-layer sparsity bars of one run per method (its highest sparsity, first seed)."""
-    from secateurs.pipeline.outputs import read_checkpoint
-
-    chosen: dict[str, RunSummary] = {}
-    for r in sorted(runs, key=lambda r: (r.method, -r.sparsity, r.seed)):
-        if r.masks_path and r.method not in chosen:
-            chosen[r.method] = r
-    reports = {}
-    for method, r in chosen.items():
-        _, masks, _ = read_checkpoint(r.masks_path)  # type: ignore[arg-type]
-        if masks is not None:
-            reports[f"{method} ({100 * r.sparsity:g} %)"] = masks.report()
-    if not reports:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    width = 0.8 / len(reports)
-    for i, (label, layers) in enumerate(reports.items()):
-        ax.bar([j + i * width for j in range(len(layers))], [100 * layer.sparsity for layer in layers], width,
-               label=label)  # fmt: skip
-    first = next(iter(reports.values()))
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(first))], [layer.name for layer in first],
-                  rotation=30, ha="right", fontsize=7)  # fmt: skip
-    ax.set_ylabel("sparsity (%)")
-    ax.set_title("per-layer sparsity")
-    ax.legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """Per-layer sparsity bars of one run per method, saved as PNG + SVG; None without saved masks."""
+    fig = figures.layer_sparsity_figure(layer_sparsity_panels(runs), styles=figure_styles(runs))
+    return None if fig is None else figures.save(fig, path)
 
 
 def write_report(root: str | Path, out: str | Path, *, name: str | None = None, delta: float = 0.005) -> Path:
@@ -530,13 +553,8 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
     if not runs:
         raise ConfigError("no finished runs match", fix="check --name, or run the sweep first")
     out_dir = Path(out)
-    panels, dense = level_panels(runs)
-    images = [p for p in (
-        plot_accuracy(runs, out_dir / "accuracy_vs_remaining.png"),
-        plot_excess_error(runs, out_dir / "excess_error.png"),
-        plot_layer_sparsity(runs, out_dir / "layer_sparsity.png"),
-        plot_ticket_curves(panels, out_dir / "ticket_curves.png", dense=dense) if panels else None,
-    ) if p is not None]  # fmt: skip
+    panels, _ = level_panels(runs)
+    images = [figures.save(fig, out_dir / f"{stem}.png") for stem, fig in report_figures(runs).items()]
     levels = [
         "## Levels (lottery tickets)",
         "",

@@ -1,0 +1,540 @@
+"""Report figures that separate what matters: one colour per method, one line style per variant.
+
+A reader compares methods, then asks whether a method's choice of weights mattered (its sanity
+checks) and whether a ticket beats its controls. So every figure here follows the same rules:
+
+- a method keeps one colour in every figure (`Styles`: a colour-blind-safe palette, Paul Tol's
+  "muted", assigned from the method's name, so two reports of the same methods agree);
+- a variant of a method (a sanity check such as "shuffle", a control such as "control=reinit", a
+  structure) keeps one line style and marker; no two legend entries share colour and style;
+- sanity checks get their own small multiples (`sanity_figure`), so the accuracy figure shows
+  methods only (the adapter in `report.py` decides which curves go where);
+- legends sit outside the axes; mean ± std bands are clipped to the metric's range; log-scale
+  remaining-weight ticks sit at the measured points and labels that would collide are dropped
+  after drawing (`thin_tick_labels`).
+
+Contract (for `report.py`, `secateurs report --html` and the benchmarks): each `*_figure` function
+takes plain data (`Panel`, `Curve`, `Stat`; fractions, not percent) and returns a matplotlib
+`Figure`, or None when there is nothing to draw; it never shows, saves or closes it. Then
+`save(fig, path)` writes `path` (PNG) and the SVG beside it atomically and closes the figure, and
+`svg_text(fig)` returns one self-contained `<svg>` element (text as paths, no external references)
+for inlining in HTML, leaving the figure open. Figures use matplotlib's Agg backend.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PALETTE = (
+    "#332288",  # indigo
+    "#88CCEE",  # cyan
+    "#44AA99",  # teal
+    "#117733",  # green
+    "#999933",  # olive
+    "#DDCC77",  # sand
+    "#CC6677",  # rose
+    "#882255",  # wine
+    "#AA4499",  # purple
+)
+"""Paul Tol's colour-blind-safe "muted" scheme (without its pale grey, kept for missing data)."""
+
+DENSE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.2}
+"""The dense reference: black and dashed, a colour no method gets."""
+
+FILLS = ("full", "none", "left", "top", "right", "bottom")
+"""Marker fills that tell apart methods beyond the palette's size (a second round of colours)."""
+
+VARIANT_STYLES: dict[str | None, tuple[str, str]] = {
+    None: ("-", "o"),  # the method itself (and a ticket)
+    "shuffle": ("--", "s"),
+    "invert": (":", "v"),
+    "reinit": ("-.", "^"),
+    "random_labels": ("--", "D"),
+    "random_pixels": (":", "P"),
+    "random_mask": ("--", "X"),
+    "finetune_only": (":", "d"),
+}
+"""Line style and marker of known variants; "control=reinit" is drawn like "reinit"."""
+
+SPARE_STYLES = (("-.", "<"), ("--", ">"), (":", "p"), ("-.", "h"), ("--", "*"), (":", "H"), ("-.", "8"))
+"""Styles for variants not named above, handed out in sorted order of their names."""
+
+RANGE_PERCENT = (0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """A mean ± std over seeds (fractions for accuracy: 0.9 is 90 %)."""
+
+    mean: float
+    std: float = 0.0
+
+
+@dataclass
+class Curve:
+    """One line: `points` are (x, stat) with x the remaining weights as a fraction (or any x)."""
+
+    method: str
+    variant: str | None = None
+    points: list[tuple[float, Stat]] = field(default_factory=list)
+
+
+@dataclass
+class Panel:
+    """One axes: a title, its curves and the dense reference (a horizontal line) if known."""
+
+    title: str
+    curves: list[Curve]
+    dense: Stat | None = None
+
+
+@dataclass
+class TicketPanel:
+    """One column of the ticket figure: the metric per level and the early-stop step per level."""
+
+    title: str
+    method: str
+    metric: list[Curve]
+    steps: list[Curve]
+    dense: Stat | None = None
+
+
+@dataclass(frozen=True)
+class LineStyle:
+    color: str
+    linestyle: str
+    marker: str
+    fillstyle: str = "full"
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "color": self.color,
+            "linestyle": self.linestyle,
+            "marker": self.marker,
+            "fillstyle": self.fillstyle,
+            "markersize": 5,
+        }
+
+
+class Styles:
+    """Colour per method and line style per variant, fixed for a report's whole set of methods.
+
+    A method's first choice of slot (colour, marker fill) comes from a checksum of its name, so it
+    keeps its colour across figures and across reports; a taken slot passes to the next free one.
+    Announce every method of a report up front (the constructor sorts them) so the assignment does
+    not depend on the order figures are drawn in; a method not announced gets the next free slot.
+    """
+
+    def __init__(self, methods: Iterable[str] = (), variants: Iterable[str | None] = ()) -> None:
+        self._slots = [(c, f) for f in FILLS for c in PALETTE]
+        self._methods: dict[str, tuple[str, str]] = {}
+        self._variants: dict[str | None, tuple[str, str]] = dict(VARIANT_STYLES)
+        self._spare = 0
+        for name in sorted(set(methods)):
+            self._slot(name)
+        for variant in sorted({_plain(v) or "" for v in variants} - {""}):
+            self.variant(variant)
+
+    def colour(self, method: str) -> str:
+        return self._slot(method)[0]
+
+    def variant(self, variant: str | None) -> tuple[str, str]:
+        """(line style, marker) of a variant; None (and "ticket") is the method itself."""
+        key = _plain(variant)
+        if key not in self._variants:
+            self._variants[key] = SPARE_STYLES[self._spare % len(SPARE_STYLES)]
+            self._spare += 1
+        return self._variants[key]
+
+    def line(self, method: str, variant: str | None = None) -> LineStyle:
+        color, fill = self._slot(method)
+        return LineStyle(color, *self.variant(variant), fill)
+
+    def _slot(self, method: str) -> tuple[str, str]:
+        if method not in self._methods:
+            taken = set(self._methods.values())
+            start = zlib.crc32(method.encode()) % len(PALETTE)
+            order = [self._slots[(start + i) % len(self._slots)] for i in range(len(self._slots))]
+            free = next((slot for slot in order if slot not in taken), None)
+            if free is None:
+                raise ValueError(f"more than {len(self._slots)} methods in one report; split it with --name")
+            self._methods[method] = free
+        return self._methods[method]
+
+
+def _plain(variant: str | None) -> str | None:
+    """A control's series name "control=reinit" is styled like the check "reinit"."""
+    if variant is None or variant == "ticket":
+        return None
+    return variant.removeprefix("control=")
+
+
+# -- figures --------------------------------------------------------------------------------------
+def accuracy_figure(
+    panels: Sequence[Panel], *, styles: Styles | None = None, metric: str = "accuracy"
+) -> Any | None:
+    """The metric (mean ± std band, %) against the remaining weights (log, sparser to the right),
+    one axes per panel (a data set and model), one line per curve, one legend for all panels."""
+    panels = [p for p in panels if p.curves or p.dense]
+    if not panels:
+        return None
+    styles = styles or Styles(c.method for p in panels for c in p.curves)
+    fig, axes = _grid(len(panels), columns=min(3, len(panels)), size=(5.0, 3.8))
+    for ax, panel in zip(axes, panels, strict=False):
+        _dense_line(ax, panel.dense)
+        for curve in panel.curves:
+            _curve(ax, curve, styles.line(curve.method, curve.variant), label=_label(curve))
+        _remaining_axis(ax, [x for c in panel.curves for x, _ in c.points])
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_ylabel(f"test {metric} (%)")
+    _legend_outside(fig, axes)
+    return thin_tick_labels(fig)
+
+
+def sanity_figure(
+    panels: Sequence[Panel], *, styles: Styles | None = None, metric: str = "accuracy"
+) -> Any | None:
+    """Small multiples, one axes per scored method: the method (solid) against each of its sanity
+    checks, all in the method's colour; the key shows the checks' styles. None when no panel has a
+    check."""
+    panels = [p for p in panels if any(c.variant for c in p.curves)]
+    if not panels:
+        return None
+    styles = styles or Styles(c.method for p in panels for c in p.curves)
+    fig, axes = _grid(len(panels), columns=min(4, len(panels)), size=(3.6, 3.0))
+    for ax, panel in zip(axes, panels, strict=False):
+        _dense_line(ax, panel.dense)
+        for curve in panel.curves:
+            _curve(ax, curve, styles.line(curve.method, curve.variant), label=curve.variant or "method")
+        _remaining_axis(ax, [x for c in panel.curves for x, _ in c.points])
+        ax.set_title(panel.title, fontsize=8)
+        ax.set_ylabel(f"test {metric} (%)", fontsize=8)
+    _style_key(fig, axes, styles, [p.curves for p in panels], none_label="method (no check)")
+    return thin_tick_labels(fig)
+
+
+def ticket_figure(
+    panels: Sequence[TicketPanel], *, styles: Styles | None = None, metric: str = "accuracy"
+) -> Any | None:
+    """Ticket curves, one column per panel: the metric per level against the remaining weights (log),
+    the ticket and each control in the method's colour, and below it each level's early-stop step."""
+    if not panels:
+        return None
+    styles = styles or Styles(p.method for p in panels)
+    import matplotlib.pyplot as plt
+
+    _agg()
+    fig, grid = plt.subplots(
+        2,
+        len(panels),
+        figsize=(5.5 * len(panels) + 1.8, 7),
+        squeeze=False,
+        sharex="col",
+        layout="constrained",
+    )
+    for column, panel in enumerate(panels):
+        top, bottom = grid[0][column], grid[1][column]
+        _dense_line(top, panel.dense)
+        for curve in panel.metric:
+            _curve(top, curve, styles.line(panel.method, curve.variant), label=curve.variant or "ticket")
+        for curve in panel.steps:
+            _curve(bottom, curve, styles.line(panel.method, curve.variant), label=curve.variant or "ticket",
+                   scale=1.0, bounds=(0.0, math.inf))  # fmt: skip
+        xs = [x for c in panel.metric + panel.steps for x, _ in c.points]
+        _remaining_axis(top, xs, label=False)
+        _remaining_axis(bottom, xs)
+        top.set_title(panel.title, fontsize=9)
+        top.set_ylabel(f"test {metric} (%)")
+        bottom.set_ylabel("early-stop step (best test accuracy)")
+    axes = [ax for row in grid for ax in row]
+    _style_key(fig, axes, styles, [p.metric + p.steps for p in panels], none_label="ticket",
+               methods={p.method for p in panels})  # fmt: skip
+    return thin_tick_labels(fig)
+
+
+def excess_error_figure(panels: Sequence[Panel], *, styles: Styles | None = None) -> Any | None:
+    """Excess error under a shift (its error increase beyond the clean one, points) against the
+    remaining weights, one axes per (data set, model, shift), one line per method."""
+    panels = [p for p in panels if p.curves]
+    if not panels:
+        return None
+    styles = styles or Styles(c.method for p in panels for c in p.curves)
+    fig, axes = _grid(len(panels), columns=min(4, len(panels)), size=(3.6, 3.0))
+    for ax, panel in zip(axes, panels, strict=False):
+        ax.axhline(0, color="black", linewidth=0.8)
+        for curve in panel.curves:
+            _curve(
+                ax,
+                curve,
+                styles.line(curve.method, curve.variant),
+                label=_label(curve),
+                bounds=(-100.0, 100.0),
+            )
+        _remaining_axis(ax, [x for c in panel.curves for x, _ in c.points])
+        ax.set_title(panel.title, fontsize=8)
+        ax.set_ylabel("excess error (points)", fontsize=8)
+    _legend_outside(fig, axes)
+    return thin_tick_labels(fig)
+
+
+def layer_sparsity_figure(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]], *, styles: Styles | None = None
+) -> Any | None:
+    """Per-layer sparsity (%) as horizontal bars, one axes per title, one bar per method in its colour.
+
+    `panels` maps a title to {method label: [(layer name, sparsity fraction), ...]}; a label may
+    carry the run's sparsity after the method ("SNIP (90 %)"): `methods` of `Styles` decides colour.
+    """
+    panels = {t: m for t, m in panels.items() if m}
+    if not panels:
+        return None
+    labels = [label for m in panels.values() for label in m]
+    styles = styles or Styles(_method_of(label) for label in labels)
+    heights = [
+        max(len(layers) for layers in m.values()) * (0.25 * len(m) + 0.2) + 1.2 for m in panels.values()
+    ]
+    import matplotlib.pyplot as plt
+
+    _agg()
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(5.0 * len(panels) + 2.5, max(3.0, max(heights))),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, (title, methods) in zip(axes[0], panels.items(), strict=True):
+        names = list(dict.fromkeys(name for layers in methods.values() for name, _ in layers))
+        width = 0.8 / len(methods)
+        for i, (label, layers) in enumerate(methods.items()):
+            by = dict(layers)
+            ys = [j - 0.4 + width * (i + 0.5) for j in range(len(names))]
+            ax.barh(ys, [100 * by.get(n, math.nan) for n in names], width, label=label,
+                    color=styles.colour(_method_of(label)), edgecolor="white", linewidth=0.4)  # fmt: skip
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()  # the first layer on top
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    _legend_outside(fig, list(axes[0]))
+    return thin_tick_labels(fig)
+
+
+# -- saving ---------------------------------------------------------------------------------------
+def save(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Write `path` (PNG) and the same stem's `.svg` atomically, close the figure, return the PNG path."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for suffix, kwargs in ((".png", {"dpi": dpi}), (".svg", {})):
+            _atomic_save(fig, target.with_suffix(suffix), suffix, kwargs)
+    finally:
+        plt.close(fig)
+    return target
+
+
+def svg_text(fig: Any) -> str:
+    """The figure as one `<svg>` element (no XML prologue or doctype), for inlining in HTML."""
+    buffer = io.StringIO()
+    with _svg_settings():
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _atomic_save(fig: Any, target: Path, suffix: str, kwargs: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        with _svg_settings():
+            fig.savefig(
+                tmp, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None, **kwargs
+            )
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _svg_settings() -> Any:
+    """Stable SVG ids (so a regenerated figure diffs only where it changed) and text as paths."""
+    import matplotlib
+
+    return matplotlib.rc_context({"svg.hashsalt": "secateurs", "svg.fonttype": "path"})
+
+
+# -- ticks ----------------------------------------------------------------------------------------
+def shown_tick_labels(axis: Any) -> list[Any]:
+    """The major tick labels (`Text`) an axis draws: visible, not empty, inside the view limits."""
+    return [text for _, text in _in_view(axis) if text.get_visible() and text.get_text()]
+
+
+def thin_tick_labels(fig: Any, *, pad: float = 3.0) -> Any:
+    """Blank every tick label that would come within `pad` pixels of the label kept before it (in
+    screen order), measured after a draw; returns `fig`.
+
+    Removing labels only frees room, so a later layout pass cannot make the kept ones collide.
+    """
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for axis, edge in ((ax.xaxis, "x0"), (ax.yaxis, "y0")):
+            shown = shown_tick_labels(axis)
+            boxes = sorted(
+                ((t.get_window_extent(renderer), t) for t in shown), key=lambda bt: getattr(bt[0], edge)
+            )
+            kept, drop = None, set()
+            for box, text in boxes:
+                if kept is not None and box.padded(pad / 2).overlaps(kept.padded(pad / 2)):
+                    drop.add(id(text))
+                else:
+                    kept = box
+            if drop:
+                ticks = _in_view(axis)
+                labels = ["" if id(t) in drop else t.get_text() for _, t in ticks]
+                axis.set_ticks([loc for loc, _ in ticks], labels, fontsize=shown[0].get_fontsize())
+    return fig
+
+
+def _in_view(axis: Any) -> list[tuple[float, Any]]:
+    """(position, label) of the major ticks inside the view limits (a locator also returns some outside)."""
+    low, high = sorted(axis.get_view_interval())
+    span = (high - low) * 1e-9
+    pairs = zip(axis.get_majorticklocs(), axis.get_major_ticks(), strict=False)
+    return [(loc, tick.label1) for loc, tick in pairs if low - span <= loc <= high + span]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _agg() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+
+def _grid(n: int, *, columns: int, size: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """`n` axes in rows of `columns` (spare axes removed), room on the right for the legend."""
+    import matplotlib.pyplot as plt
+
+    _agg()
+    rows = math.ceil(n / columns)
+    fig, grid = plt.subplots(
+        rows, columns, figsize=(size[0] * columns + 2.4, size[1] * rows), squeeze=False, layout="constrained"
+    )
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def _label(curve: Curve) -> str:
+    return f"{curve.method} [{curve.variant}]" if curve.variant else curve.method
+
+
+def _method_of(label: str) -> str:
+    """ "SNIP (90 %)" → "SNIP": a layer-sparsity label names the run's sparsity after its method."""
+    head, _, tail = label.rpartition(" (")
+    return head if head and tail.endswith("%)") else label
+
+
+def _dense_line(ax: Any, dense: Stat | None) -> None:
+    if dense is not None:
+        ax.axhline(100 * dense.mean, label="dense", **DENSE_STYLE)
+
+
+def _curve(
+    ax: Any,
+    curve: Curve,
+    style: LineStyle,
+    *,
+    label: str,
+    scale: float = 100.0,
+    bounds: tuple[float, float] = RANGE_PERCENT,
+) -> None:
+    """A line through the means and a band of ± one std clipped to `bounds` (in plotted units)."""
+    points = sorted((x, s) for x, s in curve.points if not math.isnan(s.mean))
+    if not points:
+        return
+    xs = [100 * x for x, _ in points]
+    mean = [scale * s.mean for _, s in points]
+    low = [min(max(scale * (s.mean - s.std), bounds[0]), bounds[1]) for _, s in points]
+    high = [min(max(scale * (s.mean + s.std), bounds[0]), bounds[1]) for _, s in points]
+    ax.plot(xs, mean, label=label, **style.kwargs())
+    if any(h > lo for lo, h in zip(low, high, strict=True)):
+        ax.fill_between(xs, low, high, color=style.color, alpha=0.15, linewidth=0)
+
+
+def _remaining_axis(ax: Any, xs: Iterable[float], *, label: bool = True) -> None:
+    """Log scale of remaining weights (%), ticks at the measured points only, sparser to the right."""
+    ticks = sorted({100 * x for x in xs if x > 0}, reverse=True)
+    ax.set_xscale("log")
+    if ticks:
+        ax.set_xticks(ticks, [_fmt(t) for t in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.tick_params(axis="y", labelsize=7)
+    if not ax.xaxis_inverted():
+        ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    if label:
+        ax.set_xlabel("remaining weights (%), log scale", fontsize=8)
+
+
+def _legend_outside(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend right of the axes for every labelled artist of `axes` (one entry per label)."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    if handles:
+        ordered = sorted(handles, key=lambda s: (s != "dense", s.lower()))
+        fig.legend(
+            [handles[k] for k in ordered], ordered, loc="outside right upper", fontsize=7, frameon=False
+        )
+
+
+def _style_key(
+    fig: Any,
+    axes: Sequence[Any],
+    styles: Styles,
+    curves: Iterable[Iterable[Curve]],
+    *,
+    none_label: str,
+    methods: set[str] | None = None,
+) -> None:
+    """A legend of the variants' styles (in the one method's colour, or dark grey when the panels
+    show several methods, whose names are the panels' titles), plus the dense line."""
+    from matplotlib.lines import Line2D
+
+    variants = sorted({c.variant for group in curves for c in group}, key=lambda v: (v is not None, v or ""))
+    all_methods = methods or {c.method for group in curves for c in group}
+    colour = styles.colour(next(iter(all_methods))) if len(all_methods) == 1 else "#444444"
+    handles, labels = [], []
+    if any(ax.get_legend_handles_labels()[1].count("dense") for ax in axes):
+        handles.append(Line2D([], [], **DENSE_STYLE))
+        labels.append("dense")
+    for variant in variants:
+        linestyle, marker = styles.variant(variant)
+        handles.append(Line2D([], [], color=colour, linestyle=linestyle, marker=marker, markersize=5))
+        labels.append(variant or none_label)
+    fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)

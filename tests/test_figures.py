@@ -1,0 +1,320 @@
+"""Report figures (issue 23): methods apart by colour, variants by style, legends outside the axes,
+bands inside the metric's range, tick labels that never collide, and an SVG beside every PNG.
+
+The checks read the drawn figure objects; each is first shown to catch a deliberately bad figure.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_hex
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+
+from secateurs.results import ResultsDB, figures
+from secateurs.results.report import (
+    collect,
+    figure_styles,
+    report_figures,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SHIFTS = ("gaussian_noise:0.1", "shift:2")
+
+
+# -- a small store of fake runs -------------------------------------------------------------------
+def add_run(
+    db: ResultsDB,
+    name: str,
+    seed: int,
+    sparsity: float,
+    final: dict[str, float],
+    *,
+    data: str = "synthetic",
+    check: str | None = None,
+    levels: list[dict[str, Any]] | None = None,
+) -> None:
+    """One finished run: a dense evaluation (stage 1), then its levels or one final evaluation."""
+    prune: dict[str, Any] = {"criterion": name}
+    if check:
+        prune["sanity"] = check
+    config = {
+        "name": name,
+        "seed": seed,
+        "sparsity": sparsity,
+        "data": {"name": data},
+        "model": {"name": "mlp"},
+        "stages": [{"train": {}}, {"evaluate": {}}, {"prune": prune}, {"evaluate": {}}],
+    }
+    run = f"{name}-{check}-{data}-{sparsity}-{seed}"
+    db.add_runs([(run, name, config)])
+    db.claim(run, version="test", git_revision=None)
+    dense = {"accuracy": 0.9, "sparsity": 0.0, **{f"acc@{s}": 0.8 for s in SHIFTS}}
+    db.add_metrics(run, stage=1, kind="evaluate", level=None, step=None, metrics=dense)
+    for i, level in enumerate(levels or []):
+        db.add_metrics(run, stage=2 + i, kind="evaluate", level=level.pop("level"), step=None,
+                       metrics=level, control=level.pop("control", None))  # fmt: skip
+    db.add_metrics(
+        run, stage=99, kind="evaluate", level=None, step=None, metrics={"sparsity": sparsity, **final}
+    )
+    db.mark_finished(run, {})
+
+
+def accuracy(method: str, sparsity: float, seed: int) -> float:
+    """Spread over seeds wide enough that mean ± std leaves [0, 1] near both ends."""
+    base = {"magnitude": 0.99, "SNIP": 0.6, "GraSP": 0.08, "random": 0.45}[method] - 0.05 * sparsity
+    return min(1.0, max(0.0, base + 0.15 * (seed - 1)))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("results")
+    with ResultsDB(root / "results.db") as db:
+        for data, method, sparsity, seed in itertools.product(
+            ("synthetic", "other"),
+            ("magnitude", "SNIP", "GraSP", "random"),
+            (0.5, 0.9, 0.99, 0.995),
+            (0, 1, 2),
+        ):
+            acc = accuracy(method, sparsity, seed)
+            add_run(
+                db,
+                method,
+                seed,
+                sparsity,
+                {"accuracy": acc, **{f"acc@{s}": max(0.0, acc - 0.1) for s in SHIFTS}},
+                data=data,
+            )
+        for method, check, seed in itertools.product(("SNIP", "GraSP"), ("shuffle", "invert"), (0, 1, 2)):
+            add_run(
+                db, method, seed, 0.9, {"accuracy": max(0.0, accuracy(method, 0.9, seed) - 0.01)}, check=check
+            )
+        for seed in (
+            0,
+            1,
+            2,
+        ):  # ticket levels whose last two remaining weights nearly coincide (2.87, 2.85 %)
+            levels = [
+                {
+                    "level": level,
+                    "control": control,
+                    "remaining": remaining,
+                    "accuracy": 0.8 + 0.01 * seed,
+                    "best_step": 100 * level,
+                }
+                for level, remaining in enumerate((0.8, 0.4, 0.1, 0.0287, 0.0285), start=1)
+                for control in (None, "reinit", "random_mask")
+            ]
+            add_run(db, "IMP", seed, 0.9715, {"accuracy": 0.8}, levels=levels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def drawn(store: Path) -> dict[str, Any]:
+    with ResultsDB(store / "results.db", create=False) as db:
+        runs = collect(db)
+    yield report_figures(runs)
+    plt.close("all")
+
+
+# -- the checks, read from a figure object --------------------------------------------------------
+def style_clashes(fig: Any) -> list[str]:
+    """Legend entries that share colour and style (line style, marker and fill, or a bar's colour)."""
+    seen: dict[tuple[Any, ...], str] = {}
+    clashes = []
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    for legend in legends:
+        for handle, text in zip(legend.legend_handles, legend.get_texts(), strict=True):
+            if isinstance(handle, Line2D):
+                color, marker = to_hex(handle.get_color()), handle.get_marker()
+                key: tuple[Any, ...] = (color, handle.get_linestyle(), marker, handle.get_fillstyle())
+            elif isinstance(handle, Rectangle):
+                key = (to_hex(handle.get_facecolor()), "bar")
+            else:
+                key = (type(handle).__name__, text.get_text())
+            if key in seen:
+                clashes.append(f"{text.get_text()!r} looks like {seen[key]!r}")
+            seen.setdefault(key, text.get_text())
+    return clashes
+
+
+def legends_over_axes(fig: Any) -> list[str]:
+    fig.canvas.draw()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    return [
+        f"a legend covers {ax.get_title()!r}"
+        for legend in legends
+        for ax in fig.axes
+        if legend.get_window_extent().overlaps(ax.get_window_extent())
+    ]
+
+
+def overlapping_ticks(fig: Any) -> list[str]:
+    fig.canvas.draw()
+    found = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [(t.get_text(), t.get_window_extent()) for t in figures.shown_tick_labels(axis)]
+            found += [f"{a!r} over {b!r}" for (a, box), (b, other) in itertools.combinations(labels, 2)
+                      if box.overlaps(other)]  # fmt: skip
+    return found
+
+
+def bands_outside(fig: Any, low: float = 0.0, high: float = 100.0) -> list[str]:
+    """Bands (filled areas) of accuracy axes that leave [low, high]."""
+    found = []
+    for ax in fig.axes:
+        if "accuracy (%)" not in ax.get_ylabel():
+            continue
+        for band in (c for c in ax.collections if isinstance(c, PolyCollection)):
+            ys = [y for path in band.get_paths() for y in path.vertices[:, 1]]
+            if ys and (min(ys) < low - 1e-9 or max(ys) > high + 1e-9):
+                found.append(f"{ax.get_title()!r}: band from {min(ys):.1f} to {max(ys):.1f}")
+    return found
+
+
+def bad_figure() -> Any:
+    """Everything the checks must catch: one colour and style twice, a legend on the data, crowded
+    tick labels and a band below 0 %."""
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([1, 2], [10, 20], color="C0", label="GraSP")
+    ax.plot([1, 2], [20, 30], color="C0", label="SynFlow [reinit]")
+    ax.fill_between([1, 2], [-10, 5], [30, 40], alpha=0.2)
+    ax.set_xscale("log")
+    ticks = [2.85, 2.87, 3.0, 3.1, 10, 50]
+    ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(loc="center")
+    return fig
+
+
+def test_each_check_catches_the_bad_figure() -> None:
+    fig = bad_figure()
+    assert style_clashes(fig) == ["'SynFlow [reinit]' looks like 'GraSP'"]
+    assert legends_over_axes(fig) == ["a legend covers ''"]
+    assert "'2.85' over '2.87'" in overlapping_ticks(fig)
+    assert bands_outside(fig) == ["'': band from -10.0 to 40.0"]
+    plt.close(fig)
+
+
+def test_thinning_removes_exactly_the_colliding_tick_labels() -> None:
+    fig = figures.thin_tick_labels(bad_figure())
+    assert overlapping_ticks(fig) == []
+    kept = [t.get_text() for t in figures.shown_tick_labels(fig.axes[0].xaxis)]
+    assert "2.85" in kept and "2.87" not in kept and {"10", "50"} <= set(kept)
+    plt.close(fig)
+
+
+# -- every figure kind, drawn from the store ------------------------------------------------------
+def test_a_store_draws_every_figure_kind(drawn: dict[str, Any]) -> None:
+    assert list(drawn) == ["accuracy_vs_remaining", "sanity_checks", "excess_error", "ticket_curves"]
+
+
+@pytest.mark.parametrize("kind", ["accuracy_vs_remaining", "sanity_checks", "excess_error", "ticket_curves"])
+def test_figures_separate_entries_keep_legends_outside_and_ticks_apart(
+    drawn: dict[str, Any], kind: str
+) -> None:
+    fig = drawn[kind]
+    assert fig.legends, "one legend for the whole figure"
+    assert style_clashes(fig) == []
+    assert legends_over_axes(fig) == []
+    assert overlapping_ticks(fig) == []
+    assert bands_outside(fig) == []
+
+
+def test_the_accuracy_figure_shows_methods_only_with_clipped_bands(drawn: dict[str, Any]) -> None:
+    fig = drawn["accuracy_vs_remaining"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["dense", "GraSP", "IMP", "magnitude", "random", "SNIP"]  # no "[shuffle]" here
+    bands = [c for ax in fig.axes for c in ax.collections if isinstance(c, PolyCollection)]
+    ys = [y for band in bands for path in band.get_paths() for y in path.vertices[:, 1]]
+    assert min(ys) == 0.0 and max(ys) == 100.0  # GraSP's band would reach below 0, magnitude's above 100
+
+
+def test_sanity_checks_get_one_panel_per_checked_method_in_its_colour(drawn: dict[str, Any]) -> None:
+    fig, main = drawn["sanity_checks"], drawn["accuracy_vs_remaining"]
+    assert [ax.get_title() for ax in fig.axes] == ["GraSP\nsynthetic · mlp", "SNIP\nsynthetic · mlp"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "dense",
+        "method (no check)",
+        "invert",
+        "shuffle",
+    ]
+    legend = main.legends[0]
+    colour = {
+        t.get_text(): to_hex(h.get_color())
+        for h, t in zip(legend.legend_handles, legend.get_texts(), strict=True)
+    }
+    for ax, method in zip(fig.axes, ("GraSP", "SNIP"), strict=True):
+        lines = [line for line in ax.get_lines() if line.get_label() != "dense"]
+        assert len(lines) == 3 and {to_hex(line.get_color()) for line in lines} == {colour[method]}
+        assert len({(line.get_linestyle(), line.get_marker()) for line in lines}) == 3
+
+
+def test_the_ticket_figure_keeps_one_of_two_nearly_equal_remaining_labels(drawn: dict[str, Any]) -> None:
+    fig = drawn["ticket_curves"]
+    shown = [t.get_text() for t in figures.shown_tick_labels(fig.axes[-1].xaxis)]
+    assert ("2.85" in shown) != ("2.87" in shown) and "80" in shown
+    steps = fig.axes[-1]
+    assert steps.get_ylabel().startswith("early-stop step")
+
+
+def test_layer_sparsity_bars_have_one_colour_per_method_and_names_apart() -> None:
+    layers = [(f"features.{i}.weight", i / 10) for i in range(8)]
+    fig = figures.layer_sparsity_figure(
+        {"a · b": {"SNIP (90 %)": layers, "magnitude (90 %)": layers}, "c · d": {"SNIP (90 %)": layers[:3]}}
+    )
+    assert style_clashes(fig) == [] and legends_over_axes(fig) == [] and overlapping_ticks(fig) == []
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["magnitude (90 %)", "SNIP (90 %)"]
+    plt.close(fig)
+
+
+def test_a_method_keeps_its_colour_whatever_the_other_methods() -> None:
+    one = figures.Styles(["SNIP", "GraSP", "SynFlow"])
+    again = figures.Styles(["SynFlow", "GraSP", "SNIP"])
+    assert [one.colour(m) for m in ("SNIP", "GraSP", "SynFlow")] == [
+        again.colour(m) for m in ("SNIP", "GraSP", "SynFlow")
+    ]
+    assert figures.Styles(["SNIP"]).colour("SNIP") == one.colour("SNIP")  # its colour comes from its name
+    many = figures.Styles([f"method {i}" for i in range(20)])
+    lines = {many.line(f"method {i}") for i in range(20)}
+    assert len(lines) == 20 and {s.color for s in lines} == set(
+        figures.PALETTE
+    )  # a second round: other fills
+    assert one.line("SNIP", "control=reinit").linestyle == one.line("SNIP", "reinit").linestyle != "-"
+
+
+def test_write_report_saves_an_svg_beside_every_png(store: Path, tmp_path: Path) -> None:
+    text = write_report(store, tmp_path / "rep").read_text()
+    for stem in ("accuracy_vs_remaining", "sanity_checks", "excess_error", "ticket_curves"):
+        assert (tmp_path / "rep" / f"{stem}.png").read_bytes().startswith(PNG_MAGIC)
+        svg = (tmp_path / "rep" / f"{stem}.svg").read_text()
+        assert svg.startswith("<?xml") and "<svg" in svg and svg.rstrip().endswith("</svg>")
+        assert f"]({stem}.png)" in text
+    assert not list((tmp_path / "rep").glob(".*")), "no temporary file left behind"
+
+
+def test_svg_text_is_one_inline_element_and_stable(store: Path) -> None:
+    with ResultsDB(store / "results.db", create=False) as db:
+        runs = collect(db)
+    styles = figure_styles(runs)
+    texts = []
+    for _ in range(2):
+        panel = figures.Panel("p", [figures.Curve("SNIP", None, [(0.5, figures.Stat(0.8, 0.1))])])
+        fig = figures.accuracy_figure([panel], styles=styles)
+        texts.append(figures.svg_text(fig))
+        plt.close(fig)
+    assert (
+        texts[0].startswith("<svg") and texts[0] == texts[1]
+    )  # no date, fixed ids: regenerated files diff cleanly
+    assert "<image" not in texts[0] and "@import" not in texts[0]
