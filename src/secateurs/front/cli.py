@@ -706,16 +706,29 @@ def report(
         Path | None, typer.Option(help="where report.md and the PNGs go (default ROOT/report)")
     ] = None,
     delta: Annotated[float, typer.Option(help="prune potential tolerance, in accuracy points")] = 0.5,
+    html: Annotated[
+        bool,
+        typer.Option(
+            "--html",
+            help="also write report.html: one self-contained page (sortable tables, figures, every "
+            "run's configuration) that fetches nothing",
+        ),
+    ] = False,
 ) -> None:
     """Markdown tables (mean ± std over seeds, prune potential) and PNG plots of finished runs."""
     from secateurs.front.tables import markdown
+    from secateurs.results.html_report import write_html_report
     from secateurs.results.report import write_report
 
     if not 0 < delta < 100:
         raise SecateursError(f"--delta must be between 0 and 100 points, got {delta}")
-    path = write_report(root, out if out is not None else root / "report", name=name, delta=delta / 100)
+    target = out if out is not None else root / "report"
+    path = write_report(root, target, name=name, delta=delta / 100)
+    page = write_html_report(root, path, name=name, delta=delta / 100) if html else None
     print_tables(console, markdown(path.read_text(encoding="utf-8"), width=console.width))
     console.print(f"report written to {path}")
+    if page is not None:
+        console.print(f"HTML report written to {page}")
 
 
 def _add_llm_commands() -> None:

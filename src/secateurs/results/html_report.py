@@ -1,0 +1,563 @@
+"""`secateurs report --html`: one self-contained HTML page per results store.
+
+A report directory's markdown needs its PNGs beside it; the HTML page carries everything itself, so
+it can be mailed, attached to an issue or opened offline: the figures are embedded as data URIs
+(SVG where the report wrote one, else PNG), the CSS and the few lines of JavaScript (sortable tables,
+opening a run's details from a link) are inline, and a Content-Security-Policy forbids the page to
+fetch anything at all. Every value that came from a user (run names, configs, data set names) is
+escaped. Each table row links to the runs behind it (`#run-<hash>`), and each run's section holds its
+configuration and hash.
+
+The tables are built from the same summaries (`collect`, `level_panels`) as the markdown report,
+and the figures are the files `write_report` drew, so the page and report.md never disagree.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secateurs.core.fileio import atomic_write_text
+from secateurs.eval.potential import prune_potential
+from secateurs.results.db import ResultsDB, RunRecord
+from secateurs.results.report import (
+    DENSE_COLUMN,
+    SHIFT_PREFIX,
+    TICKET,
+    Cell,
+    RunSummary,
+    collect,
+    level_panels,
+)
+
+HTML_NAME = "report.html"
+INLINE_LINKS = 4
+"""A cell behind more runs than this lists their links in a collapsed <details>."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One table cell: its text, the value a click on its header sorts by, and the runs behind it."""
+
+    text: str
+    sort: float | str | None = None
+    runs: tuple[str, ...] = ()
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Entry]] = field(default_factory=list)
+
+
+def write_html_report(
+    root: str | Path, markdown: str | Path, *, name: str | None = None, delta: float = 0.005
+) -> Path:
+    """Write report.html beside `markdown` (the report.md `write_report` just wrote for the same
+    runs): a page that needs nothing else, with its tables, figures, sanity checks, layer collapse
+    and every run's configuration."""
+    markdown = Path(markdown)
+    db_path = Path(root) / "results.db"
+    with ResultsDB(db_path, create=False) as db:
+        runs = collect(db, name=name)
+        records = {r.hash: record for r in runs if (record := db.get_run(r.hash)) is not None}
+        artifacts = {r.hash: db.artifacts(r.hash) for r in runs}
+    page = render_html(
+        runs,
+        records,
+        artifacts,
+        figures=report_figures(markdown),
+        source=f"{len(runs)} finished runs from {db_path}" + (f" matching {name}" if name else ""),
+        delta=delta,
+    )
+    return atomic_write_text(markdown.with_name(HTML_NAME), page)
+
+
+_IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)\s*$")
+
+
+def report_figures(markdown: Path) -> list[Path]:
+    """The figures report.md shows, in its order, each as its SVG where one was written beside it
+    (at least as new as the PNG: a stale SVG from an older report is never shown)."""
+    found = []
+    for line in markdown.read_text(encoding="utf-8").splitlines():
+        match = _IMAGE.match(line)
+        if match is None:
+            continue
+        path = markdown.parent / match.group(1)
+        svg = path.with_suffix(".svg")
+        if path.suffix != ".svg" and svg.is_file() and (not path.is_file() or _newer(svg, path)):
+            path = svg
+        if path.is_file():
+            found.append(path)
+    return found
+
+
+def _newer(a: Path, b: Path) -> bool:
+    return a.stat().st_mtime >= b.stat().st_mtime
+
+
+# -- tables ---------------------------------------------------------------------------------------
+def _group(runs: Iterable[RunSummary]) -> dict[tuple[str, str], list[RunSummary]]:
+    groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        groups[(r.data, r.model)].append(r)
+    return dict(sorted(groups.items()))
+
+
+def _value(r: RunSummary, metric: str) -> float | None:
+    v = r.final.get(metric)
+    return None if v is None or math.isnan(v) else v
+
+
+def _hashes(runs: Iterable[RunSummary]) -> tuple[str, ...]:
+    return tuple(r.hash for r in sorted(runs, key=lambda r: (r.method, r.sparsity, r.seed, r.hash)))
+
+
+def _mean_entry(cell: Cell, runs: Iterable[RunSummary], scale: float = 100.0, digits: int = 2) -> Entry:
+    if not cell.values:
+        return Entry("—", None, _hashes(runs))
+    return Entry(cell.text(scale, digits), scale * cell.mean, _hashes(runs))
+
+
+def accuracy_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
+    """Per (data set, model): rows methods, columns target sparsities, mean ± std over seeds; the dense
+    reference in its own row and column (as in the markdown report's accuracy table)."""
+    tables = []
+    for (data, model), group in _group(runs).items():
+        dense_runs = [r for r in group if r.dense is not None and metric in r.dense]
+        sparsities = sorted({r.sparsity for r in group} | ({0.0} if dense_runs else set()))
+        headers = [DENSE_COLUMN if s == 0 and dense_runs else f"{100 * s:g} %" for s in sparsities]
+        table = Table(f"{data} · {model}: test {metric} (%), mean ± std over seeds",
+                      ["method", *headers, "seeds"])  # fmt: skip
+        if dense_runs:
+            dense = _mean_entry(Cell([r.dense[metric] for r in dense_runs]), dense_runs)  # type: ignore[index]
+            row = [dense if s == 0 else Entry("—") for s in sparsities]
+            table.rows.append([Entry("dense", "dense"), *row, _count({r.seed for r in dense_runs})])
+        for method in sorted({r.method for r in group}):
+            mine = [r for r in group if r.method == method]
+            row = []
+            for s in sparsities:
+                at = [r for r in mine if r.sparsity == s]
+                values = [v for r in at if (v := _value(r, metric)) is not None]
+                row.append(_mean_entry(Cell(values), at) if at else Entry("—"))
+            table.rows.append([Entry(method, method), *row, _count({r.seed for r in mine})])
+        tables.append(table)
+    return tables
+
+
+def _count(items: set[Any]) -> Entry:
+    return Entry(str(len(items)), len(items))
+
+
+def potential_tables(runs: list[RunSummary], delta: float = 0.005) -> list[Table]:
+    """Per (data set, model): each method's prune potential, clean and under each shift."""
+    tables = []
+    for (data, model), group in _group(runs).items():
+        metrics = ["accuracy", *sorted({k for r in group for k in r.final if k.startswith(SHIFT_PREFIX)})]
+        names = ["clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics]
+        table = Table(f"{data} · {model}: prune potential (δ = {100 * delta:g} points)", ["method", *names])
+        for method in sorted({r.method for r in group}):
+            mine = [r for r in group if r.method == method]
+            row = [Entry(method, method, _hashes(mine))]
+            for metric in metrics:
+                dense = [r.dense[metric] for r in group if r.dense is not None and metric in r.dense]
+                by_sparsity: dict[float, list[float]] = defaultdict(list)
+                for r in mine:
+                    if (v := _value(r, metric)) is not None:
+                        by_sparsity[r.sparsity].append(v)
+                if not dense or not by_sparsity:
+                    row.append(Entry("—"))
+                    continue
+                points = [(s, sum(v) / len(v)) for s, v in by_sparsity.items()]
+                p = prune_potential(points, sum(dense) / len(dense), delta)
+                row.append(Entry(f"{100 * p:g} %", 100 * p))
+            table.rows.append(row)
+        tables.append(table)
+    return tables
+
+
+def ticket_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
+    """Per ticket panel (`level_panels`): per level, remaining weights, each series and the ticket's
+    early-stop step; each row links to the runs (seeds) whose levels it summarises."""
+    panels, _ = level_panels(runs, metric)
+    behind = _panel_runs(runs)
+    tables = []
+    for title, curves in panels.items():
+        names = list(curves)
+        by = {(n, p.level): p for n, points in curves.items() for p in points}
+        levels = sorted({level for _, level in by})
+        table = Table(f"{title}: test {metric} (%) per level, mean ± std over seeds",
+                      ["level", "remaining", *names, "early stop step (ticket)"])  # fmt: skip
+        hashes = behind.get(title, ())
+        for level in levels:
+            point = by.get((TICKET, level)) or next(by[(n, level)] for n in names if (n, level) in by)
+            cells = [
+                _mean_entry(by[(n, level)].metric, []) if (n, level) in by else Entry("—") for n in names
+            ]
+            ticket = by.get((TICKET, level))
+            stop = _mean_entry(ticket.best_step, [], 1.0, 0) if ticket is not None else Entry("—")
+            table.rows.append([
+                Entry(str(level), level, hashes),
+                Entry(f"{100 * point.remaining:.2f} %", 100 * point.remaining),
+                *cells,
+                stop,
+            ])  # fmt: skip
+        tables.append(table)
+    return tables
+
+
+def _panel_runs(runs: list[RunSummary]) -> dict[str, tuple[str, ...]]:
+    """The runs behind each ticket panel by title: as `level_panels` chooses them, per (data set,
+    model, method) the runs of the highest target sparsity."""
+    groups: dict[tuple[str, str, str], list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        if r.levels:
+            groups[(r.data, r.model, r.method)].append(r)
+    out = {}
+    for (data, model, method), group in groups.items():
+        top = max(r.sparsity for r in group)
+        title = f"{method} · {data} · {model}"
+        if len({r.sparsity for r in group}) > 1:
+            title += f" (to sparsity {100 * top:g} %)"
+        out[title] = _hashes(r for r in group if r.sparsity == top)
+    return out
+
+
+def sanity_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
+    """Per (data set, model), method and check: the change in the metric (points, mean over seeds)
+    the check caused at each sparsity; each cell links to the checked runs and the plain ones."""
+    tables = []
+    for (data, model), group in _group(runs).items():
+        checked = sorted({(r.base_method, r.check) for r in group if r.check})
+        if not checked:
+            continue
+        sparsities = sorted({r.sparsity for r in group if r.check})
+        table = Table(
+            f"{data} · {model}: change in test {metric} (points) under each check, "
+            "vs the method without checks (mean over seeds)",
+            ["method", "check", *[f"{100 * s:g} %" for s in sparsities]],
+        )
+        for base, check in checked:
+            row = [Entry(base, base), Entry(check or "", check)]
+            for s in sparsities:
+                with_check = [r for r in group if r.method == f"{base} [{check}]" and r.sparsity == s]
+                plain = [r for r in group if r.method == base and r.sparsity == s and not r.check]
+                a = [v for r in with_check if (v := _value(r, metric)) is not None]
+                b = [v for r in plain if (v := _value(r, metric)) is not None]
+                if a and b:
+                    change = 100 * (sum(a) / len(a) - sum(b) / len(b))
+                    row.append(Entry(f"{change:+.2f}", change, _hashes(with_check + plain)))
+                else:
+                    row.append(Entry("—", None, _hashes(with_check + plain)))
+            table.rows.append(row)
+        tables.append(table)
+    return tables
+
+
+def collapse_tables(runs: list[RunSummary]) -> list[Table]:
+    """Per (data set, model) and method: the lowest sparsity at which a run had a layer with no
+    weight left, linking the runs that collapsed (or, if none did, the runs measured)."""
+    tables = []
+    for (data, model), group in _group(runs).items():
+        table = Table(
+            f"{data} · {model}: layer collapse", ["method", "first disconnects at", "runs measured"]
+        )
+        for method in sorted({r.method for r in group}):
+            measured = [r for r in group if r.method == method and "collapsed_layers" in r.final]
+            if not measured:
+                continue
+            collapsed = [r for r in measured if r.final["collapsed_layers"] > 0]
+            if collapsed:
+                first = min(r.sparsity for r in collapsed)
+                where = Entry(f"{100 * first:g} % sparsity", 100 * first, _hashes(collapsed))
+            else:
+                where = Entry("never", math.inf, _hashes(measured))
+            table.rows.append([Entry(method, method), where, Entry(str(len(measured)), len(measured))])
+        if table.rows:
+            tables.append(table)
+    return tables
+
+
+def runs_table(runs: list[RunSummary]) -> Table:
+    """One row per run, its hash linking to its section."""
+    table = Table("runs", ["run", "method", "data set", "model", "sparsity", "seed", "accuracy (%)"])
+    for r in sorted(runs, key=lambda r: (r.data, r.model, r.method, r.sparsity, r.seed)):
+        accuracy = _value(r, "accuracy")
+        table.rows.append([
+            Entry(r.hash[:12], r.hash, (r.hash,)),
+            Entry(r.method, r.method),
+            Entry(r.data, r.data),
+            Entry(r.model, r.model),
+            Entry(f"{100 * r.sparsity:g} %", r.sparsity),
+            Entry(str(r.seed), r.seed),
+            Entry("—", None) if accuracy is None else Entry(f"{100 * accuracy:.2f}", 100 * accuracy),
+        ])  # fmt: skip
+    return table
+
+
+# -- HTML -----------------------------------------------------------------------------------------
+def esc(text: object) -> str:
+    """Text or an attribute value made safe for HTML (quotes included)."""
+    return html.escape(str(text), quote=True)
+
+
+def run_anchor(run: str) -> str:
+    return f"run-{run}"
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;
+padding:1em 1.5em;color:#1b1b1b;background:#fff}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-variant-numeric:tabular-nums}
+th,td{border:1px solid #d0d0d0;padding:.25em .55em;text-align:right;vertical-align:top}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#f0f3f7;cursor:pointer;user-select:none;white-space:nowrap}
+thead th[aria-sort=ascending]::after{content:" \\25B2"}
+thead th[aria-sort=descending]::after{content:" \\25BC"}
+tbody tr:nth-child(even){background:#fafafa}tbody tr:target,details:target{outline:2px solid #e69f00}
+.runs{display:block;font-size:.8em}.runs a{margin-right:.3em}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+details.run{border:1px solid #d0d0d0;border-radius:4px;padding:.3em .7em;margin:.4em 0}
+details.run summary{cursor:pointer}pre{background:#f6f8fa;padding:.6em;overflow:auto;font-size:.85em}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+p.note{color:#444;max-width:60em}
+"""
+
+SCRIPT = """
+(function () {
+  "use strict";
+  function key(cell) {
+    var v = cell.getAttribute("data-sort");
+    if (v === null || v === "") return null;
+    var n = Number(v);
+    return isNaN(n) ? v.toLowerCase() : n;
+  }
+  function compare(a, b) {
+    if (a === null) return b === null ? 0 : 1;
+    if (b === null) return -1;
+    if (typeof a === typeof b) return a < b ? -1 : a > b ? 1 : 0;
+    return typeof a === "number" ? -1 : 1;
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, column) {
+      th.tabIndex = 0;
+      function sort() {
+        var up = th.getAttribute("aria-sort") !== "ascending";
+        Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", up ? "ascending" : "descending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows).map(function (row, i) {
+          return [key(row.cells[column]), i, row];
+        });
+        rows.sort(function (a, b) {
+          var c = compare(a[0], b[0]);
+          if (c !== 0 && a[0] !== null && b[0] !== null && !up) c = -c;
+          return c !== 0 ? c : a[1] - b[1];
+        });
+        rows.forEach(function (r) { body.appendChild(r[2]); });
+      }
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (e) { if (e.key === "Enter") sort(); });
+    });
+  });
+  function openTarget() {
+    var id = decodeURIComponent(location.hash.slice(1));
+    var el = id && document.getElementById(id);
+    if (el && el.tagName === "DETAILS") { el.open = true; el.scrollIntoView(); }
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
+})();
+"""
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+CSP = (
+    "default-src 'none'; img-src data:; "
+    f"style-src {_csp_hash(STYLE)}; script-src {_csp_hash(SCRIPT)}; base-uri 'none'; form-action 'none'"
+)
+"""The page may load nothing: only data: images, and only its own style and script (by hash)."""
+
+
+def render_html(
+    runs: list[RunSummary],
+    records: Mapping[str, RunRecord],
+    artifacts: Mapping[str, Mapping[str, str]],
+    *,
+    figures: Sequence[Path] = (),
+    source: str = "",
+    delta: float = 0.005,
+) -> str:
+    """The page for `runs`: every table row links to runs whose sections (#run-<hash>) it holds."""
+    known = {r.hash for r in runs}
+    sections = [
+        ("accuracy", "Accuracy", "", accuracy_tables(runs)),
+        ("potential", "Prune potential", POTENTIAL_NOTE, potential_tables(runs, delta)),
+        ("levels", "Levels (lottery tickets)", LEVELS_NOTE, ticket_tables(runs)),
+        ("sanity", "Sanity checks", SANITY_NOTE, sanity_tables(runs)),
+        ("collapse", "Layer collapse", COLLAPSE_NOTE, collapse_tables(runs)),
+    ]
+    shown = [(key, title) for key, title, _, tables in sections if tables]
+    shown += [("figures", "Figures")] if figures else []
+    shown += [("runs", "Runs")]
+    body = [
+        "<h1>secateurs report</h1>",
+        f"<p>{esc(source)}.</p>",
+        "<nav>" + " · ".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in shown) + "</nav>",
+    ]
+    for key, title, note, tables in sections:
+        if tables:
+            body.append(f'<h2 id="{key}">{esc(title)}</h2>')
+            body += [f'<p class="note">{esc(note)}</p>'] if note else []
+            body += [_table(t, known) for t in tables]
+    if figures:
+        body.append('<h2 id="figures">Figures</h2>')
+        body += [_figure(path) for path in figures]
+    body += ['<h2 id="runs">Runs</h2>', f'<p class="note">{esc(RUNS_NOTE)}</p>']
+    body.append(_table(runs_table(runs), known, row_ids=True))
+    body += [_run_section(r, records.get(r.hash), artifacts.get(r.hash, {})) for r in runs]
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(CSP)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>secateurs report</title>",
+        f"<style>{STYLE}</style>",
+        "</head>",
+        "<body>",
+        *body,
+        f"<script>{SCRIPT}</script>",
+        "</body>",
+        "</html>",
+        "",
+    ])  # fmt: skip
+
+
+POTENTIAL_NOTE = (
+    "The largest sparsity whose accuracy stays within δ of the dense model, on clean test data and "
+    "under each distribution shift (Liebenwein et al. 2021)."
+)
+LEVELS_NOTE = (
+    "Per level of the runs' repeat stages: the run itself (ticket) and each control experiment, with "
+    "the step at which test accuracy peaked while the ticket retrained (early stopping)."
+)
+SANITY_NOTE = (
+    "Accuracy change caused by each sanity check of the pruning criterion (Frankle et al. 2021): a "
+    "change near zero means the criterion's choice of weights did not matter."
+)
+COLLAPSE_NOTE = (
+    "The lowest sparsity at which a run had a pruned layer with no weight left (the network is cut)."
+)
+RUNS_NOTE = (
+    "Each run is named by the hash of its configuration; open one for its configuration, final "
+    "metrics and files."
+)
+
+
+def _table(table: Table, known: set[str], *, row_ids: bool = False) -> str:
+    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in table.headers)
+    rows = []
+    for row in table.rows:
+        attr = f' id="row-{esc(row[0].runs[0])}"' if row_ids and row[0].runs else ""
+        rows.append(
+            f"<tr{attr}>"
+            + "".join(_cell(entry, known, i == 0 and row_ids) for i, entry in enumerate(row))
+            + "</tr>"
+        )
+    return (
+        f"<h3>{esc(table.title)}</h3>\n"
+        f'<table class="sortable"><thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(rows)
+        + "\n</tbody></table>"
+    )
+
+
+def _cell(entry: Entry, known: set[str], as_link: bool) -> str:
+    sort = "" if entry.sort is None else esc(_sort_key(entry.sort))
+    runs = [h for h in entry.runs if h in known]
+    if as_link and len(runs) == 1:
+        link = f'<a href="#{esc(run_anchor(runs[0]))}"><code>{esc(entry.text)}</code></a>'
+        return f'<td data-sort="{sort}">{link}</td>'
+    return f'<td data-sort="{sort}">{esc(entry.text)}{_links(runs)}</td>'
+
+
+def _sort_key(value: float | str) -> str:
+    if isinstance(value, str):
+        return value
+    return "1e308" if math.isinf(value) and value > 0 else repr(float(value))
+
+
+def _links(runs: list[str]) -> str:
+    if not runs:
+        return ""
+    links = " ".join(f'<a href="#{esc(run_anchor(h))}" title="run {esc(h)}">{esc(h[:7])}</a>' for h in runs)
+    if len(runs) <= INLINE_LINKS:
+        return f'<span class="runs">{links}</span>'
+    return f'<details class="runs"><summary>{len(runs)} runs</summary>{links}</details>'
+
+
+def _figure(path: Path) -> str:
+    kind = "image/svg+xml" if path.suffix == ".svg" else "image/png"
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:{kind};base64,{data}" alt="{esc(path.stem)}">'
+        f"<figcaption>{esc(path.stem)}</figcaption></figure>"
+    )
+
+
+def _run_section(r: RunSummary, record: RunRecord | None, artifacts: Mapping[str, str]) -> str:
+    facts = [
+        ("hash", r.hash),
+        ("method", r.method),
+        ("sanity check", r.check or "none"),
+        ("data set", r.data),
+        ("model", r.model),
+        ("target sparsity", f"{100 * r.sparsity:g} %"),
+        ("seed", str(r.seed)),
+    ]
+    if record is not None:
+        facts += [
+            ("name", record.name),
+            ("created", record.created),
+            ("finished", record.finished or "—"),
+            ("secateurs version", record.version or "—"),
+            ("git revision", record.git_revision or "—"),
+        ]
+    facts += [(f"file: {k}", v) for k, v in sorted(artifacts.items())]
+    rows = "".join(f'<tr><th scope="row">{esc(k)}</th><td>{esc(v)}</td></tr>' for k, v in facts)
+    metrics = "".join(
+        f'<tr><th scope="row">{esc(k)}</th><td>{esc(_number(v))}</td></tr>'
+        for k, v in sorted(r.final.items())
+    )
+    config = json.dumps(record.config if record is not None else {}, indent=2, sort_keys=True, default=str)
+    return (
+        f'<details class="run" id="{esc(run_anchor(r.hash))}"><summary><code>{esc(r.hash[:12])}</code> '
+        f"{esc(r.method)} · {esc(r.data)} · {esc(r.model)} · {esc(f'{100 * r.sparsity:g}')} % · seed {r.seed}"
+        f'</summary><p><a href="#row-{esc(r.hash)}">in the runs table</a></p>'
+        f"<table><tbody>{rows}</tbody></table>"
+        f"<h4>final metrics</h4><table><tbody>{metrics}</tbody></table>"
+        f"<h4>configuration</h4><pre><code>{esc(config)}</code></pre></details>"
+    )
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
