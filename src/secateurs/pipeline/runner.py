@@ -101,6 +101,10 @@ class StageServices:
     def layers(self) -> LayerSelection:
         return self.pipeline.recipe.layers
 
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return tuple(self.pipeline.data.info.input_shape)
+
     def compute_masks(self, spec: PruneSpec, sparsity: float | None) -> MaskSet:
         return self.pipeline._compute(spec, sparsity)
 

@@ -9,6 +9,7 @@ from secateurs.methods.training import (  # noqa: F401  (registration)
     dst,
     gradual,
     param_stats,
+    regularization,
     selection,
     slimming,
 )

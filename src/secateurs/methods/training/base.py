@@ -35,6 +35,7 @@ class StageServices(Protocol):
     level_sparsity: float | None  # the sparsity of the repeat level (or the recipe's, outside repeats)
     recipe_sparsity: float | None
     layers: LayerSelection  # the recipe's default layer selection
+    input_shape: tuple[int, ...] | None  # one sample's shape (structures that trace the model need it)
 
     def compute_masks(self, spec: Any, sparsity: float | None) -> MaskSet:
         """Masks of a prune step (a `PruneSpec`), fed the run's data as a prune stage would be."""
