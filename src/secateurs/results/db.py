@@ -26,16 +26,17 @@ import csv
 import io
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from secateurs.core.errors import ConfigError, SecateursError
 
@@ -67,14 +68,14 @@ _SCHEMA = (
         error TEXT,
         attempts INTEGER NOT NULL DEFAULT 0
     )""",
-    """CREATE TABLE metrics (
+    """CREATE TABLE metrics ({row_id}
         run TEXT NOT NULL REFERENCES runs (hash),
         stage INTEGER NOT NULL,
         kind TEXT NOT NULL,
         level INTEGER,
-        step INTEGER,
+        step {integer},
         name TEXT NOT NULL,
-        value REAL,
+        value {real},
         control TEXT
     )""",
     "CREATE INDEX metrics_run ON metrics (run, stage)",
@@ -85,6 +86,8 @@ _SCHEMA = (
         PRIMARY KEY (run, kind)
     )""",
 )
+"""The tables, the same for every backend; a dialect fills in its types and the metrics' row id
+(SQLite's implicit `rowid`; PostgreSQL needs a column, and REAL there is single precision)."""
 _RUN_COLUMNS = (
     "hash, name, config, status, created, started, finished, version, git_revision, error, attempts"
 )
@@ -144,13 +147,6 @@ def _not_ours(path: Path) -> ConfigError:
     )
 
 
-def _foreign(path: Path, found: str) -> ConfigError:
-    return ConfigError(
-        f"{path} is not a secateurs results database (a SQLite database: {found})",
-        fix="pass --root a directory of secateurs results, or a new one",
-    )
-
-
 def _check_header(path: Path) -> None:
     """Refuse a non-SQLite file before sqlite3 touches it (an empty file is a new database)."""
     with path.open("rb") as handle:
@@ -165,8 +161,371 @@ def _code(err: sqlite3.Error) -> int | None:
     return None if code is None else code & 0xFF
 
 
-class ResultsDB:
-    """Access to one results database; use as a context manager (or call `close`)."""
+class ResultsStore:
+    """The results store's queries, written once for every backend; use as a context manager.
+
+    A backend (a subclass) opens `conn` and supplies the dialect: `_transaction`, `_tables`,
+    `_columns`, `_error` and the class attributes below. Queries are written with `?`
+    placeholders and the standard SQL both backends accept (`ON CONFLICT`, `RETURNING`).
+    """
+
+    KIND = "a database"  # "a SQLite database": what a foreign database is called in a refusal
+    FOREIGN_FIX = "pass a store of secateurs results, or a new one"
+    ROW_ID = "rowid"  # the column that orders metric rows as they were written
+    SAME = "IS"  # null-safe equality (`step IS NULL` when the step is None)
+    DDL: ClassVar[Mapping[str, str]] = {"row_id": "", "integer": "INTEGER", "real": "REAL"}
+    DRIVER_ERRORS: tuple[type[BaseException], ...] = ()
+
+    conn: Any
+    where: str  # the store as messages name it (a path; a URL without its password)
+    readonly: bool
+    root: Path | None = None  # the results root its artifact paths are relative to, when known
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- the dialect --------------------------------------------------------------------------
+    def _sql(self, sql: str) -> str:
+        """A query in the backend's placeholder style (`?` here)."""
+        return sql
+
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction that takes the write lock up front (or waits for it)."""
+        raise NotImplementedError
+
+    def _tables(self) -> set[str]:
+        raise NotImplementedError
+
+    def _columns(self, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def _error(self, err: BaseException) -> SecateursError:
+        """The user's view of a driver error."""
+        raise NotImplementedError
+
+    def _ready_to_write(self) -> None:
+        """What a backend does before its first write (SQLite: WAL mode); a reader skips it."""
+
+    def _execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """A cursor of one statement (inside `_write` or alone)."""
+        return self.conn.execute(self._sql(sql), tuple(params))
+
+    def _execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        """One statement for each row; the number of rows changed."""
+        if not rows:
+            return 0
+        cursor = self.conn.cursor()
+        try:
+            cursor.executemany(self._sql(sql), rows)
+            return max(cursor.rowcount, 0)
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One short write transaction; driver errors become the user's view of them."""
+        try:
+            with self._transaction():
+                yield
+        except self.DRIVER_ERRORS as err:
+            raise self._error(err) from None
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return list(self._execute(sql, params).fetchall())
+        except self.DRIVER_ERRORS as err:
+            raise self._error(err) from None
+
+    # -- opening ------------------------------------------------------------------------------
+    def _foreign(self, found: str) -> ConfigError:
+        return ConfigError(
+            f"{self.where} is not a secateurs results database ({self.KIND}: {found})",
+            fix=self.FOREIGN_FIX,
+        )
+
+    def _prepare(self, create: bool) -> None:
+        """Check the database is ours and current; create the schema in a new one."""
+        if self._inspect() == "ours":
+            if not self.readonly:
+                self._ready_to_write()
+            self._has_control = self._control_column()
+            return
+        if not create:
+            raise self._foreign("it has no tables")
+        self._ready_to_write()
+        self._create_schema()
+        self._has_control = self._control_column()
+
+    def _create_schema(self) -> None:
+        with self._write():
+            if self._inspect() == "empty":  # another process may have created it meanwhile
+                for statement in _SCHEMA:
+                    self._execute(statement.format(**self.DDL))
+                self._execute_many(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("schema_version", str(SCHEMA_VERSION)), ("created_by", CREATED_BY)],
+                )
+
+    def _control_column(self) -> bool:
+        """Whether `metrics` has the `control` column (schema version 2)."""
+        try:
+            return "control" in self._columns("metrics")
+        except self.DRIVER_ERRORS as err:
+            raise self._error(err) from None
+
+    def _add_control_column(self) -> None:
+        """Migrate a version-1 database to version 2 (one added column) before its first control event."""
+        with self._write():
+            if not self._control_column():  # another process may have migrated it meanwhile
+                self._execute("ALTER TABLE metrics ADD COLUMN control TEXT")
+                self._execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+        self._has_control = True
+
+    def _inspect(self) -> str:
+        """'empty' (no tables) or 'ours'; raises for a foreign or a newer database. Reads only.
+
+        A driver error here is not a sign of a foreign database: it is a damaged page, a file
+        that cannot be read or a server that failed, and `_error` says which.
+        """
+        try:
+            tables = self._tables()
+            if not tables:
+                return "empty"
+            if "meta" not in tables:
+                raise self._foreign("it has no `meta` table")
+            meta = dict(self._execute("SELECT key, value FROM meta").fetchall())
+        except self.DRIVER_ERRORS as err:
+            raise self._error(err) from None
+        if meta.get("created_by") != CREATED_BY:
+            raise self._foreign(f"created by {meta.get('created_by', 'another program')!r}")
+        try:
+            version = int(meta.get("schema_version", ""))
+        except ValueError:
+            raise self._foreign("its schema version is not a number") from None
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"{self.where} was written by a newer secateurs (schema version {version}; "
+                f"this one reads version {SCHEMA_VERSION})",
+                fix="upgrade secateurs (pip install -U secateurs) to read and extend these results",
+            )
+        if version < 1:
+            raise self._foreign(f"schema version {version}")
+        return "ours"
+
+    # -- runs ---------------------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self, run: str) -> Iterator[bool]:
+        """Hold the run against every other process using this store (yields False if one does).
+
+        The run directory's file lock does that on one host; a server store also locks across
+        hosts. Here: nothing beyond the file lock (True).
+        """
+        yield True
+
+    def held(self, run: str) -> bool | None:
+        """Whether some process holds the run through the store (None: the store cannot tell;
+        the run directory's lock says, on the host that trains it)."""
+        return None
+
+    def add_runs(self, runs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
+        """Insert (hash, name, config) rows as pending; existing runs are left as they are."""
+        rows = [(h, name, json.dumps(config, sort_keys=True), utc_now()) for h, name, config in runs]
+        with self._write():
+            return self._execute_many(
+                "INSERT INTO runs (hash, name, config, status, created) VALUES (?, ?, ?, 'pending', ?)"
+                " ON CONFLICT (hash) DO NOTHING",
+                rows,
+            )
+
+    def get_run(self, run: str) -> RunRecord | None:
+        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE hash = ?", (run,))
+        return _record(rows[0]) if rows else None
+
+    def find_run(self, prefix: str) -> RunRecord:
+        """The run whose hash is `prefix` or starts with it (unique), else a ConfigError."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._read(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE hash LIKE ? ESCAPE '\\' ORDER BY hash LIMIT 3", (pattern,)
+        )
+        exact = [row for row in rows if row[0] == prefix]
+        if exact:
+            return _record(exact[0])
+        if not rows:
+            raise ConfigError(f"no run {prefix!r} in {self.where}", fix="list the runs with `secateurs runs`")
+        if len(rows) > 1:
+            raise ConfigError(
+                f"{prefix!r} matches several runs ({', '.join(r[0] for r in rows)}, ...)",
+                fix="give more characters of the hash",
+            )
+        return _record(rows[0])
+
+    def list_runs(self, *, status: str | None = None, name: str | None = None) -> list[RunRecord]:
+        """Runs in creation order, optionally of one status and with a name matching a glob."""
+        if status is not None and status not in STATUSES:
+            raise ConfigError(f"unknown run status {status!r}", fix=f"use one of {', '.join(STATUSES)}")
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        params: list[Any] = []
+        if status is not None:
+            sql += " WHERE status = ?"
+            params.append(status)
+        records = [_record(row) for row in self._read(sql + " ORDER BY created, hash", params)]
+        return [r for r in records if name is None or fnmatchcase(r.name, name)]
+
+    def claim(self, run: str, *, version: str, git_revision: str | None) -> int | None:
+        """Mark a run running for one more attempt; its attempt number, or None if it is finished.
+
+        One guarded UPDATE: of two processes claiming at once, the second waits for the first's
+        row lock and sees its result, so a finished run is never claimed again.
+        """
+        with self._write():
+            row = self._execute(
+                "UPDATE runs SET status = 'running', attempts = attempts + 1, started = ?, finished = NULL,"
+                " error = NULL, version = ?, git_revision = ? WHERE hash = ? AND status != 'finished'"
+                " RETURNING attempts",
+                (utc_now(), version, git_revision, run),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def mark_finished(self, run: str, artifacts: Mapping[str, str]) -> None:
+        """Finished, with its files: one transaction, so a finished run always lists them."""
+        with self._write():
+            self._execute(
+                "UPDATE runs SET status = 'finished', finished = ?, error = NULL WHERE hash = ?",
+                (utc_now(), run),
+            )
+            self._put_artifacts(run, artifacts)
+
+    def _put_artifacts(self, run: str, artifacts: Mapping[str, str]) -> None:
+        self._execute_many(
+            "INSERT INTO artifacts (run, kind, path) VALUES (?, ?, ?)"
+            " ON CONFLICT (run, kind) DO UPDATE SET path = excluded.path",
+            [(run, kind, path) for kind, path in artifacts.items()],
+        )
+
+    def mark_failed(self, run: str, error: str) -> None:
+        with self._write():
+            self._execute(
+                "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE hash = ?",
+                (utc_now(), error, run),
+            )
+
+    def put_run(self, record: RunRecord, metrics: list[MetricRow], artifacts: Mapping[str, str]) -> None:
+        """Store a complete run as it was recorded elsewhere (`secateurs merge`): one transaction."""
+        if any(m.control is not None for m in metrics) and not self._has_control:
+            self._add_control_column()
+        values = [getattr(record, key) for key in _RUN_COLUMNS.split(", ")]
+        values[2] = json.dumps(record.config, sort_keys=True)
+        with self._write():
+            self._execute(
+                f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * len(values))})", values
+            )
+            self._insert_metrics(
+                [(record.hash, m.stage, m.kind, m.level, m.step, m.name, m.value, m.control) for m in metrics]
+            )
+            self._put_artifacts(record.hash, artifacts)
+
+    # -- metrics and artifacts ----------------------------------------------------------------
+    def delete_metrics_after(self, run: str, stage: int) -> int:
+        """Drop the rows of stages after `stage` (left by an attempt that did not finish them)."""
+        with self._write():
+            return int(
+                self._execute("DELETE FROM metrics WHERE run = ? AND stage > ?", (run, stage)).rowcount
+            )
+
+    def add_metrics(
+        self,
+        run: str,
+        *,
+        stage: int,
+        kind: str,
+        level: int | None,
+        step: int | None,
+        metrics: Mapping[str, float],
+        control: str | None = None,
+    ) -> None:
+        """One event's metrics; `control` names the control experiment it belongs to (None: the run)."""
+        if control is not None and not self._has_control:
+            self._add_control_column()
+        rows = [
+            (run, stage, kind, level, step, name, _real(value), control) for name, value in metrics.items()
+        ]
+        with self._write():
+            self._insert_metrics(rows)
+
+    def _insert_metrics(self, rows: list[tuple[Any, ...]]) -> None:
+        """(run, stage, kind, level, step, name, value, control) rows; a version-1 database has no
+        `control` column, and only rows without a control reach it."""
+        columns = "run, stage, kind, level, step, name, value"
+        if self._has_control:
+            columns += ", control"
+        else:
+            rows = [row[:-1] for row in rows]
+        marks = ", ".join("?" for _ in columns.split(", "))
+        self._execute_many(f"INSERT INTO metrics ({columns}) VALUES ({marks})", rows)
+
+    def _control(self) -> str:
+        """The `control` column in a SELECT, NULL for a version-1 database (checked again each time:
+        another process may have migrated it since it was opened)."""
+        if not self._has_control:
+            self._has_control = self._control_column()
+        return "control" if self._has_control else "NULL"
+
+    def metrics(self, run: str) -> list[MetricRow]:
+        """All metric rows of a run in the order they were recorded."""
+        rows = self._read(
+            f"SELECT stage, kind, level, step, name, value, {self._control()} FROM metrics WHERE run = ?"
+            f" ORDER BY {self.ROW_ID}",
+            (run,),
+        )
+        return [MetricRow(*row) for row in rows]
+
+    def final_metrics(self, run: str) -> dict[str, float | None]:
+        """The metrics of the run's last evaluation (or, without one, of its last event).
+
+        Control experiments' events are left out: they are not the run's result.
+        """
+        own = f"{self._control()} IS NULL"
+        last = self._read(
+            f"SELECT stage, kind, step FROM metrics WHERE run = ? AND {own}"
+            f" ORDER BY kind = 'evaluate' DESC, {self.ROW_ID} DESC LIMIT 1",
+            (run,),
+        )
+        if not last:
+            return {}
+        stage, kind, step = last[0]
+        rows = self._read(
+            f"SELECT name, value FROM metrics WHERE run = ? AND stage = ? AND kind = ? AND step {self.SAME} ?"
+            f" AND {own} ORDER BY {self.ROW_ID}",
+            (run, stage, kind, step),
+        )
+        return dict(rows)
+
+    def artifacts(self, run: str) -> dict[str, str]:
+        return dict(self._read("SELECT kind, path FROM artifacts WHERE run = ? ORDER BY kind", (run,)))
+
+
+def _real(value: float) -> float | None:
+    """A metric as stored: NaN is NULL (SQLite stores it so; every backend must agree)."""
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+class ResultsDB(ResultsStore):
+    """A results store in one SQLite file (WAL): the embedded default, for the processes of one host."""
+
+    KIND = "a SQLite database"
+    FOREIGN_FIX = "pass --root a directory of secateurs results, or a new one"
+    DRIVER_ERRORS = (sqlite3.Error,)
 
     def __init__(self, path: str | Path, *, create: bool = True, readonly: bool | None = None) -> None:
         """Open (with `create`, make) the database at `path`.
@@ -175,6 +534,8 @@ class ResultsDB:
         is created or written, and a store on a read-only disk reads.
         """
         self.path = Path(path)
+        self.where = str(self.path)
+        self.root = self.path.parent
         self.readonly = not create if readonly is None else readonly
         if self.path.is_dir():
             raise ConfigError(f"{self.path} is a directory, not a results database")
@@ -193,6 +554,7 @@ class ResultsDB:
         except sqlite3.Error as err:
             raise ConfigError(f"cannot open the results database {self.path} ({err})") from None
         try:
+            self.conn.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_S * 1000)}")
             self._prepare(create and not self.readonly)
         except BaseException as err:
             self.conn.close()
@@ -235,85 +597,14 @@ class ResultsDB:
         conn.execute("PRAGMA query_only = ON")
         return conn
 
-    def __enter__(self) -> ResultsDB:
-        return self
+    # -- the SQLite dialect -------------------------------------------------------------------
+    def _tables(self) -> set[str]:
+        return {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
-    def __exit__(
-        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
 
-    def close(self) -> None:
-        self.conn.close()
-
-    # -- opening ------------------------------------------------------------------------------
-    def _prepare(self, create: bool) -> None:
-        """Check the database is ours and current; create the schema in a new one."""
-        self.conn.execute(f"PRAGMA busy_timeout = {int(TIMEOUT_S * 1000)}")
-        if self._inspect() == "ours":
-            if not self.readonly:  # a reader leaves the journal mode as it is
-                self._ensure_wal()
-            self._has_control = self._control_column()
-            return
-        if not create:
-            raise _foreign(self.path, "it has no tables")
-        self._ensure_wal()
-        with self._write() as conn:
-            if self._inspect() == "empty":  # another process may have created it meanwhile
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                conn.executemany(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)",
-                    [("schema_version", str(SCHEMA_VERSION)), ("created_by", CREATED_BY)],
-                )
-        self._has_control = self._control_column()
-
-    def _control_column(self) -> bool:
-        """Whether `metrics` has the `control` column (schema version 2)."""
-        return any(row[1] == "control" for row in self.conn.execute("PRAGMA table_info(metrics)"))
-
-    def _add_control_column(self) -> None:
-        """Migrate a version-1 database to version 2 (one added column) before its first control event."""
-        with self._write() as conn:
-            if not self._control_column():  # another process may have migrated it meanwhile
-                conn.execute("ALTER TABLE metrics ADD COLUMN control TEXT")
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-        self._has_control = True
-
-    def _inspect(self) -> str:
-        """'empty' (no tables) or 'ours'; raises for a foreign or a newer database. Reads only.
-
-        A SQLite error here is not a sign of a foreign file (the header said SQLite): it is a
-        damaged page or a file that cannot be read, and `_error` says which.
-        """
-        try:
-            tables = {
-                row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            if not tables:
-                return "empty"
-            if "meta" not in tables:
-                raise _foreign(self.path, "it has no `meta` table")
-            meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.Error as err:
-            raise self._error(err) from None
-        if meta.get("created_by") != CREATED_BY:
-            raise _foreign(self.path, f"created by {meta.get('created_by', 'another program')!r}")
-        try:
-            version = int(meta.get("schema_version", ""))
-        except ValueError:
-            raise _foreign(self.path, "its schema version is not a number") from None
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"{self.path} was written by a newer secateurs (schema version {version}; "
-                f"this one reads version {SCHEMA_VERSION})",
-                fix="upgrade secateurs (pip install -U secateurs) to read and extend these results",
-            )
-        if version < 1:
-            raise _foreign(self.path, f"schema version {version}")
-        return "ours"
-
-    def _ensure_wal(self) -> None:
+    def _ready_to_write(self) -> None:
         """WAL lets readers and one writer work at once; switching writes, so only when needed.
 
         Switching needs the database to itself and SQLite does not wait for that (no busy
@@ -332,30 +623,20 @@ class ResultsDB:
                 time.sleep(0.02)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction; BEGIN IMMEDIATE takes the write lock up front (or waits)."""
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE takes the write lock up front (or waits `busy_timeout` for it)."""
+        self.conn.execute("BEGIN IMMEDIATE")
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as err:
-            raise self._error(err) from None
-        try:
-            yield self.conn
+            yield
             self.conn.execute("COMMIT")
-        except BaseException as err:
+        except BaseException:
             if self.conn.in_transaction:  # some errors (a full disk) already rolled it back
                 self.conn.execute("ROLLBACK")
-            if isinstance(err, sqlite3.Error):
-                raise self._error(err) from None
             raise
 
-    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        try:
-            return self.conn.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as err:
-            raise self._error(err) from None
-
-    def _error(self, err: sqlite3.Error) -> SecateursError:
+    def _error(self, err: BaseException) -> SecateursError:
         """The user's view of a SQLite error: a damaged file, a read-only one, or a failed write."""
+        assert isinstance(err, sqlite3.Error)
         code = _code(err)
         if code in (_CORRUPT, _NOTADB) or "malformed" in str(err):
             return StoreError(
@@ -406,152 +687,6 @@ class ResultsDB:
             if result != ["ok"]:
                 damaged.append(f"table {name}: {result[0].splitlines()[-1]}")
         return "; ".join(damaged)
-
-    # -- runs ---------------------------------------------------------------------------------
-    def add_runs(self, runs: Iterable[tuple[str, str, Mapping[str, Any]]]) -> int:
-        """Insert (hash, name, config) rows as pending; existing runs are left as they are."""
-        rows = [(h, name, json.dumps(config, sort_keys=True), utc_now()) for h, name, config in runs]
-        with self._write() as conn:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO runs (hash, name, config, status, created)"
-                " VALUES (?, ?, ?, 'pending', ?)",
-                rows,
-            )
-            return conn.total_changes - before
-
-    def get_run(self, run: str) -> RunRecord | None:
-        rows = self._read(f"SELECT {_RUN_COLUMNS} FROM runs WHERE hash = ?", (run,))
-        return _record(rows[0]) if rows else None
-
-    def find_run(self, prefix: str) -> RunRecord:
-        """The run whose hash is `prefix` or starts with it (unique), else a ConfigError."""
-        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        rows = self._read(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE hash LIKE ? ESCAPE '\\' ORDER BY hash LIMIT 3", (pattern,)
-        )
-        exact = [row for row in rows if row[0] == prefix]
-        if exact:
-            return _record(exact[0])
-        if not rows:
-            raise ConfigError(f"no run {prefix!r} in {self.path}", fix="list the runs with `secateurs runs`")
-        if len(rows) > 1:
-            raise ConfigError(
-                f"{prefix!r} matches several runs ({', '.join(r[0] for r in rows)}, ...)",
-                fix="give more characters of the hash",
-            )
-        return _record(rows[0])
-
-    def list_runs(self, *, status: str | None = None, name: str | None = None) -> list[RunRecord]:
-        """Runs in creation order, optionally of one status and with a name matching a glob."""
-        if status is not None and status not in STATUSES:
-            raise ConfigError(f"unknown run status {status!r}", fix=f"use one of {', '.join(STATUSES)}")
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
-        params: list[Any] = []
-        if status is not None:
-            sql += " WHERE status = ?"
-            params.append(status)
-        records = [_record(row) for row in self._read(sql + " ORDER BY created, hash", params)]
-        return [r for r in records if name is None or fnmatchcase(r.name, name)]
-
-    def claim(self, run: str, *, version: str, git_revision: str | None) -> int | None:
-        """Mark a run running for one more attempt; its attempt number, or None if it is finished."""
-        with self._write() as conn:
-            row = conn.execute(
-                "UPDATE runs SET status = 'running', attempts = attempts + 1, started = ?, finished = NULL,"
-                " error = NULL, version = ?, git_revision = ? WHERE hash = ? AND status != 'finished'"
-                " RETURNING attempts",
-                (utc_now(), version, git_revision, run),
-            ).fetchone()
-        return None if row is None else int(row[0])
-
-    def mark_finished(self, run: str, artifacts: Mapping[str, str]) -> None:
-        """Finished, with its files: one transaction, so a finished run always lists them."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE runs SET status = 'finished', finished = ?, error = NULL WHERE hash = ?",
-                (utc_now(), run),
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO artifacts (run, kind, path) VALUES (?, ?, ?)",
-                [(run, kind, path) for kind, path in artifacts.items()],
-            )
-
-    def mark_failed(self, run: str, error: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE hash = ?",
-                (utc_now(), error, run),
-            )
-
-    # -- metrics and artifacts ----------------------------------------------------------------
-    def delete_metrics_after(self, run: str, stage: int) -> int:
-        """Drop the rows of stages after `stage` (left by an attempt that did not finish them)."""
-        with self._write() as conn:
-            return conn.execute("DELETE FROM metrics WHERE run = ? AND stage > ?", (run, stage)).rowcount
-
-    def add_metrics(
-        self,
-        run: str,
-        *,
-        stage: int,
-        kind: str,
-        level: int | None,
-        step: int | None,
-        metrics: Mapping[str, float],
-        control: str | None = None,
-    ) -> None:
-        """One event's metrics; `control` names the control experiment it belongs to (None: the run)."""
-        if control is not None and not self._has_control:
-            self._add_control_column()
-        rows = [(run, stage, kind, level, step, name, float(value)) for name, value in metrics.items()]
-        columns = "run, stage, kind, level, step, name, value"
-        if control is not None:
-            rows = [(*row, control) for row in rows]
-            columns += ", control"
-        marks = ", ".join("?" for _ in columns.split(", "))
-        with self._write() as conn:
-            conn.executemany(f"INSERT INTO metrics ({columns}) VALUES ({marks})", rows)
-
-    def _control(self) -> str:
-        """The `control` column in a SELECT, NULL for a version-1 database (checked again each time:
-        another process may have migrated it since it was opened)."""
-        if not self._has_control:
-            self._has_control = self._control_column()
-        return "control" if self._has_control else "NULL"
-
-    def metrics(self, run: str) -> list[MetricRow]:
-        """All metric rows of a run in the order they were recorded."""
-        rows = self._read(
-            f"SELECT stage, kind, level, step, name, value, {self._control()} FROM metrics WHERE run = ?"
-            " ORDER BY rowid",
-            (run,),
-        )
-        return [MetricRow(*row) for row in rows]
-
-    def final_metrics(self, run: str) -> dict[str, float | None]:
-        """The metrics of the run's last evaluation (or, without one, of its last event).
-
-        Control experiments' events are left out: they are not the run's result.
-        """
-        own = f"{self._control()} IS NULL"
-        last = self._read(
-            f"SELECT stage, kind, step FROM metrics WHERE run = ? AND {own}"
-            " ORDER BY kind = 'evaluate' DESC, rowid DESC LIMIT 1",
-            (run,),
-        )
-        if not last:
-            return {}
-        stage, kind, step = last[0]
-        rows = self._read(
-            "SELECT name, value FROM metrics WHERE run = ? AND stage = ? AND kind = ? AND step IS ?"
-            f" AND {own} ORDER BY rowid",
-            (run, stage, kind, step),
-        )
-        return dict(rows)
-
-    def artifacts(self, run: str) -> dict[str, str]:
-        return dict(self._read("SELECT kind, path FROM artifacts WHERE run = ? ORDER BY kind", (run,)))
 
 
 def _record(row: tuple[Any, ...]) -> RunRecord:

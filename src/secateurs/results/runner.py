@@ -1,11 +1,12 @@
 """Run one recipe through the results store: at most once to completion, resumable after a crash.
 
-A run lives in `ROOT/runs/<hash>/` and in one row of `ROOT/results.db`. `execute` skips a run
-the database calls finished, takes a per-run lock so that two processes never train the same
-run at once, and hands the pipeline the run directory as its working directory: the pipeline
-saves its state after every stage, so a killed run continues where it stopped. Metrics go to the
-database as they are produced; the final files are written atomically before the row says
-`finished`, so a finished run always has them.
+A run lives in `ROOT/runs/<hash>/` and in one row of `ROOT/results.db` (or of the server store
+that `store` names: `postgresql://...`). `execute` skips a run the database calls finished,
+takes a per-run lock (the run directory's, and a server store's across hosts) so that two
+processes never train the same run at once, and hands the pipeline the run directory as its
+working directory: the pipeline saves its state after every stage, so a killed run continues
+where it stopped. Metrics go to the database as they are produced; the final files are written
+atomically before the row says `finished`, so a finished run always has them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.outputs import CHECKPOINT_NAME, checkpoint_payload
 from secateurs.pipeline.recipe import Recipe, recipe_to_raw
 from secateurs.pipeline.runner import STATE_FILE, MetricEvent, Pipeline, RunResult
-from secateurs.results.db import DB_NAME, ResultsDB
+from secateurs.results.db import DB_NAME, ResultsDB, ResultsStore
+from secateurs.results.store import open_store
 
 try:  # POSIX; elsewhere runs are not locked against a second process
     import fcntl
@@ -95,6 +97,28 @@ def prepare_root(root: str | os.PathLike[str]) -> Path:
             f"cannot create the results root {path} ({err})", fix="choose another --root"
         ) from None
     return path
+
+
+def store_at(root: str | os.PathLike[str], store: str | None = None, *, create: bool = True) -> ResultsStore:
+    """The store of the results root `root`: `root/results.db`, or the server store `store` (a URL)
+    whose artifact paths are relative to `root`.
+
+    With `create` the root is created, after a server store has been checked (URL, driver,
+    connection, schema), so a bad `store` writes nothing at all.
+    """
+    if store is None:
+        if create:
+            prepare_root(root)
+        return ResultsDB(db_path(root), create=create)
+    opened = open_store(store, create=create)
+    try:
+        if create:
+            prepare_root(root)
+    except BaseException:
+        opened.close()
+        raise
+    opened.root = Path(root)
+    return opened
 
 
 def error_text(err: BaseException) -> str:
@@ -159,7 +183,7 @@ def held_by_a_process(directory: Path) -> bool | None:
 class _MetricWriter:
     """Writes each metric event as rows, first dropping rows an interrupted attempt left behind."""
 
-    def __init__(self, db: ResultsDB, run: str) -> None:
+    def __init__(self, db: ResultsStore, run: str) -> None:
         self.db, self.run = db, run
 
     def clear_after(self, stage: int) -> None:
@@ -199,8 +223,12 @@ def execute(
     *,
     progress: bool = False,
     name: str | None = None,
+    store: str | None = None,
 ) -> RunOutcome:
     """Run `recipe` into the store under `root` unless it is finished or running elsewhere.
+
+    `store` is a server store's URL (`postgresql://user@host/db`) to record the run in instead of
+    `root/results.db`; the run directory is under `root` either way.
 
     A failure is recorded (status failed, one-line error) and re-raised for the caller to
     decide; a KeyboardInterrupt leaves the run `running`, and a later call resumes it. So does
@@ -209,14 +237,13 @@ def execute(
     """
     run = run_hash(recipe)
     name = name or recipe.name
-    root = prepare_root(root)
-    directory = run_dir(root, run)
-    with ResultsDB(db_path(root)) as db:
+    with store_at(root, store) as db:
+        directory = run_dir(root, run)
         db.add_runs([(run, name, recipe_config(recipe))])
         if _is_finished(db, run):
             return _already_finished(db, run, name)
-        with run_lock(directory) as locked:
-            if not locked:
+        with run_lock(directory) as locked, db.exclusive(run) as mine:
+            if not (locked and mine):
                 return RunOutcome(run, name, BUSY, attempts=_attempts(db, run))
             attempts = db.claim(run, version=secateurs.__version__, git_revision=git_revision())
             if attempts is None:  # finished by another process between the check and the lock
@@ -225,7 +252,7 @@ def execute(
 
 
 def _attempt(
-    db: ResultsDB, recipe: Recipe, run: str, name: str, directory: Path, attempts: int, progress: bool
+    db: ResultsStore, recipe: Recipe, run: str, name: str, directory: Path, attempts: int, progress: bool
 ) -> RunOutcome:
     """One claimed attempt: run (or resume) the pipeline, write the files, mark the row."""
     writer = _MetricWriter(db, run)
@@ -280,23 +307,23 @@ def interrupts_seen() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _record_failure(db: ResultsDB, run: str, err: Exception) -> None:
+def _record_failure(db: ResultsStore, run: str, err: Exception) -> None:
     try:
         db.mark_failed(run, error_text(err))
     except Exception as db_err:  # the original error matters more; keep it
         log.error("run %s: could not record its failure (%s)", run, db_err)
 
 
-def _is_finished(db: ResultsDB, run: str) -> bool:
+def _is_finished(db: ResultsStore, run: str) -> bool:
     record = db.get_run(run)
     return record is not None and record.status == "finished"
 
 
-def _already_finished(db: ResultsDB, run: str, name: str) -> RunOutcome:
+def _already_finished(db: ResultsStore, run: str, name: str) -> RunOutcome:
     final = db.final_metrics(run)
     return RunOutcome(run, name, ALREADY_FINISHED, attempts=_attempts(db, run), final=dict(final))
 
 
-def _attempts(db: ResultsDB, run: str) -> int:
+def _attempts(db: ResultsStore, run: str) -> int:
     record = db.get_run(run)
     return record.attempts if record is not None else 0
