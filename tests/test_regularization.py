@@ -3,14 +3,30 @@ formula, GReg's pruned groups near zero, GReg-2's pick, resuming, and option err
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
+import yaml
+from tiny import tiny_recipe
 from torch import Tensor, nn
+from typer.testing import CliRunner
 
+from secateurs.core.errors import ConfigError
+from secateurs.core.masks import MaskSet, masks_of
+from secateurs.front import cli
 from secateurs.methods.layers import LayerSelection, select_parameters
+from secateurs.methods.pruning import compute_masks
 from secateurs.methods.structures import LayoutContext, build_structure
-from secateurs.methods.training.regularization import PENALTIES, PenaltyGroups
+from secateurs.methods.training import TRAINING
+from secateurs.methods.training.regularization import PENALTIES, PenaltyGroups, RegularizedPruning
+from secateurs.pipeline.recipe import recipe_from_raw
+from secateurs.pipeline.runner import Pipeline
+from secateurs.train.engine import TrainState
 
 
 def groups_of(model: nn.Module, structure: str, sites: str = "producers", **options: object) -> PenaltyGroups:
@@ -109,3 +125,316 @@ def test_channel_groups_penalise_filters_or_every_tensor_of_the_group() -> None:
     assert torch.allclose(g["2.weight"], (c / norms)[None, :] * w2)
     assert torch.allclose(every.counts(), torch.tensor([4.0 + 1 + 2, 4.0 + 1 + 2]))
     assert torch.allclose(filters.mean_abs(dict(model.named_parameters())), torch.tensor([2.0, 1.0]))
+
+
+# -- schedules, driven step by step ----------------------------------------------------------------
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def batches(n: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 12, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(n)]
+
+
+def schedule(kind: str, model: nn.Module, sparsity: float = 0.5, **options: Any) -> RegularizedPruning:
+    """A `RegularizedPruning` of method `kind` on `model`, picking as a prune stage would."""
+    spec = TRAINING.get(kind).schema(**options)
+    selection = LayerSelection()
+
+    def pick() -> MaskSet:
+        return compute_masks(
+            model,
+            sparsity,
+            criterion=spec.criterion,
+            allocation=spec.allocation,
+            structure=spec.structure,
+            structure_options=spec.structure_options,
+            layers=selection,
+            input_shape=(12,),
+        )
+
+    def layout() -> Any:
+        names = select_parameters(model, selection)
+        structure = build_structure(spec.structure, **spec.structure_options)
+        return structure.layout(LayoutContext(model, names, selection, torch.zeros(2, 12)))
+
+    return TRAINING.get(kind).schedule(spec, pick, layout, sparsity)
+
+
+class Loop:
+    """The training loop's calls to a callback, one step at a time (plain SGD, no state)."""
+
+    def __init__(self, model: nn.Module, callback: Any, lr: float = 0.1) -> None:
+        self.model, self.callback = model, callback
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        self.state = TrainState(model, optimizer, scheduler, 0, 0, 10_000, 100, 0.0)
+        self.after_step: list[Callable[[int], None]] = []
+
+    def start(self) -> Loop:
+        self.callback.on_train_start(self.state)
+        return self
+
+    def step(self, x: Tensor, y: Tensor) -> None:
+        s = self.state
+        s.optimizer.zero_grad()
+        nn.functional.cross_entropy(self.model(x), y).backward()
+        self.callback.on_backward(s)
+        s.optimizer.step()
+        s.step += 1
+        self.callback.on_step_end(s)
+        for fn in self.after_step:
+            fn(s.step)
+
+    def run(self, data: list[tuple[Tensor, Tensor]]) -> None:
+        for x, y in data:
+            self.step(x, y)
+
+
+def picked_coefficients(reg: RegularizedPruning) -> set[float]:
+    assert reg.coefficients is not None and reg.picked is not None
+    return set(reg.coefficients[reg.picked].tolist())
+
+
+def test_greg1_coefficient_after_k_updates_is_k_delta_capped_then_prunes_after_stabilizing() -> None:
+    model = mlp()
+    reg = schedule("greg1", model, delta=0.25, ceiling=1.0, interval=2, stabilize=3, ratio_limit=1e30)
+    loop = Loop(model, reg).start()
+    assert reg.picked is not None and int(reg.picked.sum()) == 64  # half of the 128 weights
+    assert picked_coefficients(reg) == {0.25} and set(reg.coefficients[~reg.picked].tolist()) == {0.0}
+    seen: dict[int, tuple[set[float], str]] = {}
+    loop.after_step.append(lambda s: seen.__setitem__(s, (picked_coefficients(reg), reg.phase)))
+    loop.run(batches(14))
+    for s in range(1, 12):  # updates at the start and after steps 2, 4, …: k = 1 + s // 2
+        assert seen[s][0] == {min((1 + s // 2) * 0.25, 1.0)}, s
+    assert reg.finished_at == 6 and reg.stopped == "ceiling"  # k = 4: 4·0.25 reaches the ceiling
+    assert seen[8][1] == "stabilize" and seen[9][1] == "pruned" and reg.pruned_at == 9  # 6 + 3
+    masks = masks_of(model)
+    assert masks is not None and masks.equal(reg.masks)
+    assert (
+        float(model[0].weight.detach()[~masks["0.weight"]].abs().max()) == 0.0
+    )  # stays pruned while finetuning
+
+
+def test_greg1_stops_each_unit_when_its_smoothed_magnitude_ratio_passes_the_limit() -> None:
+    model = mlp()
+    reg = schedule("greg1", model, delta=0.5, ceiling=100.0, interval=1, stabilize=1, ratio_limit=20.0)
+    loop = Loop(model, reg, lr=0.2).start()
+    assert reg.groups is not None and reg.picked is not None
+    groups, picked = reg.groups, reg.picked
+    expected: Tensor | None = None
+    history: list[tuple[int, Tensor, Tensor]] = []
+
+    def check(step: int) -> None:
+        nonlocal expected
+        if reg.phase == "pruned":
+            return
+        assert reg.ratio is not None and reg.grown is not None
+        w = groups.mean_abs(dict(model.named_parameters())).detach()
+        ratio = torch.stack(
+            [
+                w[(groups.unit_of == u) & ~picked].mean() / w[(groups.unit_of == u) & picked].mean()
+                for u in range(2)
+            ]
+        )
+        expected = ratio if expected is None else 0.9 * expected + 0.1 * ratio
+        assert torch.allclose(reg.ratio, expected), step  # the callback's, updated at this step
+        history.append((step, expected.clone(), reg.grown.clone()))
+
+    check(0)
+    loop.after_step.append(check)
+    loop.run(batches(60))
+    assert reg.stopped == "ratio" and reg.finished_at is not None
+    stop_at = {}
+    for step, smoothed, grown in history:
+        for u in range(2):
+            if u not in stop_at and smoothed[u] >= 20.0:
+                stop_at[u] = step
+                assert int(grown[u]) == step + 1  # grew at every update up to and including this one
+    assert set(stop_at) == {0, 1} and reg.finished_at == max(stop_at.values())
+    for u in range(2):
+        assert int(reg.grown[u]) == stop_at[u] + 1  # no growth after its own stop
+
+
+def test_greg2_grows_a_uniform_penalty_and_picks_by_magnitude_at_the_picking_ceiling() -> None:
+    model = mlp()
+    reg = schedule(
+        "greg2",
+        model,
+        pick_delta=0.125,
+        pick_ceiling=0.5,
+        delta=0.25,
+        ceiling=2.0,
+        recover=-0.0625,
+        interval=1,
+    )
+    loop = Loop(model, reg).start()
+    seen: dict[int, Any] = {}
+
+    def check(step: int) -> None:
+        assert reg.coefficients is not None
+        if step < 3:  # updates at the start and after steps 1, 2: k·δ on every group, nothing picked
+            assert reg.phase == "pick" and reg.masks is None
+            assert set(reg.coefficients.tolist()) == {(step + 1) * 0.125}
+        elif step == 3:  # the 4th update reaches 0.5: the set is picked on these very weights
+            assert reg.phase == "grow" and reg.masks is not None
+            assert reg.masks.equal(compute_masks(model, 0.5, input_shape=(12,)))
+            seen["picked"] = reg.picked.clone()
+        elif step < 6:  # then the picked groups grow on from the picking ceiling, the kept recover
+            assert picked_coefficients(reg) == {0.5 + (step - 3) * 0.25}
+            assert set(reg.coefficients[~reg.picked].tolist()) == {-0.0625}
+
+    loop.after_step.append(check)
+    loop.run(batches(6))
+    assert "picked" in seen and torch.equal(reg.picked, seen["picked"])  # picked once
+
+
+def test_fixed_penalty_holds_its_coefficient_for_its_steps_then_prunes() -> None:
+    model = mlp()
+    reg = schedule("reg_fixed", model, strength=0.25, steps=5, penalty="group_lasso", interval=2)
+    loop = Loop(model, reg).start()
+    phases = {}
+    loop.after_step.append(lambda s: phases.__setitem__(s, (reg.phase, picked_coefficients(reg))))
+    loop.run(batches(8))
+    assert all(phases[s] == ("grow", {0.25}) for s in range(1, 5))
+    assert reg.finished_at == 5 and reg.pruned_at == 5 and reg.stopped == "steps"
+    assert masks_of(model) is not None and masks_of(model).equal(reg.masks)
+
+
+def test_after_greg_the_pruned_channels_are_near_zero_and_removing_them_barely_changes_the_output() -> None:
+    model = mlp()
+    reg = schedule(
+        "greg1",
+        model,
+        structure="channel",
+        allocation="uniform",
+        sites="all",
+        delta=0.5,
+        ceiling=50.0,
+        interval=1,
+        stabilize=0,
+        ratio_limit=1e4,
+    )
+    loop = Loop(model, reg, lr=0.1).start()
+    probe = torch.randn(64, 12, generator=torch.Generator().manual_seed(5))
+    before: dict[str, Tensor] = {}
+
+    class Before:  # sees each step's weights before the schedule prunes them
+        def on_step_end(self, state: TrainState) -> None:
+            with torch.no_grad():
+                before["out"] = model(probe)
+                before["mag"] = reg.groups.mean_abs(dict(model.named_parameters()))
+
+    watcher, schedule_end = Before(), reg.on_step_end
+    reg.on_step_end = lambda state: (watcher.on_step_end(state), schedule_end(state))  # type: ignore[method-assign]
+    loop.run(batches(80))
+    assert reg.phase == "pruned" and reg.stopped == "ratio" and reg.picked is not None
+    assert int(reg.picked.sum()) == 4  # half of the 8 hidden neurons
+    assert float(before["mag"][reg.picked].max()) < 1e-3  # every entry of the pruned groups ~0
+    with torch.no_grad():
+        after = model(probe)
+    scale = float(before["out"].abs().max())
+    assert float((after - before["out"]).abs().max()) < 1e-3 * scale
+
+
+# -- saving and resuming ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["greg1", "greg2"])
+def test_a_schedule_resumed_from_its_state_mid_way_continues_bit_for_bit(kind: str) -> None:
+    options = {"delta": 0.25, "ceiling": 4.0, "interval": 2, "stabilize": 3, "ratio_limit": 30.0}
+    if kind == "greg2":
+        options.update(pick_delta=0.125, pick_ceiling=0.5)
+    data = batches(40)
+    model = mlp()
+    whole = schedule(kind, model, **options)
+    loop = Loop(model, whole).start()
+    loop.run(data[:7])  # mid-way: growing (greg2: just picked)
+    saved = whole.state_dict()
+    copy_ = copy.deepcopy(model)
+    resumed = schedule(kind, copy_, **options)
+    resumed.load_state_dict(saved)
+    second = Loop(copy_, resumed)
+    second.state.step = loop.state.step
+    second.start()
+    assert resumed.phase == whole.phase and torch.equal(resumed.coefficients, whole.coefficients)
+    loop.run(data[7:])
+    second.run(data[7:])
+    assert whole.phase == resumed.phase == "pruned" and whole.pruned_at == resumed.pruned_at
+    assert masks_of(model).equal(masks_of(copy_))
+    for (name, a), b in zip(model.state_dict().items(), copy_.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert whole.records == resumed.records and whole.records[-1].phase == "pruned"
+
+
+def greg_recipe() -> Any:
+    return recipe_from_raw(
+        tiny_recipe(
+            {"train": {}},
+            {"train": {"greg1": {"delta": 0.5, "interval": 1, "stabilize": 2, "ratio_limit": 50.0}}},
+            {"train": {}},
+            {"evaluate": {"label": "final"}},
+            iterations=12,
+        )
+    )
+
+
+@pytest.mark.parametrize("crash_stage", [2, 3])  # the regularized stage; the finetuning after it
+def test_a_run_resumed_after_a_crash_equals_the_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_stage: int
+) -> None:
+    clean = Pipeline(greg_recipe())
+    clean_result = clean.run()
+    original = Pipeline._save_state
+
+    def save_then_maybe_crash(self: Pipeline) -> None:
+        if self.counter == crash_stage:
+            raise RuntimeError("killed")  # the stage ran, its state was never saved
+        original(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Pipeline, "_save_state", save_then_maybe_crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            Pipeline(greg_recipe(), workdir=tmp_path).run()
+    resumed = Pipeline(greg_recipe(), workdir=tmp_path)
+    assert resumed.resumed_from == crash_stage - 1
+    if crash_stage == 3:  # the schedule's state was saved with the regularized stage
+        assert resumed.state.kept["greg1"]["phase"] == "pruned"
+    result = resumed.run()
+    assert result.masks.equal(clean_result.masks) and result.records == clean_result.records
+    for (name, a), b in zip(
+        result.model.state_dict().items(), clean_result.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert clean.state.kept == {}  # the finetuning stage drops what described the weights before it
+
+
+# -- options ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("block", "expected"),
+    [
+        ({"greg1": {"delta": 0}}, "stages.1.train.greg1.delta"),
+        ({"greg1": {"ratio_limit": 1}}, "stages.1.train.greg1.ratio_limit"),
+        ({"greg1": {"penalty": "l3"}}, "unknown penalty 'l3'; use one of group_lasso, l1, l2"),
+        ({"greg1": {"sites": "filters"}}, "stages.1.train.greg1.sites"),
+        ({"greg2": {"pick_ceiling": 2.0}}, "pick_ceiling (2.0) must be below ceiling (1.0)"),
+        ({"greg2": {"pick_delta": 0.1}}, "pick_delta (0.1) is larger than pick_ceiling (0.01)"),
+        ({"reg_fixed": {"strenght": 1e-3}}, "did you mean 'strength'?"),
+        ({"reg_fixed": {"steps": 0}}, "stages.1.train.reg_fixed.steps"),
+        ({"reg_fixed": {"structure": "chanel"}}, "Did you mean 'channel'?"),
+        ({"greg1": {"reconstruct": "obs"}}, "reconstruction apply to prune stages"),
+    ],
+)
+def test_bad_options_give_one_clear_error(block: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        recipe_from_raw(tiny_recipe({"train": {}}, {"train": block}))
+    assert expected in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_the_cli_names_a_bad_option_in_one_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe({"train": {"greg1": {"ceiling": -1}}})))
+    result = CliRunner().invoke(cli.app, ["run", str(recipe), "--no-progress"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "stages.0.train.greg1.ceiling" in lines[0]

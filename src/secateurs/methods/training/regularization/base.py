@@ -345,7 +345,7 @@ class ScheduleRecord:
     phase: str
     coefficient_max: float
     ratio_min: float  # the smallest (smoothed) kept/pruned magnitude ratio over units; nan before picking
-    units_done: int
+    units_done: int  # units whose coefficient stopped growing
 
 
 class RegularizedPruning(Callback):
@@ -435,8 +435,11 @@ class RegularizedPruning(Callback):
             if finite is not None and finite.numel()
             else (math.inf if self.ratio is not None else math.nan)
         )
-        done = int(torch.isinf(self.ratio).sum()) if self.ratio is not None else 0
-        self.records.append(ScheduleRecord(step, self.phase, coefficient, ratio, done))
+        self.records.append(ScheduleRecord(step, self.phase, coefficient, ratio, self.units_done()))
+
+    def units_done(self) -> int:
+        """Units whose coefficients stopped growing (a schedule growing per unit says)."""
+        return 0
 
     # -- callback hooks --------------------------------------------------------------------
     def on_train_start(self, state: TrainState) -> None:
@@ -505,6 +508,7 @@ class RegularizedPruning(Callback):
             "pruned_at": self.pruned_at,
             "stopped": self.stopped,
             "ratio": cpu(self.ratio),
+            "records": [asdict(r) for r in self.records],
             "extra": self.extra_state(),
         }
 
@@ -542,6 +546,7 @@ class RegularizedPruning(Callback):
         self.finished_at, self.pruned_at = state.get("finished_at"), state.get("pruned_at")
         self.stopped = state.get("stopped", "")
         self.ratio = moved(state.get("ratio"))
+        self.records = [ScheduleRecord(**r) for r in state.get("records", [])]
         self.load_extra_state(state.get("extra") or {})
         self._restored = None
 

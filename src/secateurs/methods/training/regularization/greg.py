@@ -128,6 +128,9 @@ class GrowingRegularization(RegularizedPruning):
         if not bool(self.active.any()):
             self.finish(step, "ceiling" if bool(at_ceiling.any()) else "ratio")
 
+    def units_done(self) -> int:
+        return int((~self.active).sum()) if self.grown is not None else 0
+
     def extra_state(self) -> dict[str, Any]:
         return {
             "grown": None if self.grown is None else self.grown.clone(),
