@@ -53,6 +53,7 @@ def prune_model(
     percdamp: float = 0.01,
     on_block: Callable[[int, list[Tensor]], None] | None = None,
     ties: str = "index",
+    seed: int = 0,
 ) -> list[LayerReport]:
     """Prune every nn.Linear inside the transformer blocks in place; returns one report per Linear.
 
@@ -62,7 +63,7 @@ def prune_model(
     `batch_size` samples at a time: a block's outputs do not depend on it (bit for bit, SmolLM2
     at 1, 2, 4, 8), and at 2 the activations stay in cache (a block runs ~6 % faster than at 8)
     and the statistics pass of every batch after the first ends early. `ties` breaks ties at the
-    cut (`secateurs.core.topk`; "original" is the Wanda / SparseGPT code's rule).
+    cut (`secateurs.core.topk`; "original" is the Wanda / SparseGPT code's rule; `seed` seeds "random").
     """
     options = method_options(method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties)
     batches = None
@@ -86,6 +87,7 @@ def prune_model(
         layers={"types": ["Linear"]},
         blocks=path,
         on_block=on_block,
+        seed=seed,
         **options,
     )
     # "model.layers.3.mlp.up_proj.weight" → "3.mlp.up_proj"
