@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from secateurs.front.cli import app
 from secateurs.pipeline.recipe import recipe_from_raw
 from secateurs.results import ResultsDB, execute, html_report
-from secateurs.results.html_report import report_figures, write_html_report
+from secateurs.results.html_report import figure_files, write_html_report
 from secateurs.results.report import write_report
 
 HOSTILE = "<img src=x onerror=alert(1)> \"q\" & 'a' </script><script>alert(2)</script>"
@@ -121,7 +121,7 @@ def test_every_table_row_links_to_a_run_on_the_page(root: Path, page: Path) -> N
         targets = [h[1:] for h in hrefs if h.startswith("#run-")]
         assert targets, f"a table row links to no run: {hrefs}"
         assert set(targets) <= parsed.ids
-    for section in ("accuracy", "potential", "levels", "sanity", "collapse", "figures", "runs"):
+    for section in ("accuracy", "potential", "levels", "sanity", "collapse", "runs"):
         assert section in parsed.ids
     anchors = {
         a["href"][1:] for tag, a in parsed.elements if tag == "a" and a.get("href", "").startswith("#")
@@ -139,7 +139,24 @@ def test_the_page_fetches_nothing(page: Path) -> None:
                 assert value.startswith("data:image/"), (tag, value)  # figures are embedded
         assert tag != "link", "a <link> element (style sheet, font, icon) would be fetched"
     images = [a for tag, a in parsed.elements if tag == "img"]
-    assert len(images) == len(report_figures(page.with_name("report.md"))) >= 3
+    assert len(images) == len(figure_files(page.with_name("report.md"))) >= 4
+    assert all(a["src"].startswith("data:image/svg+xml;base64,") for a in images)  # write_report drew SVGs
+
+
+def test_each_figure_sits_in_its_section(page: Path) -> None:
+    parsed = Parsed(page.read_text(encoding="utf-8"))
+    section, where = None, {}
+    for tag, attrs in parsed.elements:
+        if tag == "h2":
+            section = attrs.get("id")
+        elif tag == "img":
+            where[attrs["alt"]] = section
+    assert where == {
+        "accuracy_vs_remaining": "accuracy",
+        "sanity_checks": "sanity",
+        "layer_sparsity": "collapse",
+        "ticket_curves": "levels",
+    }
     policy = next(
         a["content"] for tag, a in parsed.elements if a.get("http-equiv") == "Content-Security-Policy"
     )
@@ -167,14 +184,14 @@ def test_accuracy_cells_sort_by_their_mean(root: Path, page: Path) -> None:
     assert sorted(part.split('"')[0] for part in cell.split('href="#run-')[1:]) == sorted(mine)
 
 
-def test_report_figures_prefers_a_fresh_svg(tmp_path: Path) -> None:
+def test_figure_files_prefers_a_fresh_svg(tmp_path: Path) -> None:
     (tmp_path / "report.md").write_text(
         "# r\n\n![a](a.png)\n![b](b.png)\n![gone](gone.png)\n", encoding="utf-8"
     )
     for name in ("a.png", "b.svg", "b.png", "a.svg"):  # a.svg is newer than a.png, b.svg older than b.png
         (tmp_path / name).write_bytes(b"x")
     os.utime(tmp_path / "b.svg", (1, 1))
-    assert report_figures(tmp_path / "report.md") == [tmp_path / "a.svg", tmp_path / "b.png"]
+    assert figure_files(tmp_path / "report.md") == [tmp_path / "a.svg", tmp_path / "b.png"]
 
 
 def test_a_failed_render_leaves_the_previous_page(
@@ -234,7 +251,7 @@ def test_page_loads_in_chromium_without_errors_or_requests(browser: Browser, pag
     assert load.console_errors == []
     assert load.external_requests() == []
     assert load.requests and load.requests[0] == page.as_uri()
-    assert title == f"secateurs report|{len(report_figures(page.with_name('report.md')))}"
+    assert title == f"secateurs report|{len(figure_files(page.with_name('report.md')))}"
     assert load.screenshot.startswith(b"\x89PNG\r\n\x1a\n")
     image = Image.open(io.BytesIO(load.screenshot))
     assert image.size == (1200, 1600)

@@ -9,7 +9,8 @@ escaped. Each table row links to the runs behind it (`#run-<hash>`), and each ru
 configuration and hash.
 
 The tables are built from the same summaries (`collect`, `level_panels`) as the markdown report,
-and the figures are the files `write_report` drew, so the page and report.md never disagree.
+and the figures are the files `write_report` drew (`report.report_figures`, saved as PNG and SVG), each
+shown beside its table, so the page and report.md never disagree.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def write_html_report(
         runs,
         records,
         artifacts,
-        figures=report_figures(markdown),
+        figures=figure_files(markdown),
         source=f"{len(runs)} finished runs from {db_path}" + (f" matching {name}" if name else ""),
         delta=delta,
     )
@@ -86,7 +87,7 @@ def write_html_report(
 _IMAGE = re.compile(r"^!\[[^\]]*\]\(([^)\s]+)\)\s*$")
 
 
-def report_figures(markdown: Path) -> list[Path]:
+def figure_files(markdown: Path) -> list[Path]:
     """The figures report.md shows, in its order, each as its SVG where one was written beside it
     (at least as new as the PNG: a stale SVG from an older report is never shown)."""
     found = []
@@ -322,7 +323,7 @@ padding:1em 1.5em;color:#1b1b1b;background:#fff}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d0d0d0;padding:.25em .55em;text-align:right;vertical-align:top}
-th:first-child,td:first-child{text-align:left}
+th:first-child,td:first-child,td.text{text-align:left}
 thead th{background:#f0f3f7;cursor:pointer;user-select:none;white-space:nowrap}
 thead th[aria-sort=ascending]::after{content:" \\25B2"}
 thead th[aria-sort=descending]::after{content:" \\25BC"}
@@ -413,23 +414,25 @@ def render_html(
         ("levels", "Levels (lottery tickets)", LEVELS_NOTE, ticket_tables(runs)),
         ("sanity", "Sanity checks", SANITY_NOTE, sanity_tables(runs)),
         ("collapse", "Layer collapse", COLLAPSE_NOTE, collapse_tables(runs)),
+        ("figures", "Other figures", "", []),
     ]
-    shown = [(key, title) for key, title, _, tables in sections if tables]
-    shown += [("figures", "Figures")] if figures else []
-    shown += [("runs", "Runs")]
+    placed: dict[str, list[Path]] = defaultdict(list)
+    for path in figures:
+        placed[FIGURE_SECTIONS.get(path.stem, "figures")].append(path)
+    shown = [(key, title) for key, title, _, tables in sections if tables or placed[key]]
     body = [
         "<h1>secateurs report</h1>",
         f"<p>{esc(source)}.</p>",
-        "<nav>" + " · ".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in shown) + "</nav>",
+        "<nav>"
+        + " · ".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in [*shown, ("runs", "Runs")])
+        + "</nav>",
     ]
     for key, title, note, tables in sections:
-        if tables:
+        if tables or placed[key]:
             body.append(f'<h2 id="{key}">{esc(title)}</h2>')
             body += [f'<p class="note">{esc(note)}</p>'] if note else []
             body += [_table(t, known) for t in tables]
-    if figures:
-        body.append('<h2 id="figures">Figures</h2>')
-        body += [_figure(path) for path in figures]
+            body += [_figure(path) for path in placed[key]]
     body += ['<h2 id="runs">Runs</h2>', f'<p class="note">{esc(RUNS_NOTE)}</p>']
     body.append(_table(runs_table(runs), known, row_ids=True))
     body += [_run_section(r, records.get(r.hash), artifacts.get(r.hash, {})) for r in runs]
@@ -451,6 +454,15 @@ def render_html(
         "",
     ])  # fmt: skip
 
+
+FIGURE_SECTIONS = {
+    "accuracy_vs_remaining": "accuracy",
+    "excess_error": "potential",
+    "ticket_curves": "levels",
+    "sanity_checks": "sanity",
+    "layer_sparsity": "collapse",
+}
+"""The section each of `report.report_figures`' figures is shown in, by file stem (others: their own)."""
 
 POTENTIAL_NOTE = (
     "The largest sparsity whose accuracy stays within δ of the dense model, on clean test data and "
@@ -493,11 +505,12 @@ def _table(table: Table, known: set[str], *, row_ids: bool = False) -> str:
 
 def _cell(entry: Entry, known: set[str], as_link: bool) -> str:
     sort = "" if entry.sort is None else esc(_sort_key(entry.sort))
+    kind = ' class="text"' if isinstance(entry.sort, str) else ""  # names read left-aligned, numbers right
     runs = [h for h in entry.runs if h in known]
     if as_link and len(runs) == 1:
         link = f'<a href="#{esc(run_anchor(runs[0]))}"><code>{esc(entry.text)}</code></a>'
-        return f'<td data-sort="{sort}">{link}</td>'
-    return f'<td data-sort="{sort}">{esc(entry.text)}{_links(runs)}</td>'
+        return f'<td data-sort="{sort}"{kind}>{link}</td>'
+    return f'<td data-sort="{sort}"{kind}>{esc(entry.text)}{_links(runs)}</td>'
 
 
 def _sort_key(value: float | str) -> str:
