@@ -15,13 +15,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
-from matplotlib.collections import PolyCollection
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.colors import to_hex
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from secateurs.core.errors import ConfigError
 from secateurs.results import ResultsDB, figures
 from secateurs.results.report import (
+    RunSummary,
     collect,
     figure_styles,
     report_figures,
@@ -291,6 +293,12 @@ def test_a_method_keeps_its_colour_whatever_the_other_methods() -> None:
     assert len(lines) == 20 and {s.color for s in lines} == set(
         figures.PALETTE
     )  # a second round: other fills
+    seven = figures.Styles([f"method {i}" for i in range(7)])
+    assert {seven.colour(f"method {i}") for i in range(7)} == set(figures.STRONG)  # the pale ones come last
+    nine = figures.Styles([f"method {i}" for i in range(9)])
+    assert {nine.line(f"method {i}").fillstyle for i in range(9)} == {"full"}  # colours first, then fills
+    with pytest.raises(ConfigError, match="methods to tell apart"):
+        figures.Styles([f"method {i}" for i in range(9 * len(figures.FILLS) + 1)])
     assert one.line("SNIP", "control=reinit").linestyle == one.line("SNIP", "reinit").linestyle != "-"
 
 
@@ -318,3 +326,41 @@ def test_svg_text_is_one_inline_element_and_stable(store: Path) -> None:
         texts[0].startswith("<svg") and texts[0] == texts[1]
     )  # no date, fixed ids: regenerated files diff cleanly
     assert "<image" not in texts[0] and "@import" not in texts[0]
+
+
+def test_a_recipe_named_method_dot_variant_keeps_the_method_colour_and_the_variant_marker() -> None:
+    def run(name: str, sparsity: float, seed: int, value: float) -> RunSummary:
+        return RunSummary(
+            f"{name}{sparsity}{seed}", name, "fashion_mnist", "lenet5", sparsity, seed, {"accuracy": value}
+        )
+
+    runs = [
+        run(name, sparsity, seed, value + 0.4 * seed)
+        for name, sparsity, value in (
+            ("ADMM · N:M 2:4", 0.5, 0.5),
+            ("gradual magnitude · N:M 2:4", 0.5, 0.6),
+            ("ADMM · unstructured 90 %", 0.9, 0.4),
+        )
+        for seed in (0, 1)
+    ]
+    fig = report_figures(runs)["accuracy_vs_remaining"]
+    legend = fig.legends[0]
+    style = {
+        t.get_text(): (to_hex(h.get_color()), h.get_marker())
+        for h, t in zip(legend.legend_handles, legend.get_texts(), strict=True)
+    }
+    assert list(style) == ["ADMM · N:M 2:4", "ADMM · unstructured 90 %", "gradual magnitude · N:M 2:4"]
+    assert (
+        style["ADMM · N:M 2:4"][0]
+        == style["ADMM · unstructured 90 %"][0]
+        != style["gradual magnitude · N:M 2:4"][0]
+    )
+    assert (
+        style["ADMM · N:M 2:4"][1]
+        == style["gradual magnitude · N:M 2:4"][1]
+        != style["ADMM · unstructured 90 %"][1]
+    )
+    (ax,) = fig.axes  # one point per curve: an error bar, clipped at 100 % like a band
+    bars = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
+    assert len(bars) == 3 and max(y for seg in bars for y in seg[:, 1]) == 100.0
+    plt.close(fig)

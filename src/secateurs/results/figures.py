@@ -33,17 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PALETTE = (
+from secateurs.core.errors import ConfigError
+
+STRONG = (
     "#332288",  # indigo
-    "#88CCEE",  # cyan
     "#44AA99",  # teal
     "#117733",  # green
     "#999933",  # olive
-    "#DDCC77",  # sand
     "#CC6677",  # rose
     "#882255",  # wine
     "#AA4499",  # purple
 )
+PALE = ("#88CCEE", "#DDCC77")  # cyan, sand: faint as thin lines on white, so handed out last
+PALETTE = STRONG + PALE
 """Paul Tol's colour-blind-safe "muted" scheme (without its pale grey, kept for missing data)."""
 
 DENSE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth": 1.2}
@@ -64,8 +66,12 @@ VARIANT_STYLES: dict[str | None, tuple[str, str]] = {
 }
 """Line style and marker of known variants; "control=reinit" is drawn like "reinit"."""
 
-SPARE_STYLES = (("-.", "<"), ("--", ">"), (":", "p"), ("-.", "h"), ("--", "*"), (":", "H"), ("-.", "8"))
-"""Styles for variants not named above, handed out in sorted order of their names."""
+SPARE_STYLES = tuple((ls, m) for ls in ("-.", "--", ":", "-") for m in ("<", ">", "p", "h", "*", "H", "8"))
+"""Styles for variants not named above (filled markers, so a hollow fill still tells methods apart),
+handed out in sorted order of the variants' names."""
+
+VARIANT_SEPARATOR = " · "
+"""A recipe named "ADMM · N:M 2:4" is the variant "N:M 2:4" of the method "ADMM" (`method_variant`)."""
 
 RANGE_PERCENT = (0.0, 100.0)
 
@@ -134,7 +140,6 @@ class Styles:
     """
 
     def __init__(self, methods: Iterable[str] = (), variants: Iterable[str | None] = ()) -> None:
-        self._slots = [(c, f) for f in FILLS for c in PALETTE]
         self._methods: dict[str, tuple[str, str]] = {}
         self._variants: dict[str | None, tuple[str, str]] = dict(VARIANT_STYLES)
         self._spare = 0
@@ -150,7 +155,12 @@ class Styles:
         """(line style, marker) of a variant; None (and "ticket") is the method itself."""
         key = _plain(variant)
         if key not in self._variants:
-            self._variants[key] = SPARE_STYLES[self._spare % len(SPARE_STYLES)]
+            if self._spare == len(SPARE_STYLES):
+                raise ConfigError(
+                    f"more than {len(SPARE_STYLES)} variants to tell apart in one report",
+                    fix="report fewer runs at a time (secateurs report --name PATTERN)",
+                )
+            self._variants[key] = SPARE_STYLES[self._spare]
             self._spare += 1
         return self._variants[key]
 
@@ -161,13 +171,25 @@ class Styles:
     def _slot(self, method: str) -> tuple[str, str]:
         if method not in self._methods:
             taken = set(self._methods.values())
-            start = zlib.crc32(method.encode()) % len(PALETTE)
-            order = [self._slots[(start + i) % len(self._slots)] for i in range(len(self._slots))]
+            n = len(PALETTE)
+            start = zlib.crc32(method.encode())  # every strong colour, then the pale, then other fills
+            colours = [STRONG[(start + i) % len(STRONG)] for i in range(len(STRONG))]
+            colours += [PALE[(start + i) % len(PALE)] for i in range(len(PALE))]
+            order = [(colour, fill) for fill in FILLS for colour in colours]
             free = next((slot for slot in order if slot not in taken), None)
             if free is None:
-                raise ValueError(f"more than {len(self._slots)} methods in one report; split it with --name")
+                raise ConfigError(
+                    f"more than {n * len(FILLS)} methods to tell apart in one report",
+                    fix="report fewer runs at a time (secateurs report --name PATTERN)",
+                )
             self._methods[method] = free
         return self._methods[method]
+
+
+def method_variant(name: str) -> tuple[str, str | None]:
+    """ "ADMM · N:M 2:4" → ("ADMM", "N:M 2:4"); a name without " · " is a method alone."""
+    method, _, variant = name.partition(VARIANT_SEPARATOR)
+    return (method, variant) if variant else (name, None)
 
 
 def _plain(variant: str | None) -> str | None:
@@ -225,35 +247,41 @@ def ticket_figure(
     panels: Sequence[TicketPanel], *, styles: Styles | None = None, metric: str = "accuracy"
 ) -> Any | None:
     """Ticket curves, one column per panel: the metric per level against the remaining weights (log),
-    the ticket and each control in the method's colour, and below it each level's early-stop step."""
+    the ticket and each control in the method's colour, and below it each level's early-stop step
+    (a row left out when no level recorded one)."""
     if not panels:
         return None
     styles = styles or Styles(p.method for p in panels)
+    steps = any(p.steps for p in panels)
     import matplotlib.pyplot as plt
 
     _agg()
     fig, grid = plt.subplots(
-        2,
+        2 if steps else 1,
         len(panels),
-        figsize=(5.5 * len(panels) + 1.8, 7),
+        figsize=(5.5 * len(panels) + 1.8, 7 if steps else 3.8),
         squeeze=False,
         sharex="col",
         layout="constrained",
     )
     for column, panel in enumerate(panels):
-        top, bottom = grid[0][column], grid[1][column]
+        top = grid[0][column]
         _dense_line(top, panel.dense)
         for curve in panel.metric:
             _curve(top, curve, styles.line(panel.method, curve.variant), label=curve.variant or "ticket")
-        for curve in panel.steps:
-            _curve(bottom, curve, styles.line(panel.method, curve.variant), label=curve.variant or "ticket",
-                   scale=1.0, bounds=(0.0, math.inf))  # fmt: skip
         xs = [x for c in panel.metric + panel.steps for x, _ in c.points]
-        _remaining_axis(top, xs, label=False)
-        _remaining_axis(bottom, xs)
+        _remaining_axis(top, xs, label=not steps)
         top.set_title(panel.title, fontsize=9)
         top.set_ylabel(f"test {metric} (%)")
-        bottom.set_ylabel("early-stop step (best test accuracy)")
+        if steps:
+            bottom = grid[1][column]
+            for curve in panel.steps:
+                style = styles.line(panel.method, curve.variant)
+                _curve(
+                    bottom, curve, style, label=curve.variant or "ticket", scale=1.0, bounds=(0.0, math.inf)
+                )
+            _remaining_axis(bottom, xs)
+            bottom.set_ylabel("early-stop step (best test accuracy)")
     axes = [ax for row in grid for ax in row]
     _style_key(fig, axes, styles, [p.metric + p.steps for p in panels], none_label="ticket",
                methods={p.method for p in panels})  # fmt: skip
@@ -449,13 +477,13 @@ def _grid(n: int, *, columns: int, size: tuple[float, float]) -> tuple[Any, list
 
 
 def _label(curve: Curve) -> str:
-    return f"{curve.method} [{curve.variant}]" if curve.variant else curve.method
+    return f"{curve.method}{VARIANT_SEPARATOR}{curve.variant}" if curve.variant else curve.method
 
 
 def _method_of(label: str) -> str:
     """ "SNIP (90 %)" → "SNIP": a layer-sparsity label names the run's sparsity after its method."""
     head, _, tail = label.rpartition(" (")
-    return head if head and tail.endswith("%)") else label
+    return method_variant(head if head and tail.endswith("%)") else label)[0]
 
 
 def _dense_line(ax: Any, dense: Stat | None) -> None:
@@ -481,7 +509,9 @@ def _curve(
     low = [min(max(scale * (s.mean - s.std), bounds[0]), bounds[1]) for _, s in points]
     high = [min(max(scale * (s.mean + s.std), bounds[0]), bounds[1]) for _, s in points]
     ax.plot(xs, mean, label=label, **style.kwargs())
-    if any(h > lo for lo, h in zip(low, high, strict=True)):
+    if len(xs) == 1:  # a band needs two points; one gets an error bar
+        ax.vlines(xs, low, high, color=style.color, alpha=0.5, linewidth=1.2)
+    elif any(h > lo for lo, h in zip(low, high, strict=True)):
         ax.fill_between(xs, low, high, color=style.color, alpha=0.15, linewidth=0)
 
 

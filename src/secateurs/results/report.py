@@ -414,8 +414,10 @@ def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
 
 # -- figures (drawn by `figures`; here the runs become its panels) --------------------------------
 def figure_styles(runs: Iterable[RunSummary]) -> figures.Styles:
-    """One colour per method (its sanity checks share it) for every figure of these runs."""
-    return figures.Styles({r.base_method for r in runs}, {r.check for r in runs})
+    """One colour per method (its variants and sanity checks share it) for every figure of these runs."""
+    runs = [r for r in runs if r.sparsity > 0]  # a run of the dense model is the dense line, in black
+    names = [figures.method_variant(r.base_method) for r in runs]
+    return figures.Styles({m for m, _ in names}, {v for _, v in names} | {r.check for r in runs})
 
 
 def accuracy_panels(runs: list[RunSummary], metric: str = "accuracy") -> list[figures.Panel]:
@@ -441,12 +443,16 @@ def sanity_panels(runs: list[RunSummary], metric: str = "accuracy") -> list[figu
 
 
 def _method_curves(runs: list[RunSummary], metric: str, *, check: str | None) -> list[figures.Curve]:
-    """One curve per method among `runs` whose check is `check`: (remaining, mean ± std over seeds)."""
+    """One curve per method among `runs` whose check is `check`: (remaining, mean ± std over seeds).
+
+    Sparsity 0 is left out: the dense line shows it (a run named "dense" would repeat its label)."""
     cells = _cells([r for r in runs if r.check == check], metric)
     curves: dict[str, figures.Curve] = {}
     for (method, sparsity), cell in sorted(cells.items()):
-        base = method.removesuffix(f" [{check}]") if check else method
-        curve = curves.setdefault(method, figures.Curve(base, check))
+        if sparsity == 0:
+            continue
+        base, variant = figures.method_variant(method.removesuffix(f" [{check}]") if check else method)
+        curve = curves.setdefault(method, figures.Curve(base, check or variant))
         curve.points.append((1 - sparsity, figures.Stat(cell.mean, cell.std)))
     return list(curves.values())
 
@@ -469,7 +475,7 @@ def excess_error_panels(runs: list[RunSummary]) -> list[figures.Panel]:
         curves: dict[str, figures.Curve] = {}
         for (method, sparsity), values in sorted(cells.items()):
             cell = Cell(values)
-            curves.setdefault(method, figures.Curve(method)).points.append(
+            curves.setdefault(method, figures.Curve(*figures.method_variant(method))).points.append(
                 (1 - sparsity, figures.Stat(cell.mean, cell.std))
             )
         out.append(figures.Panel(f"{data} · {model}\n{shift[len(SHIFT_PREFIX) :]}", list(curves.values())))
