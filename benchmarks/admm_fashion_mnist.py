@@ -37,7 +37,8 @@ skipped, so an interrupted benchmark resumes.
 
     python benchmarks/admm_fashion_mnist.py            # about 35 min, 2 workers on 2 otherwise idle cores
     python benchmarks/admm_fashion_mnist.py --quick    # about 2 minutes: LeNet-300-100, 1 seed, a few methods
-Writes benchmarks/results/admm_fashion_mnist{,_quick}.json and .../admm_fashion_mnist{,_quick}/report.md.
+Writes benchmarks/results/admm_fashion_mnist{,_quick}.json and .../admm_fashion_mnist{,_quick}/report.md
+(and report.html, the same in one self-contained page).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from _sweeps import cells, mean, prepare, run_sweeps, store_minutes
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_write_text
 from secateurs.results.db import ResultsDB
+from secateurs.results.html_report import write_html_report
 from secateurs.results.report import RunSummary, collect, write_report
 
 HERE = Path(__file__).parent
@@ -525,6 +527,7 @@ def main() -> None:
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))
+    write_html_report(root, report, notes="\n".join(note))  # the same findings, in one self-contained page
     payload = {
         "budget": text_budget,
         "sweep_minutes": swept,

@@ -16,7 +16,8 @@ an interrupted benchmark resumes.
 
     python benchmarks/dst_fashion_mnist.py            # about 35 minutes on 2 cores
     python benchmarks/dst_fashion_mnist.py --quick    # about 2 minutes: 1 seed, 90 %, 60 steps each
-Writes benchmarks/results/dst_fashion_mnist{,_quick}.json and .../dst_fashion_mnist{,_quick}/report.md.
+Writes benchmarks/results/dst_fashion_mnist{,_quick}.json and .../dst_fashion_mnist{,_quick}/report.md
+(and report.html, the same in one self-contained page).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from _sweeps import cells, prepare, run_sweeps, store_minutes
 
 from secateurs.core.fileio import atomic_write_text
 from secateurs.results.db import ResultsDB
+from secateurs.results.html_report import write_html_report
 from secateurs.results.report import collect, write_report
 
 HERE = Path(__file__).parent
@@ -161,6 +163,7 @@ def main() -> None:
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))
+    write_html_report(root, report, notes="\n".join(note))  # the same findings, in one self-contained page
     payload = {
         "budget": budget,
         "sweep_minutes": swept,

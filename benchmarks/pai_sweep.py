@@ -17,7 +17,8 @@ Finished runs are skipped, so an interrupted benchmark resumes.
 
     python benchmarks/pai_sweep.py            # about 40 minutes on 2 cores
     python benchmarks/pai_sweep.py --quick    # about a minute: MNIST-1D, 1 seed, 90/98 %, 4 epochs
-Writes benchmarks/results/pai_sweep{,_quick}.json and benchmarks/results/pai_sweep{,_quick}/report.md.
+Writes benchmarks/results/pai_sweep{,_quick}.json and benchmarks/results/pai_sweep{,_quick}/report.md
+(and report.html, the same in one self-contained page).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from _sweeps import cells, mean, prepare, run_sweeps, store_minutes
 
 from secateurs.core.fileio import atomic_write_text
 from secateurs.results.db import ResultsDB
+from secateurs.results.html_report import write_html_report
 from secateurs.results.report import RunSummary, collect, write_report
 
 HERE = Path(__file__).parent
@@ -212,6 +214,7 @@ def main() -> None:
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))
+    write_html_report(root, report, notes="\n".join(note))  # the same findings, in one self-contained page
     payload = {"budget": budget, "sweep_minutes": swept, **timing, "pairs": summary}
     atomic_write_text(RESULTS / f"pai_sweep{suffix}.json", json.dumps(payload, indent=1))
     print(f"report: {report}")

@@ -22,6 +22,7 @@ import yaml
 
 from secateurs.core.fileio import atomic_write_text
 from secateurs.front.demo import demo_sweep
+from secateurs.results.html_report import write_html_report
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"
@@ -57,6 +58,7 @@ def main() -> None:
         "(0 when every run was already in the store).\n"
     )
     atomic_write_text(report, text + note)
+    write_html_report(root, report, notes=note)  # the report and this note in one self-contained page
     print(f"report: {report}")
 
 

@@ -184,6 +184,31 @@ def test_accuracy_cells_sort_by_their_mean(root: Path, page: Path) -> None:
     assert sorted(part.split('"')[0] for part in cell.split('href="#run-')[1:]) == sorted(mine)
 
 
+NOTES = """## Findings
+
+| method | source |
+|---|---|
+| <script>alert(3)</script> | [the paper](https://arxiv.org/abs/2009.11094) |
+
+![a figure](http://example.com/x.png) and <https://example.org/a>
+"""
+
+
+def test_notes_are_rendered_without_markup_or_links(root: Path, tmp_path: Path) -> None:
+    page = write_html_report(root, write_report(root, tmp_path), notes=NOTES)
+    parsed = Parsed(page.read_text(encoding="utf-8"))
+    tags = [tag for tag, _ in parsed.elements]
+    assert tags.count("script") == 1
+    assert ("a", {"href": "#notes"}) in parsed.elements  # listed in the contents
+    start = next(i for i, (_, a) in enumerate(parsed.elements) if a.get("id") == "notes")
+    assert tags[start : start + 2] == ["h2", "h3"] and "table" in tags[start:]  # heading under the section
+    assert not [a for _, a in parsed.elements if a.get("href", "").startswith(("http", "//"))]
+    text = "".join(parsed.text)
+    assert "<script>alert(3)</script>" in text  # shown, not run
+    assert "the paper (https://arxiv.org/abs/2009.11094)" in text
+    assert "a figure and https://example.org/a\n" in text
+
+
 def test_figure_files_prefers_a_fresh_svg(tmp_path: Path) -> None:
     (tmp_path / "report.md").write_text(
         "# r\n\n![a](a.png)\n![b](b.png)\n![gone](gone.png)\n", encoding="utf-8"

@@ -62,11 +62,17 @@ class Table:
 
 
 def write_html_report(
-    root: str | Path, markdown: str | Path, *, name: str | None = None, delta: float = 0.005
+    root: str | Path,
+    markdown: str | Path,
+    *,
+    name: str | None = None,
+    delta: float = 0.005,
+    notes: str = "",
 ) -> Path:
     """Write report.html beside `markdown` (the report.md `write_report` just wrote for the same
     runs): a page that needs nothing else, with its tables, figures, sanity checks, layer collapse
-    and every run's configuration."""
+    and every run's configuration; `notes` (markdown, e.g. a benchmark's own findings) is its own
+    section, rendered with raw HTML escaped and links shown as text."""
     markdown = Path(markdown)
     db_path = Path(root) / "results.db"
     with ResultsDB(db_path, create=False) as db:
@@ -80,6 +86,7 @@ def write_html_report(
         figures=figure_files(markdown),
         source=f"{len(runs)} finished runs from {db_path}" + (f" matching {name}" if name else ""),
         delta=delta,
+        notes=notes,
     )
     return atomic_write_text(markdown.with_name(HTML_NAME), page)
 
@@ -405,6 +412,7 @@ def render_html(
     figures: Sequence[Path] = (),
     source: str = "",
     delta: float = 0.005,
+    notes: str = "",
 ) -> str:
     """The page for `runs`: every table row links to runs whose sections (#run-<hash>) it holds."""
     known = {r.hash for r in runs}
@@ -420,6 +428,7 @@ def render_html(
     for path in figures:
         placed[FIGURE_SECTIONS.get(path.stem, "figures")].append(path)
     shown = [(key, title) for key, title, _, tables in sections if tables or placed[key]]
+    shown += [("notes", "Notes")] if notes.strip() else []
     body = [
         "<h1>secateurs report</h1>",
         f"<p>{esc(source)}.</p>",
@@ -433,6 +442,8 @@ def render_html(
             body += [f'<p class="note">{esc(note)}</p>'] if note else []
             body += [_table(t, known) for t in tables]
             body += [_figure(path) for path in placed[key]]
+    if notes.strip():
+        body += ['<h2 id="notes">Notes</h2>', markdown_html(notes)]
     body += ['<h2 id="runs">Runs</h2>', f'<p class="note">{esc(RUNS_NOTE)}</p>']
     body.append(_table(runs_table(runs), known, row_ids=True))
     body += [_run_section(r, records.get(r.hash), artifacts.get(r.hash, {})) for r in runs]
@@ -526,6 +537,36 @@ def _links(runs: list[str]) -> str:
     if len(runs) <= INLINE_LINKS:
         return f'<span class="runs">{links}</span>'
     return f'<details class="runs"><summary>{len(runs)} runs</summary>{links}</details>'
+
+
+def markdown_html(text: str) -> str:
+    """Markdown as HTML that can neither run nor fetch anything: raw HTML is escaped, a link is its
+    text followed by its address in parentheses, an image its alt text; headings start at <h3>, under
+    the section's own <h2>."""
+    from markdown_it import MarkdownIt  # rich's own markdown parser, so no new dependency
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("link_open", _link_open)
+    md.add_render_rule("link_close", _link_close)
+    md.add_render_rule("image", lambda self, tokens, idx, options, env: esc(tokens[idx].content))
+    md.add_render_rule("heading_open", lambda self, tokens, idx, options, env: f"<h{_level(tokens[idx])}>")
+    md.add_render_rule("heading_close", lambda self, tokens, idx, options, env: f"</h{_level(tokens[idx])}>")
+    return md.render(text, {})
+
+
+def _link_open(self: Any, tokens: Any, idx: int, options: Any, env: dict[str, Any]) -> str:
+    env.setdefault("links", []).append(str(tokens[idx].attrGet("href") or ""))
+    return ""
+
+
+def _link_close(self: Any, tokens: Any, idx: int, options: Any, env: dict[str, Any]) -> str:
+    href = env["links"].pop()
+    shown = idx > 0 and tokens[idx - 1].content == href  # an autolink already shows its address
+    return "" if not href or shown else f" ({esc(href)})"
+
+
+def _level(token: Any) -> int:
+    return max(3, min(6, int(token.tag[1]) + 1))
 
 
 def _figure(path: Path) -> str:
