@@ -14,6 +14,9 @@ An omitted axis keeps each recipe's own value. Every point is validated before a
 or is written. Runs are named by config hash, so a sweep is restartable (finished runs are
 skipped) and splits into shards (`--shard i/N`) that need no coordinator: each process takes
 every N-th run of the sorted hashes, and the store's per-run lock keeps any overlap harmless.
+
+Where the runs execute is a backend (`BACKENDS`): here or in local worker processes (`local`), or
+on a cluster engine (`ray`, `slurm`: `results.backends`); all of them write into the same store.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import functools
 import itertools
 import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,9 +37,11 @@ from pydantic import Field, ValidationError, model_validator
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import load_yaml, read_config_text
+from secateurs.core.plugins import provide
+from secateurs.core.registry import Registry
 from secateurs.pipeline.hashing import recipe_config, run_hash
 from secateurs.pipeline.recipe import Recipe, SourceRef, format_validation_error, load_recipe
-from secateurs.results.db import ResultsDB, StoreError
+from secateurs.results.db import StoreError
 from secateurs.results.runner import (
     ALREADY_FINISHED,
     BUSY,
@@ -44,10 +49,9 @@ from secateurs.results.runner import (
     FINISHED,
     INTERRUPTED,
     RunOutcome,
-    db_path,
     error_text,
     execute,
-    prepare_root,
+    store_at,
 )
 from secateurs.results.workers import run_in_workers
 
@@ -95,6 +99,7 @@ class SweepSummary:
     """Every outcome of one `run_sweep` call, in the order they completed."""
 
     outcomes: list[RunOutcome] = field(default_factory=list)
+    submitted: list[str] = field(default_factory=list)  # cluster jobs left running, not waited for
 
     def count(self, *statuses: str) -> int:
         return sum(o.status in statuses for o in self.outcomes)
@@ -112,7 +117,10 @@ class SweepSummary:
         return [o for o in self.outcomes if o.status == FAILED]
 
     def line(self) -> str:
-        return f"{self.finished} finished, {self.skipped} skipped, {len(self.failed)} failed"
+        counts = f"{self.finished} finished, {self.skipped} skipped, {len(self.failed)} failed"
+        if self.submitted:
+            counts += f"; submitted job {', '.join(self.submitted)}, not waited for"
+        return counts
 
 
 # -- loading and expanding ------------------------------------------------------------------------
@@ -246,18 +254,79 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _execute_point(point: SweepPoint, root: str) -> RunOutcome:
+def _execute_point(point: SweepPoint, root: str, store: str | None = None) -> RunOutcome:
     """Run one point; a failure (already recorded in the store by `execute`) becomes an outcome.
 
     A store that cannot be used (damaged, read-only) is raised instead: it is no run's failure,
     and every other run would report it again.
     """
     try:
-        return execute(point.recipe, root, name=point.name)
+        return execute(point.recipe, root, name=point.name, store=store)
     except StoreError:
         raise
     except Exception as err:
         return RunOutcome(point.hash, point.name, FAILED, error=error_text(err))
+
+
+Record = Callable[[RunOutcome], None]
+Dispatch = Callable[[list[SweepPoint], str, Record, str | None], Sequence[str] | None]
+"""Runs the points into the store at the root (or the server store whose URL is the last
+argument, None for `root/results.db`: pass it on to `_execute_point`), calling `record` with each
+outcome as it arrives; returns the ids of cluster jobs it submitted and did not wait for (None:
+it waited for all)."""
+
+
+class SweepBackend:
+    """Where a sweep's runs execute. `session()` is entered before the store is touched, so a
+    backend that cannot start (a library missing, a cluster that does not answer) writes nothing;
+    it yields the `Dispatch` that runs the points."""
+
+    def session(self) -> AbstractContextManager[Dispatch]:
+        raise NotImplementedError
+
+
+BACKENDS: Registry[Callable[..., SweepBackend]] = Registry("sweep backend")
+provide("sweep backend", "secateurs.results.backends")  # ray and slurm, imported when named
+
+
+@BACKENDS.register("local", "here, one run after another, or in --workers local processes")
+@dataclass
+class LocalBackend(SweepBackend):
+    """The runs here (`workers` 1) or in that many spawned processes, one torch thread each."""
+
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+
+    @contextmanager
+    def session(self) -> Iterator[Dispatch]:
+        yield self.dispatch
+
+    def dispatch(self, points: list[SweepPoint], root: str, record: Record, store: str | None = None) -> None:
+        if self.workers == 1 or len(points) <= 1:
+            for point in points:
+                record(_execute_point(point, root, store))
+        else:
+            _run_in_workers(points, root, min(self.workers, len(points)), record, store)
+
+
+def make_backend(
+    backend: str | SweepBackend = "local", *, workers: int = 1, options: Mapping[str, Any] | None = None
+) -> SweepBackend:
+    """The backend named (its options checked), or the one given; `workers` is the local backend's."""
+    if isinstance(backend, SweepBackend):
+        if options:
+            raise ConfigError("a backend object takes its options itself, not through `options`")
+        return backend
+    if backend != "local" and workers != 1:
+        raise ConfigError(
+            f"--workers is an option of the local backend, not {backend}",
+            fix="leave out --workers; the cluster backends take --cpus-per-run",
+        )
+    options = {"workers": workers, **(options or {})} if backend == "local" else dict(options or {})
+    return BACKENDS.build(backend, **options)  # type: ignore[return-value]
 
 
 def run_sweep(
@@ -267,39 +336,44 @@ def run_sweep(
     workers: int = 1,
     progress: bool = False,
     on_outcome: Callable[[RunOutcome], None] | None = None,
+    backend: str | SweepBackend = "local",
+    options: Mapping[str, Any] | None = None,
+    store: str | None = None,
 ) -> SweepSummary:
     """Run the points into the store at `root`: finished ones are skipped, failures recorded.
 
     With `workers` > 1, runs go to that many spawned processes (one torch thread each);
     with 1 they run here, one after another. A Ctrl-C is raised as KeyboardInterrupt once the
     runs in progress have stopped; they stay `running` in the store, and the next call resumes
-    them after their last completed stage.
+    them after their last completed stage. `backend` "ray" or "slurm" (with their `options`,
+    see `results.backends`) runs them on a cluster instead, into the same store. `store` (a
+    `postgresql://` URL) records the runs in a server store instead of `root/results.db`; the
+    run directories stay under `root`.
     """
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    root = prepare_root(root)
-    with ResultsDB(db_path(root)) as db:
-        db.add_runs([(p.hash, p.name, recipe_config(p.recipe)) for p in points])
+    runner = make_backend(backend, workers=workers, options=options)
     summary = SweepSummary()
-    with _progress_bar(progress, len(points)) as advance:
+    with runner.session() as dispatch:
+        with store_at(root, store) as db:
+            db.add_runs([(p.hash, p.name, recipe_config(p.recipe)) for p in points])
+        with _progress_bar(progress, len(points)) as advance:
 
-        def record(outcome: RunOutcome) -> None:
-            summary.outcomes.append(outcome)
-            log.info("%s", outcome.message)
-            if on_outcome is not None:
-                on_outcome(outcome)
-            advance()
+            def record(outcome: RunOutcome) -> None:
+                summary.outcomes.append(outcome)
+                log.info("%s", outcome.message)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+                advance()
 
-        if workers == 1 or len(points) <= 1:
-            for point in points:
-                record(_execute_point(point, str(root)))
-        else:
-            _run_in_workers(points, str(root), min(workers, len(points)), record)
+            summary.submitted = list(dispatch(points, str(root), record, store) or ())
     return summary
 
 
 def _run_in_workers(
-    points: list[SweepPoint], root: str, workers: int, record: Callable[[RunOutcome], None]
+    points: list[SweepPoint],
+    root: str,
+    workers: int,
+    record: Callable[[RunOutcome], None],
+    store: str | None = None,
 ) -> None:
     """The points in worker processes (`results.workers`: they stop with the sweep, however it stops)."""
 
@@ -311,7 +385,7 @@ def _run_in_workers(
 
     run_in_workers(
         points,
-        functools.partial(_execute_point, root=root),
+        functools.partial(_execute_point, root=root, store=store),
         workers,
         done=lambda _, outcome: record(outcome),
         lost=lost,
