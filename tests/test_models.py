@@ -16,6 +16,7 @@ from secateurs.models import MODELS, build_model, reinitialize
 CASES: list[tuple[str, tuple[int, ...], dict[str, object]]] = [
     ("mlp", (40,), {}),
     ("mlp", (1, 8, 8), {"hidden": [16]}),
+    ("mlp", (40,), {"hidden": [12, 12], "residual": True}),
     ("lenet300", (1, 28, 28), {}),
     ("lenet5", (1, 28, 28), {}),
     ("lenet5", (3, 12, 12), {}),
@@ -49,7 +50,7 @@ def test_registered_names() -> None:
 
 
 def test_spec_lists_options_and_ranks() -> None:
-    assert MODELS.get("mlp").options() == {"hidden": (100, 100), "activation": "relu"}
+    assert MODELS.get("mlp").options() == {"hidden": (100, 100), "activation": "relu", "residual": False}
     assert MODELS.get("conv2").options() == {"width": 1.0}
     assert MODELS.get("cnn1d").options() == {"channels": 25}
     assert MODELS.get("lenet300").options() == {}
@@ -302,6 +303,21 @@ def test_mlp_activation_option_builds_a_deep_linear_network() -> None:
     torch.testing.assert_close(linear(x), expected)
     with pytest.raises(ConfigError, match=r"activation='gelu' is not known.*relu, tanh, leaky_relu, linear"):
         build_model("mlp", (6,), 3, activation="gelu")
+
+
+def test_mlp_residual_option_is_the_mnist1d_papers_mlp() -> None:
+    """h1 = relu(W1 x), h2 = h1 + relu(W2 h1), out = W3 h2: a skip only where the widths agree."""
+    net = build_model("mlp", (6,), 3, seed=0, hidden=[5, 5], residual=True)
+    x = torch.randn(7, 6)
+    (w1, b1), (w2, b2), (w3, b3) = ((m.weight, m.bias) for m in net.modules() if isinstance(m, nn.Linear))
+    h1 = torch.relu(x @ w1.T + b1)
+    h2 = h1 + torch.relu(h1 @ w2.T + b2)
+    torch.testing.assert_close(net(x), h2 @ w3.T + b3)
+    plain = build_model("mlp", (6,), 3, seed=0, hidden=[5, 5])
+    assert [p.shape for p in net.parameters()] == [p.shape for p in plain.parameters()]
+    assert not torch.allclose(net(x), plain(x))  # same weights (same seed), the skip changes the output
+    with pytest.raises(ConfigError, match=r"residual='yes' must be true or false"):
+        build_model("mlp", (6,), 3, residual="yes")
 
 
 def test_lenet5_width_and_batchnorm_options() -> None:

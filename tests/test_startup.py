@@ -240,7 +240,7 @@ def test_methods_prints_every_component_with_its_options_and_every_preset() -> N
         assert any(f" {preset.name} " in row and preset.description[:30] in row for row in rows), preset
     options = {(c.axis, c.name): c.options for c in stored.components}
     assert options["structure", "nm"] == "n=2, m=4"
-    assert options["model", "mlp"] == "hidden=(100, 100), activation='relu'"
+    assert options["model", "mlp"] == "hidden=(100, 100), activation='relu', residual=False"
     assert options["reset", "rewind"] == "step=0, epoch=None"
     assert options["schedule", "iterative"] == "rate=0.2, levels=None, sparsity=None, layer_rates={}"
     assert options["training-time method", "bn_l1"] == "one value (number, minimum=0)"

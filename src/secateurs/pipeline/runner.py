@@ -494,7 +494,7 @@ class Pipeline:
         test_loader = self.data.test_loader()
         result = train(
             self.model,
-            self.data.train_loader(config.batch_size, seed=self._stage_seed(), world=self.world),
+            self._train_loader(config),
             config,
             evaluate_fn=lambda m: evaluate(m, test_loader),
             callbacks=callbacks,
@@ -520,6 +520,18 @@ class Pipeline:
                 fix="rewind to a step the first training stage reaches",
             )
         self.state.trained_once = True
+
+    def _train_loader(self, config: TrainConfig) -> Any:
+        """The training batches: reshuffled every epoch (seeded by the stage), or in the natural
+        order when the recipe says `shuffle: false` (a sharded run needs the shuffled order)."""
+        if not config.shuffle and self.world.active:
+            raise ConfigError(
+                "train.shuffle: false cannot be sharded across processes",
+                fix="leave train.shuffle at true for a distributed run",
+            )
+        return self.data.train_loader(
+            config.batch_size, seed=self._stage_seed(), world=self.world, shuffle=config.shuffle
+        )
 
     def _train_solved(self, stage: TrainStage, config: SolvedTraining) -> None:
         """A train stage whose `method` solves the weights (`methods.closed_form.TRAINERS`): no

@@ -63,6 +63,11 @@ class TrainConfig(StrictModel):
     )
     grad_clip: float | None = Field(None, gt=0)
     mask_grads: bool = False
+    shuffle: bool = Field(
+        True,
+        description="reshuffle the training set every epoch (seeded); false: the same natural order "
+        "every epoch, as the MNIST-1D paper's training loop reads its batches",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:
