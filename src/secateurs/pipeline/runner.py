@@ -111,6 +111,10 @@ class StageServices:
     def set_masks(self, masks: MaskSet) -> MaskSet:
         return self.pipeline._set_masks(masks)
 
+    def sample_inputs(self, count: int) -> torch.Tensor:
+        x, _ = next(iter(self.pipeline.data.train_loader(count, shuffle=False)))
+        return x.to(self.pipeline.device)
+
     def set_dense_state(self, state: dict[str, torch.Tensor]) -> None:
         self.pipeline.state.dense_state = state
 

@@ -45,6 +45,11 @@ class StageServices(Protocol):
         """Install `masks` as the run's masks (checked identical across ranks under torchrun)."""
         ...
 
+    def sample_inputs(self, count: int) -> Tensor:
+        """The first `count` training inputs, in order (not shuffled), on the model's device: what a
+        method measures the model on (e.g. trainability-preserving pruning's Jacobian singular values)."""
+        ...
+
     def set_dense_state(self, state: dict[str, Tensor]) -> None:
         """Declare the weights the run's dense parent has (for agreement metrics)."""
         ...

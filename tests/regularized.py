@@ -1,0 +1,73 @@
+"""What the TPP and filter-merging tests share: a small BN convnet, batches of images, and a
+regularization schedule built as a train stage would build it (issue 24)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from secateurs.core.masks import MaskSet
+from secateurs.methods.layers import LayerSelection, select_parameters
+from secateurs.methods.pruning import compute_masks
+from secateurs.methods.structures import LayoutContext, build_structure
+from secateurs.methods.training import TRAINING
+from secateurs.methods.training.regularization import RegularizedPruning
+
+SHAPE = (1, 8, 8)
+
+
+def convnet(seed: int = 0) -> nn.Sequential:
+    """Conv-BN-ReLU (8 channels), Conv-BN-ReLU (6), global average pool, Linear to 3 classes."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
+    )
+    with torch.no_grad():  # BatchNorm scales and shifts that differ from channel to channel
+        for bn in (model[1], model[4]):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return model
+
+
+def image_batches(n: int, seed: int = 0, size: int = 16) -> list[tuple[Tensor, Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(size, *SHAPE, generator=g), torch.randint(0, 3, (size,), generator=g)) for _ in range(n)
+    ]
+
+
+def schedule_of(
+    kind: str, model: nn.Module, sparsity: float = 0.5, shape: tuple[int, ...] = SHAPE, **options: Any
+) -> RegularizedPruning:
+    """The `RegularizedPruning` of method `kind` over `model`, picking as a prune stage would."""
+    spec = TRAINING.get(kind).schema(**options)
+    selection = LayerSelection()
+
+    def pick() -> MaskSet:
+        return compute_masks(
+            model,
+            sparsity,
+            criterion=spec.criterion,
+            allocation=spec.allocation,
+            structure=spec.structure,
+            structure_options=spec.structure_options,
+            layers=selection,
+            input_shape=shape,
+        )
+
+    def layout() -> Any:
+        names = select_parameters(model, selection)
+        structure = build_structure(spec.structure, **spec.structure_options)
+        return structure.layout(LayoutContext(model, names, selection, torch.zeros(2, *shape)))
+
+    return TRAINING.get(kind).schedule(spec, pick, layout, sparsity)
