@@ -6,7 +6,7 @@ each method is one file registered in `TRAINING`: `fixed` (a fixed penalty for a
 steps, then prune) and `greg` (growing regularization, GReg-1 and GReg-2).
 """
 
-from secateurs.methods.training.regularization import fixed, greg, tpp  # noqa: F401  (registration)
+from secateurs.methods.training.regularization import fixed, greg, merging, tpp  # noqa: F401  (registration)
 from secateurs.methods.training.regularization.base import (
     PENALTIES,
     SITES,
