@@ -6,7 +6,9 @@ The checks read the drawn figure objects; each is first shown to catch a deliber
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,12 @@ from secateurs.core.errors import ConfigError
 from secateurs.results import ResultsDB, figures
 from secateurs.results.report import (
     RunSummary,
+    accuracy_table,
     collect,
     figure_styles,
+    level_panels,
     report_figures,
+    ticket_table,
     write_report,
 )
 
@@ -302,14 +307,20 @@ def test_a_method_keeps_its_colour_whatever_the_other_methods() -> None:
     assert one.line("SNIP", "control=reinit").linestyle == one.line("SNIP", "reinit").linestyle != "-"
 
 
-def test_write_report_saves_an_svg_beside_every_png(store: Path, tmp_path: Path) -> None:
-    text = write_report(store, tmp_path / "rep").read_text()
+@pytest.fixture(scope="module")
+def written(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report.md `write_report` writes for the store (its figures beside it)."""
+    return write_report(store, tmp_path_factory.mktemp("report"))
+
+
+def test_write_report_saves_an_svg_beside_every_png(written: Path) -> None:
+    text, folder = written.read_text(), written.parent
     for stem in ("accuracy_vs_remaining", "sanity_checks", "excess_error", "ticket_curves"):
-        assert (tmp_path / "rep" / f"{stem}.png").read_bytes().startswith(PNG_MAGIC)
-        svg = (tmp_path / "rep" / f"{stem}.svg").read_text()
+        assert (folder / f"{stem}.png").read_bytes().startswith(PNG_MAGIC)
+        svg = (folder / f"{stem}.svg").read_text()
         assert svg.startswith("<?xml") and "<svg" in svg and svg.rstrip().endswith("</svg>")
         assert f"]({stem}.png)" in text
-    assert not list((tmp_path / "rep").glob(".*")), "no temporary file left behind"
+    assert not list(folder.glob(".*")), "no temporary file left behind"
 
 
 def test_svg_text_is_one_inline_element_and_stable(store: Path) -> None:
@@ -364,3 +375,21 @@ def test_a_recipe_named_method_dot_variant_keeps_the_method_colour_and_the_varia
     bars = [seg for c in ax.collections if isinstance(c, LineCollection) for seg in c.get_segments()]
     assert len(bars) == 3 and max(y for seg in bars for y in seg[:, 1]) == 100.0
     plt.close(fig)
+
+
+def test_redraw_reads_a_report_back_into_runs_with_the_same_tables(store: Path, written: Path) -> None:
+    """benchmarks/redraw_figures.py redraws committed reports from their tables: reading a report.md
+    back must give runs whose tables are the report's own, to the last printed digit."""
+    spec = importlib.util.spec_from_file_location(
+        "redraw", Path(__file__).parents[1] / "benchmarks" / "redraw_figures.py"
+    )
+    redraw = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(redraw)  # type: ignore[union-attr]
+    values = redraw.seed_values(0.5, 0.1, 3)
+    assert statistics.fmean(values) == pytest.approx(0.5) and statistics.stdev(values) == pytest.approx(0.1)
+    with ResultsDB(store / "results.db", create=False) as db:
+        runs = collect(db)
+    text = written.read_text()
+    again = redraw.runs_from_report(text)
+    assert accuracy_table(again) == accuracy_table(runs) and accuracy_table(runs) in text
+    assert ticket_table(level_panels(again)[0]) == ticket_table(level_panels(runs)[0])
