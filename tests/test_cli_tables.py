@@ -5,7 +5,9 @@ description over 3–5 lines, run tables cut names short and kept an empty level
 wrapped every method name over three lines, sweep and `runs` tables had no seed (the sweep no
 sparsity) and the report put the dense accuracy under the "50 %" column. Now no line is wider than
 80 cells and no cell is a bare "…"; long labels become keys with a legend; `--wide` cuts nothing and
-`--json` prints the data for scripts.
+`--json` prints the data for scripts. Issue 23: the keys are short labels where one fits (the
+caller's own, else the label's words cut to prefixes), and a table split over several keeps its
+labels whole while a few value columns fit beside them.
 """
 
 from __future__ import annotations
@@ -17,20 +19,23 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from rich.cells import cell_len
-from rich.console import Console
+from rich.console import Console, Group
 from tiny import tiny_recipe
 from typer.testing import CliRunner
 
 import secateurs.front.cli as cli
 import secateurs.front.console as console_module
+from secateurs.data import load_dataset
 from secateurs.front.catalogue import stored_catalogue
-from secateurs.front.demo import DEMO_METHODS, demo_table
-from secateurs.front.tables import cut, print_tables
+from secateurs.front.demo import DEMO_METHODS, DEMO_SHORT, demo_table
+from secateurs.front.tables import Column, abbreviate, cut, fit, markdown, print_tables
+from secateurs.models import build_model
 from secateurs.pipeline.recipe import recipe_from_raw
 from secateurs.results import ResultsDB, execute
 from secateurs.results.db import RUN_FIELDS
@@ -87,9 +92,35 @@ def cells(line: str) -> list[str]:
     return re.split(r"\s{2,}", line.strip())
 
 
+LEGEND_LINE = re.compile(r"^(\S.*?) += (.+)$")
+"""`short = label` under a table (the short label padded so the `=` signs align)."""
+
+
+def squash(text: str) -> str:
+    """`text` without whitespace: a legend's label wrapped over lines, compared with the label."""
+    return "".join(text.split())
+
+
+def named(keys: dict[str, str], cells: list[str]) -> list[str]:
+    """What each cell names (its legend entry, or itself), squashed."""
+    return [squash(keys.get(cell, cell)) for cell in cells]
+
+
 def legend(text: str) -> dict[str, str]:
-    """`#n = label` lines under a table: key -> label."""
-    return dict(m.groups() for m in re.finditer(r"^ *(#\d+) = (.+)$", text, re.MULTILINE))
+    """The legend lines under the tables: short label (or `#n` key) -> label (a label wrapped
+    over several lines continues under itself)."""
+    found: dict[str, str] = {}
+    key, indent = None, 0
+    for line in text.splitlines():
+        match = LEGEND_LINE.match(line)
+        if match:
+            key, indent = match.group(1), match.start(2)
+            found[key] = match.group(2).rstrip()
+        elif key is not None and line[:indent].isspace() and line[indent : indent + 1].strip():
+            found[key] += " " + line.strip()  # wrapped under itself (at a space, or folded mid-word)
+        else:
+            key = None
+    return found
 
 
 def table_rows(text: str, header: str) -> tuple[list[str], list[list[str]]]:
@@ -98,7 +129,7 @@ def table_rows(text: str, header: str) -> tuple[list[str], list[list[str]]]:
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     rows = []
     for line in lines[start + 2 :]:  # the header, then the rule under it
-        if not line.strip() or re.match(r" *#\d+ = |failed \(|.* in every row", line):  # legend, notes
+        if not line.strip() or LEGEND_LINE.match(line) or re.match(r"failed \(|.* in every row", line):
             break
         rows.append(cells(line))
     return cells(lines[start]), rows
@@ -117,11 +148,12 @@ def test_runs_fits_80_columns_with_seed_and_sparsity_and_a_legend_for_long_names
     assert sorted(row[0] for row in rows) == sorted(records)
     for row in rows:
         record = records[row[0]]
-        assert keys.get(row[1], row[1]) == record.name  # the name, or a key the legend explains
+        assert named(keys, [row[1]]) == [squash(record.name)]  # the name, or a key the legend explains
         assert row[3] == str(record.config["seed"])  # 12345, not "12,345"
         assert row[4] == f"{record.config['sparsity']:.4f}"
         assert row[5] == f"{finals[row[0]]:.4f}"
-    assert LONG_NAMES["magnitude"] in keys.values() and "random" not in keys.values()  # short names stay
+    explained = named(keys, list(keys))
+    assert squash(LONG_NAMES["magnitude"]) in explained and "random" not in explained  # short names stay
 
 
 def test_runs_wide_prints_every_name_in_full(root: Path) -> None:
@@ -245,9 +277,118 @@ def test_cut_ends_a_cut_text_with_an_ellipsis_at_a_word() -> None:
     assert cell_len(cut("x" * 50, 10)) == 10 and cut("x" * 50, 10).endswith("…")
 
 
+# -- short labels (issue 23) --------------------------------------------------------------------
+def test_abbreviate_cuts_words_to_prefixes_the_first_word_last() -> None:
+    label = "magnitude at init [shuffle]"  # 27 cells
+    assert abbreviate(label, 27) == label
+    assert abbreviate(label, 26) == "magnitude at init [shuff.]"  # 5 letters, the first word kept
+    assert abbreviate(label, 23) == "magni. at init [shuff.]"  # the first word too
+    assert abbreviate(label, 21) == "magn. at init [shuf.]"  # 4 letters
+    assert abbreviate(label, 20) == "mag. at init [shu.]"  # 3 letters
+    assert abbreviate(label, 18) is None
+    # acronyms and names with inner capitals stay whole; digits and short words are never cut
+    assert abbreviate("GraSP [random_labels]", 17) == "GraSP [ran._lab.]"
+    assert abbreviate("GraSP [random_labels]", 16) is None
+    assert abbreviate("one-shot ERK, L1 (structured)", 24) == "one-shot ERK, L1 (stru.)"
+
+
+def test_a_label_too_long_takes_the_callers_short_form_else_an_abbreviation_else_a_key() -> None:
+    columns = [Column("method", label=True), Column("value", right=True)]
+    labels = [
+        "magnitude at init [shuffle]",
+        "structured pruning alpha",
+        "structures pruning alpha",
+        "dense",
+    ]
+    rows = [[label, "1.00"] for label in labels]
+    out = rendered(Group(*fit(None, columns, rows, width=24, short={labels[0]: "mag. shuffle"})), width=24)
+    assert_fits(out, 24)
+    keys = legend(out)
+    shown = [cells(line)[0] for line in out.splitlines()[2:6]]
+    # 17 cells for labels: the caller's short form; an abbreviation; the same abbreviation would
+    # name two rows: a key
+    assert shown == ["mag. shuffle", "stru. prun. alpha", "#1", "dense"]
+    assert {k: squash(v) for k, v in keys.items()} == {
+        "mag. shuffle": squash(labels[0]),
+        "stru. prun. alpha": squash(labels[1]),
+        "#1": squash(labels[2]),
+    }
+    taken = rendered(Group(*fit(None, columns, rows, width=24, short={labels[0]: "dense"})), width=24)
+    # "dense" names another row, and "mag. at init [shu.]" is 19 cells: a key
+    assert [cells(line)[0] for line in taken.splitlines()[2:6]] == ["#1", "stru. prun. alpha", "#2", "dense"]
+    assert squash(legend(taken)["#1"]) == squash(labels[0])
+
+
+def test_a_split_table_keeps_whole_labels_while_three_value_columns_fit_beside_them() -> None:
+    header = "| method | 50 % | 80 % | 90 % | 95 % | 98 % | seeds |\n|---|---|---|---|---|---|---|\n"
+    names = ["GraSP", "GraSP [random_labels]", "magnitude at init [shuffle]"]
+    text = header + "".join(f"| {n} | {' | '.join(['84.66 ± 1.44'] * 5)} | 3 |\n" for n in names)
+    out = rendered(Group(*markdown(text, width=WIDTH)))
+    assert_fits(out)
+    assert not legend(out)  # 27 + 3 × (12 + 2) + 2 fit in 80: the labels stay whole
+    parts = out.split("\n\n")  # the parts of a split table, a blank line apart
+    assert [cells(p.strip().splitlines()[0])[0] for p in parts if p.strip()] == ["method", "method"]
+    for part in filter(str.strip, parts):
+        assert [cells(line)[0] for line in part.strip().splitlines()[2:]] == names
+
+
+@pytest.fixture
+def instant_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's methods at two sparsities, their recipes not run (an untrained tiny MLP stands in
+    for every result): what is under test is what the demo prints."""
+    import secateurs.front.demo as demo
+
+    data = load_dataset("synthetic", input_shape=[20], num_classes=3, num_train=96, num_test=48)
+    model = build_model("mlp", (20,), 3, seed=0, hidden=[16])
+    monkeypatch.setattr(demo, "load_dataset", lambda name: data)
+    monkeypatch.setattr(demo, "run_recipe", lambda recipe, data: SimpleNamespace(model=model))
+    monkeypatch.setattr(demo, "QUICK_SPARSITIES", [0.5, 0.9])
+
+
+@pytest.mark.parametrize("width", [WIDTH, 60])
+def test_the_demo_command_prints_every_method_on_one_line_with_a_legend(
+    instant_demo: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    monkeypatch.setattr(cli, "console", console_module.make_console(width=width))
+    methods = ["dense", *(label for label, _, _ in DEMO_METHODS for _ in (0.5, 0.9))]
+    out = invoke("demo", "--quick", "--out", str(tmp_path / "d")).stdout
+    out = out[: out.index("table: ")]  # then the paths of the files, whole
+    assert_fits(out, width)
+    header, rows = table_rows(out, "method")
+    assert all(len(row) == len(header) for row in rows)  # each method's row on one line
+    keys = legend(out)
+    assert named(keys, [row[0] for row in rows]) == [squash(m) for m in methods]
+    if width < WIDTH:  # the demo's own short forms, where they fit
+        assert {short: squash(keys[short]) for short in DEMO_SHORT.values()} == {
+            short: squash(label) for label, short in DEMO_SHORT.items()
+        }
+    wide = invoke("demo", "--quick", "--out", str(tmp_path / "w"), "--wide").stdout
+    assert not legend(wide)
+    for label, _, _ in DEMO_METHODS:
+        assert sum(line.startswith(label + "  ") for line in wide.splitlines()) == 2
+    found = json.loads(invoke("demo", "--quick", "--out", str(tmp_path / "j"), "--json").stdout)
+    assert [row["method"] for row in found] == methods
+
+
+def test_report_and_runs_read_in_a_real_80_column_terminal(root: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "COLUMNS": str(WIDTH)}
+    for args in (["report", "--out", str(tmp_path / "r")], ["runs"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "secateurs", *args, "--root", str(root)],
+            capture_output=True, text=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert_fits(done.stdout)
+        header, rows = table_rows(done.stdout, "method " if args[0] == "report" else "hash")
+        assert all(len(row) == len(header) for row in rows)
+        column = header.index("method" if args[0] == "report" else "name")
+        names = set(named(legend(done.stdout), [row[column] for row in rows]))
+        assert {squash(n) for n in LONG_NAMES.values()} <= names
+
+
 # -- run tables (run, demo) ---------------------------------------------------------------------
-def rendered(renderable: Any, *, wide: bool = False) -> str:
-    console = Console(width=WIDTH, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+def rendered(renderable: Any, *, wide: bool = False, width: int = WIDTH) -> str:
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     print_tables(console, [renderable], wide=wide)
     return console.export_text()
 
@@ -267,7 +408,7 @@ def test_records_table_drops_the_empty_level_column_and_keys_long_labels() -> No
     assert header == ["label", "acc.", "sparsity", "nnz params", "nnz MACs"]  # no level, no control
     assert "params 1,234,567, MACs 9,876,543 in every row" in out  # the same in every row: said once
     keys = legend(out)
-    assert [keys.get(row[0], row[0]) for row in rows] == labels
+    assert named(keys, [row[0] for row in rows]) == [squash(label) for label in labels]
     assert [row[2] for row in rows] == ["0.0000", "0.5000", "0.5000"]
     wide = rendered(cli.records_table(records, "recipe r", width=WIDTH, wide=True), wide=True)
     assert not legend(wide) and all(label in wide for label in labels)
@@ -310,8 +451,8 @@ def test_the_demo_table_never_wraps_a_method_name(params: int) -> None:
     header, rows = table_rows(out, "method")
     assert header == ["method", "sparsity", "accuracy", "remaining", "params", "nnz MACs", "MACs"]
     keys = legend(out)
-    shown = [keys.get(row[0], row[0]) for row in rows]
-    assert shown == [r["method"] for r in demo_rows(params)]  # one line per row, every name whole
+    shown = named(keys, [row[0] for row in rows])
+    assert shown == [squash(r["method"]) for r in demo_rows(params)]  # one line per row, every name whole
 
 
 def test_run_and_demo_json_is_the_rows_alone_on_stdout(
@@ -360,7 +501,7 @@ def test_the_sweep_table_has_seed_and_sparsity_columns_and_json(tmp_path: Path) 
     assert sorted(row[0] for row in rows) == sorted(configs)
     for row in rows:
         assert (row[3], row[4]) == (str(configs[row[0]]["seed"]), f"{configs[row[0]]['sparsity']:.4f}")
-        assert legend(out)[row[1]] == label
+        assert named(legend(out), [row[1]]) == [squash(label)]
     again = json.loads(invoke(*args, "--json").stdout)  # all skipped now: the JSON alone on stdout
     assert {(r["hash"], r["seed"], r["sparsity"], r["status"]) for r in again["runs"]} == {
         (h, c["seed"], c["sparsity"], "already finished") for h, c in configs.items()
@@ -389,6 +530,8 @@ def test_the_report_printed_in_80_columns_cuts_no_cell(root: Path, tmp_path: Pat
     keys = legend(out)
     header, rows = table_rows(out, "method ")
     assert header[:4] == ["method", DENSE_COLUMN, "50 %", "90 %"]
-    assert [keys.get(row[0], row[0]) for row in rows] == ["dense", *sorted(LONG_NAMES.values())]
+    assert named(keys, [row[0] for row in rows]) == [
+        squash(n) for n in ["dense", *sorted(LONG_NAMES.values())]
+    ]
     shifts = {"clean", "gaussian_noise:0.1", "gaussian_noise:0.3", "shift:2", "shifted_split"}
     assert shifts <= {cell for line in out.splitlines() for cell in cells(line)}  # every shift, whole

@@ -2,11 +2,13 @@
 
 What a table does to fit (issue 19, CLI friction): a column empty in every row is left out; a
 column marked `once` that holds one value in every row moves to the caption; labels too long for
-the room the other columns leave become short keys explained in a legend below the table
-(``#1 = one-shot magnitude, ERK``); a table with more value columns than fit is split into
-several tables that repeat its key columns. A cell is never cut to "…": what still does not fit
-wraps. `wide` keeps every label and prints the table at its natural width (as long as its lines
-need).
+the room the other columns leave become short labels explained in a legend below the table
+(``IMP (rewind) = IMP (lottery ticket, rewind)``): the caller's own short form when it gives one,
+else the label with its words cut to prefixes (``magni. at init [shuf.]``), else a key
+(``#1``); a table with more value columns than fit is split into several tables that repeat its
+key columns, and its labels keep the room that leaves a few value columns beside them. A cell is
+never cut to "…": what still does not fit wraps. `wide` keeps every label and prints the table
+at its natural width (as long as its lines need).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,12 @@ GAP = 2
 """Blank columns between two table columns (the compact style has no vertical rules)."""
 MIN_LABEL = 8
 """Labels at most this wide are never replaced by keys: a key would save nothing worth a legend."""
+BESIDE = 3
+"""A table split over several keeps its labels as wide as leaves this many value columns beside them."""
+PREFIXES = (5, 4, 3)
+"""Letters a word keeps when `abbreviate` cuts it, longest first."""
+_WORD = re.compile(r"[^\W\d_]+")
+"""What `abbreviate` may cut: a run of letters (digits, `_` and punctuation stay as they are)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,36 @@ def cut(text: str, width: int) -> str:
     return (words if len(words) >= room // 2 else head.rstrip()) + "…"
 
 
+def _is_name(word: str) -> bool:
+    """An acronym or a name written with inner capitals (ERK, GraSP, SynFlow): never cut."""
+    return word[1:] != word[1:].lower()
+
+
+def abbreviate(label: str, room: int) -> str | None:
+    """`label` in at most `room` cells with its words cut to prefixes and a dot, or None.
+
+    Words are cut to 5, then 4, then 3 letters ("structured" -> "struc."), the first word (most
+    often the method's name) only when cutting the others is not enough; acronyms and names with
+    inner capitals are kept whole, so what is left still reads as the label.
+    """
+    if cell_len(label) <= room:
+        return label
+    words = list(_WORD.finditer(label))
+    for letters in PREFIXES:
+        for first_too in (False, True):
+
+            def cut_word(match: re.Match[str], letters: int = letters, first_too: bool = first_too) -> str:
+                word = match.group()
+                if (match.start() == words[0].start() and not first_too) or _is_name(word):
+                    return word
+                return word[:letters] + "." if len(word) > letters + 1 else word
+
+            text = _WORD.sub(cut_word, label)
+            if cell_len(text) <= room:
+                return text
+    return None
+
+
 def _keep(columns: list[Column], rows: list[list[str]]) -> tuple[list[int], list[str]]:
     """The columns to show (empty ones left out, `once` ones with one value moved to caption parts)."""
     caption: list[str] = []
@@ -88,25 +126,66 @@ def _keep(columns: list[Column], rows: list[list[str]]) -> tuple[list[int], list
     return kept, caption
 
 
+def _label_room(columns: list[Column], rows: list[list[str]], i: int, width: int, keys: int) -> int:
+    """The cells label column `i` may take: what the other columns leave, or in a table that is
+    split over several (`keys` columns repeated), what `BESIDE` of its widest value columns leave."""
+    widths = _widths(columns, rows)
+    if i < keys:
+        beside = sorted(widths[keys:], reverse=True)[:BESIDE]
+        others = sum(widths[:keys]) - widths[i] + sum(beside) + GAP * (keys - 1 + len(beside))
+    else:
+        others = natural_width(columns, rows) - widths[i]
+    return max(width - others, MIN_LABEL)
+
+
+def _short_label(label: str, room: int, short: Mapping[str, str], taken: set[str]) -> str | None:
+    """The first of the caller's short form and `abbreviate`'s that fits `room` and names no other row."""
+    for candidate in (short.get(label), abbreviate(label, room)):
+        if candidate and text_width(candidate) <= room and candidate not in taken:
+            return candidate
+    return None
+
+
 def _legend(
-    columns: list[Column], rows: list[list[str]], width: int
+    columns: list[Column], rows: list[list[str]], width: int, keys: int, short: Mapping[str, str]
 ) -> tuple[list[list[str]], list[tuple[str, str]]]:
-    """Replace labels too long for the room left by `#n` keys; the (key, label) pairs for a legend."""
+    """Replace labels too long for their room by short labels (or `#n` keys); the (short, label)
+    pairs for a legend."""
     if natural_width(columns, rows) <= width:
         return rows, []
-    widths = _widths(columns, rows)
     legend: dict[str, str] = {}
+    numbered = 0
     rows = [list(row) for row in rows]
     for i, column in enumerate(columns):
         if not column.label:
             continue
-        room = max(width - (natural_width(columns, rows) - widths[i]), MIN_LABEL)
+        room = _label_room(columns, rows, i, width, keys)
+        taken = {row[i] for row in rows if text_width(row[i]) <= room}
         for row in rows:
             label = row[i]
-            if text_width(label) > room:
-                key = legend.setdefault(label, f"#{len(legend) + 1}")
-                row[i] = key
+            if text_width(label) <= room:
+                continue
+            if label not in legend:
+                shown = _short_label(label, room, short, taken)
+                if shown is None:
+                    numbered += 1
+                    shown = f"#{numbered}"
+                legend[label] = shown
+                taken.add(shown)
+            row[i] = legend[label]
     return rows, [(key, label) for label, key in legend.items()]
+
+
+def legend_table(legend: Sequence[tuple[str, str]]) -> Table:
+    """`short = full label` lines, the `=` signs aligned; a label too long for the line wraps
+    under itself, not under the short labels."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for key, label in legend:
+        grid.add_row(Text(key), "=", Text(label))
+    return grid
 
 
 def _chunks(columns: list[Column], rows: list[list[str]], keys: int, width: int) -> list[list[int]]:
@@ -161,11 +240,13 @@ def fit(
     wide: bool = False,
     keys: int = 0,
     caption: str | None = None,
+    short: Mapping[str, str] | None = None,
 ) -> list[RenderableType]:
     """`rows` (strings, one per column) as tables that fit `width` cells, and their legend.
 
     `keys` leading columns name a row: when the other columns cannot fit beside them they are
-    spread over several tables, each repeating the key columns. With `wide` nothing is shortened.
+    spread over several tables, each repeating the key columns. `short` gives labels a short form
+    to use when they do not fit (else they are abbreviated). With `wide` nothing is shortened.
     """
     columns, rows = list(columns), [list(row) for row in rows]
     shown, once = _keep(columns, rows)
@@ -175,7 +256,7 @@ def fit(
     notes = "; ".join([*said_once, *([caption] if caption else [])])
     if wide or not kept:
         return [_table(title, kept, cells, notes or None)]
-    cells, legend = _legend(kept, cells, width)
+    cells, legend = _legend(kept, cells, width, keys, short or {})
     parts = (
         _chunks(kept, cells, keys, width)
         if keys and natural_width(kept, cells) > width
@@ -184,6 +265,8 @@ def fit(
     out: list[RenderableType] = []
     for n, part in enumerate(parts, 1):
         numbered = f"{title} ({n}/{len(parts)})" if title and len(parts) > 1 else title
+        if n > 1 and not title:
+            out.append(Text(""))  # untitled parts of one table: a blank line between them
         out.append(
             _table(
                 numbered,
@@ -193,8 +276,7 @@ def fit(
             )
         )
     if legend:
-        keys = max(cell_len(key) for key, _ in legend)
-        out.append(Text("\n".join(f"{key:>{keys}} = {label}" for key, label in legend)))
+        out.append(legend_table(legend))
     return out
 
 
@@ -225,9 +307,12 @@ def _markdown_cells(line: str, count: int | None = None) -> list[str]:
     return cells if count is None else (cells + [""] * count)[:count]
 
 
-def markdown(text: str, *, width: int, wide: bool = False) -> list[RenderableType]:
-    """Markdown for the terminal: its tables fitted as `fit` does (the first column names a row),
-    the text between them rendered by rich (which would cut a table's cells to "…")."""
+def markdown(
+    text: str, *, width: int, wide: bool = False, short: Mapping[str, str] | None = None
+) -> list[RenderableType]:
+    """Markdown for the terminal: its tables fitted as `fit` does (the first column names a row,
+    `short` as there), the text between them rendered by rich (which would cut a table's cells
+    to "…")."""
     from rich.markdown import Markdown
 
     out: list[RenderableType] = []
@@ -249,7 +334,7 @@ def markdown(text: str, *, width: int, wide: bool = False) -> list[RenderableTyp
             rows.append(_markdown_cells(lines[i], len(header)))
             i += 1
         columns = [Column(h, label=n == 0, right=n > 0) for n, h in enumerate(header)]
-        out += [*fit(None, columns, rows, width=width, wide=wide, keys=1), Text("")]
+        out += [*fit(None, columns, rows, width=width, wide=wide, keys=1, short=short), Text("")]
     if "".join(prose).strip():
         out.append(Markdown("\n".join(prose)))
     return out
