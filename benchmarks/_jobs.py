@@ -14,12 +14,17 @@ from secateurs.results.workers import run_in_workers
 Job = dict[str, Any]
 
 
-def benchmark_args(doc: str, quick_help: str) -> argparse.Namespace:
-    """The options every benchmark shares: --quick, --workers, --fresh."""
+def benchmark_args(
+    doc: str, quick_help: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
+    """The options every benchmark shares: --quick, --workers, --fresh (and a benchmark's own,
+    added by `extra`)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (one torch thread each)")
     parser.add_argument("--fresh", action="store_true", help="forget finished jobs and start over")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 
