@@ -8,7 +8,7 @@ fetch anything at all. Every value that came from a user (run names, configs, da
 escaped. Each table row links to the runs behind it (`#run-<hash>`), and each run's section holds its
 configuration and hash.
 
-The tables are built from the same summaries (`collect`, `level_panels`) as the markdown report,
+The tables are the markdown report's own (`report.accuracy_tables`, ... : one builder, two renderings),
 and the figures are the files `write_report` drew (`report.report_figures`, saved as PNG and SVG), each
 shown beside its table, so the page and report.md never disagree.
 """
@@ -22,43 +22,29 @@ import json
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from secateurs.core.fileio import atomic_write_text
-from secateurs.eval.potential import prune_potential
 from secateurs.results.db import ResultsDB, RunRecord
 from secateurs.results.report import (
-    DENSE_COLUMN,
-    SHIFT_PREFIX,
-    TICKET,
-    Cell,
+    Entry,
     RunSummary,
+    Table,
+    accuracy_tables,
+    collapse_tables,
     collect,
+    level_groups,
     level_panels,
+    potential_tables,
+    sanity_tables,
+    ticket_tables,
 )
 
 HTML_NAME = "report.html"
 INLINE_LINKS = 4
 """A cell behind more runs than this lists their links in a collapsed <details>."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One table cell: its text, the value a click on its header sorts by, and the runs behind it."""
-
-    text: str
-    sort: float | str | None = None
-    runs: tuple[str, ...] = ()
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    rows: list[list[Entry]] = field(default_factory=list)
 
 
 def write_html_report(
@@ -116,192 +102,25 @@ def _newer(a: Path, b: Path) -> bool:
 
 
 # -- tables ---------------------------------------------------------------------------------------
-def _group(runs: Iterable[RunSummary]) -> dict[tuple[str, str], list[RunSummary]]:
-    groups: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
-    for r in runs:
-        groups[(r.data, r.model)].append(r)
-    return dict(sorted(groups.items()))
-
-
-def _value(r: RunSummary, metric: str) -> float | None:
-    v = r.final.get(metric)
-    return None if v is None or math.isnan(v) else v
-
-
-def _hashes(runs: Iterable[RunSummary]) -> tuple[str, ...]:
-    return tuple(r.hash for r in sorted(runs, key=lambda r: (r.method, r.sparsity, r.seed, r.hash)))
-
-
-def _mean_entry(cell: Cell, runs: Iterable[RunSummary], scale: float = 100.0, digits: int = 2) -> Entry:
-    if not cell.values:
-        return Entry("—", None, _hashes(runs))
-    return Entry(cell.text(scale, digits), scale * cell.mean, _hashes(runs))
-
-
-def accuracy_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
-    """Per (data set, model): rows methods, columns target sparsities, mean ± std over seeds; the dense
-    reference in its own row and column (as in the markdown report's accuracy table)."""
-    tables = []
-    for (data, model), group in _group(runs).items():
-        dense_runs = [r for r in group if r.dense is not None and metric in r.dense]
-        sparsities = sorted({r.sparsity for r in group} | ({0.0} if dense_runs else set()))
-        headers = [DENSE_COLUMN if s == 0 and dense_runs else f"{100 * s:g} %" for s in sparsities]
-        table = Table(f"{data} · {model}: test {metric} (%), mean ± std over seeds",
-                      ["method", *headers, "seeds"])  # fmt: skip
-        if dense_runs:
-            dense = _mean_entry(Cell([r.dense[metric] for r in dense_runs]), dense_runs)  # type: ignore[index]
-            row = [dense if s == 0 else Entry("—") for s in sparsities]
-            table.rows.append([Entry("dense", "dense"), *row, _count({r.seed for r in dense_runs})])
-        for method in sorted({r.method for r in group}):
-            mine = [r for r in group if r.method == method]
-            row = []
-            for s in sparsities:
-                at = [r for r in mine if r.sparsity == s]
-                values = [v for r in at if (v := _value(r, metric)) is not None]
-                row.append(_mean_entry(Cell(values), at) if at else Entry("—"))
-            table.rows.append([Entry(method, method), *row, _count({r.seed for r in mine})])
-        tables.append(table)
-    return tables
-
-
-def _count(items: set[Any]) -> Entry:
-    return Entry(str(len(items)), len(items))
-
-
-def potential_tables(runs: list[RunSummary], delta: float = 0.005) -> list[Table]:
-    """Per (data set, model): each method's prune potential, clean and under each shift."""
-    tables = []
-    for (data, model), group in _group(runs).items():
-        metrics = ["accuracy", *sorted({k for r in group for k in r.final if k.startswith(SHIFT_PREFIX)})]
-        names = ["clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics]
-        table = Table(f"{data} · {model}: prune potential (δ = {100 * delta:g} points)", ["method", *names])
-        for method in sorted({r.method for r in group}):
-            mine = [r for r in group if r.method == method]
-            row = [Entry(method, method, _hashes(mine))]
-            for metric in metrics:
-                dense = [r.dense[metric] for r in group if r.dense is not None and metric in r.dense]
-                by_sparsity: dict[float, list[float]] = defaultdict(list)
-                for r in mine:
-                    if (v := _value(r, metric)) is not None:
-                        by_sparsity[r.sparsity].append(v)
-                if not dense or not by_sparsity:
-                    row.append(Entry("—"))
-                    continue
-                points = [(s, sum(v) / len(v)) for s, v in by_sparsity.items()]
-                p = prune_potential(points, sum(dense) / len(dense), delta)
-                row.append(Entry(f"{100 * p:g} %", 100 * p))
-            table.rows.append(row)
-        tables.append(table)
-    return tables
-
-
-def ticket_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
-    """Per ticket panel (`level_panels`): per level, remaining weights, each series and the ticket's
-    early-stop step; each row links to the runs (seeds) whose levels it summarises."""
-    panels, _ = level_panels(runs, metric)
-    behind = _panel_runs(runs)
-    tables = []
-    for title, curves in panels.items():
-        names = list(curves)
-        by = {(n, p.level): p for n, points in curves.items() for p in points}
-        levels = sorted({level for _, level in by})
-        table = Table(f"{title}: test {metric} (%) per level, mean ± std over seeds",
-                      ["level", "remaining", *names, "early stop step (ticket)"])  # fmt: skip
-        hashes = behind.get(title, ())
-        for level in levels:
-            point = by.get((TICKET, level)) or next(by[(n, level)] for n in names if (n, level) in by)
-            cells = [
-                _mean_entry(by[(n, level)].metric, []) if (n, level) in by else Entry("—") for n in names
-            ]
-            ticket = by.get((TICKET, level))
-            stop = _mean_entry(ticket.best_step, [], 1.0, 0) if ticket is not None else Entry("—")
-            table.rows.append([
-                Entry(str(level), level, hashes),
-                Entry(f"{100 * point.remaining:.2f} %", 100 * point.remaining),
-                *cells,
-                stop,
-            ])  # fmt: skip
-        tables.append(table)
-    return tables
-
-
-def _panel_runs(runs: list[RunSummary]) -> dict[str, tuple[str, ...]]:
-    """The runs behind each ticket panel by title: as `level_panels` chooses them, per (data set,
-    model, method) the runs of the highest target sparsity."""
-    groups: dict[tuple[str, str, str], list[RunSummary]] = defaultdict(list)
-    for r in runs:
-        if r.levels:
-            groups[(r.data, r.model, r.method)].append(r)
-    out = {}
-    for (data, model, method), group in groups.items():
-        top = max(r.sparsity for r in group)
-        title = f"{method} · {data} · {model}"
-        if len({r.sparsity for r in group}) > 1:
-            title += f" (to sparsity {100 * top:g} %)"
-        out[title] = _hashes(r for r in group if r.sparsity == top)
-    return out
-
-
-def sanity_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
-    """Per (data set, model), method and check: the change in the metric (points, mean over seeds)
-    the check caused at each sparsity; each cell links to the checked runs and the plain ones."""
-    tables = []
-    for (data, model), group in _group(runs).items():
-        checked = sorted({(r.base_method, r.check) for r in group if r.check})
-        if not checked:
-            continue
-        sparsities = sorted({r.sparsity for r in group if r.check})
-        table = Table(
-            f"{data} · {model}: change in test {metric} (points) under each check, "
-            "vs the method without checks (mean over seeds)",
-            ["method", "check", *[f"{100 * s:g} %" for s in sparsities]],
-        )
-        for base, check in checked:
-            row = [Entry(base, base), Entry(check or "", check)]
-            for s in sparsities:
-                with_check = [r for r in group if r.method == f"{base} [{check}]" and r.sparsity == s]
-                plain = [r for r in group if r.method == base and r.sparsity == s and not r.check]
-                a = [v for r in with_check if (v := _value(r, metric)) is not None]
-                b = [v for r in plain if (v := _value(r, metric)) is not None]
-                if a and b:
-                    change = 100 * (sum(a) / len(a) - sum(b) / len(b))
-                    row.append(Entry(f"{change:+.2f}", change, _hashes(with_check + plain)))
-                else:
-                    row.append(Entry("—", None, _hashes(with_check + plain)))
-            table.rows.append(row)
-        tables.append(table)
-    return tables
-
-
-def collapse_tables(runs: list[RunSummary]) -> list[Table]:
-    """Per (data set, model) and method: the lowest sparsity at which a run had a layer with no
-    weight left, linking the runs that collapsed (or, if none did, the runs measured)."""
-    tables = []
-    for (data, model), group in _group(runs).items():
-        table = Table(
-            f"{data} · {model}: layer collapse", ["method", "first disconnects at", "runs measured"]
-        )
-        for method in sorted({r.method for r in group}):
-            measured = [r for r in group if r.method == method and "collapsed_layers" in r.final]
-            if not measured:
-                continue
-            collapsed = [r for r in measured if r.final["collapsed_layers"] > 0]
-            if collapsed:
-                first = min(r.sparsity for r in collapsed)
-                where = Entry(f"{100 * first:g} % sparsity", 100 * first, _hashes(collapsed))
-            else:
-                where = Entry("never", math.inf, _hashes(measured))
-            table.rows.append([Entry(method, method), where, Entry(str(len(measured)), len(measured))])
-        if table.rows:
-            tables.append(table)
-    return tables
+def summary_sections(runs: list[RunSummary], delta: float) -> list[tuple[str, str, str, list[Table]]]:
+    """(anchor, title, note, tables) of each summary section, built by `report` as report.md's are."""
+    panels, _ = level_panels(runs)
+    shown = {title: chosen for title, (_, chosen) in level_groups(runs).items()}
+    return [
+        ("accuracy", "Accuracy", "", accuracy_tables(runs)),
+        ("potential", "Prune potential", POTENTIAL_NOTE, potential_tables(runs, delta)),
+        ("levels", "Levels (lottery tickets)", LEVELS_NOTE, ticket_tables(panels, runs=shown)),
+        ("sanity", "Sanity checks", SANITY_NOTE, sanity_tables(runs)),
+        ("collapse", "Layer collapse", COLLAPSE_NOTE, collapse_tables(runs)),
+        ("figures", "Other figures", "", []),
+    ]
 
 
 def runs_table(runs: list[RunSummary]) -> Table:
     """One row per run, its hash linking to its section."""
     table = Table("runs", ["run", "method", "data set", "model", "sparsity", "seed", "accuracy (%)"])
     for r in sorted(runs, key=lambda r: (r.data, r.model, r.method, r.sparsity, r.seed)):
-        accuracy = _value(r, "accuracy")
+        accuracy = r.final.get("accuracy", math.nan)
         table.rows.append([
             Entry(r.hash[:12], r.hash, (r.hash,)),
             Entry(r.method, r.method),
@@ -309,7 +128,7 @@ def runs_table(runs: list[RunSummary]) -> Table:
             Entry(r.model, r.model),
             Entry(f"{100 * r.sparsity:g} %", r.sparsity),
             Entry(str(r.seed), r.seed),
-            Entry("—", None) if accuracy is None else Entry(f"{100 * accuracy:.2f}", 100 * accuracy),
+            Entry("—") if math.isnan(accuracy) else Entry(f"{100 * accuracy:.2f}", 100 * accuracy),
         ])  # fmt: skip
     return table
 
@@ -416,14 +235,7 @@ def render_html(
 ) -> str:
     """The page for `runs`: every table row links to runs whose sections (#run-<hash>) it holds."""
     known = {r.hash for r in runs}
-    sections = [
-        ("accuracy", "Accuracy", "", accuracy_tables(runs)),
-        ("potential", "Prune potential", POTENTIAL_NOTE, potential_tables(runs, delta)),
-        ("levels", "Levels (lottery tickets)", LEVELS_NOTE, ticket_tables(runs)),
-        ("sanity", "Sanity checks", SANITY_NOTE, sanity_tables(runs)),
-        ("collapse", "Layer collapse", COLLAPSE_NOTE, collapse_tables(runs)),
-        ("figures", "Other figures", "", []),
-    ]
+    sections = summary_sections(runs, delta)
     placed: dict[str, list[Path]] = defaultdict(list)
     for path in figures:
         placed[FIGURE_SECTIONS.get(path.stem, "figures")].append(path)

@@ -15,7 +15,7 @@ import fnmatch
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,10 +192,8 @@ def ticket_curves(
     return out
 
 
-def level_panels(
-    runs: list[RunSummary], metric: str = "accuracy"
-) -> tuple[dict[str, dict[str, list[TicketPoint]]], dict[str, Cell]]:
-    """Ticket curves per (data set, model, method) of the runs with levels, and each panel's dense cell.
+def level_groups(runs: list[RunSummary]) -> dict[str, tuple[list[RunSummary], list[RunSummary]]]:
+    """Per ticket panel title: the runs with levels of one (data set, model, method), and those shown.
 
     Of a method's target sparsities the highest is shown: its levels pass through the others'
     (the same seed gives the same levels until a schedule stops at its target).
@@ -204,35 +202,58 @@ def level_panels(
     for r in runs:
         if r.levels:
             groups[(r.data, r.model, r.method)].append(r)
-    panels, dense = {}, {}
+    out = {}
     for (data, model, method), group in sorted(groups.items()):
         top = max(r.sparsity for r in group)
         title = f"{method} · {data} · {model}"
         if len({r.sparsity for r in group}) > 1:
             title += f" (to sparsity {100 * top:g} %)"
-        panels[title] = ticket_curves([r.levels for r in group if r.sparsity == top], metric)
+        out[title] = (group, [r for r in group if r.sparsity == top])
+    return out
+
+
+def level_panels(
+    runs: list[RunSummary], metric: str = "accuracy"
+) -> tuple[dict[str, dict[str, list[TicketPoint]]], dict[str, Cell]]:
+    """Ticket curves per (data set, model, method) of the runs with levels (`level_groups`), and each
+    panel's dense cell."""
+    panels, dense = {}, {}
+    for title, (group, shown) in level_groups(runs).items():
+        panels[title] = ticket_curves([r.levels for r in shown], metric)
         dense[title] = _dense(group, metric)
     return panels, dense
 
 
-def ticket_table(panels: Mapping[str, Mapping[str, list[TicketPoint]]], metric: str = "accuracy") -> str:
-    """Markdown: per panel and level, remaining weights, each series' metric, the ticket's early stop."""
-    parts = []
+def ticket_tables(
+    panels: Mapping[str, Mapping[str, list[TicketPoint]]],
+    metric: str = "accuracy",
+    *,
+    runs: Mapping[str, Sequence[RunSummary]] | None = None,
+) -> list[Table]:
+    """Per panel and level: remaining weights, each series' metric, the ticket's early stop; each
+    level's row carries the panel's `runs` (title → runs, e.g. from `level_groups`) when given."""
+    tables = []
     for title, curves in panels.items():
         names = list(curves)
         levels = sorted({p.level for points in curves.values() for p in points})
         by = {(n, p.level): p for n, points in curves.items() for p in points}
-        parts += [f"### {title}: test {metric} (%) per level, mean ± std over seeds", ""]
-        parts.append("| level | remaining | " + " | ".join(names) + " | early stop step (ticket) |")
-        parts.append("|---|---|" + "---|" * (len(names) + 1))
+        table = Table(f"{title}: test {metric} (%) per level, mean ± std over seeds",
+                      ["level", "remaining", *names, "early stop step (ticket)"])  # fmt: skip
+        behind = _hashes((runs or {}).get(title, ()))
         for level in levels:
             point = by.get((TICKET, level)) or next(by[(n, level)] for n in names if (n, level) in by)
-            cells = [by[(n, level)].metric.text() if (n, level) in by else "—" for n in names]
+            cells = [_entry(by[(n, level)].metric) if (n, level) in by else Entry("—") for n in names]
             ticket = by.get((TICKET, level))
-            stop = ticket.best_step.text(scale=1.0, digits=0) if ticket is not None else "—"
-            parts.append(f"| {level} | {100 * point.remaining:.2f} % | " + " | ".join(cells) + f" | {stop} |")
-        parts.append("")
-    return "\n".join(parts)
+            stop = _entry(ticket.best_step, 1.0, 0) if ticket is not None else Entry("—")
+            remaining = Entry(f"{100 * point.remaining:.2f} %", 100 * point.remaining)
+            table.rows.append([Entry(str(level), level, behind), remaining, *cells, stop])
+        tables.append(table)
+    return tables
+
+
+def ticket_table(panels: Mapping[str, Mapping[str, list[TicketPoint]]], metric: str = "accuracy") -> str:
+    """Markdown: `ticket_tables`."""
+    return markdown_tables(ticket_tables(panels, metric))
 
 
 def plot_ticket_curves(
@@ -308,111 +329,191 @@ DENSE_COLUMN = "0 % (dense)"
 """The header of the accuracy table's sparsity-0 column, where the dense reference row has its value."""
 
 
-def accuracy_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
-    """Markdown: one table per (data set, model); rows methods, columns target sparsities.
+@dataclass(frozen=True)
+class Entry:
+    """One table cell: its text, the value a sort by its column uses, and the runs (hashes) behind it.
 
-    The dense reference is the row "dense" under its own column, sparsity 0 (never under the lowest
-    target sparsity, which is not where it was measured)."""
+    The tables are built once as `Table`s; report.md renders them as markdown and report.html
+    (`results.html_report`) as sortable HTML whose cells link to their runs."""
+
+    text: str
+    sort: float | str | None = None
+    runs: tuple[str, ...] = ()
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Entry]] = field(default_factory=list)
+
+
+def markdown_tables(tables: Iterable[Table]) -> str:
+    """Each table as "### title", a blank line, the markdown table and a blank line."""
     parts = []
-    for (data, model), group in _groups(runs).items():
-        dense = _dense(group, metric)
-        sparsities = sorted({r.sparsity for r in group} | ({0.0} if dense.values else set()))
-        methods = list(dict.fromkeys(r.method for r in sorted(group, key=lambda r: r.method)))
-        cells = _cells(group, metric)
-        headers = [DENSE_COLUMN if s == 0 and dense.values else f"{100 * s:g} %" for s in sparsities]
-        parts += [f"### {data} · {model}: test {metric} (%), mean ± std over seeds", ""]
-        parts.append("| method | " + " | ".join(headers) + " | seeds |")
-        parts.append("|---|" + "---|" * (len(sparsities) + 1))
-        if dense.values:
-            row = [dense.text() if s == 0 else "—" for s in sparsities]
-            seeds = len({r.seed for r in group if r.dense is not None and metric in r.dense})
-            parts.append("| dense | " + " | ".join(row) + f" | {seeds} |")
-        for m in methods:
-            row = [cells[(m, s)].text() if (m, s) in cells else "—" for s in sparsities]
-            seeds = len({r.seed for r in group if r.method == m})
-            parts.append(f"| {m} | " + " | ".join(row) + f" | {seeds} |")
+    for t in tables:
+        parts += [f"### {t.title}", "", "| " + " | ".join(t.headers) + " |", "|" + "---|" * len(t.headers)]
+        parts += ["| " + " | ".join(e.text for e in row) + " |" for row in t.rows]
         parts.append("")
     return "\n".join(parts)
 
 
-def sanity_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
-    """Markdown: per method, check and sparsity, the metric's change (points, mean over seeds) caused by
-    the check, relative to the same method without checks; empty when no run ran a check.
-    """
-    parts = []
+def _hashes(runs: Iterable[RunSummary]) -> tuple[str, ...]:
+    return tuple(r.hash for r in sorted(runs, key=lambda r: (r.method, r.sparsity, r.seed, r.hash)))
+
+
+def _entry(cell: Cell, scale: float = 100.0, digits: int = 2, runs: Iterable[RunSummary] = ()) -> Entry:
+    """A mean ± std cell, sorted by its mean (in the same scale)."""
+    return Entry(cell.text(scale, digits), scale * cell.mean if cell.values else None, _hashes(runs))
+
+
+def _count(items: Iterable[Any]) -> Entry:
+    n = len(set(items))
+    return Entry(str(n), n)
+
+
+def accuracy_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
+    """One table per (data set, model); rows methods, columns target sparsities, mean ± std over seeds.
+
+    The dense reference is the row "dense" under its own column, sparsity 0 (never under the lowest
+    target sparsity, which is not where it was measured)."""
+    tables = []
+    for (data, model), group in _groups(runs).items():
+        dense = _dense(group, metric)
+        measured = [r for r in group if r.dense is not None and metric in r.dense]
+        sparsities = sorted({r.sparsity for r in group} | ({0.0} if dense.values else set()))
+        methods = list(dict.fromkeys(r.method for r in sorted(group, key=lambda r: r.method)))
+        cells = _cells(group, metric)
+        headers = [DENSE_COLUMN if s == 0 and dense.values else f"{100 * s:g} %" for s in sparsities]
+        table = Table(
+            f"{data} · {model}: test {metric} (%), mean ± std over seeds", ["method", *headers, "seeds"]
+        )
+        if dense.values:
+            row = [_entry(dense, runs=measured) if s == 0 else Entry("—") for s in sparsities]
+            table.rows.append([Entry("dense", "dense"), *row, _count(r.seed for r in measured)])
+        for m in methods:
+            row = [
+                _entry(cells[(m, s)], runs=(r for r in group if r.method == m and r.sparsity == s))
+                if (m, s) in cells
+                else Entry("—")
+                for s in sparsities
+            ]
+            table.rows.append([Entry(m, m), *row, _count(r.seed for r in group if r.method == m)])
+        tables.append(table)
+    return tables
+
+
+def accuracy_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
+    """Markdown: `accuracy_tables`."""
+    return markdown_tables(accuracy_tables(runs, metric))
+
+
+def sanity_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Table]:
+    """Per method, check and sparsity, the metric's change (points, mean over seeds) caused by the
+    check, relative to the same method without checks; none when no run ran a check. A cell's runs
+    are the checked ones and the plain ones it compares."""
+    tables = []
     for (data, model), group in _groups(runs).items():
         checked = sorted({(r.base_method, r.check) for r in group if r.check})
         if not checked:
             continue
         sparsities = sorted({r.sparsity for r in group if r.check})
         cells = _cells(group, metric)
-        parts += [
-            f"### {data} · {model}: change in test {metric} (points) under each check, "
+        table = Table(
+            f"{data} · {model}: change in test {metric} (points) under each check, "
             "vs the method without checks (mean over seeds)",
-            "",
-            "| method | check | " + " | ".join(f"{100 * s:g} %" for s in sparsities) + " |",
-            "|---|---|" + "---|" * len(sparsities),
-        ]
+            ["method", "check", *[f"{100 * s:g} %" for s in sparsities]],
+        )
         for base, check in checked:
-            row = []
+            row = [Entry(base, base), Entry(str(check), check)]
             for sp in sparsities:
-                checked_cell, plain = cells.get((f"{base} [{check}]", sp)), cells.get((base, sp))
-                ok = checked_cell is not None and plain is not None
-                row.append(f"{100 * (checked_cell.mean - plain.mean):+.2f}" if ok else "—")
-            parts.append(f"| {base} | {check} | " + " | ".join(row) + " |")
-        parts.append("")
-    return "\n".join(parts)
+                name = f"{base} [{check}]"
+                compared = [r for r in group if r.method in (name, base) and r.sparsity == sp]
+                checked_cell, plain = cells.get((name, sp)), cells.get((base, sp))
+                if checked_cell is not None and plain is not None:
+                    change = 100 * (checked_cell.mean - plain.mean)
+                    row.append(Entry(f"{change:+.2f}", change, _hashes(compared)))
+                else:
+                    row.append(Entry("—", None, _hashes(compared)))
+            table.rows.append(row)
+        tables.append(table)
+    return tables
 
 
-def collapse_lines(runs: list[RunSummary]) -> str:
-    """Markdown: per method, the lowest sparsity at which a run had a layer with no weight left.
+def sanity_table(runs: list[RunSummary], metric: str = "accuracy") -> str:
+    """Markdown: `sanity_tables` (empty when no run ran a check)."""
+    return markdown_tables(sanity_tables(runs, metric))
 
-    Methods whose runs predate the `collapsed_layers` metric are left out.
-    """
-    parts = []
+
+NEVER = "never"
+
+
+def collapse_tables(runs: list[RunSummary]) -> list[Table]:
+    """Per method, the lowest sparsity at which a run had a layer with no weight left, with the runs
+    that collapsed (or, when none did, those measured). Methods whose runs predate the
+    `collapsed_layers` metric are left out."""
+    tables = []
     for (data, model), group in _groups(runs).items():
-        lines = []
+        table = Table(f"{data} · {model}", ["method", "first disconnects at", "runs measured"])
         for method in sorted({r.method for r in group}):
             measured = [r for r in group if r.method == method and "collapsed_layers" in r.final]
             if not measured:
                 continue
-            collapsed = [r.sparsity for r in measured if r.final["collapsed_layers"] > 0]
-            where = f"first disconnects at {100 * min(collapsed):g} % sparsity" if collapsed else "never"
-            lines.append(f"- {method}: {where}")
-        if lines:
-            parts += [f"### {data} · {model}", "", *lines, ""]
+            collapsed = [r for r in measured if r.final["collapsed_layers"] > 0]
+            if collapsed:
+                first = min(r.sparsity for r in collapsed)
+                where = Entry(f"{100 * first:g} % sparsity", 100 * first, _hashes(collapsed))
+            else:
+                where = Entry(NEVER, math.inf, _hashes(measured))
+            table.rows.append([Entry(method, method), where, Entry(str(len(measured)), len(measured))])
+        if table.rows:
+            tables.append(table)
+    return tables
+
+
+def collapse_lines(runs: list[RunSummary]) -> str:
+    """Markdown: `collapse_tables` as one line per method."""
+    parts = []
+    for table in collapse_tables(runs):
+        lines = [
+            f"- {method.text}: " + (NEVER if where.text == NEVER else f"first disconnects at {where.text}")
+            for method, where, _ in table.rows
+        ]
+        parts += [f"### {table.title}", "", *lines, ""]
     return "\n".join(parts)
 
 
-def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
-    """Markdown: prune potential (largest sparsity within δ of dense), clean and under each shift."""
-    parts = []
+def potential_tables(runs: list[RunSummary], delta: float = 0.005) -> list[Table]:
+    """Prune potential (largest sparsity within δ of dense) per method, clean and under each shift;
+    a row's runs are its method's."""
+    tables = []
     for (data, model), group in _groups(runs).items():
         shifts = sorted({k for r in group for k in r.final if k.startswith(SHIFT_PREFIX)})
         metrics = ["accuracy", *shifts]
-        parts += [f"### {data} · {model}: prune potential (δ = {100 * delta:g} points)", ""]
-        parts.append(
-            "| method | "
-            + " | ".join("clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics)
-            + " |"
-        )
-        parts.append("|---|" + "---|" * len(metrics))
+        names = ["clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics]
+        table = Table(f"{data} · {model}: prune potential (δ = {100 * delta:g} points)", ["method", *names])
         for method in sorted({r.method for r in group}):
-            row = []
+            mine = [r for r in group if r.method == method]
+            row = [Entry(method, method, _hashes(mine))]
             for metric in metrics:
                 dense = _dense(group, metric)
-                cells = _cells([r for r in group if r.method == method], metric)
+                cells = _cells(mine, metric)
                 if not dense.values or not cells:
-                    row.append("—")
+                    row.append(Entry("—"))
                     continue
                 points = [(s, c.mean) for (_, s), c in cells.items()]
-                row.append(f"{100 * prune_potential(points, dense.mean, delta):g} %")
-            parts.append(f"| {method} | " + " | ".join(row) + " |")
-        parts.append("")
-    return "\n".join(parts)
+                potential = 100 * prune_potential(points, dense.mean, delta)
+                row.append(Entry(f"{potential:g} %", potential))
+            table.rows.append(row)
+        tables.append(table)
+    return tables
 
 
-# -- figures (drawn by `figures`; here the runs become its panels) --------------------------------
+def potential_table(runs: list[RunSummary], delta: float = 0.005) -> str:
+    """Markdown: `potential_tables`."""
+    return markdown_tables(potential_tables(runs, delta))
+
+
 def figure_styles(runs: Iterable[RunSummary]) -> figures.Styles:
     """One colour per method (its variants and sanity checks share it) for every figure of these runs."""
     runs = [r for r in runs if r.sparsity > 0]  # a run of the dense model is the dense line, in black
