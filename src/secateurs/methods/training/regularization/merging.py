@@ -40,7 +40,7 @@ from secateurs.graph.core import ChannelGraph, ChannelGroup
 from secateurs.graph.merge import group_vectors, merge_groups
 from secateurs.graph.removal import channel_masks
 from secateurs.methods.structures.groups import GraphLayout
-from secateurs.methods.training.base import TRAINING
+from secateurs.methods.training.base import TRAINING, StageServices
 from secateurs.methods.training.regularization.base import (
     RegularizationMethod,
     RegularizationSpec,
@@ -364,7 +364,7 @@ class MergeMethod(RegularizationMethod):
     schema: ClassVar[type] = MergeSpec
     schedule = FilterMerging
 
-    def __init__(self, config: MergeSpec, services: Any) -> None:
+    def __init__(self, config: MergeSpec, services: StageServices) -> None:
         super().__init__(config, services)
         assert isinstance(self.callback, FilterMerging)
         self.callback.seed = services.seed

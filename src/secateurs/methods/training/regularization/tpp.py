@@ -147,6 +147,7 @@ class TrainabilityPreserving(RegularizedPruning):
         self.count += 1
         r = self.r
         self.coefficients = self.picked.float() * (r if self.spec.l2 else 0.0)
+        self.magnitude_ratio(0.9)  # kept/pruned magnitudes, for the records (TPP stops at the ceiling)
         if r >= self.spec.ceiling:
             self.finish(step, "ceiling")
 
