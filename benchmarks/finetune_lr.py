@@ -25,7 +25,7 @@ from typing import Any
 
 from _jobs import benchmark_args, load_done, run_phase
 
-from secateurs.core.fileio import atomic_write_text, save_figure
+from secateurs.core.fileio import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / ".work"
@@ -265,13 +265,19 @@ def report(done: dict[str, Any], quick: bool, wall: float) -> None:
     plot(done, b, RESULTS / f"finetune_lr{suffix}.png")
 
 
-def plot(done: dict[str, Any], b: dict[str, Any], path: Path) -> None:
+def plot(done: dict[str, Any], b: dict[str, Any], path: Path) -> Path:
+    """Test accuracy and mean JSV per finetuning epoch, one column per model: one colour per
+    learning rate, OrthP as its variant's line style (`secateurs.results.figures`); PNG + SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, len(b["models"]), figsize=(5 * len(b["models"]), 7), squeeze=False)
+    from secateurs.results import figures
+
+    styles = figures.Styles([f"lr {lr:g}" for lr in LRS], ["OrthP"])
+    fig, axes = plt.subplots(2, len(b["models"]), figsize=(5 * len(b["models"]) + 1.8, 7), squeeze=False,
+                             layout="constrained")  # fmt: skip
     for col, m in enumerate(b["models"]):
         for lr in LRS:
             for orthp in (False, True):
@@ -280,22 +286,22 @@ def plot(done: dict[str, Any], b: dict[str, Any], path: Path) -> None:
                 if not runs:
                     continue
                 label = f"lr {lr:g}" + (" + OrthP" if orthp else "")
-                style = "-" if lr == LRS[0] else "--"
+                style = styles.line(f"lr {lr:g}", "OrthP" if orthp else None).kwargs()
                 epochs = [p["epoch"] for p in runs[0]["curve"]]
                 for row, metric, scale in ((0, "accuracy", 100.0), (1, "jsv_mean", 1.0)):
                     values = [
                         scale * statistics.fmean(r["curve"][i][metric] for r in runs)
                         for i in range(len(epochs))
                     ]
-                    axes[row][col].plot(epochs, values, style, marker="." if orthp else None, label=label)
+                    axes[row][col].plot(epochs, values, label=label, **style)
         axes[0][col].set_title(m)
         axes[0][col].set_ylabel("test accuracy (%)")
         axes[1][col].set_ylabel("mean JSV")
         axes[1][col].set_xlabel("finetuning epoch")
         for row in (0, 1):
             axes[row][col].grid(alpha=0.3)
-            axes[row][col].legend(fontsize=7)
-    save_figure(fig, path)
+    figures.legend_outside(fig, [ax for row in axes for ax in row])
+    return figures.save(figures.thin_tick_labels(fig), path)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from _jobs import benchmark_args, load_done, run_phase
 
-from secateurs.core.fileio import atomic_write_text, save_figure
+from secateurs.core.fileio import atomic_write_text
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / ".work"
@@ -226,41 +226,34 @@ def report(table: list[dict[str, Any]], quick: bool, wall: float, b: dict[str, A
     plot(table, RESULTS / f"pat_fashion_mnist{suffix}.png")
 
 
-def plot(table: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-    import matplotlib.ticker
+def plot(table: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against the remaining weights per method (`secateurs.results.figures`), the band
+    within one point of dense shaded; PNG + SVG."""
+    from secateurs.results import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = [
+        figures.Curve(
+            m,
+            None,
+            [
+                (1 - r["sparsity"], figures.Stat(r["mean"] / 100, r["std"] / 100))
+                for r in table
+                if r["method"] == m
+            ],
+        )
+        for m in METHODS
+    ]
     dense = next((r for r in table if r["method"] == "dense"), None)
+    reference = figures.Stat(dense["mean"] / 100, dense["std"] / 100) if dense else None
+    title = "LeNet-300-100 on Fashion-MNIST, magnitude pruning"
+    fig = figures.accuracy_figure([figures.Panel(title, curves, reference)])
     if dense:
-        ax.axhline(dense["mean"], color="black", linestyle="--", label="dense")
+        (ax,) = fig.axes
         ax.axhspan(
             dense["mean"] - 1, dense["mean"], color="grey", alpha=0.15, label="within 1 point of dense"
         )
-    for m in METHODS:
-        pts = [r for r in table if r["method"] == m]
-        ax.errorbar(
-            [100 * (1 - r["sparsity"]) for r in pts],
-            [r["mean"] for r in pts],
-            yerr=[r["std"] for r in pts],
-            marker="o",
-            capsize=3,
-            label=m,
-        )
-    ax.set_xscale("log")
-    ticks = [100 * (1 - s) for s in SPARSITIES]
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.invert_xaxis()
-    ax.set_xlabel("remaining weights (%), log scale")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("LeNet-300-100 on Fashion-MNIST, magnitude pruning")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+        figures.legend_outside(fig, fig.axes)
+    return figures.save(fig, path)
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ cell's mean ± std over seeds. This script reads those tables back into run summ
 reproduce each cell's mean and std exactly (seed values mean ± std·z, z of mean 0 and std 1) and
 draws them with `report_figures`, the code `write_report` uses, so a rerun of a benchmark draws
 the same figures. The lottery-ticket benchmarks commit every seed's records
-(lth_*_runs.json), which are drawn as `_lth.report` draws them.
+(lth_*.json, with the setup), which are drawn as `_lth.report` draws them; the PaT and finetuning-rate
+benchmarks draw their own figure from the table or runs their JSON holds.
 
 Figures that need what no committed file holds are left as they were: per-layer sparsity (the
 runs' saved masks) and the MNIST-1D sweep's excess error under shifts (per-shift accuracies).
@@ -197,12 +198,27 @@ def redraw_lottery(stem: str) -> Path:
     return plot_ticket_curves({title: curves}, RESULTS / f"{stem}.png", dense={title: dense})
 
 
+def redraw_own_plots() -> list[Path]:
+    """The benchmarks that draw their own figure, from the tables and runs they committed."""
+    import finetune_lr
+    import pat_fashion_mnist
+
+    pat = json.loads((RESULTS / "pat_fashion_mnist.json").read_text())
+    finetune = json.loads((RESULTS / "finetune_lr.json").read_text())
+    return [
+        pat_fashion_mnist.plot(pat["table"], RESULTS / "pat_fashion_mnist.png"),
+        finetune_lr.plot(finetune["runs"], finetune["budget"], RESULTS / "finetune_lr.png"),
+    ]
+
+
 def main() -> None:
     for name in SWEEPS:
         for path in redraw_sweep(name):
             print(path.relative_to(RESULTS.parent), "+ .svg")
     for stem in LOTTERY:
         print(redraw_lottery(stem).relative_to(RESULTS.parent), "+ .svg")
+    for path in redraw_own_plots():
+        print(path.relative_to(RESULTS.parent), "+ .svg")
 
 
 if __name__ == "__main__":

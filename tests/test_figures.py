@@ -393,3 +393,15 @@ def test_redraw_reads_a_report_back_into_runs_with_the_same_tables(store: Path, 
     again = redraw.runs_from_report(text)
     assert accuracy_table(again) == accuracy_table(runs) and accuracy_table(runs) in text
     assert ticket_table(level_panels(again)[0]) == ticket_table(level_panels(runs)[0])
+
+
+def test_a_figure_drawn_on_afterwards_gets_one_legend_with_the_new_entry() -> None:
+    curve = figures.Curve("SNIP", None, [(0.5, figures.Stat(0.8)), (0.1, figures.Stat(0.7))])
+    panel = figures.Panel("p", [curve], figures.Stat(0.85))
+    fig = figures.accuracy_figure([panel])
+    fig.axes[0].axhspan(84, 85, color="grey", alpha=0.15, label="within 1 point of dense")
+    figures.legend_outside(fig, fig.axes)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["dense", "SNIP", "within 1 point of dense"]
+    assert style_clashes(fig) == [] and legends_over_axes(fig) == []
+    plt.close(fig)

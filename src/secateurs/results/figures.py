@@ -18,7 +18,9 @@ takes plain data (`Panel`, `Curve`, `Stat`; fractions, not percent) and returns 
 `Figure`, or None when there is nothing to draw; it never shows, saves or closes it. Then
 `save(fig, path)` writes `path` (PNG) and the SVG beside it atomically and closes the figure, and
 `svg_text(fig)` returns one self-contained `<svg>` element (text as paths, no external references)
-for inlining in HTML, leaving the figure open. Figures use matplotlib's Agg backend.
+for inlining in HTML, leaving the figure open. Figures use matplotlib's Agg backend. A caller that
+draws more on a returned figure (a benchmark's reference band) calls `legend_outside` and
+`thin_tick_labels` again before saving; `Styles.line(method, variant).kwargs()` styles its own plots.
 """
 
 from __future__ import annotations
@@ -217,7 +219,7 @@ def accuracy_figure(
         _remaining_axis(ax, [x for c in panel.curves for x, _ in c.points])
         ax.set_title(panel.title, fontsize=9)
         ax.set_ylabel(f"test {metric} (%)")
-    _legend_outside(fig, axes)
+    legend_outside(fig, axes)
     return thin_tick_labels(fig)
 
 
@@ -309,7 +311,7 @@ def excess_error_figure(panels: Sequence[Panel], *, styles: Styles | None = None
         _remaining_axis(ax, [x for c in panel.curves for x, _ in c.points])
         ax.set_title(panel.title, fontsize=8)
         ax.set_ylabel("excess error (points)", fontsize=8)
-    _legend_outside(fig, axes)
+    legend_outside(fig, axes)
     return thin_tick_labels(fig)
 
 
@@ -353,7 +355,7 @@ def layer_sparsity_figure(
         ax.set_xlabel("sparsity (%)")
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3, axis="x")
-    _legend_outside(fig, list(axes[0]))
+    legend_outside(fig, list(axes[0]))
     return thin_tick_labels(fig)
 
 
@@ -530,8 +532,11 @@ def _remaining_axis(ax: Any, xs: Iterable[float], *, label: bool = True) -> None
         ax.set_xlabel("remaining weights (%), log scale", fontsize=8)
 
 
-def _legend_outside(fig: Any, axes: Sequence[Any]) -> None:
-    """One legend right of the axes for every labelled artist of `axes` (one entry per label)."""
+def legend_outside(fig: Any, axes: Sequence[Any]) -> None:
+    """One legend right of the axes for every labelled artist of `axes` (one entry per label); a
+    figure drawn with more artists afterwards calls it again (it replaces the figure's legends)."""
+    for old in list(fig.legends):
+        old.remove()
     handles: dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
