@@ -29,6 +29,7 @@ from typing import Any
 from secateurs.core.fileio import atomic_write_text
 from secateurs.results.db import ResultsDB, RunRecord
 from secateurs.results.report import (
+    SECTION_NOTES,
     Entry,
     RunSummary,
     Table,
@@ -108,10 +109,10 @@ def summary_sections(runs: list[RunSummary], delta: float) -> list[tuple[str, st
     shown = {title: chosen for title, (_, chosen) in level_groups(runs).items()}
     return [
         ("accuracy", "Accuracy", "", accuracy_tables(runs)),
-        ("potential", "Prune potential", POTENTIAL_NOTE, potential_tables(runs, delta)),
-        ("levels", "Levels (lottery tickets)", LEVELS_NOTE, ticket_tables(panels, runs=shown)),
-        ("sanity", "Sanity checks", SANITY_NOTE, sanity_tables(runs)),
-        ("collapse", "Layer collapse", COLLAPSE_NOTE, collapse_tables(runs)),
+        ("potential", "Prune potential", SECTION_NOTES["potential"], potential_tables(runs, delta)),
+        ("levels", "Levels (lottery tickets)", SECTION_NOTES["levels"], ticket_tables(panels, runs=shown)),
+        ("sanity", "Sanity checks", SECTION_NOTES["sanity"], sanity_tables(runs)),
+        ("collapse", "Layer collapse", SECTION_NOTES["collapse"], collapse_tables(runs)),
         ("figures", "Other figures", "", []),
     ]
 
@@ -287,21 +288,6 @@ FIGURE_SECTIONS = {
 }
 """The section each of `report.report_figures`' figures is shown in, by file stem (others: their own)."""
 
-POTENTIAL_NOTE = (
-    "The largest sparsity whose accuracy stays within δ of the dense model, on clean test data and "
-    "under each distribution shift (Liebenwein et al. 2021)."
-)
-LEVELS_NOTE = (
-    "Per level of the runs' repeat stages: the run itself (ticket) and each control experiment, with "
-    "the step at which test accuracy peaked while the ticket retrained (early stopping)."
-)
-SANITY_NOTE = (
-    "Accuracy change caused by each sanity check of the pruning criterion (Frankle et al. 2021): a "
-    "change near zero means the criterion's choice of weights did not matter."
-)
-COLLAPSE_NOTE = (
-    "The lowest sparsity at which a run had a pruned layer with no weight left (the network is cut)."
-)
 RUNS_NOTE = (
     "Each run is named by the hash of its configuration; open one for its configuration, final "
     "metrics and files."

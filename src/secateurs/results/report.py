@@ -643,6 +643,19 @@ def plot_layer_sparsity(runs: list[RunSummary], path: Path) -> Path | None:
     return None if fig is None else figures.save(fig, path)
 
 
+SECTION_NOTES = {
+    "potential": "The largest sparsity whose accuracy stays within δ of the dense model, on clean test "
+    "data and\nunder each distribution shift (Liebenwein et al. 2021).",
+    "levels": "Per level of the runs' repeat stages: the run itself (ticket) and each control experiment,\n"
+    "with the step at which test accuracy peaked while the ticket retrained (early stopping).",
+    "sanity": "Accuracy change caused by each sanity check of the pruning criterion (Frankle et al. 2021):\n"
+    "a change near zero means the criterion's choice of weights did not matter.",
+    "collapse": "The lowest sparsity at which a run had a pruned layer with no weight left "
+    "(the network is cut).",
+}
+"""What each report section shows, in report.md (line breaks kept) and report.html alike."""
+
+
 def write_report(root: str | Path, out: str | Path, *, name: str | None = None, delta: float = 0.005) -> Path:
     """Write report.md and PNGs for the finished runs under results root `root` into `out`."""
     if Path(out).exists() and not Path(out).is_dir():
@@ -665,16 +678,14 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
     levels = [
         "## Levels (lottery tickets)",
         "",
-        "Per level of the runs' repeat stages: the run itself (ticket) and each control experiment,",
-        "with the step at which test accuracy peaked while the ticket retrained (early stopping).",
+        SECTION_NOTES["levels"],
         "",
         ticket_table(panels),
     ]
     sanity = [
         "## Sanity checks",
         "",
-        "Accuracy change caused by each sanity check of the pruning criterion (Frankle et al. 2021):",
-        "a change near zero means the criterion's choice of weights did not matter.",
+        SECTION_NOTES["sanity"],
         "",
         sanity_table(runs),
     ]
@@ -682,7 +693,7 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
     collapse = [
         "## Layer collapse",
         "",
-        "The lowest sparsity at which a run had a pruned layer with no weight left (the network is cut).",
+        SECTION_NOTES["collapse"],
         "",
         collapse_text,
     ]
@@ -696,8 +707,7 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
         accuracy_table(runs),
         "## Prune potential",
         "",
-        "The largest sparsity whose accuracy stays within δ of the dense model, on clean test data and",
-        "under each distribution shift (Liebenwein et al. 2021).",
+        SECTION_NOTES["potential"],
         "",
         potential_table(runs, delta),
         *(levels if panels else []),
