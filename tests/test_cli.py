@@ -365,7 +365,11 @@ def test_demo_writes_its_table_and_a_png(tmp_path: Path, monkeypatch: pytest.Mon
         assert row["sparsity"] == pytest.approx(row["target"], abs=1e-12)
     png = (out / "accuracy_vs_sparsity.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in out.iterdir()) == ["accuracy_vs_sparsity.png", "demo_results.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "accuracy_vs_sparsity.png",
+        "accuracy_vs_sparsity.svg",
+        "demo_results.json",
+    ]
     assert "one-shot magnitude" in result.stdout and "iterative magnitude" in result.stdout
 
 

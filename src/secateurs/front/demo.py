@@ -18,7 +18,7 @@ from rich.text import Text
 from torch import nn
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.fileio import atomic_write_text, save_figure
+from secateurs.core.fileio import atomic_write_text
 from secateurs.core.masks import masks_of
 from secateurs.data import DataSplits, load_dataset
 from secateurs.front.console import err_console, make_console
@@ -115,7 +115,13 @@ def demo_sweep(
     }
 
 
-DEMO_OUTPUTS = ("demo_results.json", "accuracy_vs_sparsity.png", "results", "report")
+DEMO_OUTPUTS = (
+    "demo_results.json",
+    "accuracy_vs_sparsity.png",
+    "accuracy_vs_sparsity.svg",
+    "results",
+    "report",
+)
 """Everything the demo writes into its directory (the last two with --report)."""
 
 
@@ -247,22 +253,20 @@ def demo_table(
 
 
 def plot_accuracy_vs_sparsity(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy (y) against sparsity (x), one line per method, the dense model as a dashed line."""
-    import matplotlib
+    """Accuracy against the pruned layers' remaining weights (log), one colour per method, the dense
+    model as a dashed line (`secateurs.results.figures`); writes the PNG and an SVG beside it."""
+    from secateurs.results import figures
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    dense = [r for r in rows if r["method"] == "dense"]
-    if dense:
-        ax.axhline(100 * dense[0]["accuracy"], color="black", linestyle="--", label="dense")
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"):
-        pts = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["method"] == method)
-        ax.plot([100 * s for s, _ in pts], [100 * a for _, a in pts], marker="o", label=method)
-    ax.set_xlabel("sparsity of the pruned layers (%)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("MNIST-1D MLP: accuracy vs sparsity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "dense"))
+    curves = [
+        figures.Curve(
+            m, None, [(1 - r["sparsity"], figures.Stat(r["accuracy"])) for r in rows if r["method"] == m]
+        )
+        for m in methods
+    ]
+    panel = figures.Panel("MNIST-1D MLP: accuracy vs remaining weights", curves,
+                          figures.Stat(dense["accuracy"]) if dense else None)  # fmt: skip
+    fig = figures.accuracy_figure([panel])
+    fig.axes[0].set_xlabel("remaining weights of the pruned layers (%), log scale", fontsize=8)
+    return figures.save(fig, path)
