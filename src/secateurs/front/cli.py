@@ -25,8 +25,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from secateurs.front.catalogue import Catalogue, Component, Preset
-    from secateurs.results import ResultsDB
-    from secateurs.results.db import RunRecord
+    from secateurs.results.db import ResultsStore, RunRecord
 
 app = App(
     name="secateurs",
@@ -412,7 +411,16 @@ def inspect(
 
 
 # -- results store: sweep, runs, export ---------------------------------------------------------
-ROOT_HELP = "results root: holds results.db and runs/<hash>/"
+ROOT_HELP = (
+    "results root: holds runs/<hash>/ (and results.db unless --store); for several hosts a shared "
+    "filesystem, or one root per host combined by `secateurs merge`"
+)
+STORE_HELP = (
+    "results database on a server, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, shared by every host "
+    "(pip install 'secateurs[postgres]') [default: ROOT/results.db, SQLite, for one host]"
+)
+StoreOpt = Annotated[str | None, typer.Option(metavar="URL", help=STORE_HELP)]
+CLUSTER_PANEL = "Ray and Slurm (--backend)"
 DEFAULT_RESULTS_ROOT = Path("secateurs-results")
 
 
@@ -423,6 +431,7 @@ def sweep(
         Path, typer.Argument(help="sweep YAML: recipes × sparsities × models × data × seeds")
     ],
     root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    store: StoreOpt = None,
     workers: Annotated[int, typer.Option(help="local worker processes (one torch thread each)")] = 1,
     shard: Annotated[
         str | None, typer.Option(help="run only shard i of N (i/N), e.g. one per machine or job")
@@ -432,9 +441,85 @@ def sweep(
     wide: WideOpt = False,
     json_: JsonOpt = False,
     verbose: VerboseOpt = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="where the runs execute: local (here, --workers), ray (a Ray task per run) or slurm "
+            "(one Slurm array job, a shard of the grid per task)",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="ray: the cluster's address (host:port, ray://host:port, auto) [default: a local instance]",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = None,
+    cpus_per_run: Annotated[
+        int | None,
+        typer.Option(
+            help="ray, slurm: CPU cores (torch threads) per run [default: 1]", rich_help_panel=CLUSTER_PANEL
+        ),
+    ] = None,
+    gpus_per_run: Annotated[
+        float | None,
+        typer.Option(
+            help="ray, slurm: GPUs per run (Ray takes fractions) [default: 0]", rich_help_panel=CLUSTER_PANEL
+        ),
+    ] = None,
+    mem_gb: Annotated[
+        float | None, typer.Option(help="ray, slurm: memory per run, in GB", rich_help_panel=CLUSTER_PANEL)
+    ] = None,
+    max_retries: Annotated[
+        int | None,
+        typer.Option(
+            help="ray: retries of a run whose worker died (it resumes after its last stage) [default: 3]",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None, typer.Option(help="slurm: the partition to submit to", rich_help_panel=CLUSTER_PANEL)
+    ] = None,
+    time_min: Annotated[
+        int | None,
+        typer.Option(
+            help="slurm: each task's time limit in minutes; a task that reaches it is requeued and "
+            "resumes [default: 60]",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(
+            help="slurm: array tasks, each a shard of the grid [default: one per run]",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = None,
+    array_parallelism: Annotated[
+        int | None,
+        typer.Option(help="slurm: array tasks running at once [default: 256]", rich_help_panel=CLUSTER_PANEL),
+    ] = None,
+    wait: Annotated[
+        bool | None,
+        typer.Option(
+            "--wait/--no-wait",
+            help="slurm: wait for the array job and list its runs, or submit it and return [default: wait]",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            help="slurm: slurm, or local to run the array job's tasks on this machine first "
+            "(submitit's local executor) [default: slurm]",
+            rich_help_panel=CLUSTER_PANEL,
+        ),
+    ] = None,
 ) -> None:
     """Run every point of a sweep into the results store; finished runs are skipped, so re-run to resume."""
     from secateurs.core.errors import ConfigError
+    from secateurs.results.backends import backend_options
     from secateurs.results.sweep import expand_sweep, load_sweep, parse_shard, run_sweep, select_shard
 
     _setup_logging(verbose)
@@ -448,14 +533,29 @@ def sweep(
             "secateurs sweep runs each recipe in its own worker process and does not run under torchrun",
             fix="spread a sweep with --workers N; run one big recipe data-parallel with run --nproc N",
         )
+    options = backend_options(
+        backend, address=address, cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, mem_gb=mem_gb,
+        max_retries=max_retries, partition=partition, time_min=time_min, shards=shards,
+        array_parallelism=array_parallelism, wait=wait, cluster=cluster,
+    )  # fmt: skip
+    if shard is not None and backend == "slurm":
+        raise ConfigError("--shard is not for --backend slurm: it cuts the grid into --shards tasks itself")
     selected = parse_shard(shard) if shard is not None else None
     config = load_sweep(sweep_file)
     points = expand_sweep(config, sweep_file.parent)  # every point validated before anything runs
     total = len(points)
     if selected is not None:
         points = select_shard(points, *selected)
+    if store is None:
+        from secateurs.results.netfs import check_sqlite_store
+        from secateurs.results.runner import db_path
+
+        check_sqlite_store(db_path(root), shared_by_hosts=selected is not None or backend != "local")
     try:
-        summary = run_sweep(points, root, workers=workers, progress=progress and console.is_terminal)
+        summary = run_sweep(
+            points, root, workers=workers, progress=progress and console.is_terminal, backend=backend,
+            options=options, store=store,
+        )  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(
             Text("interrupted: finished runs are kept; run the same command to resume", style="yellow")
@@ -473,8 +573,11 @@ def sweep(
         for o in summary.outcomes
     ]  # fmt: skip
     line = f"sweep {config.name}: {summary.line()} (results in {root})"
+    if summary.submitted:
+        line += f"; `secateurs runs --root {root}` shows how far it got"
     if json_:
-        print_json(console, {"sweep": config.name, "root": str(root), "runs": outcomes})
+        extra = {"submitted": summary.submitted} if summary.submitted else {}
+        print_json(console, {"sweep": config.name, "root": str(root), "runs": outcomes, **extra})
         err_console.print(line, highlight=False)
     else:
         errors: dict[str, list[str]] = {}
@@ -488,11 +591,12 @@ def sweep(
         raise typer.Exit(1)
 
 
-def _open_results(root: Path) -> ResultsDB:
-    """The store's database for reading; a missing one is an error, never created here."""
-    from secateurs.results import ResultsDB, db_path
+def _open_results(root: Path, store: str | None = None) -> ResultsStore:
+    """The store's database for reading (ROOT/results.db, or the server `store`); a missing one
+    is an error, never created here."""
+    from secateurs.results.runner import store_at
 
-    return ResultsDB(db_path(root), create=False)
+    return store_at(root, store, create=False)
 
 
 RUN_COLUMNS = (
@@ -541,6 +645,7 @@ def _run_fields(record: RunRecord, final: dict[str, float | None]) -> dict[str, 
 @friendly_errors
 def runs(
     root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    store: StoreOpt = None,
     status: Annotated[
         str | None,
         typer.Option(
@@ -558,25 +663,31 @@ def runs(
     json_: JsonOpt = False,
 ) -> None:
     """List the runs in a results store, or show one run's config and metrics."""
-    with _open_results(root) as db:
+    with _open_results(root, store) as db:
         if show is not None:
             _show_run(db, show, wide=wide, json_=json_)
             return
         found = [_run_fields(r, db.final_metrics(r.hash)) for r in db.list_runs(status=status, name=name)]
-    _mark_interrupted(root, found)
+        _mark_interrupted(db, found)
     if json_:
         print_json(console, found)
     else:
         print_tables(console, _runs_table(f"{len(found)} runs in {root}", found, wide), wide=wide)
 
 
-def _mark_interrupted(root: Path, found: list[dict[str, Any]]) -> None:
+def _mark_interrupted(db: ResultsStore, found: list[dict[str, Any]]) -> None:
     """Runs the store calls running but no process holds are shown as interrupted (a later sweep
-    resumes them): a killed or Ctrl-C'd sweep leaves them so, and 'running' would be untrue."""
+    resumes them): a killed or Ctrl-C'd sweep leaves them so, and 'running' would be untrue.
+    A server store knows whether any host holds a run; else the run directory's lock tells."""
     from secateurs.results.runner import held_by_a_process, run_dir
 
     for run in found:
-        if run["status"] == "running" and held_by_a_process(run_dir(root, run["hash"])) is False:
+        if run["status"] != "running":
+            continue
+        held = db.held(run["hash"])
+        if held is None and db.root is not None:
+            held = held_by_a_process(run_dir(db.root, run["hash"]))
+        if held is False:
             run["status"] = "interrupted"
 
 
@@ -591,7 +702,7 @@ EventKey = tuple[int, "int | None", "int | None", "str | None"]
 """(stage, level, step, control) of one event of a run's metrics."""
 
 
-def _events(db: ResultsDB, run: str, kind: str) -> dict[EventKey, dict[str, float | None]]:
+def _events(db: ResultsStore, run: str, kind: str) -> dict[EventKey, dict[str, float | None]]:
     """The run's events of one kind ("evaluate", "train") in order, each its metrics by name."""
     events: dict[EventKey, dict[str, float | None]] = {}
     for row in db.metrics(run):
@@ -600,7 +711,7 @@ def _events(db: ResultsDB, run: str, kind: str) -> dict[EventKey, dict[str, floa
     return events
 
 
-def _show_run(db: ResultsDB, prefix: str, *, wide: bool = False, json_: bool = False) -> None:
+def _show_run(db: ResultsStore, prefix: str, *, wide: bool = False, json_: bool = False) -> None:
     """One run as key/value tables: its fields, config (YAML, every default filled in) and metrics.
 
     Evaluations are columns and their metrics rows (a run has a few evaluations and many metrics);
@@ -609,8 +720,9 @@ def _show_run(db: ResultsDB, prefix: str, *, wide: bool = False, json_: bool = F
 
     record = db.find_run(prefix)
     fields = _run_fields(record, db.final_metrics(record.hash))
-    _mark_interrupted(db.path.parent, [fields])
-    files = {kind: str(db.path.parent / path) for kind, path in db.artifacts(record.hash).items()}
+    _mark_interrupted(db, [fields])
+    root = db.root if db.root is not None else Path()
+    files = {kind: str(root / path) for kind, path in db.artifacts(record.hash).items()}
     evaluate, train = _events(db, record.hash, "evaluate"), _events(db, record.hash, "train")
     if json_:
         events = [
@@ -662,6 +774,7 @@ def export(
         typer.Option(metavar="FILE", help="file to write (atomically); - or none: standard output"),
     ] = None,
     root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    store: StoreOpt = None,
     format_: Annotated[
         str | None,
         typer.Option("--format", help="csv or json (default: from the --out suffix; csv on standard output)"),
@@ -684,7 +797,7 @@ def export(
         )
     if not to_stdout and target.is_dir():
         raise ConfigError(f"{out} is a directory", fix="pass --out a file name")
-    with _open_results(root) as db:
+    with _open_results(root, store) as db:
         rows = export_rows(db)
     text = render_export(rows, fmt)
     if to_stdout:
@@ -695,6 +808,26 @@ def export(
     except OSError as err:
         raise ConfigError(f"cannot write {out} ({err})", fix="choose another --out") from None
     console.print(f"{len(rows)} runs written to {out}", highlight=False)
+
+
+@app.command()
+@friendly_errors
+def merge(
+    out: Annotated[
+        Path, typer.Argument(help="the merged results root to create (new, or an empty directory)")
+    ],
+    roots: Annotated[
+        list[Path], typer.Argument(metavar="ROOT...", help="results roots to combine, e.g. one per host")
+    ],
+) -> None:
+    """Combine results roots (results.db and runs/, e.g. one per host) into one new root.
+
+    A run in several roots is kept once: a finished copy over an unfinished one; two finished
+    copies that differ are refused. Nothing is written unless the whole merge succeeds."""
+    from secateurs.results.merge import merge_roots
+
+    summary = merge_roots(out, list(roots))
+    console.print(summary.line(), highlight=False)
 
 
 @app.command()
@@ -714,9 +847,11 @@ def report(
             "run's configuration) that fetches nothing",
         ),
     ] = False,
+    wide: WideOpt = False,
+    json_: JsonOpt = False,
 ) -> None:
     """Markdown tables (mean ± std over seeds, prune potential) and PNG plots of finished runs."""
-    from secateurs.front.tables import markdown
+    from secateurs.front.tables import markdown, markdown_tables
     from secateurs.results.html_report import write_html_report
     from secateurs.results.report import write_report
 
@@ -725,10 +860,15 @@ def report(
     target = out if out is not None else root / "report"
     path = write_report(root, target, name=name, delta=delta / 100)
     page = write_html_report(root, path, name=name, delta=delta / 100) if html else None
-    print_tables(console, markdown(path.read_text(encoding="utf-8"), width=console.width))
-    console.print(f"report written to {path}")
+    text = path.read_text(encoding="utf-8")
+    notes = err_console if json_ else console
+    if json_:
+        print_json(console, {"report": str(path), "tables": markdown_tables(text)})
+    else:
+        print_tables(console, markdown(text, width=console.width, wide=wide), wide=wide)
+    notes.print(f"report written to {path}")
     if page is not None:
-        console.print(f"HTML report written to {page}")
+        notes.print(f"HTML report written to {page}")
 
 
 def _add_llm_commands() -> None:

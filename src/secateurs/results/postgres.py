@@ -40,13 +40,9 @@ def is_url(location: object) -> bool:
 
 
 def display(url: str) -> str:
-    """The URL as messages show it: without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    """The URL as messages show it: without its password (also in a URL too malformed to parse)."""
+    shown = re.sub(r"^([^:/]+://[^:/@]*):[^/]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", shown)
 
 
 def check_url(url: str) -> None:
