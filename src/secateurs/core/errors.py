@@ -7,6 +7,8 @@ it as one line and exits non-zero; library users can catch one type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SecateursError(Exception):
     """A problem the user can fix; the message says what, where and how."""
@@ -35,3 +37,13 @@ class DataUnavailableError(SecateursError):
 
 class CheckpointError(SecateursError):
     """A checkpoint that is missing, truncated, corrupt or of the wrong shape."""
+
+
+def check_choice(
+    value: object, choices: Sequence[str], what: str, *, fix: str, where: str | None = None
+) -> str:
+    """`value` if it is one of `choices`, else one ConfigError naming them: "WHAT must be one of
+    a, b, c, got 'x'" with `fix` (what each choice does). Every named option checks itself this way."""
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {value!r}", where=where, fix=fix)
+    return value

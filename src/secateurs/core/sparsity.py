@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 
 _TOLERANCE = 1e-9
 
@@ -48,13 +48,13 @@ _RULE: ContextVar[str] = ContextVar("secateurs_rounding", default="half_up")
 
 def check_rounding(rounding: object, where: str = "rounding") -> str:
     """`rounding` names one of `ROUNDINGS`."""
-    if not isinstance(rounding, str) or rounding not in ROUNDINGS:
-        raise ConfigError(
-            f"{where} must be one of {', '.join(ROUNDINGS)}, got {rounding!r}",
-            fix="half_up rounds the removed count to nearest; floor removes int(s·n) as the "
-            "Synaptic-Flow and Wanda codes do; ceil never keeps more than the density",
-        )
-    return rounding
+    return check_choice(
+        rounding,
+        ROUNDINGS,
+        where,
+        fix="half_up rounds the removed count to nearest; floor removes int(s·n) as the "
+        "Synaptic-Flow and Wanda codes do; ceil never keeps more than the density",
+    )
 
 
 @contextmanager

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import check_choice
 from secateurs.core.threads import map_in_threads, worker_count
 
 TIES = ("index", "reverse", "random", "original")
@@ -172,13 +172,13 @@ def _partition_rows(values: np.ndarray, kth: list[int]) -> np.ndarray:
 
 def check_ties(ties: object, where: str = "ties") -> str:
     """`ties` names one of `TIES`."""
-    if not isinstance(ties, str) or ties not in TIES:
-        raise ConfigError(
-            f"{where} must be one of {', '.join(TIES)}, got {ties!r}",
-            fix="index keeps the lower index among tied scores; reverse the higher; random a seeded "
-            "random one; original the reference codes' own rule (torch.topk / torch.sort)",
-        )
-    return ties
+    return check_choice(
+        ties,
+        TIES,
+        where,
+        fix="index keeps the lower index among tied scores; reverse the higher; random a seeded "
+        "random one; original the reference codes' own rule (torch.topk / torch.sort)",
+    )
 
 
 _RULE: ContextVar[tuple[str, torch.Generator | None]] = ContextVar("secateurs_ties", default=("index", None))

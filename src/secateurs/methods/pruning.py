@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 
 from secateurs.core.distributed import sync_scores
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.masks import MaskSet, masks_of, set_masks
 from secateurs.core.registry import check_options
 from secateurs.core.sparsity import check_rounding
@@ -235,12 +235,12 @@ def round_sparsity(sparsity: float, k: int, rounds: int, schedule: str = "expone
 
 
 def _check_round_schedule(schedule: object) -> str:
-    if not isinstance(schedule, str) or schedule not in ROUND_SCHEDULES:
-        raise ConfigError(
-            f"round_schedule must be one of {', '.join(ROUND_SCHEDULES)}, got {schedule!r}",
-            fix="exponential: density d^(k/n) after round k of n (SynFlow's); linear: 1 − s·k/n",
-        )
-    return schedule
+    return check_choice(
+        schedule,
+        ROUND_SCHEDULES,
+        "round_schedule",
+        fix="exponential: density d^(k/n) after round k of n (SynFlow's); linear: 1 − s·k/n",
+    )
 
 
 def _check_rounds(rounds: object, sparsity: float | None) -> int:

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.topk import current_tie_rule, tie_order, topk_mask
 from secateurs.methods.allocations.base import ALLOCATIONS, Allocated, LayerInfo, kept_after
 
@@ -34,12 +34,13 @@ def _normalised(scores: Tensor, normalize: str) -> Tensor:
 
 
 def _check(normalize: str, max_per_layer: float) -> None:
-    if normalize not in NORMALIZE:
-        raise ConfigError(
-            f"global allocation option normalize must be one of {', '.join(NORMALIZE)}, got {normalize!r}",
-            where="allocation_options",
-            fix="none: rank raw scores; mean: divide each layer's scores by their mean first",
-        )
+    check_choice(
+        normalize,
+        NORMALIZE,
+        "global allocation option normalize",
+        where="allocation_options",
+        fix="none: rank raw scores; mean: divide each layer's scores by their mean first",
+    )
     if (
         isinstance(max_per_layer, bool)
         or not isinstance(max_per_layer, int | float)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.masks import MaskSet
 from secateurs.core.registry import Registry
 from secateurs.methods.structures.groups import GraphLayout
@@ -142,12 +142,12 @@ SCORING_MODES = ("train", "eval")
 def check_mode(criterion: str, mode: object) -> str:
     """The module mode a data criterion scores in: train (batch statistics; our default, the
     papers' setting) or eval (running statistics; Synaptic-Flow's default, and a little cheaper)."""
-    if mode not in SCORING_MODES:
-        raise ConfigError(
-            f"{criterion} mode must be one of {', '.join(SCORING_MODES)}, got {mode!r}",
-            fix="train: BatchNorm normalises with the batch's statistics; eval: with its running ones",
-        )
-    return str(mode)
+    return check_choice(
+        mode,
+        SCORING_MODES,
+        f"{criterion} mode",
+        fix="train: BatchNorm normalises with the batch's statistics; eval: with its running ones",
+    )
 
 
 @contextmanager

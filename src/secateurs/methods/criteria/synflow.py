@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.masks import MaskSet
 from secateurs.methods.criteria.base import CRITERIA, Criterion, ScoringContext, logits_of, module_mode
 
@@ -35,9 +35,9 @@ class Synflow(Criterion):
     applies_masks = True
 
     def __init__(self, dtype: Literal["float32", "float64"] = "float32") -> None:
-        if dtype not in _DTYPES:
-            raise ConfigError(f"synflow dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        self.dtype = dtype
+        self.dtype = check_choice(
+            dtype, sorted(_DTYPES), "synflow dtype", fix="float32 (the default) or float64 for very deep nets"
+        )
 
     def score(self, ctx: ScoringContext) -> dict[str, Tensor]:
         if ctx.input_shape is None and any(isinstance(m, nn.Embedding) for m in ctx.model.modules()):

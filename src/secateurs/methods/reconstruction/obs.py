@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.topk import balanced_select, current_tie_rule, select_topk
 from secateurs.methods.calibration import InputStats
 from secateurs.methods.reconstruction.base import RECONSTRUCTIONS, Reconstruction, non_negative_option
@@ -46,13 +46,13 @@ SELECTS = ("fixed", "adaptive")
 
 
 def check_select(select: object) -> str:
-    if select not in SELECTS:
-        raise ConfigError(
-            f"obs option select must be one of {', '.join(SELECTS)}, got {select!r}",
-            where="reconstruct",
-            fix="fixed: keep the criterion's mask; adaptive: SparseGPT re-chooses it",
-        )
-    return str(select)
+    return check_choice(
+        select,
+        SELECTS,
+        "obs option select",
+        where="reconstruct",
+        fix="fixed: keep the criterion's mask; adaptive: SparseGPT re-chooses it",
+    )
 
 
 def inverse_hessian_factor(hessian: Tensor, percdamp: float) -> Tensor:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.masks import MaskSet, keep_bits
 from secateurs.core.registry import Registry
 from secateurs.core.topk import select_topk, topk_mask
@@ -185,15 +185,19 @@ def positive_int(value: object, what: str, where: str = "structure_options") -> 
 
 def check_pooling(structure: str, pool: object, side: object = None) -> None:
     """`pool` and `side` options name a registered pooling and a side (or are left unset)."""
-    if pool is not None and (not isinstance(pool, str) or pool not in POOLINGS):
-        raise ConfigError(
-            f"{structure} option pool must be one of {', '.join(POOLINGS.names())}, got {pool!r}",
+    if pool is not None:
+        check_choice(
+            pool,
+            POOLINGS.names(),
+            f"{structure} option pool",
             where="structure_options",
             fix="e.g. pool: l1 (sum of |scores|) or pool: l2 (root of the sum of squares)",
         )
-    if side is not None and side not in SIDES:
-        raise ConfigError(
-            f"{structure} option side must be one of {', '.join(SIDES)}, got {side!r}",
+    if side is not None:
+        check_choice(
+            side,
+            SIDES,
+            f"{structure} option side",
             where="structure_options",
             fix="producers: the filters making the channels; consumers: the columns reading them",
         )
