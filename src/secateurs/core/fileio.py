@@ -138,22 +138,29 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
-    """Save a matplotlib figure atomically as PNG and close it."""
+def save_figure(
+    fig: Any, path: str | os.PathLike[str], *, dpi: int = 120, formats: tuple[str, ...] = ("png",)
+) -> Path:
+    """Save a matplotlib figure atomically as `path`, and in each other format beside it (same stem,
+    e.g. `formats=("png", "svg")`), then close it; returns `path`."""
     import matplotlib.pyplot as plt
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=dpi)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        for fmt in formats:
+            out = target if target.suffix == f".{fmt}" else target.with_suffix(f".{fmt}")
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{out.name}.", suffix=f".{fmt}")
+            os.close(fd)
+            try:  # no date in an SVG, so a figure drawn again from the same data is the same file
+                fig.savefig(tmp, format=fmt, dpi=dpi, metadata={"Date": None} if fmt == "svg" else None)
+                os.chmod(tmp, _umask_mode())
+                os.replace(tmp, out)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
     finally:
         plt.close(fig)
     return target

@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from secateurs.core.errors import ConfigError
+from secateurs.core.fileio import save_figure
 
 STRONG = (
     "#332288",  # indigo
@@ -362,16 +362,8 @@ def layer_sparsity_figure(
 # -- saving ---------------------------------------------------------------------------------------
 def save(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
     """Write `path` (PNG) and the same stem's `.svg` atomically, close the figure, return the PNG path."""
-    import matplotlib.pyplot as plt
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        for suffix, kwargs in ((".png", {"dpi": dpi}), (".svg", {})):
-            _atomic_save(fig, target.with_suffix(suffix), suffix, kwargs)
-    finally:
-        plt.close(fig)
-    return target
+    with _svg_settings():
+        return save_figure(fig, path, dpi=dpi, formats=("png", "svg"))
 
 
 def svg_text(fig: Any) -> str:
@@ -381,27 +373,6 @@ def svg_text(fig: Any) -> str:
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
     return text[text.index("<svg") :]
-
-
-def _atomic_save(fig: Any, target: Path, suffix: str, kwargs: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        with _svg_settings():
-            fig.savefig(
-                tmp, format=suffix[1:], metadata={"Date": None} if suffix == ".svg" else None, **kwargs
-            )
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _svg_settings() -> Any:
