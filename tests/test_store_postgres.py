@@ -155,6 +155,13 @@ def test_a_sweep_into_postgres_records_exactly_what_sqlite_records(folder: Path,
     run = expected[0][0]["hash"]
     shown = invoke("runs", "--root", str(server), "--store", pg_url, "--show", run[:6], "--json")
     assert json.loads(shown.stdout)["files"]["model"] == str(server / "runs" / run / "model.pt")
+    reports = []
+    for root, extra in ((lite, ()), (server, ("--store", pg_url))):
+        made = invoke("report", "--root", str(root), *extra)
+        assert made.exit_code == 0, made.output
+        reports.append((root / "report" / "report.md").read_text(encoding="utf-8").splitlines())
+    assert reports[1][2] == f"4 finished runs from `{pg_url}`."
+    assert reports[0][3:] == reports[1][3:]  # the same tables from either store
 
 
 def test_a_claim_is_atomic_between_connections(pg_url: str) -> None:

@@ -417,7 +417,7 @@ ROOT_HELP = (
 )
 STORE_HELP = (
     "results database on a server, postgresql://USER[:PASSWORD]@HOST[:PORT]/DB, shared by every host "
-    "(pip install 'secateurs[postgres]') [default: ROOT/results.db, SQLite, for one host]"
+    "(pip install 'secateurs[postgres]'); default: ROOT/results.db, SQLite, for one host"
 )
 StoreOpt = Annotated[str | None, typer.Option(metavar="URL", help=STORE_HELP)]
 CLUSTER_PANEL = "Ray and Slurm (--backend)"
@@ -452,20 +452,20 @@ def sweep(
     address: Annotated[
         str | None,
         typer.Option(
-            help="ray: the cluster's address (host:port, ray://host:port, auto) [default: a local instance]",
+            help="ray: the cluster's address (host:port, ray://host:port, auto); default: a local instance",
             rich_help_panel=CLUSTER_PANEL,
         ),
     ] = None,
     cpus_per_run: Annotated[
         int | None,
         typer.Option(
-            help="ray, slurm: CPU cores (torch threads) per run [default: 1]", rich_help_panel=CLUSTER_PANEL
+            help="ray, slurm: CPU cores (torch threads) per run, default 1", rich_help_panel=CLUSTER_PANEL
         ),
     ] = None,
     gpus_per_run: Annotated[
         float | None,
         typer.Option(
-            help="ray, slurm: GPUs per run (Ray takes fractions) [default: 0]", rich_help_panel=CLUSTER_PANEL
+            help="ray, slurm: GPUs per run (Ray takes fractions), default 0", rich_help_panel=CLUSTER_PANEL
         ),
     ] = None,
     mem_gb: Annotated[
@@ -474,7 +474,7 @@ def sweep(
     max_retries: Annotated[
         int | None,
         typer.Option(
-            help="ray: retries of a run whose worker died (it resumes after its last stage) [default: 3]",
+            help="ray: retries of a run whose worker died (it resumes after its last stage), default 3",
             rich_help_panel=CLUSTER_PANEL,
         ),
     ] = None,
@@ -485,26 +485,26 @@ def sweep(
         int | None,
         typer.Option(
             help="slurm: each task's time limit in minutes; a task that reaches it is requeued and "
-            "resumes [default: 60]",
+            "resumes; default 60",
             rich_help_panel=CLUSTER_PANEL,
         ),
     ] = None,
     shards: Annotated[
         int | None,
         typer.Option(
-            help="slurm: array tasks, each a shard of the grid [default: one per run]",
+            help="slurm: array tasks, each a shard of the grid, default one per run",
             rich_help_panel=CLUSTER_PANEL,
         ),
     ] = None,
     array_parallelism: Annotated[
         int | None,
-        typer.Option(help="slurm: array tasks running at once [default: 256]", rich_help_panel=CLUSTER_PANEL),
+        typer.Option(help="slurm: array tasks running at once, default 256", rich_help_panel=CLUSTER_PANEL),
     ] = None,
     wait: Annotated[
         bool | None,
         typer.Option(
             "--wait/--no-wait",
-            help="slurm: wait for the array job and list its runs, or submit it and return [default: wait]",
+            help="slurm: wait for the array job and list its runs, or submit it and return; default: wait",
             rich_help_panel=CLUSTER_PANEL,
         ),
     ] = None,
@@ -512,7 +512,7 @@ def sweep(
         str | None,
         typer.Option(
             help="slurm: slurm, or local to run the array job's tasks on this machine first "
-            "(submitit's local executor) [default: slurm]",
+            "(submitit's local executor); default: slurm",
             rich_help_panel=CLUSTER_PANEL,
         ),
     ] = None,
@@ -834,6 +834,7 @@ def merge(
 @friendly_errors
 def report(
     root: Annotated[Path, typer.Option(help=ROOT_HELP)] = DEFAULT_RESULTS_ROOT,
+    store: StoreOpt = None,
     name: Annotated[str | None, typer.Option(help="only runs whose name matches this glob")] = None,
     out: Annotated[
         Path | None, typer.Option(help="where report.md and the PNGs go (default ROOT/report)")
@@ -858,8 +859,8 @@ def report(
     if not 0 < delta < 100:
         raise SecateursError(f"--delta must be between 0 and 100 points, got {delta}")
     target = out if out is not None else root / "report"
-    path = write_report(root, target, name=name, delta=delta / 100)
-    page = write_html_report(root, path, name=name, delta=delta / 100) if html else None
+    path = write_report(root, target, name=name, delta=delta / 100, store=store)
+    page = write_html_report(root, path, name=name, delta=delta / 100, store=store) if html else None
     text = path.read_text(encoding="utf-8")
     notes = err_console if json_ else console
     if json_:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from secateurs.core.fileio import atomic_write_text
-from secateurs.results.db import ResultsDB, RunRecord
+from secateurs.results.db import RunRecord
 from secateurs.results.report import (
     SECTION_NOTES,
     Entry,
@@ -38,6 +38,7 @@ from secateurs.results.report import (
     collect,
     level_groups,
     level_panels,
+    open_results,
     potential_tables,
     sanity_tables,
     ticket_tables,
@@ -55,14 +56,15 @@ def write_html_report(
     name: str | None = None,
     delta: float = 0.005,
     notes: str = "",
+    store: str | None = None,
 ) -> Path:
     """Write report.html beside `markdown` (the report.md `write_report` just wrote for the same
-    runs): a page that needs nothing else, with its tables, figures, sanity checks, layer collapse
-    and every run's configuration; `notes` (markdown, e.g. a benchmark's own findings) is its own
-    section, rendered with raw HTML escaped and links shown as text."""
+    runs, from the same `store`): a page that needs nothing else, with its tables, figures, sanity
+    checks, layer collapse and every run's configuration; `notes` (markdown, e.g. a benchmark's
+    own findings) is its own section, rendered with raw HTML escaped and links shown as text."""
     markdown = Path(markdown)
-    db_path = Path(root) / "results.db"
-    with ResultsDB(db_path, create=False) as db:
+    with open_results(root, store) as db:
+        source = db.where
         runs = collect(db, name=name)
         records = {r.hash: record for r in runs if (record := db.get_run(r.hash)) is not None}
         artifacts = {r.hash: db.artifacts(r.hash) for r in runs}
@@ -71,7 +73,7 @@ def write_html_report(
         records,
         artifacts,
         figures=figure_files(markdown),
-        source=f"{len(runs)} finished runs from {db_path}" + (f" matching {name}" if name else ""),
+        source=f"{len(runs)} finished runs from {source}" + (f" matching {name}" if name else ""),
         delta=delta,
         notes=notes,
     )

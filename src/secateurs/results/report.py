@@ -24,7 +24,8 @@ from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_write_text
 from secateurs.eval.potential import prune_potential
 from secateurs.results import figures
-from secateurs.results.db import MetricRow, ResultsDB
+from secateurs.results.db import DB_NAME, MetricRow, ResultsStore
+from secateurs.results.runner import store_at
 
 SHIFT_PREFIX = "acc@"
 TICKET = "ticket"
@@ -84,12 +85,12 @@ class Cell:
         return f"{scale * self.mean:.{digits}f} ± {scale * self.std:.{digits}f}" if self.values else "—"
 
 
-def collect(db: ResultsDB, *, name: str | None = None) -> list[RunSummary]:
+def collect(db: ResultsStore, *, name: str | None = None) -> list[RunSummary]:
     """Finished runs (optionally those whose name matches a shell pattern) with their final metrics.
 
     Artifact paths in the store are relative to the results root, the database's directory.
     """
-    root = Path(db.path).parent
+    root = db.root if db.root is not None else Path()
     out = []
     for record in db.list_runs(status="finished"):
         if name is not None and not fnmatch.fnmatchcase(record.name, name):
@@ -656,20 +657,34 @@ SECTION_NOTES = {
 """What each report section shows, in report.md (line breaks kept) and report.html alike."""
 
 
-def write_report(root: str | Path, out: str | Path, *, name: str | None = None, delta: float = 0.005) -> Path:
-    """Write report.md and PNGs for the finished runs under results root `root` into `out`."""
+def open_results(root: str | Path, store: str | None = None) -> ResultsStore:
+    """The store a report reads: ROOT/results.db, or the server store `store` (a URL), whose
+    artifact paths are relative to `root`."""
+    if store is None and not (Path(root) / DB_NAME).exists():
+        raise ConfigError(
+            f"no results database at {Path(root) / DB_NAME}", fix="run `secateurs sweep` first or pass --root"
+        )
+    return store_at(root, store, create=False)
+
+
+def write_report(
+    root: str | Path,
+    out: str | Path,
+    *,
+    name: str | None = None,
+    delta: float = 0.005,
+    store: str | None = None,
+) -> Path:
+    """Write report.md and PNGs for the finished runs under results root `root` (recorded in
+    `store` when that names a server store) into `out`."""
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(
             f"--out {out} is an existing file; a report is a directory (report.md and its figures)",
             fix="pass a directory (new or existing) to --out",
         )
-    db_path = Path(root) / "results.db"
-    if not db_path.exists():
-        raise ConfigError(
-            f"no results database at {db_path}", fix="run `secateurs sweep` first or pass --root"
-        )
-    with ResultsDB(db_path, create=False) as db:
+    with open_results(root, store) as db:
         runs = collect(db, name=name)
+        source = db.where
     if not runs:
         raise ConfigError("no finished runs match", fix="check --name, or run the sweep first")
     out_dir = Path(out)
@@ -700,7 +715,7 @@ def write_report(root: str | Path, out: str | Path, *, name: str | None = None, 
     text = [
         "# secateurs report",
         "",
-        f"{len(runs)} finished runs from `{db_path}`" + (f" matching `{name}`" if name else "") + ".",
+        f"{len(runs)} finished runs from `{source}`" + (f" matching `{name}`" if name else "") + ".",
         "",
         "## Accuracy",
         "",
