@@ -146,7 +146,7 @@ def style_clashes(fig: Any) -> list[str]:
                 color, marker = to_hex(handle.get_color()), handle.get_marker()
                 key: tuple[Any, ...] = (color, handle.get_linestyle(), marker, handle.get_fillstyle())
             elif isinstance(handle, Rectangle):
-                key = (to_hex(handle.get_facecolor()), "bar")
+                key = (to_hex(handle.get_facecolor()), "bar", handle.get_hatch())
             else:
                 key = (type(handle).__name__, text.get_text())
             if key in seen:
@@ -284,6 +284,9 @@ def test_layer_sparsity_bars_have_one_colour_per_method_and_names_apart() -> Non
     assert style_clashes(fig) == [] and legends_over_axes(fig) == [] and overlapping_ticks(fig) == []
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["magnitude (90 %)", "SNIP (90 %)"]
     plt.close(fig)
+    many = figures.layer_sparsity_figure({"a · b": {f"method {i} (90 %)": layers[:2] for i in range(12)}})
+    assert style_clashes(many) == []  # beyond nine colours the bars are hatched
+    plt.close(many)
 
 
 def test_a_method_keeps_its_colour_whatever_the_other_methods() -> None:

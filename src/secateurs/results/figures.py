@@ -55,6 +55,8 @@ DENSE_STYLE: dict[str, Any] = {"color": "black", "linestyle": "--", "linewidth":
 
 FILLS = ("full", "none", "left", "top", "right", "bottom")
 """Marker fills that tell apart methods beyond the palette's size (a second round of colours)."""
+HATCHES = dict(zip(FILLS, (None, "//", "\\\\", "..", "xx", "--"), strict=True))
+"""What a bar of each fill round carries instead of a marker fill."""
 
 VARIANT_STYLES: dict[str | None, tuple[str, str]] = {
     None: ("-", "o"),  # the method itself (and a ticket)
@@ -347,8 +349,9 @@ def layer_sparsity_figure(
         for i, (label, layers) in enumerate(methods.items()):
             by = dict(layers)
             ys = [j - 0.4 + width * (i + 0.5) for j in range(len(names))]
-            ax.barh(ys, [100 * by.get(n, math.nan) for n in names], width, label=label,
-                    color=styles.colour(_method_of(label)), edgecolor="white", linewidth=0.4)  # fmt: skip
+            style = styles.line(_method_of(label))
+            ax.barh(ys, [100 * by.get(n, math.nan) for n in names], width, label=label, color=style.color,
+                    hatch=HATCHES[style.fillstyle], edgecolor="white", linewidth=0.4)  # fmt: skip
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()  # the first layer on top
         ax.set_xlim(0, 100)
