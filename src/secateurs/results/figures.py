@@ -32,10 +32,13 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import save_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 STRONG = (
     "#332288",  # indigo
@@ -206,7 +209,7 @@ def _plain(variant: str | None) -> str | None:
 # -- figures --------------------------------------------------------------------------------------
 def accuracy_figure(
     panels: Sequence[Panel], *, styles: Styles | None = None, metric: str = "accuracy"
-) -> Any | None:
+) -> Figure | None:
     """The metric (mean ± std band, %) against the remaining weights (log, sparser to the right),
     one axes per panel (a data set and model), one line per curve, one legend for all panels."""
     panels = [p for p in panels if p.curves or p.dense]
@@ -227,7 +230,7 @@ def accuracy_figure(
 
 def sanity_figure(
     panels: Sequence[Panel], *, styles: Styles | None = None, metric: str = "accuracy"
-) -> Any | None:
+) -> Figure | None:
     """Small multiples, one axes per scored method: the method (solid) against each of its sanity
     checks, all in the method's colour; the key shows the checks' styles. None when no panel has a
     check."""
@@ -249,7 +252,7 @@ def sanity_figure(
 
 def ticket_figure(
     panels: Sequence[TicketPanel], *, styles: Styles | None = None, metric: str = "accuracy"
-) -> Any | None:
+) -> Figure | None:
     """Ticket curves, one column per panel: the metric per level against the remaining weights (log),
     the ticket and each control in the method's colour, and below it each level's early-stop step
     (a row left out when no level recorded one)."""
@@ -292,7 +295,7 @@ def ticket_figure(
     return thin_tick_labels(fig)
 
 
-def excess_error_figure(panels: Sequence[Panel], *, styles: Styles | None = None) -> Any | None:
+def excess_error_figure(panels: Sequence[Panel], *, styles: Styles | None = None) -> Figure | None:
     """Excess error under a shift (its error increase beyond the clean one, points) against the
     remaining weights, one axes per (data set, model, shift), one line per method."""
     panels = [p for p in panels if p.curves]
@@ -319,7 +322,7 @@ def excess_error_figure(panels: Sequence[Panel], *, styles: Styles | None = None
 
 def layer_sparsity_figure(
     panels: Mapping[str, Mapping[str, Sequence[tuple[str, float]]]], *, styles: Styles | None = None
-) -> Any | None:
+) -> Figure | None:
     """Per-layer sparsity (%) as horizontal bars, one axes per title, one bar per method in its colour.
 
     `panels` maps a title to {method label: [(layer name, sparsity fraction), ...]}; a label may
@@ -363,13 +366,13 @@ def layer_sparsity_figure(
 
 
 # -- saving ---------------------------------------------------------------------------------------
-def save(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+def save(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
     """Write `path` (PNG) and the same stem's `.svg` atomically, close the figure, return the PNG path."""
     with _svg_settings():
         return save_figure(fig, path, dpi=dpi, formats=("png", "svg"))
 
 
-def svg_text(fig: Any) -> str:
+def svg_text(fig: Figure) -> str:
     """The figure as one `<svg>` element (no XML prologue or doctype), for inlining in HTML."""
     buffer = io.StringIO()
     with _svg_settings():
@@ -391,7 +394,7 @@ def shown_tick_labels(axis: Any) -> list[Any]:
     return [text for _, text in _in_view(axis) if text.get_visible() and text.get_text()]
 
 
-def thin_tick_labels(fig: Any, *, pad: float = 3.0) -> Any:
+def thin_tick_labels(fig: Figure, *, pad: float = 3.0) -> Figure:
     """Blank every tick label that would come within `pad` pixels of the label kept before it (in
     screen order), measured after a draw; returns `fig`.
 
@@ -506,7 +509,7 @@ def _remaining_axis(ax: Any, xs: Iterable[float], *, label: bool = True) -> None
         ax.set_xlabel("remaining weights (%), log scale", fontsize=8)
 
 
-def legend_outside(fig: Any, axes: Sequence[Any]) -> None:
+def legend_outside(fig: Figure, axes: Sequence[Any]) -> None:
     """One legend right of the axes for every labelled artist of `axes` (one entry per label); a
     figure drawn with more artists afterwards calls it again (it replaces the figure's legends)."""
     for old in list(fig.legends):
@@ -523,7 +526,7 @@ def legend_outside(fig: Any, axes: Sequence[Any]) -> None:
 
 
 def _style_key(
-    fig: Any,
+    fig: Figure,
     axes: Sequence[Any],
     styles: Styles,
     curves: Iterable[Iterable[Curve]],

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.fileio import atomic_write_text
@@ -26,6 +26,9 @@ from secateurs.eval.potential import prune_potential
 from secateurs.results import figures
 from secateurs.results.db import DB_NAME, MetricRow, ResultsStore
 from secateurs.results.runner import store_at
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SHIFT_PREFIX = "acc@"
 TICKET = "ticket"
@@ -603,7 +606,7 @@ def layer_sparsity_panels(runs: list[RunSummary]) -> dict[str, dict[str, list[tu
     return out
 
 
-def report_figures(runs: list[RunSummary], metric: str = "accuracy") -> dict[str, Any]:
+def report_figures(runs: list[RunSummary], metric: str = "accuracy") -> dict[str, Figure]:
     """Every figure of a report, by file stem, in report order (matplotlib Figures; see `figures`).
 
     `write_report` saves them; anything else drawing a store's figures should call this too, so the
