@@ -158,7 +158,8 @@ def schedule(kind: str, model: nn.Module, sparsity: float = 0.5, **options: Any)
     def layout() -> Any:
         names = select_parameters(model, selection)
         structure = build_structure(spec.structure, **spec.structure_options)
-        return structure.layout(LayoutContext(model, names, selection, torch.zeros(2, 12)))
+        example = torch.zeros(2, 12, device=next(model.parameters()).device)
+        return structure.layout(LayoutContext(model, names, selection, example))
 
     return TRAINING.get(kind).schedule(spec, pick, layout, sparsity)
 
@@ -179,6 +180,8 @@ class Loop:
 
     def step(self, x: Tensor, y: Tensor) -> None:
         s = self.state
+        device = next(self.model.parameters()).device
+        x, y = x.to(device), y.to(device)
         s.optimizer.zero_grad()
         nn.functional.cross_entropy(self.model(x), y).backward()
         self.callback.on_backward(s)
@@ -337,6 +340,29 @@ def test_after_greg_the_pruned_channels_are_near_zero_and_removing_them_barely_c
         after = model(probe)
     scale = float(before["out"].abs().max())
     assert float((after - before["out"]).abs().max()) < 1e-3 * scale
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_schedule_runs_on_the_models_device_and_picks_as_on_the_cpu() -> None:
+    options = {
+        "structure": "channel",
+        "sites": "all",
+        "delta": 0.25,
+        "interval": 1,
+        "stabilize": 2,
+        "ratio_limit": 1e30,
+    }
+    data = batches(12)
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = mlp().to(device)
+        reg = schedule("greg1", model, **options)
+        Loop(model, reg).start().run(data)
+        assert reg.coefficients is not None and reg.coefficients.device.type == device
+        assert all(site.ids.device.type == device for site in reg.groups.sites)
+        results[device] = (reg.picked.cpu(), reg.coefficients.cpu(), reg.phase)
+    assert torch.equal(results["cpu"][0], results["cuda"][0]) and results["cpu"][2] == results["cuda"][2]
+    assert torch.allclose(results["cpu"][1], results["cuda"][1])
 
 
 # -- saving and resuming ---------------------------------------------------------------------------
