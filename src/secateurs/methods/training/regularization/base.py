@@ -224,10 +224,6 @@ class PenaltyGroups:
         return total / count  # 0/0 = NaN: no such group in the unit
 
 
-def model_params(model: nn.Module) -> dict[str, Tensor]:
-    return dict(model.named_parameters())
-
-
 # -- penalties ---------------------------------------------------------------------------------
 class Penalty:
     """Σ_g c_g·P(w_g) over a `PenaltyGroups`, its value and its gradient."""
@@ -395,7 +391,7 @@ class RegularizedPruning(Callback):
     @property
     def params(self) -> dict[str, Tensor]:
         assert self.model is not None
-        return model_params(self.model)
+        return dict(self.model.named_parameters())
 
     def pick(self) -> None:
         """Run the prune step: the picked groups and their masks (nothing is removed yet)."""
