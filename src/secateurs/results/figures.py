@@ -395,8 +395,9 @@ def shown_tick_labels(axis: Any) -> list[Any]:
 
 
 def thin_tick_labels(fig: Figure, *, pad: float = 3.0) -> Figure:
-    """Blank every tick label that would come within `pad` pixels of the label kept before it (in
-    screen order), measured after a draw; returns `fig`.
+    """Blank every tick label that would come within `pad` pixels of a label kept, measured after a
+    draw: the two end labels are kept (the range a reader looks for), then the others in screen
+    order; returns `fig`.
 
     Removing labels only frees room, so a later layout pass cannot make the kept ones collide.
     """
@@ -406,14 +407,16 @@ def thin_tick_labels(fig: Figure, *, pad: float = 3.0) -> Figure:
         for axis, edge in ((ax.xaxis, "x0"), (ax.yaxis, "y0")):
             shown = shown_tick_labels(axis)
             boxes = sorted(
-                ((t.get_window_extent(renderer), t) for t in shown), key=lambda bt: getattr(bt[0], edge)
+                ((t.get_window_extent(renderer).padded(pad / 2), t) for t in shown),
+                key=lambda bt: getattr(bt[0], edge),
             )
-            kept, drop = None, set()
-            for box, text in boxes:
-                if kept is not None and box.padded(pad / 2).overlaps(kept.padded(pad / 2)):
+            kept: list[Any] = []
+            drop = set()
+            for box, text in [*boxes[:1], *boxes[-1:], *boxes[1:-1]] if len(boxes) > 1 else boxes:
+                if any(box.overlaps(other) for other in kept):
                     drop.add(id(text))
                 else:
-                    kept = box
+                    kept.append(box)
             if drop:
                 ticks = _in_view(axis)
                 labels = ["" if id(t) in drop else t.get_text() for _, t in ticks]
