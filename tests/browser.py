@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import select
@@ -58,7 +59,8 @@ class Browser:
         self._events, events_write = os.pipe()
 
         def descriptors() -> None:  # in the child: its fd 3 reads our commands, fd 4 writes to us
-            a, b = os.dup(commands_read), os.dup(events_write)
+            # copies above 4 first: dup2 onto the same number would keep the close-on-exec flag
+            a, b = fcntl.fcntl(commands_read, fcntl.F_DUPFD, 5), fcntl.fcntl(events_write, fcntl.F_DUPFD, 5)
             os.dup2(a, 3)
             os.dup2(b, 4)
 
