@@ -370,6 +370,20 @@ def test_the_demo_command_prints_every_method_on_one_line_with_a_legend(
     assert [row["method"] for row in found] == methods
 
 
+def test_report_wide_and_json_hold_every_name(root: Path, tmp_path: Path) -> None:
+    wide = invoke("report", "--root", str(root), "--out", str(tmp_path / "w"), "--wide").stdout
+    header, rows = table_rows(wide, "method ")
+    assert header[:4] == ["method", DENSE_COLUMN, "50 %", "90 %"]  # one table, nothing shortened
+    assert [row[0] for row in rows] == ["dense", *sorted(LONG_NAMES.values())]
+    result = invoke("report", "--root", str(root), "--out", str(tmp_path / "j"), "--json")
+    found = json.loads(result.stdout)  # the JSON alone on stdout
+    assert Path(found["report"]) == tmp_path / "j" / "report.md" and "report written to" in result.stderr
+    accuracy = next(t for t in found["tables"] if t["columns"][:2] == ["method", DENSE_COLUMN])
+    assert "test accuracy" in accuracy["heading"]
+    assert [row[0] for row in accuracy["rows"]] == ["dense", *sorted(LONG_NAMES.values())]
+    assert all(len(row) == len(t["columns"]) for t in found["tables"] for row in t["rows"])
+
+
 def test_report_and_runs_read_in_a_real_80_column_terminal(root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": str(WIDTH)}
     for args in (["report", "--out", str(tmp_path / "r")], ["runs"]):

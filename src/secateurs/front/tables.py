@@ -307,6 +307,44 @@ def _markdown_cells(line: str, count: int | None = None) -> list[str]:
     return cells if count is None else (cells + [""] * count)[:count]
 
 
+@dataclass(frozen=True)
+class MarkdownTable:
+    """A table of a markdown text: the heading it is under, its header cells and rows."""
+
+    heading: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+def _markdown_blocks(text: str) -> list[list[str] | MarkdownTable]:
+    """`text` cut into its prose (lists of lines) and its tables, in order."""
+    blocks: list[list[str] | MarkdownTable] = []
+    prose: list[str] = []
+    heading = ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if not (lines[i].startswith("|") and i + 1 < len(lines) and RULE.match(lines[i + 1])):
+            if lines[i].startswith("#"):
+                heading = lines[i].lstrip("#").strip()
+            prose.append(lines[i])
+            i += 1
+            continue
+        if "".join(prose).strip():
+            blocks.append(prose)
+        prose = []
+        header = _markdown_cells(lines[i])
+        i += 2
+        rows = []
+        while i < len(lines) and lines[i].startswith("|"):
+            rows.append(_markdown_cells(lines[i], len(header)))
+            i += 1
+        blocks.append(MarkdownTable(heading, header, rows))
+    if "".join(prose).strip():
+        blocks.append(prose)
+    return blocks
+
+
 def markdown(
     text: str, *, width: int, wide: bool = False, short: Mapping[str, str] | None = None
 ) -> list[RenderableType]:
@@ -316,28 +354,22 @@ def markdown(
     from rich.markdown import Markdown
 
     out: list[RenderableType] = []
-    prose: list[str] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        if not (lines[i].startswith("|") and i + 1 < len(lines) and RULE.match(lines[i + 1])):
-            prose.append(lines[i])
-            i += 1
+    for block in _markdown_blocks(text):
+        if not isinstance(block, MarkdownTable):
+            out.append(Markdown("\n".join(block)))
             continue
-        if "".join(prose).strip():
-            out.append(Markdown("\n".join(prose)))
-        prose = []
-        header = _markdown_cells(lines[i])
-        i += 2
-        rows = []
-        while i < len(lines) and lines[i].startswith("|"):
-            rows.append(_markdown_cells(lines[i], len(header)))
-            i += 1
-        columns = [Column(h, label=n == 0, right=n > 0) for n, h in enumerate(header)]
-        out += [*fit(None, columns, rows, width=width, wide=wide, keys=1, short=short), Text("")]
-    if "".join(prose).strip():
-        out.append(Markdown("\n".join(prose)))
+        columns = [Column(h, label=n == 0, right=n > 0) for n, h in enumerate(block.header)]
+        out += [*fit(None, columns, block.rows, width=width, wide=wide, keys=1, short=short), Text("")]
     return out
+
+
+def markdown_tables(text: str) -> list[dict[str, Any]]:
+    """The tables of a markdown text as plain data (`--json`): heading, columns, rows of cells."""
+    return [
+        {"heading": b.heading, "columns": b.header, "rows": b.rows}
+        for b in _markdown_blocks(text)
+        if isinstance(b, MarkdownTable)
+    ]
 
 
 def plain(value: Any) -> Any:
