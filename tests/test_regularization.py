@@ -25,7 +25,7 @@ from secateurs.methods.structures import LayoutContext, build_structure
 from secateurs.methods.training import TRAINING
 from secateurs.methods.training.regularization import PENALTIES, PenaltyGroups, RegularizedPruning
 from secateurs.pipeline.recipe import recipe_from_raw
-from secateurs.pipeline.runner import Pipeline
+from secateurs.pipeline.runner import MetricEvent, Pipeline, run_recipe
 from secateurs.train.engine import TrainState
 
 
@@ -363,6 +363,22 @@ def test_a_schedule_runs_on_the_models_device_and_picks_as_on_the_cpu() -> None:
         results[device] = (reg.picked.cpu(), reg.coefficients.cpu(), reg.phase)
     assert torch.equal(results["cpu"][0], results["cuda"][0]) and results["cpu"][2] == results["cuda"][2]
     assert torch.allclose(results["cpu"][1], results["cuda"][1])
+
+
+def test_a_recipe_prunes_channels_with_greg_and_publishes_its_schedule() -> None:
+    block = {"structure": "channel", "allocation": "uniform", "sites": "all", "delta": 0.5, "interval": 1}
+    block |= {"stabilize": 2, "ratio_limit": 100.0}
+    raw = tiny_recipe({"train": {"greg1": block}}, {"train": {}}, {"evaluate": {}}, iterations=40)
+    events: list[MetricEvent] = []
+    result = run_recipe(recipe_from_raw(raw), on_metrics=events.append)
+    rows = [e for e in events if e.kind == "greg1"]
+    assert rows[0].step == 0 and rows[0].metrics["coefficient_max"] == 0.5  # the first update, at the start
+    summary = rows[-1].metrics
+    assert summary["pruned"] == 1.0 and summary["stopped_by_budget"] == 0.0 and summary["picked_groups"] == 8
+    assert summary["pruned_at"] == summary["finished_at"] + 2 < 40  # pruned by the rule, then finetuned
+    hidden = result.masks["features.1.weight"].all(1)  # the MLP's 16 hidden neurons (20 inputs each)
+    assert int(hidden.sum()) == 8 and not bool(result.masks["features.1.weight"][~hidden].any())
+    assert torch.equal(result.masks["classifier.weight"].all(0), hidden)  # the columns reading them went too
 
 
 # -- saving and resuming ---------------------------------------------------------------------------
