@@ -121,7 +121,7 @@ def summary_sections(runs: list[RunSummary], delta: float) -> list[tuple[str, st
 
 def runs_table(runs: list[RunSummary]) -> Table:
     """One row per run, its hash linking to its section."""
-    table = Table("runs", ["run", "method", "data set", "model", "sparsity", "seed", "accuracy (%)"])
+    table = Table("every run", ["run", "method", "data set", "model", "sparsity", "seed", "accuracy (%)"])
     for r in sorted(runs, key=lambda r: (r.data, r.model, r.method, r.sparsity, r.seed)):
         accuracy = r.final.get("accuracy", math.nan)
         table.rows.append([
@@ -152,7 +152,8 @@ padding:1em 1.5em;color:#1b1b1b;background:#fff}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{font-size:1.05em}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-variant-numeric:tabular-nums}
 th,td{border:1px solid #d0d0d0;padding:.25em .55em;text-align:right;vertical-align:top}
-th:first-child,td:first-child,td.text{text-align:left}
+th:first-child,td:first-child,.text{text-align:left}
+td:not(.text){white-space:nowrap}
 thead th{background:#f0f3f7;cursor:pointer;user-select:none;white-space:nowrap}
 thead th[aria-sort=ascending]::after{content:" \\25B2"}
 thead th[aria-sort=descending]::after{content:" \\25BC"}
@@ -296,8 +297,19 @@ RUNS_NOTE = (
 )
 
 
+TEXT = ' class="text"'
+"""The class of a cell (and its column's header) that holds names, not numbers."""
+
+
 def _table(table: Table, known: set[str], *, row_ids: bool = False) -> str:
-    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in table.headers)
+    text = [
+        any(isinstance(row[i].sort, str) for row in table.rows if i < len(row))
+        for i in range(len(table.headers))
+    ]
+    head = "".join(
+        f'<th scope="col"{TEXT if is_text else ""}>{esc(h)}</th>'
+        for h, is_text in zip(table.headers, text, strict=True)
+    )
     rows = []
     for row in table.rows:
         attr = f' id="row-{esc(row[0].runs[0])}"' if row_ids and row[0].runs else ""
@@ -316,7 +328,7 @@ def _table(table: Table, known: set[str], *, row_ids: bool = False) -> str:
 
 def _cell(entry: Entry, known: set[str], as_link: bool) -> str:
     sort = "" if entry.sort is None else esc(_sort_key(entry.sort))
-    kind = ' class="text"' if isinstance(entry.sort, str) else ""  # names read left-aligned, numbers right
+    kind = TEXT if isinstance(entry.sort, str) else ""  # names read left-aligned, numbers right
     runs = [h for h in entry.runs if h in known]
     if as_link and len(runs) == 1:
         link = f'<a href="#{esc(run_anchor(runs[0]))}"><code>{esc(entry.text)}</code></a>'
