@@ -8,13 +8,19 @@ from secateurs.eval.isometry import jacobian_singular_values, jsv_stats, orthogo
 from secateurs.eval.latency import cpu_latency
 from secateurs.eval.macs import CostReport, LayerCost, count_costs
 from secateurs.eval.metrics import evaluate, parameter_counts
-from secateurs.eval.potential import excess_error, prune_potential
+from secateurs.eval.potential import (
+    PotentialInterval,
+    excess_error,
+    prune_potential,
+    prune_potential_interval,
+)
 from secateurs.eval.shift import CORRUPTIONS, ShiftSpec, corrupt_splits, default_shifts, shifted_test_split
 
 __all__ = [
     "CORRUPTIONS",
     "CostReport",
     "LayerCost",
+    "PotentialInterval",
     "ShiftSpec",
     "agreement",
     "beyond_accuracy",
@@ -33,5 +39,6 @@ __all__ = [
     "per_class_drop",
     "predict",
     "prune_potential",
+    "prune_potential_interval",
     "shifted_test_split",
 ]
