@@ -142,26 +142,44 @@ def test_the_page_fetches_nothing(page: Path) -> None:
     images = [a for tag, a in parsed.elements if tag == "img"]
     assert len(images) == len(figure_files(page.with_name("report.md"))) >= 4
     assert all(a["src"].startswith("data:image/svg+xml;base64,") for a in images)  # write_report drew SVGs
+    policy = next(
+        a["content"] for tag, a in parsed.elements if a.get("http-equiv") == "Content-Security-Policy"
+    )
+    assert "default-src 'none'" in policy and "img-src data:" in policy
 
 
-def test_each_figure_sits_in_its_section(page: Path) -> None:
-    parsed = Parsed(page.read_text(encoding="utf-8"))
+def copy_report(page: Path, to: Path) -> Path:
+    """report.md and its figures, copied from the module's report (drawing them again is slow)."""
+    shutil.copytree(page.parent, to, dirs_exist_ok=True)
+    return to / "report.md"
+
+
+def figure_sections(text: str) -> dict[str, str | None]:
+    """Each figure (by its alt text) and the id of the <h2> section it is shown in."""
     section, where = None, {}
-    for tag, attrs in parsed.elements:
+    for tag, attrs in Parsed(text).elements:
         if tag == "h2":
             section = attrs.get("id")
         elif tag == "img":
             where[attrs["alt"]] = section
-    assert where == {
+    return where
+
+
+def test_each_figure_sits_in_its_section(root: Path, page: Path, tmp_path: Path) -> None:
+    assert figure_sections(page.read_text(encoding="utf-8")) == {
         "accuracy_vs_remaining": "accuracy",
         "sanity_checks": "sanity",
         "layer_sparsity": "collapse",
         "ticket_curves": "levels",
     }
-    policy = next(
-        a["content"] for tag, a in parsed.elements if a.get("http-equiv") == "Content-Security-Policy"
+    markdown = copy_report(page, tmp_path)  # a figure the page does not know goes to "Other figures"
+    shutil.copy(tmp_path / "layer_sparsity.svg", tmp_path / "new_kind.svg")
+    markdown.write_text(
+        markdown.read_text(encoding="utf-8") + "![new_kind](new_kind.svg)\n", encoding="utf-8"
     )
-    assert "default-src 'none'" in policy and "img-src data:" in policy
+    text = write_html_report(root, markdown).read_text(encoding="utf-8")
+    assert figure_sections(text)["new_kind"] == "figures"
+    assert '<a href="#figures">Other figures</a>' in text
 
 
 def test_user_text_is_escaped(page: Path) -> None:
@@ -193,12 +211,6 @@ NOTES = """## Findings
 
 ![a figure](http://example.com/x.png) and <https://example.org/a>
 """
-
-
-def copy_report(page: Path, to: Path) -> Path:
-    """report.md and its figures, copied from the module's report (drawing them again is slow)."""
-    shutil.copytree(page.parent, to, dirs_exist_ok=True)
-    return to / "report.md"
 
 
 def test_notes_are_rendered_without_markup_or_links(root: Path, page: Path, tmp_path: Path) -> None:
