@@ -39,6 +39,33 @@ def convnet(seed: int = 0) -> nn.Sequential:
     return model
 
 
+class ResidualNet(nn.Module):
+    """A stem (Conv-BN-ReLU, 8 channels), one residual block (Conv-BN-ReLU to 6, Conv-BN back to 8,
+    added to the stem's output), global average pool, Linear: the stem's channels and the block's
+    second conv's form one residual stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.branch = nn.Sequential(
+            nn.Conv2d(8, 6, 3, padding=1),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.stem(x)
+        return self.head(torch.relu(a + self.branch(a)))
+
+
+def residual_net(seed: int = 0) -> ResidualNet:
+    torch.manual_seed(seed)
+    return ResidualNet()
+
+
 def image_batches(n: int, seed: int = 0, size: int = 16) -> list[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [
