@@ -111,6 +111,18 @@ def _probe(address: str) -> None:
         ) from None
 
 
+def _check_store(ray: Any, store: str | None) -> None:
+    """A Ray cluster of several machines needs a server store: each node would otherwise write a
+    SQLite file of its own at the root's path, and the runs would be lost to the sweep."""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    if store is None and len(nodes) > 1:
+        raise ConfigError(
+            f"the Ray cluster has {len(nodes)} machines, which cannot share ROOT/results.db (SQLite)",
+            fix="record into a server store every node reaches: --store postgresql://USER@HOST/DB "
+            "(the run directories stay under --root, best on a shared filesystem)",
+        )
+
+
 @BACKENDS.register("ray", "each run a Ray task, on a local instance or the cluster at --address")
 @dataclass
 class RayBackend(SweepBackend):
@@ -131,7 +143,7 @@ class RayBackend(SweepBackend):
             _at_least("mem_gb", self.mem_gb, 0.001)
 
     @contextmanager
-    def session(self) -> Iterator[Dispatch]:
+    def session(self, store: str | None = None) -> Iterator[Dispatch]:
         """Connect (or start a local instance) before anything is written; disconnect at the end.
 
         A Ray session the caller opened already (`ray.init` in their code) is used as it is and
@@ -141,6 +153,7 @@ class RayBackend(SweepBackend):
         if self.address not in (None, "local", "auto"):
             _probe(self.address)
         if ray.is_initialized():
+            _check_store(ray, store)
             yield self.dispatch
             return
         try:
@@ -152,6 +165,7 @@ class RayBackend(SweepBackend):
                 fix="start a cluster with `ray start --head` and pass its address with --address",
             ) from None
         try:
+            _check_store(ray, store)
             yield self.dispatch
         finally:
             ray.shutdown()
@@ -270,7 +284,7 @@ class SlurmBackend(SweepBackend):
             )
 
     @contextmanager
-    def session(self) -> Iterator[Dispatch]:
+    def session(self, store: str | None = None) -> Iterator[Dispatch]:
         """Check that submitit and (for Slurm) its commands are here before anything is written."""
         _import("submitit", "slurm", "slurm")
         missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]

@@ -277,11 +277,11 @@ it waited for all)."""
 
 
 class SweepBackend:
-    """Where a sweep's runs execute. `session()` is entered before the store is touched, so a
-    backend that cannot start (a library missing, a cluster that does not answer) writes nothing;
-    it yields the `Dispatch` that runs the points."""
+    """Where a sweep's runs execute. `session(store)` is entered before the store is touched, so a
+    backend that cannot start (a library missing, a cluster that does not answer, or one the store
+    cannot serve) writes nothing; it yields the `Dispatch` that runs the points."""
 
-    def session(self) -> AbstractContextManager[Dispatch]:
+    def session(self, store: str | None = None) -> AbstractContextManager[Dispatch]:
         raise NotImplementedError
 
 
@@ -301,7 +301,7 @@ class LocalBackend(SweepBackend):
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
 
     @contextmanager
-    def session(self) -> Iterator[Dispatch]:
+    def session(self, store: str | None = None) -> Iterator[Dispatch]:
         yield self.dispatch
 
     def dispatch(self, points: list[SweepPoint], root: str, record: Record, store: str | None = None) -> None:
@@ -352,7 +352,7 @@ def run_sweep(
     """
     runner = make_backend(backend, workers=workers, options=options)
     summary = SweepSummary()
-    with runner.session() as dispatch:
+    with runner.session(store) as dispatch:
         with store_at(root, store) as db:
             db.add_runs([(p.hash, p.name, recipe_config(p.recipe)) for p in points])
         with _progress_bar(progress, len(points)) as advance:
