@@ -42,6 +42,7 @@ trainability-preserving and merging penalties):
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
@@ -76,6 +77,7 @@ class GroupSite:
     ids: Tensor  # int64, on the parameter's device; the value num_groups means "in no group"
     shape: tuple[int, ...]  # the parameter's
     role: str = "element"  # "producer", "consumer", "passive" (channel sites) or "element"
+    offset: int | None = None  # set when entry i (row-major) is group offset + i: slices, not gathers
 
     def per_index(self, values: Tensor) -> Tensor:
         """`values` (the parameter's shape) summed over every dim but `dim` (a channel site)."""
@@ -95,6 +97,8 @@ class PenaltyGroups:
             raise ConfigError("the structure's groups have no parameter entries to penalise")
         self.device = sites[0].ids.device
         self._counts: Tensor | None = None
+        self.unit_sizes = torch.bincount(unit_of, minlength=len(units)).tolist()  # groups are unit by unit
+        self._spread: dict[int, tuple[Any, int, Tensor]] = {}  # site → (values' weakref, version, spread)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -134,7 +138,11 @@ class PenaltyGroups:
                     f"structure {layout.structure.name!r} does not expand group ids over {unit.name!r}",
                     fix="its expand() must move values (reshape, repeat), not compute on them",
                 )
-            out.append(GroupSite(unit.name, None, expanded.contiguous(), tuple(p.shape)))
+            plain = count == p.numel() and torch.equal(expanded.reshape(-1), ids)  # unstructured
+            site = GroupSite(
+                unit.name, None, expanded.contiguous(), tuple(p.shape), offset=offset if plain else None
+            )
+            out.append(site)
             offset += count
         return out
 
@@ -163,7 +171,9 @@ class PenaltyGroups:
     # -- statistics ------------------------------------------------------------------------------
     def _scatter(self, site: GroupSite, values: Tensor, out: Tensor) -> None:
         """Add `values` (the site parameter's shape) into `out` (one slot per group, then "none")."""
-        if site.dim is None:
+        if site.offset is not None:
+            out[site.offset : site.offset + values.numel()] += values.reshape(-1)
+        elif site.dim is None:
             out.index_add_(0, site.ids.reshape(-1), values.reshape(-1))
         else:
             out.index_add_(0, site.ids, site.per_index(values))
@@ -206,7 +216,20 @@ class PenaltyGroups:
         return kept[:-1] == 0
 
     def spread(self, values: Tensor, site: GroupSite) -> Tensor:
-        """Per-group `values` laid over `site`'s parameter (0 for entries in no group)."""
+        """Per-group `values` laid over `site`'s parameter (0 for entries in no group). The result
+        for the same (unchanged) `values` tensor is kept: coefficients change only at updates, and
+        laying them over a large parameter at every step would cost as much as the step itself."""
+        key = id(site)
+        cached = self._spread.get(key)
+        if cached is not None and cached[0]() is values and cached[1] == values._version:
+            return cached[2]
+        laid = self._lay(values, site)
+        self._spread[key] = (weakref.ref(values), values._version, laid)
+        return laid
+
+    def _lay(self, values: Tensor, site: GroupSite) -> Tensor:
+        if site.offset is not None:
+            return values[site.offset : site.offset + math.prod(site.shape)].reshape(site.shape)
         padded = torch.cat([values, values.new_zeros(1)])
         picked = padded[site.ids]
         if site.dim is None:
@@ -217,10 +240,9 @@ class PenaltyGroups:
 
     def per_unit_mean(self, values: Tensor, which: Tensor) -> Tensor:
         """Per unit, the mean of `values` over its groups where `which` (NaN for none)."""
-        units = len(self.units)
         weight = which.float()
-        total = torch.zeros(units, device=self.device).index_add_(0, self.unit_of, values.float() * weight)
-        count = torch.zeros(units, device=self.device).index_add_(0, self.unit_of, weight)
+        total = torch.stack([part.sum() for part in (values.float() * weight).split(self.unit_sizes)])
+        count = torch.stack([part.sum() for part in weight.split(self.unit_sizes)])
         return total / count  # 0/0 = NaN: no such group in the unit
 
 
@@ -378,6 +400,7 @@ class RegularizedPruning(Callback):
         self.ratio: Tensor | None = None  # per unit: smoothed kept/pruned magnitude ratio
         self.records: list[ScheduleRecord] = []
         self._restored: dict[str, Any] | None = None
+        self.live = torch.zeros(0, dtype=torch.bool)  # per group: not removed before this stage
 
     # -- hooks for subclasses ----------------------------------------------------------------
     def start(self, state: TrainState) -> None:
@@ -409,7 +432,7 @@ class RegularizedPruning(Callback):
         (r ← m·r + (1 − m)·ratio; the first value is taken as it is); inf for a unit picking none."""
         assert self.groups is not None and self.picked is not None
         w = self.groups.mean_abs(self.params)
-        live = ~self.groups.removed(masks_of(self.model))
+        live = self.live
         kept = self.groups.per_unit_mean(w, live & ~self.picked)
         pruned = self.groups.per_unit_mean(w, live & self.picked)
         ratio = torch.where(torch.isnan(pruned), math.inf, kept / pruned)
@@ -441,6 +464,7 @@ class RegularizedPruning(Callback):
     def on_train_start(self, state: TrainState) -> None:
         self.model = state.model
         self.groups = PenaltyGroups.from_layout(self._layout(), state.model, self.spec.sites)
+        self.live = ~self.groups.removed(masks_of(state.model))  # fixed until this schedule prunes
         if self._restored is not None:
             self._load(self._restored)
             return
