@@ -273,8 +273,9 @@ def test_report_command_writes_the_page_only_with_html(root: Path, tmp_path: Pat
 BROWSER = find_browser()
 needs_browser = pytest.mark.skipif(
     BROWSER is None,
-    reason="no Chromium or Chrome binary on PATH (Debian: apt-get install chromium), "
-    "nor one named by SECATEURS_CHROMIUM",
+    reason=f"SECATEURS_CHROMIUM={os.environ['SECATEURS_CHROMIUM']!r} is no browser binary"
+    if os.environ.get("SECATEURS_CHROMIUM")
+    else "no Chromium or Chrome binary on PATH (Debian: apt-get install chromium)",
 )
 
 
