@@ -343,6 +343,7 @@ def instant_demo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(demo, "load_dataset", lambda name: data)
     monkeypatch.setattr(demo, "run_recipe", lambda recipe, data: SimpleNamespace(model=model))
     monkeypatch.setattr(demo, "QUICK_SPARSITIES", [0.5, 0.9])
+    monkeypatch.setattr(demo, "plot_accuracy_vs_sparsity", lambda rows, path: path)
 
 
 @pytest.mark.parametrize("width", [WIDTH, 60])
@@ -362,6 +363,7 @@ def test_the_demo_command_prints_every_method_on_one_line_with_a_legend(
         assert {short: squash(keys[short]) for short in DEMO_SHORT.values()} == {
             short: squash(label) for label, short in DEMO_SHORT.items()
         }
+        return
     wide = invoke("demo", "--quick", "--out", str(tmp_path / "w"), "--wide").stdout
     assert not legend(wide)
     for label, _, _ in DEMO_METHODS:
@@ -370,7 +372,12 @@ def test_the_demo_command_prints_every_method_on_one_line_with_a_legend(
     assert [row["method"] for row in found] == methods
 
 
-def test_report_wide_and_json_hold_every_name(root: Path, tmp_path: Path) -> None:
+def test_report_wide_and_json_hold_every_name(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import secateurs.results.report as report_module
+
+    monkeypatch.setattr(report_module, "report_figures", lambda runs: {})  # tables only: fast
     wide = invoke("report", "--root", str(root), "--out", str(tmp_path / "w"), "--wide").stdout
     header, rows = table_rows(wide, "method ")
     assert header[:4] == ["method", DENSE_COLUMN, "50 %", "90 %"]  # one table, nothing shortened
@@ -384,20 +391,17 @@ def test_report_wide_and_json_hold_every_name(root: Path, tmp_path: Path) -> Non
     assert all(len(row) == len(t["columns"]) for t in found["tables"] for row in t["rows"])
 
 
-def test_report_and_runs_read_in_a_real_80_column_terminal(root: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": str(WIDTH)}
-    for args in (["report", "--out", str(tmp_path / "r")], ["runs"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "secateurs", *args, "--root", str(root)],
-            capture_output=True, text=True, env=env, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        assert_fits(done.stdout)
-        header, rows = table_rows(done.stdout, "method " if args[0] == "report" else "hash")
-        assert all(len(row) == len(header) for row in rows)
-        column = header.index("method" if args[0] == "report" else "name")
-        names = set(named(legend(done.stdout), [row[column] for row in rows]))
-        assert {squash(n) for n in LONG_NAMES.values()} <= names
+def test_runs_reads_in_a_real_80_column_terminal(root: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "secateurs", "runs", "--root", str(root)],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": str(WIDTH)}, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert_fits(done.stdout)
+    header, rows = table_rows(done.stdout, "hash")
+    assert all(len(row) == len(header) for row in rows)  # each run on one line
+    names = set(named(legend(done.stdout), [row[header.index("name")] for row in rows]))
+    assert names == {squash(n) for n in LONG_NAMES.values()}
 
 
 # -- run tables (run, demo) ---------------------------------------------------------------------
