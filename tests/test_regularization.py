@@ -20,7 +20,7 @@ from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.front import cli
 from secateurs.methods.layers import LayerSelection, select_parameters
-from secateurs.methods.pruning import compute_masks
+from secateurs.methods.pruning import compute_masks, score_groups
 from secateurs.methods.structures import LayoutContext, build_structure
 from secateurs.methods.training import TRAINING
 from secateurs.methods.training.regularization import PENALTIES, PenaltyGroups, RegularizedPruning
@@ -125,6 +125,38 @@ def test_channel_groups_penalise_filters_or_every_tensor_of_the_group() -> None:
     assert torch.allclose(g["2.weight"], (c / norms)[None, :] * w2)
     assert torch.allclose(every.counts(), torch.tensor([4.0 + 1 + 2, 4.0 + 1 + 2]))
     assert torch.allclose(filters.mean_abs(dict(model.named_parameters())), torch.tensor([2.0, 1.0]))
+
+
+def small_convnet() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+@pytest.mark.parametrize(
+    ("structure", "options"),
+    [("unstructured", {}), ("nm", {"n": 2, "m": 4}), ("block", {"bh": 2, "bw": 4}), ("channel", {})],
+)
+def test_penalty_group_g_is_the_group_the_structure_scores_at_position_g(
+    structure: str, options: dict[str, Any]
+) -> None:
+    model = small_convnet()
+    layout, scores = score_groups(
+        model, criterion="magnitude", structure=structure, structure_options=options, input_shape=(4, 6, 6)
+    )
+    groups = PenaltyGroups.from_layout(layout, model, "producers")
+    expected = torch.cat([scores[u.name] for u in layout.units]).float()  # Σ|w| per group, layout order
+    assert groups.num_groups == expected.numel() and groups.units == [u.name for u in layout.units]
+    assert torch.allclose(groups.group_sum(dict(model.named_parameters()), torch.abs).detach(), expected)
 
 
 # -- schedules, driven step by step ----------------------------------------------------------------
