@@ -74,7 +74,7 @@ def image_batches(n: int, seed: int = 0, size: int = 16) -> list[tuple[Tensor, T
 
 
 def schedule_of(
-    kind: str, model: nn.Module, sparsity: float = 0.5, shape: tuple[int, ...] = SHAPE, **options: Any
+    kind: str, model: nn.Module, sparsity: float = 0.5, shape: tuple[int, ...] | None = SHAPE, **options: Any
 ) -> RegularizedPruning:
     """The `RegularizedPruning` of method `kind` over `model`, picking as a prune stage would."""
     spec = TRAINING.get(kind).schema(**options)
@@ -95,6 +95,7 @@ def schedule_of(
     def layout() -> Any:
         names = select_parameters(model, selection)
         structure = build_structure(spec.structure, **spec.structure_options)
-        return structure.layout(LayoutContext(model, names, selection, torch.zeros(2, *shape)))
+        example = torch.zeros(2, *shape) if shape is not None else None  # transformers need none
+        return structure.layout(LayoutContext(model, names, selection, example))
 
     return TRAINING.get(kind).schedule(spec, pick, layout, sparsity)

@@ -244,3 +244,42 @@ def test_tpp_without_a_sparsity_or_with_nothing_to_prune_is_refused() -> None:
     reg = schedule_of("tpp", model, sparsity=0.0, shape=(4,), jsv_samples=0)
     with pytest.raises(ConfigError, match="removes no groups"):
         Loop(model, reg).start()
+
+
+def test_tpp_on_transformer_heads_decorrelates_the_pruned_heads_projection_rows() -> None:
+    pytest.importorskip("transformers")
+    from test_llm_structured import IDS, llama
+
+    model = llama().train()
+    reg = schedule_of(
+        "tpp", model, shape=None, structure="heads", jsv_samples=0, delta=0.5, interval=1, stabilize=1
+    )
+    assert isinstance(reg, TrainabilityPreserving)
+    loop = Loop(model, reg)
+    loop.start()
+    filters = {rows.name: rows.pruned for rows in reg.filters}
+    q, k = (
+        filters["model.layers.0.self_attn.q_proj.weight"],
+        filters["model.layers.0.self_attn.k_proj.weight"],
+    )
+    assert (int(q.sum()), int(k.sum())) == (
+        32,
+        16,
+    )  # half of 4 query heads of 16 rows, 1 of 2 key/value heads
+    assert torch.equal(q.reshape(4, 16).all(1) | ~q.reshape(4, 16).any(1), torch.ones(4, dtype=torch.bool))
+    for _ in range(3):  # a causal-LM step: next-token loss on the ids
+        loop.state.optimizer.zero_grad()
+        logits = model(input_ids=IDS).logits
+        nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), IDS[:, 1:].reshape(-1)
+        ).backward()
+        reg.on_backward(loop.state)
+        loop.state.optimizer.step()
+        loop.state.step += 1
+        reg.on_step_end(loop.state)
+    assert (
+        reg.phase == "pruned"
+        and reg.summary()["gram_penalty_regularized"] < reg.summary()["gram_penalty_start"]
+    )
+    masks = masks_of(model)
+    assert masks is not None and not bool(masks["model.layers.0.self_attn.q_proj.weight"][q].any())
