@@ -203,6 +203,11 @@ def report(setup: dict[str, Any], done: dict[str, Any], stem: str, quick: bool) 
     for k, v in done.items():
         if k.startswith("random"):
             random.setdefault(int(k.rsplit("=", 1)[1]), Cell()).values.append(v["records"][-1]["accuracy"])
+    if not tickets and 0 in random:  # --baselines: round 0 of the random runs is the dense network
+        dense = random.pop(0)
+        dense_best = Cell(
+            [v["records"][-1]["best_accuracy"] for k, v in done.items() if k.endswith(" round=0")]
+        )
     by_round = {setup["rounds"][p.level - 1]: p for p in curves.get("ticket", [])}
     best_by_round = {setup["rounds"][p.level - 1]: p for p in best.get("ticket", [])}
     train = setup["train"]
@@ -214,8 +219,8 @@ def report(setup: dict[str, Any], done: dict[str, Any], stem: str, quick: bool) 
         f"{train['iterations']} steps per round in the natural data order, test accuracy every "
         f"{train['eval_every']} steps; each round prunes every layer (weights and bias together, by "
         "magnitude, count truncated) to sparsity i/99 and rewinds to the initialisation; random: a fresh "
-        f"random mask of that sparsity on the init. Rounds {setup['rounds'][0]}-{setup['rounds'][-1]}"
-        f" ({len(setup['rounds'])} rounds{_gap_text(setup['rounds'])}), {len(tickets)} seed(s). "
+        f"random mask of that sparsity on the init. {_rounds_text(setup['rounds'])}, "
+        f"{len({k.split()[1] for k in done})} seed(s). "
         + (
             "**--quick budget: coarse rounds and short training; not comparable to the paper.**"
             if quick
@@ -254,6 +259,12 @@ def report(setup: dict[str, Any], done: dict[str, Any], stem: str, quick: bool) 
     if curves:
         title = "MNIST-1D paper's protocol (MLP 500-500, skip)"
         plot_ticket_curves({title: curves}, RESULTS / f"{stem}.png", dense={title: dense})
+
+
+def _rounds_text(rounds: list[int]) -> str:
+    if not rounds:
+        return "No tickets (--baselines): dense (round 0) and random masks only"
+    return f"Rounds {rounds[0]}-{rounds[-1]} ({len(rounds)} rounds{_gap_text(rounds)})"
 
 
 def _gap_text(rounds: list[int]) -> str:
@@ -306,22 +317,31 @@ def coarse(every: int) -> dict[str, Any]:
     return {**SETUP, "rounds": list(range(94 % every or every, 96, every))}
 
 
+def options(parser: Any) -> None:
+    parser.add_argument("--every", type=int, default=1, help="run every N-th round only (N=1: the paper's)")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="no tickets: only dense (round 0) and random masks at 80 and 90 %%, the cheap half of the check",
+    )
+
+
 def main() -> None:
     args = benchmark_args(
         __doc__,
         "one seed, 4 coarse rounds of 150 steps",
-        lambda p: p.add_argument(
-            "--every", type=int, default=1, help="run every N-th round only (N=1: the paper's schedule)"
-        ),
+        options,
     )
     setup, stem = (SETUP, STEM) if args.every == 1 else (coarse(args.every), f"{STEM}_every{args.every}")
     if args.quick:
         setup, stem = {**SETUP, **QUICK}, f"{STEM}_quick"
+    if args.baselines:
+        setup, stem = {**setup, "rounds": [], "random_rounds": [0, 79, 89]}, f"{stem}_baselines"
     store = RESULTS / f"{stem}_runs.json"
     if args.fresh:
         shutil.rmtree(workdir({"kind": "ticket", "seed": 0, "setup": setup}).parent, ignore_errors=True)
     done = {k: v for k, v in load_done(store, fresh=args.fresh).items() if v.get("setup") == setup}
-    jobs = [{"kind": "ticket", "seed": s, "setup": setup} for s in setup["seeds"]]
+    jobs = [{"kind": "ticket", "seed": s, "setup": setup} for s in setup["seeds"] if setup["rounds"]]
     jobs += [
         {"kind": "random", "seed": s, "round": r, "setup": setup}
         for s in setup["seeds"]
