@@ -14,7 +14,9 @@ trainability-preserving and merging penalties):
   parameter of the group: filters, columns, biases, BatchNorm scale and shift). Per-group
   statistics: `group_sum(params, fn)`, `counts()`, `mean_abs`, `sq_norms`; `removed(masks)` says
   which groups a mask set removes; `spread(values, site)` broadcasts per-group values over a
-  site's parameter. Every tensor stays on the parameters' device (no CPU assumption).
+  site's parameter (kept until the values tensor is replaced or changed in place, so a penalty
+  pays for it once per update, not per step). Every tensor stays on the parameters' device (no
+  CPU assumption).
 - `Penalty` (registry `PENALTIES`: `l1`, `l2`, `group_lasso`): with a coefficient c_g per group,
   `value` is Σ_g c_g·P(w_g) and `add_gradient` adds ∂/∂w of it to every parameter's `.grad`
   (the way ADMM and slimming add their closed-form penalties, after backward). L2 is ½c‖w‖²
@@ -24,7 +26,9 @@ trainability-preserving and merging penalties):
 - `RegularizedPruning`: the schedule skeleton, a training-loop `Callback`. It builds the groups
   at the start of training and calls `start(state)`; every `interval` optimizer steps (and once
   at the start) `update(step)`, where a subclass sets `self.coefficients` (one per group) and
-  calls `self.finish(step)` when its stopping rule holds; `stabilize` steps later (coefficients
+  calls `self.finish(step, why)` when its stopping rule holds (`magnitude_ratio(momentum)`:
+  GReg's smoothed kept/pruned ratio per unit, over the groups `self.live` at the stage's start);
+  `stabilize` steps later (coefficients
   held) it prunes: `self.masks` (the picked set's masks, from `pick()`, which runs the prune
   step the config describes: criterion × allocation × structure at the stage's sparsity) are
   installed, the pruned weights become exactly 0, and the rest of the stage finetunes with the
