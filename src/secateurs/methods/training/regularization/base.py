@@ -28,11 +28,10 @@ trainability-preserving and merging penalties):
   at the start) `update(step)`, where a subclass sets `self.coefficients` (one per group) and
   calls `self.finish(step, why)` when its stopping rule holds (`magnitude_ratio(momentum)`:
   GReg's smoothed kept/pruned ratio per unit, over the groups `self.live` at the stage's start);
-  `stabilize` steps later (coefficients
-  held) it prunes: `self.masks` (the picked set's masks, from `pick()`, which runs the prune
-  step the config describes: criterion × allocation × structure at the stage's sparsity) are
-  installed, the pruned weights become exactly 0, and the rest of the stage finetunes with the
-  mask. A stage that ends first prunes at its end (recorded as `stopped: budget`).
+  `stabilize` steps later (coefficients held) it prunes: `self.masks` (the picked set's masks,
+  from `pick()`, which runs the prune step the config describes: criterion × allocation ×
+  structure at the stage's sparsity) are installed, the pruned weights become exactly 0, and
+  the rest of the stage finetunes with the mask. A stage that ends first prunes at its end (recorded as `stopped: budget`).
   `penalty_step(state)` applies the penalty after each backward (override it to add another).
   `state_dict()` / `load_state_dict()` hold the whole schedule (coefficients, picked groups,
   masks, counters, ratio history, phase) as plain tensors and numbers; the training-time method
