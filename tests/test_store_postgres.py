@@ -432,3 +432,20 @@ def test_reading_an_empty_database_creates_nothing_and_a_reader_cannot_write(
     with open_store(pg_url, create=False) as reader:
         assert [r.hash for r in reader.list_runs()] == ["abc"]
     assert isinstance(StoreError("x"), SecateursError)
+
+
+def test_shards_with_a_server_store_may_keep_their_run_directories_on_nfs(
+    folder: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal is of SQLite on a network filesystem: a shared root is what a server store wants."""
+    import secateurs.results.netfs as netfs
+
+    mounts = folder / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {folder.resolve()} nfs4 rw 0 0\n")
+    monkeypatch.setattr(netfs, "MOUNTS", mounts)
+    path = write_sweep(folder, seeds=[0, 1])
+    refused = invoke("sweep", str(path), "--root", str(folder / "r"), "--shard", "1/2")
+    assert_one_error(refused, "is on a network filesystem (nfs4)")
+    result = invoke("sweep", str(path), "--root", str(folder / "r"), "--shard", "1/2", "--store", pg_url)
+    assert result.exit_code == 0, result.output
+    assert "1 finished, 0 skipped, 0 failed" in result.stdout

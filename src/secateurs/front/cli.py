@@ -574,7 +574,10 @@ def sweep(
     ]  # fmt: skip
     line = f"sweep {config.name}: {summary.line()} (results in {root})"
     if summary.submitted:
-        line += f"; `secateurs runs --root {root}` shows how far it got"
+        from secateurs.results.postgres import display
+
+        where = f"--root {root}" + (f" --store {display(store)}" if store else "")
+        line += f"; `secateurs runs {where}` shows how far it got"
     if json_:
         extra = {"submitted": summary.submitted} if summary.submitted else {}
         print_json(console, {"sweep": config.name, "root": str(root), "runs": outcomes, **extra})

@@ -18,6 +18,12 @@ Schema versions: 2 added `metrics.control`, the control experiment (e.g. "reinit
 belongs to, NULL for the run's own events. A version-1 database is read as it is (no controls)
 and migrated only when a control event is first written to it, so processes of the older
 version working on it meanwhile are not refused.
+
+The queries live in `ResultsStore`, written once for every backend; a backend supplies its
+dialect (connection, transactions, catalogue queries, placeholders, error mapping): SQLite here
+(`ResultsDB`, the embedded default for the processes of one host) and PostgreSQL in
+`secateurs.results.postgres` (a store the hosts of a cluster share). `secateurs.results.store.
+open_store` opens either, from a path or a `postgresql://` URL.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ on another).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
@@ -202,8 +203,9 @@ class PostgresStore(ResultsStore):
         try:
             yield got
         finally:
-            if got:
-                self._read("SELECT pg_advisory_unlock(?)", (_lock_key(run),))
+            if got:  # a session that is gone has freed it already: its error must not hide the run's
+                with contextlib.suppress(SecateursError):
+                    self._read("SELECT pg_advisory_unlock(?)", (_lock_key(run),))
 
     def held(self, run: str) -> bool | None:
         """Whether a session holds the run's advisory lock (some host is training it now)."""
