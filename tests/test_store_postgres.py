@@ -449,3 +449,21 @@ def test_shards_with_a_server_store_may_keep_their_run_directories_on_nfs(
     result = invoke("sweep", str(path), "--root", str(folder / "r"), "--shard", "1/2", "--store", pg_url)
     assert result.exit_code == 0, result.output
     assert "1 finished, 0 skipped, 0 failed" in result.stdout
+
+
+def test_a_version_1_store_is_read_as_it_is_and_migrated_by_its_first_control_event(pg_url: str) -> None:
+    """Schema versioning as on SQLite: version 1 (no `metrics.control`) is read, then migrated once."""
+    with open_store(pg_url) as db:
+        db.add_runs([("abc", "a", {})])
+        db.add_metrics("abc", stage=1, kind="evaluate", level=None, step=None, metrics={"accuracy": 0.5})
+    sql(pg_url, "ALTER TABLE metrics DROP COLUMN control")
+    sql(pg_url, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with open_store(pg_url, create=False) as reader:
+        assert [(m.name, m.control) for m in reader.metrics("abc")] == [("accuracy", None)]
+    assert sql(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]  # read only
+    with open_store(pg_url) as db:
+        db.add_metrics("abc", stage=2, kind="evaluate", level=None, step=None, metrics={"accuracy": 0.1},
+                       control="reinit")  # fmt: skip
+        assert db.final_metrics("abc") == {"accuracy": 0.5}  # a control's event is not the run's result
+        assert [(m.stage, m.control) for m in db.metrics("abc")] == [(1, None), (2, "reinit")]
+    assert sql(pg_url, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
