@@ -210,3 +210,16 @@ def test_merge_refuses_what_it_cannot_merge_and_writes_nothing(folder: Path) -> 
     one_error(invoke("merge", str(folder / "m"), str(root), str(root)), "is named twice")
     one_error(invoke("merge", str(root / "inside"), str(root)), "overlaps the root")
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_merge_that_fails_while_copying_leaves_nothing_behind(folder: Path) -> None:
+    """A file that cannot be copied (a link to nothing) fails the merge after its store was
+    written: the temporary directory goes, and OUT never appears."""
+    one, two = folder / "host1", folder / "host2"
+    sweep(folder, one, "--shard", "1/2")
+    sweep(folder, two, "--shard", "2/2")
+    run_dirs = sorted((two / "runs").iterdir())
+    (run_dirs[0] / "broken").symlink_to(folder / "nowhere")
+    before = sorted(p.name for p in folder.iterdir())
+    one_error(invoke("merge", str(folder / "merged"), str(one), str(two)), "cannot write the merged root")
+    assert sorted(p.name for p in folder.iterdir()) == before
