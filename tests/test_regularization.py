@@ -253,9 +253,11 @@ def test_greg1_coefficient_after_k_updates_is_k_delta_capped_then_prunes_after_s
     )  # stays pruned while finetuning
 
 
-def test_greg1_stops_each_unit_when_its_smoothed_magnitude_ratio_passes_the_limit() -> None:
+@pytest.mark.parametrize("stop", ["each", "all"])
+def test_greg1_stops_growing_when_the_smoothed_magnitude_ratios_pass_the_limit(stop: str) -> None:
     model = mlp()
-    reg = schedule("greg1", model, delta=0.5, ceiling=100.0, interval=1, stabilize=1, ratio_limit=20.0)
+    options = {"delta": 0.5, "ceiling": 100.0, "interval": 1, "stabilize": 1, "ratio_limit": 20.0}
+    reg = schedule("greg1", model, stop=stop, **options)
     loop = Loop(model, reg, lr=0.2).start()
     assert reg.groups is not None and reg.picked is not None
     groups, picked = reg.groups, reg.picked
@@ -282,15 +284,13 @@ def test_greg1_stops_each_unit_when_its_smoothed_magnitude_ratio_passes_the_limi
     loop.after_step.append(check)
     loop.run(batches(60))
     assert reg.stopped == "ratio" and reg.finished_at is not None
-    stop_at = {}
-    for step, smoothed, grown in history:
-        for u in range(2):
-            if u not in stop_at and smoothed[u] >= 20.0:
-                stop_at[u] = step
-                assert int(grown[u]) == step + 1  # grew at every update up to and including this one
-    assert set(stop_at) == {0, 1} and reg.finished_at == max(stop_at.values())
-    for u in range(2):
-        assert int(reg.grown[u]) == stop_at[u] + 1  # no growth after its own stop
+    first = {u: next(step for step, smoothed, _ in history if smoothed[u] >= 20.0) for u in range(2)}
+    together = next(step for step, smoothed, _ in history if bool((smoothed >= 20.0).all()))
+    assert min(first.values()) < together  # one unit passed first: the two rules differ here
+    stops = first if stop == "each" else dict.fromkeys(range(2), together)
+    assert reg.finished_at == max(stops.values())
+    for u in range(2):  # grew at every update up to and including its stop, never after
+        assert int(reg.grown[u]) == stops[u] + 1
 
 
 def test_greg2_grows_a_uniform_penalty_and_picks_by_magnitude_at_the_picking_ceiling() -> None:

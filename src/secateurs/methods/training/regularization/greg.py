@@ -3,10 +3,12 @@
 GReg-1 (`greg1`). The prune step (L1 magnitude by default) picks the groups to remove at the
 start of the stage. Every `interval` steps (the first update at the start) the coefficient of the
 picked groups grows by `delta`: after k updates it is min(k·δ, ceiling). Per unit (a layer for
-channels, a parameter for element structures) growth stops when the unit's kept/pruned magnitude
-ratio — the mean over kept groups of mean |w_g| divided by that over picked groups, smoothed as
-r ← m·r + (1 − m)·ratio (m = `ratio_momentum`) — passes `ratio_limit`, or when its coefficient
-reaches `ceiling`. When every unit has stopped, the coefficients are held `stabilize` steps, then
+channels, a parameter for element structures) growth stops when its coefficient reaches
+`ceiling`, or by the magnitude ratio: the mean over kept groups of mean |w_g| divided by that
+over picked groups, smoothed as r ← m·r + (1 − m)·ratio (m = `ratio_momentum`), passing
+`ratio_limit` — with `stop: all` (GReg-1's default, the authors' rule) every unit stops once all
+units' ratios have passed it, with `stop: each` (GReg-2's, as the authors' GReg-2) a unit stops
+as soon as its own has. When every unit has stopped, the coefficients are held `stabilize` steps, then
 the picked set is pruned (its weights are near zero by then, so removing them costs little) and
 the rest of the stage finetunes with the mask.
 
@@ -19,13 +21,12 @@ then as GReg-1.
 
 Defaults are the authors' CIFAR settings (their code: update every 5 steps, δ = 1e-4, ceiling 1,
 ratio limit 1000 with momentum 0.9, 5000 stabilizing steps, picking δ = 1e-5 up to 1e-2, recover
-−1e-4); small runs take a larger δ. One departure: the authors' GReg-1 keeps growing every layer
-until all layers' ratios pass the limit; here each unit stops on its own rule (as their GReg-2).
+−1e-4); small runs take a larger δ.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -51,11 +52,19 @@ class GrowingSpec(RegularizationSpec):
         1000.0, gt=1, description="stop growing when the kept/pruned magnitude ratio passes this"
     )
     ratio_momentum: float = Field(0.9, ge=0, lt=1, description="smoothing of the magnitude ratio")
+    stop: Literal["all", "each"] = Field(
+        "all",
+        description="by the ratio, units stop together once all passed the limit (all) or each on its own",
+    )
 
 
 class GrowingPickSpec(GrowingSpec):
     """The `greg2` block of a train stage."""
 
+    stop: Literal["all", "each"] = Field(
+        "each",
+        description="by the ratio, units stop together once all passed the limit (all) or each on its own",
+    )
     pick_delta: float = Field(1e-5, gt=0, description="growth of the uniform coefficient per update")
     pick_ceiling: float = Field(
         1e-2, gt=0, description="pick the set when the uniform coefficient reaches this"
@@ -124,7 +133,10 @@ class GrowingRegularization(RegularizedPruning):
         self.coefficients = torch.where(self.picked, per_group, self.kept_coefficient())
         ratio = self.magnitude_ratio(spec.ratio_momentum).cpu()
         at_ceiling = values.cpu() >= spec.ceiling
-        self.active &= ~((ratio >= spec.ratio_limit) | at_ceiling)
+        passed = ratio >= spec.ratio_limit
+        if spec.stop == "all":
+            passed = passed.all().expand_as(passed)
+        self.active &= ~(passed | at_ceiling)
         if not bool(self.active.any()):
             self.finish(step, "ceiling" if bool(at_ceiling.any()) else "ratio")
 
