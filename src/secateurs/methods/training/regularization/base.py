@@ -31,7 +31,8 @@ trainability-preserving and merging penalties):
   `stabilize` steps later (coefficients held) it prunes: `self.masks` (the picked set's masks,
   from `pick()`, which runs the prune step the config describes: criterion × allocation ×
   structure at the stage's sparsity) are installed, the pruned weights become exactly 0, and
-  the rest of the stage finetunes with the mask. A stage that ends first prunes at its end (recorded as `stopped: budget`).
+  the rest of the stage finetunes with the mask. A stage that ends first prunes at its end
+  (recorded as `stopped: budget`).
   `penalty_step(state)` applies the penalty after each backward (override it to add another).
   `state_dict()` / `load_state_dict()` hold the whole schedule (coefficients, picked groups,
   masks, counters, ratio history, phase) as plain tensors and numbers; the training-time method
