@@ -256,6 +256,18 @@ def test_a_slurm_submission_asks_for_the_resources_given(
     assert "#SBATCH --mem=4GB\n" in text
     assert store_rows(root) == [("pending", 0)] * 3  # registered, for `runs` to follow
 
+    # a submission sbatch refuses is one error naming sbatch's reason, not a traceback
+    (bin_dir / "sbatch").write_text(
+        '#!/bin/sh\necho "sbatch: error: invalid partition specified: gpux" >&2\nexit 1\n'
+    )
+    result = invoke("sweep", str(path), "--root", str(root), *slurm, "--partition", "gpux", "--no-wait")
+    assert result.exit_code == 2, result.output
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith(
+        "error: Slurm refused the array job: sbatch: error: invalid partition specified: gpux"
+    )
+    assert "Traceback" not in result.stderr
+
 
 # -- options ----------------------------------------------------------------------------------
 BAD_OPTIONS = [

@@ -319,7 +319,19 @@ class SlurmBackend(SweepBackend):
         if self.partition is not None:
             parameters["slurm_partition"] = self.partition
         executor.update_parameters(**parameters)
-        jobs = executor.submit_array([ShardTask(shard, root, store, self.cpus_per_run) for shard in shards])
+        tasks = [ShardTask(shard, root, store, self.cpus_per_run) for shard in shards]
+        try:
+            jobs = executor.submit_array(tasks)
+        except (
+            submitit.core.utils.FailedJobError,
+            submitit.core.utils.FailedSubmissionError,
+            OSError,
+        ) as err:
+            raise ConfigError(
+                f"Slurm refused the array job: {_last_line(err)}",
+                fix="check --partition, --time-min and the resources per run against `sinfo` "
+                "(the runs stay pending in the store)",
+            ) from None
         ids = sorted({job.job_id.split("_")[0] for job in jobs})
         log.info(
             "submitted %d array tasks as job %s (logs in %s)", len(jobs), ", ".join(ids), executor.folder
