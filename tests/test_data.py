@@ -360,6 +360,28 @@ def test_mnist1d_cache_is_reused_bit_for_bit(
     _assert_same(load_dataset("mnist1d"), original)
 
 
+def test_mnist1d_extra_test_appends_fresh_samples_and_keeps_the_rest(
+    real_mnist1d: tuple[DataSplits, Path], _isolated_cache: Path
+) -> None:
+    original, cache_file = real_mnist1d
+    _isolated_cache.mkdir()
+    shutil.copy(cache_file, _isolated_cache / cache_file.name)
+    more = load_dataset("mnist1d", extra_test=30)
+    assert more.info == DatasetInfo("mnist1d", (40,), 10, 4000, 1030)
+    assert torch.equal(more.train_x, original.train_x) and torch.equal(more.train_y, original.train_y)
+    assert torch.equal(more.test_x[:1000], original.test_x) and torch.equal(
+        more.test_y[:1000], original.test_y
+    )
+    fresh = more.test_x[1000:]
+    assert more.test_y[1000:].bincount().tolist() == [3] * 10  # the generator makes each class alike
+    assert torch.cdist(fresh, torch.cat([original.train_x, original.test_x])).min() > 0.1  # new samples
+    assert abs(fresh.mean().item()) < 1e-4 and abs(fresh.std().item() - 1) < 0.05  # standardised alike
+    _assert_same(load_dataset("mnist1d", extra_test=30), more)  # cached: the same samples again
+    for bad in (-10, 15, True, "100"):
+        with pytest.raises(ConfigError, match=r"extra_test=.* is invalid.*multiple of 10"):
+            load_dataset("mnist1d", extra_test=bad)
+
+
 class FakeMaker:
     """Stands in for mnist1d's slow generator; reseeds the global RNGs like the real one."""
 
