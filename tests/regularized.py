@@ -95,7 +95,28 @@ def schedule_of(
     def layout() -> Any:
         names = select_parameters(model, selection)
         structure = build_structure(spec.structure, **spec.structure_options)
-        example = torch.zeros(2, *shape) if shape is not None else None  # transformers need none
+        device = next(model.parameters()).device
+        example = torch.zeros(2, *shape, device=device) if shape is not None else None  # transformers: none
         return structure.layout(LayoutContext(model, names, selection, example))
 
     return TRAINING.get(kind).schedule(spec, pick, layout, sparsity)
+
+
+def bn_lenet_recipe(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A tiny BN LeNet-5 on synthetic images: train, train with the `method` block, train, evaluate."""
+    return {
+        "name": f"tiny-{method}",
+        "data": {
+            "name": "synthetic",
+            "options": {"input_shape": [1, 16, 16], "num_classes": 3, "num_train": 64, "num_test": 32},
+        },
+        "model": {"name": "lenet5", "options": {"width": 0.5, "batchnorm": True}},
+        "sparsity": 0.5,
+        "train": {"iterations": 10, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
+        "stages": [
+            {"train": {}},
+            {"train": {method: options}},
+            {"train": {}},
+            {"evaluate": {"label": "end"}},
+        ],
+    }

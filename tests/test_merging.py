@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from regularized import SHAPE, convnet, image_batches, residual_net, schedule_of
+from regularized import SHAPE, bn_lenet_recipe, convnet, image_batches, residual_net, schedule_of
 from test_regularization import Loop
 from torch import nn
 from typer.testing import CliRunner
@@ -162,22 +162,7 @@ def test_a_schedule_resumed_from_its_state_mid_way_continues_bit_for_bit() -> No
 
 # -- through a recipe ---------------------------------------------------------------------------------
 def merge_recipe(**block: Any) -> dict[str, Any]:
-    return {
-        "name": "tiny-merge",
-        "data": {
-            "name": "synthetic",
-            "options": {"input_shape": [1, 16, 16], "num_classes": 3, "num_train": 64, "num_test": 32},
-        },
-        "model": {"name": "lenet5", "options": {"width": 0.5, "batchnorm": True}},
-        "sparsity": 0.5,
-        "train": {"iterations": 10, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
-        "stages": [
-            {"train": {}},
-            {"train": {"merge": {"strength": 0.5, **block}}},
-            {"train": {}},
-            {"evaluate": {"label": "end"}},
-        ],
-    }
+    return bn_lenet_recipe("merge", {"strength": 0.5, **block})
 
 
 def test_a_recipe_merges_filters_and_the_smaller_model_computes_the_same() -> None:

@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from regularized import schedule_of
 from tiny import tiny_recipe
 from torch import Tensor, nn
 from typer.testing import CliRunner
 
 from secateurs.core.errors import ConfigError
-from secateurs.core.masks import MaskSet, masks_of
+from secateurs.core.masks import masks_of
 from secateurs.front import cli
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.pruning import compute_masks, score_groups
 from secateurs.methods.structures import LayoutContext, build_structure
-from secateurs.methods.training import TRAINING
 from secateurs.methods.training.regularization import PENALTIES, PenaltyGroups, RegularizedPruning
 from secateurs.pipeline.recipe import recipe_from_raw
 from secateurs.pipeline.runner import MetricEvent, Pipeline, run_recipe
@@ -171,29 +171,8 @@ def batches(n: int, seed: int = 0) -> list[tuple[Tensor, Tensor]]:
 
 
 def schedule(kind: str, model: nn.Module, sparsity: float = 0.5, **options: Any) -> RegularizedPruning:
-    """A `RegularizedPruning` of method `kind` on `model`, picking as a prune stage would."""
-    spec = TRAINING.get(kind).schema(**options)
-    selection = LayerSelection()
-
-    def pick() -> MaskSet:
-        return compute_masks(
-            model,
-            sparsity,
-            criterion=spec.criterion,
-            allocation=spec.allocation,
-            structure=spec.structure,
-            structure_options=spec.structure_options,
-            layers=selection,
-            input_shape=(12,),
-        )
-
-    def layout() -> Any:
-        names = select_parameters(model, selection)
-        structure = build_structure(spec.structure, **spec.structure_options)
-        example = torch.zeros(2, 12, device=next(model.parameters()).device)
-        return structure.layout(LayoutContext(model, names, selection, example))
-
-    return TRAINING.get(kind).schedule(spec, pick, layout, sparsity)
+    """A `RegularizedPruning` of method `kind` on `model` (12 inputs), picking as a prune stage would."""
+    return schedule_of(kind, model, sparsity, shape=(12,), **options)
 
 
 class Loop:

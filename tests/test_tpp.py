@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from regularized import SHAPE, convnet, image_batches, schedule_of
+from regularized import SHAPE, bn_lenet_recipe, convnet, image_batches, schedule_of
 from test_regularization import Loop
 from torch import nn
 
@@ -131,24 +131,7 @@ def test_tpp_decorrelates_the_pruned_filters_and_publishes_the_jacobian_singular
 # -- through a recipe ---------------------------------------------------------------------------------
 def tpp_recipe(**block: Any) -> Any:
     options = {"delta": 0.01, "ceiling": 0.04, "interval": 2, "stabilize": 2, "jsv_samples": 4, **block}
-    return recipe_from_raw(
-        {
-            "name": "tiny-tpp",
-            "data": {
-                "name": "synthetic",
-                "options": {"input_shape": [1, 16, 16], "num_classes": 3, "num_train": 64, "num_test": 32},
-            },
-            "model": {"name": "lenet5", "options": {"width": 0.5, "batchnorm": True}},
-            "sparsity": 0.5,
-            "train": {"iterations": 10, "batch_size": 32, "optimizer": {"name": "sgd", "lr": 0.05}},
-            "stages": [
-                {"train": {}},
-                {"train": {"tpp": options}},
-                {"train": {}},
-                {"evaluate": {"label": "end"}},
-            ],
-        }
-    )
+    return recipe_from_raw(bn_lenet_recipe("tpp", options))
 
 
 def test_a_recipe_prunes_with_tpp_and_publishes_the_isometry_before_and_after() -> None:
