@@ -91,6 +91,7 @@ def prune_stages(criterion: str, sparsity: float | None = None) -> list[dict[str
                 "allocation": "global",
                 "rounding": "floor",
                 "layers": {"include": [layer], "include_bias": True},
+                "allow_collapse": True,  # the notebook has no guard: a random mask may empty a bias
                 **extra,
             }
         }
@@ -136,11 +137,17 @@ def random_recipe(setup: dict[str, Any], seed: int, round_: int) -> dict[str, An
     }
 
 
+def recipe_of(job: dict[str, Any]) -> dict[str, Any]:
+    if job["kind"] == "ticket":
+        return ticket_recipe(job["setup"], job["seed"])
+    return random_recipe(job["setup"], job["seed"], job["round"])
+
+
 def workdir(job: dict[str, Any]) -> Path:
-    """Where a job keeps its state between stages (outside the repository), one per setup."""
+    """Where a job keeps its state between stages (outside the repository), one per recipe."""
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "secateurs-benchmarks"
-    digest = hashlib.sha256(json.dumps(job["setup"], sort_keys=True).encode()).hexdigest()[:12]
-    return root / f"{STEM}-{digest}" / key(job).replace("=", "").replace(" ", "_")
+    digest = hashlib.sha256(json.dumps(recipe_of(job), sort_keys=True).encode()).hexdigest()[:12]
+    return root / STEM / f"{key(job).replace('=', '').replace(' ', '_')}-{digest}"
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -150,17 +157,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    setup, seed = job["setup"], job["seed"]
-    if job["kind"] == "ticket":
-        recipe = ticket_recipe(setup, seed)
-    else:
-        recipe = random_recipe(setup, seed, job["round"])
     out = workdir(job)
-    result = secateurs.run(recipe, out=out, resume=out.exists(), overwrite=False)
+    result = secateurs.run(recipe_of(job), out=out, resume=out.exists(), overwrite=False)
     records = [
         {k: v for k, v in r.items() if isinstance(v, int | float | str | type(None))} for r in result.records
     ]
-    return {"records": records, "seconds": time.perf_counter() - started, "setup": setup}
+    return {"records": records, "seconds": time.perf_counter() - started, "setup": job["setup"]}
 
 
 def key(job: dict[str, Any]) -> str:
@@ -338,15 +340,16 @@ def main() -> None:
     if args.baselines:
         setup, stem = {**setup, "rounds": [], "random_rounds": [0, 79, 89]}, f"{stem}_baselines"
     store = RESULTS / f"{stem}_runs.json"
-    if args.fresh:
-        shutil.rmtree(workdir({"kind": "ticket", "seed": 0, "setup": setup}).parent, ignore_errors=True)
-    done = {k: v for k, v in load_done(store, fresh=args.fresh).items() if v.get("setup") == setup}
     jobs = [{"kind": "ticket", "seed": s, "setup": setup} for s in setup["seeds"] if setup["rounds"]]
     jobs += [
         {"kind": "random", "seed": s, "round": r, "setup": setup}
         for s in setup["seeds"]
         for r in setup["random_rounds"]
     ]
+    if args.fresh:
+        for job in jobs:
+            shutil.rmtree(workdir(job), ignore_errors=True)
+    done = {k: v for k, v in load_done(store, fresh=args.fresh).items() if v.get("setup") == setup}
     run_phase(jobs, key=key, work=run_job, store=store, done=done, workers=args.workers, describe=describe)
     report(setup, {k: done[k] for k in map(key, jobs) if k in done}, stem, args.quick)
     print((RESULTS / f"{stem}.md").read_text())
