@@ -255,7 +255,14 @@ def report(setup: dict[str, Any], done: dict[str, Any], stem: str, quick: bool) 
             f"{best_by_round[r].metric.text() if r in best_by_round else '—'} | "
             f"{ref_text(ref[1]) if ref else '—'} | {random[r].text() if r in random else '—'} | {_ours(s)} |"
         )
-    lines += ["", *findings(by_round, dense, random), "", f"![ticket curves]({stem}.png)"]
+    lines += [
+        "",
+        "The paper's dense row: round 0 of its magnitude runs (ticket column) and of its random runs (random "
+        "column), two trials each; the other paper rows are its log's rounds printed as that sparsity.",
+        "",
+        *findings(by_round, dense, random),
+        *(["", f"![ticket curves]({stem}.png)"] if curves else []),
+    ]
     atomic_write_text(RESULTS / f"{stem}.md", "\n".join(lines) + "\n")
     atomic_write_text(RESULTS / f"{stem}.json", json.dumps({"setup": setup, "runs": done}, indent=1))
     if curves:
@@ -288,12 +295,31 @@ def _ours(sparsity: float) -> str:
     return f"{found[1].text()} (at {100 * found[0]:.1f} %)" if found else "—"
 
 
+def baseline_findings(dense: Cell, random: dict[int, Cell]) -> list[str]:
+    """Our dense network and random masks beside the notebook's: does the recipe match its setup?"""
+    out = []
+    if dense.values:
+        paper = [v / 100 for v in REFERENCE["dense"][0] + REFERENCE["dense"][1]]
+        out.append(
+            f"- Dense: {dense.text()} % here against {Cell(paper).text()} % in the notebook's 4 dense runs "
+            f"({100 * min(paper):.1f}-{100 * max(paper):.1f} %)."
+        )
+    for r, cell in sorted(random.items()):
+        ref = REFERENCE.get(round(r / ROUNDS, 2))
+        if ref is not None:
+            out.append(
+                f"- Random mask at {100 * r / ROUNDS:.1f} %: {cell.text()} % here against "
+                f"{Cell([v / 100 for v in ref[1]]).text()} % in the notebook ({len(ref[1])} trials)."
+            )
+    return out
+
+
 def findings(by_round: dict[int, Any], dense: Cell, random: dict[int, Cell]) -> list[str]:
     """The paper's claim checked on our runs: tickets at 80-95 % above dense, and above random."""
     band = [p for r, p in by_round.items() if 0.79 <= r / ROUNDS <= 0.96]
-    out = ["## Findings (computed from the runs)", ""]
+    out = ["## Findings (computed from the runs)", "", *baseline_findings(dense, random)]
     if not band or not dense.values:
-        return [*out, "- No round between 80 % and 95 % sparsity ran at this budget."]
+        return [*out, "- No ticket round between 80 % and 95 % sparsity ran at this budget."]
     top = max(band, key=lambda p: p.metric.mean)
     low = min(band, key=lambda p: p.metric.mean)
     out.append(
