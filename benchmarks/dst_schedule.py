@@ -11,6 +11,7 @@ epochs for every method; dense is the reference; 3 seeds; 90 % sparsity.
 
     python benchmarks/dst_schedule.py            # about 30 min on an idle 2-core machine
     python benchmarks/dst_schedule.py --quick    # about a minute: 1 seed, 90 %, 300 steps
+    python benchmarks/dst_schedule.py --epochs 6 # a shorter budget, results under dst_schedule_6ep
 Writes benchmarks/results/dst_schedule{,_quick}.{json,md} and .../dst_schedule{,_quick}/report.md;
 finished runs are kept in a results store, so an interrupted benchmark resumes.
 """
@@ -52,8 +53,8 @@ METHODS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def sweeps(quick: bool, out: Path) -> list[dict[str, Any]]:
-    steps = ["train.epochs=null", "train.iterations=300"] if quick else [f"train.epochs={EPOCHS}"]
+def sweeps(quick: bool, out: Path, epochs: int = EPOCHS) -> list[dict[str, Any]]:
+    steps = ["train.epochs=null", "train.iterations=300"] if quick else [f"train.epochs={epochs}"]
     common = {"models": ["lenet5"], "data": ["fashion_mnist"], "seeds": [0] if quick else [0, 1, 2]}
     recipes = [
         {"recipe": preset, "label": label, "set": [*steps, *overrides]}
@@ -76,9 +77,16 @@ def sweeps(quick: bool, out: Path) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    args = benchmark_args(__doc__, "1 seed, 90 %%, 300 training steps per run")
-    suffix, root, out = prepare(STEM, WORK, RESULTS, quick=args.quick, fresh=args.fresh)
-    swept = run_sweeps(sweeps(args.quick, out), root=root, out=out, workers=args.workers)
+    args = benchmark_args(
+        __doc__,
+        "1 seed, 90 %%, 300 training steps per run",
+        lambda p: p.add_argument(
+            "--epochs", type=int, default=EPOCHS, help="epochs per run (a shorter budget)"
+        ),
+    )
+    stem = STEM if args.epochs == EPOCHS else f"{STEM}_{args.epochs}ep"  # its own store and results
+    suffix, root, out = prepare(stem, WORK, RESULTS, quick=args.quick, fresh=args.fresh)
+    swept = run_sweeps(sweeps(args.quick, out, args.epochs), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     timing = store_minutes(root)
     with ResultsDB(root / "results.db", create=False) as db:
@@ -86,11 +94,7 @@ def main() -> None:
     pair = "fashion_mnist·lenet5"
     accuracy = cells(runs, "accuracy").get(pair, {})
     flops = cells(runs, "train_flops_vs_dense").get(pair, {})
-    budget = (
-        "300 steps per run (--quick: 2 mask updates' worth of decay)"
-        if args.quick
-        else f"{EPOCHS} epochs per run"
-    )
+    budget = "300 steps per run (--quick: 2 mask updates)" if args.quick else f"{args.epochs} epochs per run"
     lines = [
         "# DST with its papers' schedule: RigL vs SET vs static random (LeNet-5, Fashion-MNIST)",
         "",
@@ -109,9 +113,9 @@ def main() -> None:
         *ordering(accuracy),
         *separation(accuracy),
         "",
-        f"Full report of the store: [{STEM}{suffix}/report.md]({STEM}{suffix}/report.md)",
+        f"Full report of the store: [{stem}{suffix}/report.md]({stem}{suffix}/report.md)",
     ]
-    atomic_write_text(RESULTS / f"{STEM}{suffix}.md", "\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / f"{stem}{suffix}.md", "\n".join(lines) + "\n")
     payload = {
         "budget": budget,
         "sweep_minutes": swept,
@@ -119,8 +123,8 @@ def main() -> None:
         "accuracy": accuracy,
         "train_flops_vs_dense": flops,
     }
-    atomic_write_text(RESULTS / f"{STEM}{suffix}.json", json.dumps(payload, indent=1))
-    print((RESULTS / f"{STEM}{suffix}.md").read_text(), f"\nreport: {report}")
+    atomic_write_text(RESULTS / f"{stem}{suffix}.json", json.dumps(payload, indent=1))
+    print((RESULTS / f"{stem}{suffix}.md").read_text(), f"\nreport: {report}")
 
 
 def separation(accuracy: dict[str, dict[str, dict[str, float]]]) -> list[str]:
