@@ -29,7 +29,7 @@ after the prune and after finetuning.
 The method list is `METHODS` (name → `Method`); the trainability-preserving and merging methods
 of issue 24 add themselves there.
 
-    python benchmarks/regularization.py            # the full grid (not run yet; hours on 2 CPUs)
+    python benchmarks/regularization.py            # the full grid (~45 min, 2 workers, idle 2-core machine)
     python benchmarks/regularization.py --quick    # about a minute: LeNet-5, 1 seed, 50 %, short training
 Writes benchmarks/results/regularization{,_quick}.{json,md}.
 """
@@ -70,14 +70,22 @@ def budget(quick: bool) -> dict[str, Any]:
             "seeds": [0],
             "sparsities": [0.5],
         }
+    # sized to about 45 min with 2 workers on an idle 2-core machine (1 thread each: LeNet-5-BN ~9 s
+    # and VGG-11 at width 0.25 ~39 s of CPU per epoch): fewer epochs for the larger VGG
     return {
         "models": ["lenet5", "vgg11"],
         "dense_epochs": 4,
         "reg_epochs": 1,
-        "ft_epochs": 2,
+        "ft_epochs": 1,
+        "per_model": {"vgg11": {"dense_epochs": 2, "reg_epochs": 0.5, "ft_epochs": 0.5}},
         "seeds": [0, 1, 2],
         "sparsities": [0.5, 0.7, 0.9],
     }
+
+
+def model_budget(b: dict[str, Any], model: str) -> dict[str, Any]:
+    """The budget with `model`'s own epochs (`per_model`) in place of the shared ones."""
+    return {**b, **b.get("per_model", {}).get(model, {})}
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,7 @@ def pruning_recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "allocation": "uniform",
         "sparsity": job["sparsity"],
     }
+    b = model_budget(b, job["model"])
     recipe = base_recipe(job, b["reg_epochs"], REG_LR)
     recipe["init_from"] = job["init"]
     recipe["stages"] = [*METHODS[job["method"]].stages(job, b, prune), {"evaluate": {"label": "pruned"}}]
@@ -192,6 +201,7 @@ def pruning_recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def finetuning_recipe(job: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """The finetuning after it: FT epochs, or REG + FT after a method that does not train."""
+    b = model_budget(b, job["model"])
     epochs = b["ft_epochs"] + (0 if METHODS[job["method"]].trains else b["reg_epochs"])
     recipe = base_recipe(job, epochs, job["ft_lr"])
     recipe["init_from"] = job["pruned"]
@@ -213,7 +223,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     from secateurs.models import build_model
 
     torch.set_num_threads(1)
-    b = budget(job["quick"])
+    b = model_budget(budget(job["quick"]), job["model"])
     started = time.perf_counter()
     probe = next(iter(load_dataset("fashion_mnist").test_loader(32)))[0]
     if job["kind"] in ("dense", "prune"):
@@ -341,7 +351,14 @@ def write(table: dict[str, Any], b: dict[str, Any], quick: bool, minutes: float)
         f"Budget: dense {b['dense_epochs']} epochs (SGD 0.1); then, for every method, {b['reg_epochs']} "
         f"regularized epoch(s) (SGD {REG_LR:g}) + {b['ft_epochs']} finetuning epoch(s), or "
         f"{b['reg_epochs'] + b['ft_epochs']:g} finetuning epochs for one-shot l1; finetuning LR "
-        f"{' and '.join(f'{lr:g}' for lr in FT_LRS)}; seeds {b['seeds']}; wall time {minutes:.1f} min with "
+        f"{' and '.join(f'{lr:g}' for lr in FT_LRS)}; "
+        + "".join(
+            f"{model}: dense {o['dense_epochs']}, regularized {o['reg_epochs']}, finetuning {o['ft_epochs']} "
+            "epoch(s) instead; "
+            for model, o in b.get("per_model", {}).items()
+            if model in b["models"]
+        )
+        + f"seeds {b['seeds']}; wall time {minutes:.1f} min with "
         "2 workers (the machine shared with other jobs). JSV: the singular values of the input-output "
         "Jacobian on 32 test images, their mean (and their spread, JSV std) right after the prune and "
         "their mean after finetuning; ± is over seeds.",
