@@ -10,6 +10,7 @@ instance serves the module (a few seconds to start).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -19,6 +20,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +173,36 @@ def test_an_address_that_does_not_answer_is_one_error_and_writes_nothing(tmp_pat
     with socket.socket() as sock:  # a port nothing listens at once this socket is closed
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    other = socket.create_server(("127.0.0.1", 0))  # another service: it greets as SSH does
+
+    def greet() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = other.accept()
+                with connection:
+                    connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=greet, daemon=True).start()
     root = tmp_path / "results"
-    for address, fragment in [
-        (f"127.0.0.1:{port}", f"no Ray cluster answers at 127.0.0.1:{port}"),
-        (f"ray://127.0.0.1:{port}", "no Ray cluster answers at ray://127.0.0.1"),
-        ("headnode", "Ray address 'headnode' is not host:port"),
-    ]:
-        result = invoke("sweep", str(path), "--root", str(root), "--backend", "ray", "--address", address)
-        assert_user_error(result, fragment)
+    try:
+        for address, fragment in [
+            (f"127.0.0.1:{port}", f"no Ray cluster answers at 127.0.0.1:{port}"),
+            (f"ray://127.0.0.1:{port}", "no Ray cluster answers at ray://127.0.0.1"),
+            ("headnode", "Ray address 'headnode' is not host:port"),
+            (f"127.0.0.1:{other.getsockname()[1]}", "something listens at 127.0.0.1:"),
+        ]:
+            result = invoke("sweep", str(path), "--root", str(root), "--backend", "ray", "--address", address)
+            assert_user_error(result, fragment)
+    finally:
+        other.close()
     assert not root.exists()
+
+
+def test_the_address_probe_knows_a_real_ray_head(ray_instance: Any) -> None:
+    """The handshake that refuses other services accepts Ray's own GCS (raises nothing)."""
+    from secateurs.results.backends import _probe
+
+    _probe(ray_instance.get_runtime_context().gcs_address)
 
 
 @pytest.mark.parametrize(

@@ -97,18 +97,42 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, its client server)
+answers with a SETTINGS frame of its own."""
+
+
 def _probe(address: str) -> None:
-    """Refuse an address nothing listens at, quickly: Ray's own connect retries for minutes."""
+    """Refuse an address that does not answer as a Ray cluster, quickly: Ray's own connect retries
+    for minutes, and forever when something else (or nothing) listens there.
+
+    Ray's head and client servers speak gRPC, so a TCP connection and an HTTP/2 handshake tell one
+    from a closed port or another service without any Ray call.
+    """
     host, port = _host_port(address)
+    fix = (
+        "start one with `ray start --head` and pass the address it prints, "
+        "or leave out --address to start a local Ray instance"
+    )
     try:
-        socket.create_connection((host, port), timeout=PROBE_S).close()
+        sock = socket.create_connection((host, port), timeout=PROBE_S)
     except OSError as err:
         why = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
         raise ConfigError(
-            f"no Ray cluster answers at {address} ({why} within {PROBE_S:g} s)",
-            fix="start one with `ray start --head` and pass the address it prints, "
-            "or leave out --address to start a local Ray instance",
+            f"no Ray cluster answers at {address} ({why} within {PROBE_S:g} s)", fix=fix
         ) from None
+    with sock:
+        try:
+            sock.sendall(_HTTP2_HELLO)
+            head = sock.recv(9)
+        except OSError:
+            head = b""
+    if len(head) < 4 or head[3] != 4:  # a frame header's 4th byte is its type; SETTINGS is 4
+        raise ConfigError(
+            f"something listens at {address}, but it is not a Ray cluster (no gRPC handshake within "
+            f"{PROBE_S:g} s)",
+            fix=fix,
+        )
 
 
 def _check_store(ray: Any, store: str | None) -> None:
