@@ -53,7 +53,9 @@ METHODS: list[tuple[str, str, list[str]]] = [
 ]
 
 
-def sweeps(quick: bool, out: Path, epochs: int = EPOCHS) -> list[dict[str, Any]]:
+def sweeps(
+    quick: bool, out: Path, epochs: int = EPOCHS, sparsities: list[float] | None = None
+) -> list[dict[str, Any]]:
     steps = ["train.epochs=null", "train.iterations=300"] if quick else [f"train.epochs={epochs}"]
     common = {"models": ["lenet5"], "data": ["fashion_mnist"], "seeds": [0] if quick else [0, 1, 2]}
     recipes = [
@@ -70,23 +72,27 @@ def sweeps(quick: bool, out: Path, epochs: int = EPOCHS) -> list[dict[str, Any]]
         {
             "name": "dst-schedule-sparse",
             "recipes": recipes,
-            "sparsities": [0.9] if quick else SPARSITIES,
+            "sparsities": [0.9] if quick else (sparsities or SPARSITIES),
             **common,
         },
     ]
+
+
+def options(parser: Any) -> None:
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs per run (a shorter budget)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=None, help=f"default {SPARSITIES}")
 
 
 def main() -> None:
     args = benchmark_args(
         __doc__,
         "1 seed, 90 %%, 300 training steps per run",
-        lambda p: p.add_argument(
-            "--epochs", type=int, default=EPOCHS, help="epochs per run (a shorter budget)"
-        ),
+        options,
     )
     stem = STEM if args.epochs == EPOCHS else f"{STEM}_{args.epochs}ep"  # its own store and results
     suffix, root, out = prepare(stem, WORK, RESULTS, quick=args.quick, fresh=args.fresh)
-    swept = run_sweeps(sweeps(args.quick, out, args.epochs), root=root, out=out, workers=args.workers)
+    grid = sweeps(args.quick, out, args.epochs, args.sparsities)
+    swept = run_sweeps(grid, root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     timing = store_minutes(root)
     with ResultsDB(root / "results.db", create=False) as db:
