@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from regularized import SHAPE, bn_lenet_recipe, convnet, image_batches, residual_net, schedule_of
+from resuming import assert_same_run, resumed_after_crash
 from test_regularization import Loop
 from torch import nn
 from typer.testing import CliRunner
@@ -182,25 +183,8 @@ def test_a_run_resumed_after_a_crash_equals_the_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_stage: int
 ) -> None:
     clean = Pipeline(recipe_from_raw(merge_recipe())).run()
-    original = Pipeline._save_state
-
-    def save_then_maybe_crash(self: Pipeline) -> None:
-        if self.counter == crash_stage:
-            raise RuntimeError("killed")
-        original(self)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Pipeline, "_save_state", save_then_maybe_crash)
-        with pytest.raises(RuntimeError, match="killed"):
-            Pipeline(recipe_from_raw(merge_recipe()), workdir=tmp_path).run()
-    resumed = Pipeline(recipe_from_raw(merge_recipe()), workdir=tmp_path)
-    assert resumed.resumed_from == crash_stage - 1
-    result = resumed.run()
-    assert result.masks.equal(clean.masks) and result.records == clean.records
-    for (name, a), b in zip(
-        result.model.state_dict().items(), clean.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    resumed = resumed_after_crash(lambda: recipe_from_raw(merge_recipe()), tmp_path, monkeypatch, crash_stage)
+    assert_same_run(resumed.run(), clean)
 
 
 # -- options ---------------------------------------------------------------------------------------

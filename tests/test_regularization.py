@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from regularized import schedule_of
+from resuming import assert_same_run, resumed_after_crash
 from tiny import tiny_recipe
 from torch import Tensor, nn
 from typer.testing import CliRunner
@@ -438,27 +439,10 @@ def test_a_run_resumed_after_a_crash_equals_the_uninterrupted_run(
 ) -> None:
     clean = Pipeline(greg_recipe())
     clean_result = clean.run()
-    original = Pipeline._save_state
-
-    def save_then_maybe_crash(self: Pipeline) -> None:
-        if self.counter == crash_stage:
-            raise RuntimeError("killed")  # the stage ran, its state was never saved
-        original(self)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Pipeline, "_save_state", save_then_maybe_crash)
-        with pytest.raises(RuntimeError, match="killed"):
-            Pipeline(greg_recipe(), workdir=tmp_path).run()
-    resumed = Pipeline(greg_recipe(), workdir=tmp_path)
-    assert resumed.resumed_from == crash_stage - 1
+    resumed = resumed_after_crash(greg_recipe, tmp_path, monkeypatch, crash_stage)
     if crash_stage == 3:  # the schedule's state was saved with the regularized stage
         assert resumed.state.kept["greg1"]["phase"] == "pruned"
-    result = resumed.run()
-    assert result.masks.equal(clean_result.masks) and result.records == clean_result.records
-    for (name, a), b in zip(
-        result.model.state_dict().items(), clean_result.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_same_run(resumed.run(), clean_result)
     assert clean.state.kept == {}  # the finetuning stage drops what described the weights before it
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from regularized import SHAPE, bn_lenet_recipe, convnet, image_batches, schedule_of
+from resuming import assert_same_run, resumed_after_crash
 from test_regularization import Loop
 from torch import nn
 
@@ -153,25 +154,7 @@ def test_a_run_resumed_after_a_crash_equals_the_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_stage: int
 ) -> None:
     clean = Pipeline(tpp_recipe()).run()
-    original = Pipeline._save_state
-
-    def save_then_maybe_crash(self: Pipeline) -> None:
-        if self.counter == crash_stage:
-            raise RuntimeError("killed")
-        original(self)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(Pipeline, "_save_state", save_then_maybe_crash)
-        with pytest.raises(RuntimeError, match="killed"):
-            Pipeline(tpp_recipe(), workdir=tmp_path).run()
-    resumed = Pipeline(tpp_recipe(), workdir=tmp_path)
-    assert resumed.resumed_from == crash_stage - 1
-    result = resumed.run()
-    assert result.masks.equal(clean.masks) and result.records == clean.records
-    for (name, a), b in zip(
-        result.model.state_dict().items(), clean.model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_same_run(resumed_after_crash(tpp_recipe, tmp_path, monkeypatch, crash_stage).run(), clean)
 
 
 def test_a_schedule_resumed_from_its_state_mid_way_continues_bit_for_bit() -> None:
