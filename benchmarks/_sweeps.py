@@ -84,3 +84,15 @@ def store_minutes(root: Path) -> dict[str, float]:
     wall = (max(b for _, b in spans) - min(a for a, _ in spans)).total_seconds() / 60
     total = sum((b - a).total_seconds() for a, b in spans) / 60
     return {"wall_minutes": round(wall, 1), "run_minutes": round(total, 1)}
+
+
+def lenet_dst_cells(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DST benchmarks' two tables from a store: accuracy and training FLOPs vs dense, by method
+    and sparsity, of Fashion-MNIST LeNet-5."""
+    from secateurs.results.db import ResultsDB
+    from secateurs.results.report import collect
+
+    with ResultsDB(root / "results.db", create=False) as db:
+        runs = collect(db)
+    pair = "fashion_mnist·lenet5"
+    return cells(runs, "accuracy").get(pair, {}), cells(runs, "train_flops_vs_dense").get(pair, {})

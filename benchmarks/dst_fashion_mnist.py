@@ -29,12 +29,11 @@ from typing import Any
 
 import yaml
 from _jobs import benchmark_args
-from _sweeps import cells, prepare, run_sweeps, store_minutes
+from _sweeps import lenet_dst_cells, prepare, run_sweeps, store_minutes
 
 from secateurs.core.fileio import atomic_write_text
-from secateurs.results.db import ResultsDB
 from secateurs.results.html_report import write_html_report
-from secateurs.results.report import collect, write_report
+from secateurs.results.report import write_report
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"
@@ -135,11 +134,7 @@ def main() -> None:
     swept = run_sweeps(sweeps(args.quick, out), root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     timing = store_minutes(root)
-    with ResultsDB(root / "results.db", create=False) as db:
-        runs = collect(db)
-    pair = "fashion_mnist·lenet5"
-    accuracy = cells(runs, "accuracy").get(pair, {})
-    flops = cells(runs, "train_flops_vs_dense").get(pair, {})
+    accuracy, flops = lenet_dst_cells(root)
     budget = "60 steps per run" if args.quick else f"{EPOCHS} epochs per run"
     note = [
         "",

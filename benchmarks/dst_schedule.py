@@ -25,12 +25,11 @@ from typing import Any
 
 import yaml
 from _jobs import benchmark_args
-from _sweeps import cells, prepare, run_sweeps, store_minutes
+from _sweeps import lenet_dst_cells, prepare, run_sweeps, store_minutes
 from dst_fashion_mnist import DENSE_RECIPE, flops_table, ordering
 
 from secateurs.core.fileio import atomic_write_text
-from secateurs.results.db import ResultsDB
-from secateurs.results.report import collect, write_report
+from secateurs.results.report import write_report
 
 HERE = Path(__file__).parent
 WORK = HERE / ".work"
@@ -95,11 +94,7 @@ def main() -> None:
     swept = run_sweeps(grid, root=root, out=out, workers=args.workers)
     report = write_report(root, out)
     timing = store_minutes(root)
-    with ResultsDB(root / "results.db", create=False) as db:
-        runs = collect(db)
-    pair = "fashion_mnist·lenet5"
-    accuracy = cells(runs, "accuracy").get(pair, {})
-    flops = cells(runs, "train_flops_vs_dense").get(pair, {})
+    accuracy, flops = lenet_dst_cells(root)
     budget = "300 steps per run (--quick: 2 mask updates)" if args.quick else f"{args.epochs} epochs per run"
     lines = [
         "# DST with its papers' schedule: RigL vs SET vs static random (LeNet-5, Fashion-MNIST)",
