@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from cli_helpers import assert_user_error, invoke
 from tiny import tiny_recipe
-from typer.testing import CliRunner
 
 import secateurs
 import secateurs.front.cli as cli
@@ -51,21 +51,6 @@ def recipe_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
     return path
-
-
-def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
-    return CliRunner().invoke(cli.app, list(args), env=env)
-
-
-def assert_user_error(result: Any, *fragments: str) -> None:
-    """Exit code 2, one `error:` line naming every fragment, no traceback."""
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def tree(path: Path) -> dict[str, bytes]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_helpers import assert_user_error, invoke
 from tiny import tiny_recipe
 from typer.testing import CliRunner
 
@@ -41,21 +42,6 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables wide enough that no name is cut short (the runner is not a terminal)."""
     monkeypatch.setattr(cli, "console", console_module.make_console(width=250))
     monkeypatch.setattr(console_module, "err_console", console_module.make_console(width=250, stderr=True))
-
-
-def invoke(*args: str, app: Any = None, env: dict[str, str] | None = None) -> Any:
-    return CliRunner().invoke(app or cli.app, list(args), env=env)
-
-
-def assert_user_error(result: Any, *fragments: str) -> str:
-    """Exit code 2, one `error:` line naming every fragment, no traceback; the line."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def tree(path: Path) -> dict[str, bytes]:

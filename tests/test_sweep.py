@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from cli_helpers import assert_user_error, invoke
 from rich.console import Console
 from tiny import tiny_recipe
-from typer.testing import CliRunner
 
 import secateurs.front.cli as cli
 import secateurs.front.console as console_module
@@ -61,18 +61,6 @@ def write_sweep(folder: Path, **sweep: Any) -> Path:
 def points_of(folder: Path, **sweep: Any) -> list[SweepPoint]:
     path = write_sweep(folder, **sweep)
     return expand_sweep(load_sweep(path), path.parent)
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli.app, list(args))
-
-
-def assert_user_error(result: Any, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 # -- the grid ---------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from typing import Any
 import pytest
 import typer
 import yaml
+from cli_helpers import assert_user_error, invoke
 from rich.console import Console
 from tiny import tiny_recipe
-from typer.testing import CliRunner
 
 import secateurs.front.cli as cli
 import secateurs.front.console as console_module
@@ -72,18 +72,6 @@ def write_sweep(folder: Path, recipe: dict[str, Any] | None = None, **sweep: Any
 
 def points_in(path: Path) -> list[SweepPoint]:
     return expand_sweep(load_sweep(path), path.parent)
-
-
-def invoke(*args: str) -> Any:
-    return CliRunner().invoke(cli.app, list(args))
-
-
-def assert_user_error(result: Any, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
 
 
 def fingerprints(root: Path, runs: list[str]) -> dict[str, dict[str, str]]:
