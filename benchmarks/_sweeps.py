@@ -96,3 +96,20 @@ def lenet_dst_cells(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         runs = collect(db)
     pair = "fashion_mnist·lenet5"
     return cells(runs, "accuracy").get(pair, {}), cells(runs, "train_flops_vs_dense").get(pair, {})
+
+
+def dense_fashion_recipe(model: Any, epochs: int, description: str) -> dict[str, Any]:
+    """The dense reference a Fashion-MNIST sweep benchmark trains: SGD 0.1 momentum 0.9, cosine, batch 128."""
+    return {
+        "name": "dense",
+        "description": description,
+        "data": "fashion_mnist",
+        "model": model,
+        "train": {
+            "epochs": epochs,
+            "batch_size": 128,
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+            "lr_schedule": {"name": "cosine"},
+        },
+        "stages": [{"train": {}}, {"evaluate": {"label": "dense"}}],
+    }

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 from _jobs import benchmark_args
-from _sweeps import lenet_dst_cells, prepare, run_sweeps, store_minutes
+from _sweeps import dense_fashion_recipe, lenet_dst_cells, prepare, run_sweeps, store_minutes
 
 from secateurs.core.fileio import atomic_write_text
 from secateurs.results.html_report import write_html_report
@@ -53,19 +53,9 @@ METHODS: list[tuple[str, str, list[str]]] = [
     ("RigL", "dynamic-sparse", [f"{DST}=rigl"]),
     ("edge-popup", "edge-popup", []),
 ]
-DENSE_RECIPE = {
-    "name": "dense",
-    "description": "dense training from scratch, the reference of the DST benchmark",
-    "data": "fashion_mnist",
-    "model": "lenet5",
-    "train": {
-        "epochs": EPOCHS,
-        "batch_size": 128,
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-        "lr_schedule": {"name": "cosine"},
-    },
-    "stages": [{"train": {}}, {"evaluate": {"label": "dense"}}],
-}
+DENSE_RECIPE = dense_fashion_recipe(
+    "lenet5", EPOCHS, "dense training from scratch, the reference of the DST benchmark"
+)
 
 
 def sweeps(quick: bool, out: Path) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 from _jobs import benchmark_args
-from _sweeps import prepare, run_sweeps, store_minutes
+from _sweeps import dense_fashion_recipe, prepare, run_sweeps, store_minutes
 from pai_sweep import summarise
 
 from secateurs.core.fileio import atomic_write_text
@@ -52,19 +52,9 @@ REFERENCES: list[tuple[str, list[str]]] = [
 ]
 CHECKS = ["shuffle", "reinit"]
 TOLERANCE = 0.01  # "barely changes": within 1 point, or within the seeds' summed std if larger
-DENSE_RECIPE = {
-    "name": "dense",
-    "description": "dense training from scratch, the reference of the BN sanity-check benchmark",
-    "data": "fashion_mnist",
-    "model": MODEL,
-    "train": {
-        "epochs": EPOCHS,
-        "batch_size": 128,
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
-        "lr_schedule": {"name": "cosine"},
-    },
-    "stages": [{"train": {}}, {"evaluate": {"label": "dense"}}],
-}
+DENSE_RECIPE = dense_fashion_recipe(
+    MODEL, EPOCHS, "dense training from scratch, the reference of the BN sanity-check benchmark"
+)
 
 
 def sweeps(quick: bool, out: Path) -> list[dict[str, Any]]:
