@@ -16,7 +16,7 @@ to the first outcome (starting Ray, spawning workers, submitting, importing torc
 outcomes stream run by run, steady per run = (last − first outcome) / (n − 1).
 Every way's final metrics are checked equal to the one-process sweep's, bit for bit.
 
-    python benchmarks/sweep_backends.py            # about 10 minutes (n = 32)
+    python benchmarks/sweep_backends.py            # about 2 minutes on an idle machine (n = 32)
     python benchmarks/sweep_backends.py --quick    # 3-5 minutes on a busy 2-core machine (n = 8)
 Writes benchmarks/results/sweep_backends{,_quick}.{json,md}.
 """
