@@ -408,6 +408,66 @@ def test_a_recipe_refuses_an_unknown_rounding_when_read() -> None:
         recipe_from_raw(raw, "test")
 
 
+# ---------------------------------------------------------------- training stages round too
+# 0.31 of the tiny MLP's layers: 320 · 0.31 = 99.2 and 48 · 0.31 = 14.88 removed
+KEPT_AT_031 = {
+    "half_up": {"features.1.weight": 221, "classifier.weight": 33},
+    "floor": {"features.1.weight": 221, "classifier.weight": 34},
+    "ceil": {"features.1.weight": 220, "classifier.weight": 33},
+}
+
+
+@pytest.mark.parametrize("rounding", list(KEPT_AT_031))
+@pytest.mark.parametrize(
+    "stage",
+    [
+        {"select": {"method": "edge_popup", "sparsity": 0.31}},
+        {"admm": {"projection": "unstructured", "sparsity": 0.31, "update_every": 1}},
+    ],
+    ids=["edge_popup", "admm"],
+)
+def test_selection_and_admm_stages_count_by_their_rounding(stage: dict, rounding: str) -> None:
+    ((kind, block),) = stage.items()
+    raw = tiny_recipe({"train": {kind: {**block, "rounding": rounding}}}, iterations=2)
+    result = run_recipe(recipe_from_raw(raw, "test"))
+    assert {n: int(m.sum()) for n, m in result.masks.items()} == KEPT_AT_031[rounding]
+
+
+@pytest.mark.parametrize(
+    ("rounding", "dropped"),
+    # a uniform 50 % mask leaves 160 and 24 active: 0.31 of them is 49.6 and 7.44
+    [("half_up", [50, 7]), ("floor", [49, 7]), ("ceil", [50, 8])],
+)
+def test_dst_drop_counts_follow_the_stages_rounding(
+    monkeypatch: pytest.MonkeyPatch, rounding: str, dropped: list[int]
+) -> None:
+    from secateurs.methods.training import dst
+
+    seen: list[int] = []
+    drop = dst.drop_weakest
+
+    def recording(layer: dst.LayerView, n: int) -> torch.Tensor:
+        seen.append(n)
+        return drop(layer, n)
+
+    monkeypatch.setattr(dst, "drop_weakest", recording)
+    block = {"method": "set", "update_every": 2, "end_fraction": 1.0, "drop_fraction": 0.31}
+    raw = tiny_recipe(
+        {"prune": {"criterion": "random", "allocation": "uniform"}},
+        {"train": {"dst": {**block, "drop_schedule": "constant", "rounding": rounding}}},
+        iterations=6,
+    )
+    run_recipe(recipe_from_raw(raw, "test"))
+    assert seen == dropped * 2  # updates at steps 2 and 4, each layer in order
+    assert removed_count(2.5) == 3  # the stage's rule ends with the stage
+
+
+def test_a_supermask_refuses_a_rounding_it_cannot_use() -> None:
+    raw = tiny_recipe({"train": {"select": {"method": "supermask", "rounding": "floor"}}})
+    with pytest.raises(ConfigError, match="no count to round"):
+        recipe_from_raw(raw, "test")
+
+
 # ---------------------------------------------------------------- scoring mode on BatchNorm
 
 

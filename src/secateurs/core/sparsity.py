@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Literal
 
 from secateurs.core.errors import ConfigError, check_choice
 
@@ -39,6 +40,9 @@ def _floor(x: float) -> int:
 def _ceil(x: float) -> int:
     return math.ceil(x - _TOLERANCE)
 
+
+Rounding = Literal["half_up", "floor", "ceil"]
+"""The type of a `rounding` option (the keys of `ROUNDINGS`)."""
 
 ROUNDINGS: dict[str, Callable[[float], int]] = {"half_up": round_half_up, "floor": _floor, "ceil": _ceil}
 """The rules for a removed count, by name (`rounding` option of a prune)."""

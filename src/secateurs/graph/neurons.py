@@ -23,7 +23,7 @@ from torch import Tensor, fx, nn
 
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, remove_masks
-from secateurs.core.sparsity import check_sparsity, round_half_up
+from secateurs.core.sparsity import check_sparsity, removed_count
 
 __all__ = ["neuron_masks", "neuron_scores_l1", "prune_neurons"]
 
@@ -185,7 +185,8 @@ def _select(hidden: list[fx.Node], names: list[str], layers: list[str]) -> list[
 def _kept_neurons(model: nn.Module, links: list[_Link], sparsity: float) -> dict[str, Tensor]:
     """Indices (ascending) of the neurons each hidden Linear keeps: the highest L1 scores.
 
-    round(sparsity · width) neurons go, at least one stays; ties keep the lower index.
+    sparsity · width neurons go (rounded by the rule in force, `core.sparsity`), at least one stays;
+    ties keep the lower index.
     """
     check_sparsity(sparsity)
     kept = {}
@@ -193,7 +194,7 @@ def _kept_neurons(model: nn.Module, links: list[_Link], sparsity: float) -> dict
         linear = model.get_submodule(link.layer)
         assert isinstance(linear, nn.Linear)
         width = linear.out_features
-        keep = max(width - round_half_up(sparsity * width), 1)
+        keep = max(width - removed_count(sparsity * width), 1)
         order = torch.argsort(neuron_scores_l1(linear), descending=True, stable=True)
         kept[link.layer] = order[:keep].sort().values
     return kept

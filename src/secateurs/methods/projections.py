@@ -7,9 +7,10 @@ the same input gives the same output bit for bit (ties go to the lower index, as
 `secateurs.methods.pruning.topk_mask`). `project_with_mask` also returns which entries are kept, which
 the final hard prune of ADMM installs as the mask.
 
-Keep counts follow the allocation's rounding (`secateurs.methods.allocations`): n items at sparsity s keep
-n − round_half_up(s·n), the count `prune(..., allocation="uniform")` keeps, so the support ADMM
-converges to is the one the final prune selects. The groupings are those of the structures
+Keep counts follow the allocation's rounding (`secateurs.core.sparsity`): n items at sparsity s keep
+n − removed_count(s·n) under the rule in force (half_up unless a `rounding_rule` block sets another; ADMM
+sets its stage's `rounding`), the count `prune(..., allocation="uniform")` keeps under the same rule, so
+the support ADMM converges to is the one the final prune selects. The groupings are those of the structures
 (`secateurs.methods.structures.NM`, `Block`): a projection and a prune with the same options agree.
 
 Kinds: "unstructured" (the k largest |w|), "nm" (the n largest |w| of every N:M group), "block"
@@ -30,7 +31,7 @@ from torch import Tensor
 from secateurs.core.errors import ConfigError
 from secateurs.core.registry import Registry, check_options
 from secateurs.core.topk import balanced_topk, topk_mask
-from secateurs.methods.allocations import check_sparsity, round_half_up
+from secateurs.methods.allocations import check_sparsity, removed_count
 from secateurs.methods.structures import NM, Block
 
 
@@ -46,7 +47,7 @@ PROJECTIONS: Registry[Callable[..., Projection]] = Registry("projection")
 
 def _kept(n: int, sparsity: float, where: str) -> int:
     check_sparsity(sparsity, where=where)
-    return n - round_half_up(sparsity * n)
+    return n - removed_count(sparsity * n)
 
 
 def _checked(w: Tensor, kind: str) -> Tensor:
@@ -252,7 +253,7 @@ def project_with_mask(w: Tensor, kind: str, **options: Any) -> Projection:
 
 
 def project_unstructured(w: Tensor, sparsity: float) -> Tensor:
-    """Keep the k = numel − round_half_up(s·numel) largest |w| (ties: lower index), zero the rest."""
+    """Keep the k = numel − removed_count(s·numel) largest |w| (ties: lower index), zero the rest."""
     return _unstructured(w, sparsity=sparsity).weight
 
 

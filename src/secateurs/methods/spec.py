@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.registry import validate_options
+from secateurs.core.sparsity import Rounding
 from secateurs.methods.allocations import ALLOCATIONS
 from secateurs.methods.criteria import CRITERIA, build_criterion
 from secateurs.methods.layers import LayerSelection
@@ -62,7 +63,7 @@ class PruneSpec(StrictModel):
         "exponential",
         description="density after round r of R: d^(r/R) (exponential, SynFlow's) or 1 - s·r/R (linear)",
     )
-    rounding: Literal["half_up", "floor", "ceil"] = Field(
+    rounding: Rounding = Field(
         "half_up",
         description="rounding of each removed count s·n: half_up, floor (the SynFlow and Wanda codes' "
         "int(s·n)) or ceil",

@@ -35,6 +35,7 @@ from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import validate_options
+from secateurs.core.sparsity import Rounding, rounding_rule
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.projections import PROJECTIONS, project_with_mask, signed_blocks, unification_cost
 from secateurs.methods.structures import Block
@@ -62,6 +63,11 @@ class ADMMConfig(StrictModel):
     )
     hold: bool = Field(False, description="projected training: keep W in the set after every step")
     layers: LayerSelection | None = Field(None, description="default: the recipe's layers")
+    rounding: Rounding = Field(
+        "half_up",
+        description="rounding of each projection's removed count s·n (unstructured, block, channel, unify): "
+        "half_up, floor or ceil, as a prune's",
+    )
 
     @model_validator(mode="after")
     def _known_projection(self) -> ADMMConfig:
@@ -131,7 +137,8 @@ class ADMMTraining(Callback):
     def project(self, w: Tensor, name: str) -> tuple[Tensor, Tensor]:
         """Π_S(w) and its support; an error names the parameter `name`."""
         try:
-            projected, mask = project_with_mask(w.detach(), self.config.projection, **self.options)
+            with rounding_rule(self.config.rounding):
+                projected, mask = project_with_mask(w.detach(), self.config.projection, **self.options)
         except ConfigError as err:
             raise ConfigError(f"{name}: {err.what}", where="train.admm", fix=err.fix) from None
         return projected, mask

@@ -36,9 +36,9 @@ from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError, SecateursError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import Registry
+from secateurs.core.sparsity import Rounding, removed_count, rounding_rule
 from secateurs.core.topk import topk_mask
 from secateurs.core.topk_sieve import flat_nonzero, sieved_topk_mask
-from secateurs.methods.allocations import round_half_up
 from secateurs.methods.training.base import TRAINING, StageServices, TrainingMethod
 from secateurs.train.engine import Callback, TrainState
 from secateurs.train.optim import zero_at, zero_optimizer_entries
@@ -55,6 +55,11 @@ class DynamicSparsity(StrictModel):
     drop_fraction: float = Field(0.3, gt=0, lt=1, description="fraction of active weights moved per update")
     drop_schedule: Literal["cosine", "constant"] = "cosine"
     end_fraction: float = Field(0.75, gt=0, le=1, description="no updates after this fraction of the steps")
+    rounding: Rounding = Field(
+        "half_up",
+        description="rounding of each update's drop count drop_fraction·active: half_up, floor (RigL's "
+        "code, int(n·fraction)) or ceil (sparse_learning's SET and SNFS, math.ceil)",
+    )
 
     @model_validator(mode="after")
     def _known_updater(self) -> DynamicSparsity:
@@ -140,9 +145,10 @@ class Updater:
         raise NotImplementedError
 
     def per_layer_drop(self, layers: list[LayerView], drop_fraction: float) -> dict[str, Tensor]:
-        """Each layer without round(drop_fraction × active) of its weakest weights (SET, SNFS, RigL)."""
+        """Each layer without drop_fraction × active of its weakest weights, the count rounded by the
+        rule in force (the stage's `rounding`), for SET, SNFS and RigL."""
         return {
-            layer.name: drop_weakest(layer, round_half_up(drop_fraction * layer.active)) for layer in layers
+            layer.name: drop_weakest(layer, removed_count(drop_fraction * layer.active)) for layer in layers
         }
 
 
@@ -150,7 +156,7 @@ UPDATERS: Registry[Callable[..., Updater]] = Registry("dynamic sparse training m
 
 
 class PerLayerUpdater(Updater):
-    """Each layer drops round(drop_fraction × active) of its weakest weights and grows as many back,
+    """Each layer drops drop_fraction × active (rounded) of its weakest weights and grows as many back,
     the inactive positions of highest `grow_scores` (SET, RigL): per-layer counts never change.
     """
 
@@ -242,7 +248,7 @@ class DsrUpdater(Updater):
         target = drop_fraction * active
         if self.threshold is None:
             magnitudes = torch.cat([layer.weight.detach().abs()[layer.mask].float() for layer in layers])
-            k = max(1, round_half_up(target))
+            k = max(1, removed_count(target))
             self.threshold = float(magnitudes.kthvalue(k).values) if k <= magnitudes.numel() else math.inf
         dropped = {}
         for layer in layers:
@@ -334,7 +340,8 @@ class DynamicSparseTraining(Callback):
             for n in masks
         ]
         drop_fraction = drop_fraction_at(self.config, state.step, self.end_step)
-        updates = self.updater.update(layers, drop_fraction, self.generator)
+        with rounding_rule(self.config.rounding):
+            updates = self.updater.update(layers, drop_fraction, self.generator)
         before = sum(layer.active for layer in layers)
         after = sum(int(torch.count_nonzero(updates[n].mask)) for n in masks)
         if before != after:

@@ -4,7 +4,8 @@ Two methods learn a real score `s` per selected weight while every original para
 stays frozen; the layer computes with `W ⊙ m`:
 
 * ``edge_popup`` (Ramanujan et al. 2020): `m` keeps the top-k of `|s|` per layer, k fixed by the target
-  sparsity (`numel - round_half_up(numel·sparsity)` entries, as the uniform allocation; ties to the
+  sparsity (`numel - removed_count(numel·sparsity)` entries, the count rounded by `rounding` as in a
+  prune: half_up by default, floor for the edge-popup code's int(s·numel); ties to the
   lower index). The gradient reaches the scores straight through the top-k of |s|:
   dL/ds = sign(s) ⊙ dL/dm = sign(s) ⊙ (dL/dW_eff) ⊙ W.
 * ``supermask`` (Zhou et al. 2019): in training mode `m ~ Bernoulli(sigmoid(s))`, drawn anew on every
@@ -39,8 +40,8 @@ from secateurs.core.config import StrictModel
 from secateurs.core.errors import ConfigError
 from secateurs.core.masks import MaskSet, masks_of
 from secateurs.core.registry import Registry
+from secateurs.core.sparsity import Rounding, check_rounding, removed_count
 from secateurs.core.topk import topk_mask
-from secateurs.methods.allocations import round_half_up
 from secateurs.methods.layers import LayerSelection, select_parameters
 from secateurs.methods.spec import known
 from secateurs.methods.training.base import TRAINING, TrainingMethod, stage_sparsity
@@ -149,12 +150,21 @@ class SparseSelection(StrictModel):
     )
     weight_init: Literal["signed_constant", "kaiming_normal", "keep"] = "signed_constant"
     layers: LayerSelection | None = Field(None, description="the selected layers (default: the recipe's)")
+    rounding: Rounding = Field(
+        "half_up",
+        description="edge_popup: rounding of each layer's removed count s·n: half_up, floor (the edge-popup "
+        "code's int(s·n)) or ceil",
+    )
 
     @model_validator(mode="after")
     def _known_method(self) -> SparseSelection:
         known(SELECTORS, self.method)
         if not SELECTORS.get(self.method).takes_sparsity and self.sparsity is not None:
             raise ValueError(f"{self.method} learns its own sparsity: leave `sparsity` out")
+        if not SELECTORS.get(self.method).takes_sparsity and self.rounding != "half_up":
+            raise ValueError(
+                f"{self.method} learns its own sparsity, so it has no count to round: leave `rounding` out"
+            )
         return self
 
 
@@ -302,6 +312,7 @@ def attach_selection(
     sparsity: float | None = None,
     weight_init: str = "signed_constant",
     seed: int = 0,
+    rounding: str = "half_up",
 ) -> SelectionHandle:
     """Freeze `model` and attach a trainable score per named weight (see the module docstring).
 
@@ -310,6 +321,7 @@ def attach_selection(
     generator on the weights' device, seeded from that one. Attach after moving the model to its device.
     """
     _check_options(method, sparsity, weight_init)
+    rounding = check_rounding(rounding, where="attach_selection rounding")
     targets = _resolve(model, list(names))
 
     selector = SELECTORS.get(method)
@@ -317,7 +329,7 @@ def attach_selection(
     if selector.takes_sparsity:
         for name, (module, attr) in targets.items():
             n = getattr(module, attr).numel()
-            k_of[name] = n - round_half_up(n * float(sparsity or 0.0))  # as the uniform allocation
+            k_of[name] = n - removed_count(n * float(sparsity or 0.0), rounding)  # as the uniform allocation
             if k_of[name] == 0:
                 raise ConfigError(
                     f"sparsity {sparsity} keeps no weight of {name!r} ({n} entries)",
@@ -397,6 +409,7 @@ class SelectionMethod(TrainingMethod):
             sparsity=sparsity,
             weight_init=spec.weight_init,
             seed=self.services.seed,
+            rounding=spec.rounding,
         )
 
     def after_training(self) -> None:
