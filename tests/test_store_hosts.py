@@ -135,6 +135,58 @@ def test_one_process_on_a_sqlite_store_on_nfs_is_warned_and_runs(folder: Path, o
     assert "network filesystem" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [("--backend", "ray", "--address", "10.0.0.5:6379"), ("--backend", "slurm")],
+    ids=["ray cluster", "slurm"],
+)
+def test_backends_that_reach_other_hosts_refuse_a_sqlite_store_on_nfs(
+    folder: Path, on_nfs: Path, flags: tuple[str, ...]
+) -> None:
+    one_error(
+        invoke("sweep", str(folder / "sweep.yaml"), "--root", str(folder / "r"), *flags),
+        "is on a network filesystem (nfs4)",
+        "--store postgresql://",
+    )
+    assert not (folder / "r").exists()  # refused before the cluster is probed or anything written
+
+
+@pytest.mark.parametrize(
+    "flags", [("--backend", "ray"), ("--backend", "slurm", "--cluster", "local")], ids=["ray", "submitit"]
+)
+def test_backends_on_this_machine_are_only_warned_about_a_sqlite_store_on_nfs(
+    folder: Path, on_nfs: Path, monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...]
+) -> None:
+    import secateurs.results.sweep as sweep_module
+
+    def stop(*args: Any, **kwargs: Any) -> None:  # the check passed: stop before starting the backend
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep_module, "run_sweep", stop)
+    result = invoke("sweep", str(folder / "sweep.yaml"), "--root", str(folder / "r"), *flags)
+    assert result.exit_code == 130 and "interrupted" in result.stderr, result.output
+    assert "network filesystem (nfs4)" in result.stderr and "never run shards" in result.stderr
+
+
+def test_only_backends_that_may_leave_this_machine_span_hosts() -> None:
+    from secateurs.results.sweep import make_backend
+
+    spans = {
+        "local, 2 workers": make_backend("local", workers=2),
+        "ray, local instance": make_backend("ray"),
+        "ray, address local": make_backend("ray", options={"address": "local"}),
+        "ray, auto": make_backend("ray", options={"address": "auto"}),
+        "ray, host:port": make_backend("ray", options={"address": "10.0.0.5:6379"}),
+        "slurm": make_backend("slurm"),
+        "slurm, local executor": make_backend("slurm", options={"cluster": "local"}),
+    }
+    assert [name for name, backend in spans.items() if backend.spans_hosts()] == [
+        "ray, auto",
+        "ray, host:port",
+        "slurm",
+    ]
+
+
 # -- merge ------------------------------------------------------------------------------------
 def test_merging_two_shards_roots_equals_the_single_store_sweep(folder: Path) -> None:
     whole, one, two = folder / "whole", folder / "host1", folder / "host2"

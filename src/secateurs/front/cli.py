@@ -520,7 +520,14 @@ def sweep(
     """Run every point of a sweep into the results store; finished runs are skipped, so re-run to resume."""
     from secateurs.core.errors import ConfigError
     from secateurs.results.backends import backend_options
-    from secateurs.results.sweep import expand_sweep, load_sweep, parse_shard, run_sweep, select_shard
+    from secateurs.results.sweep import (
+        expand_sweep,
+        load_sweep,
+        make_backend,
+        parse_shard,
+        run_sweep,
+        select_shard,
+    )
 
     _setup_logging(verbose)
     _set_threads(threads)
@@ -550,7 +557,8 @@ def sweep(
         from secateurs.results.netfs import check_sqlite_store
         from secateurs.results.runner import db_path
 
-        check_sqlite_store(db_path(root), shared_by_hosts=selected is not None or backend != "local")
+        spans_hosts = make_backend(backend, workers=workers, options=options).spans_hosts()
+        check_sqlite_store(db_path(root), shared_by_hosts=selected is not None or spans_hosts)
     try:
         summary = run_sweep(
             points, root, workers=workers, progress=progress and console.is_terminal, backend=backend,

@@ -166,6 +166,10 @@ class RayBackend(SweepBackend):
         if self.mem_gb is not None:
             _at_least("mem_gb", self.mem_gb, 0.001)
 
+    def spans_hosts(self) -> bool:
+        """A local instance is this machine; any address may be a cluster of several."""
+        return self.address not in (None, "local")
+
     @contextmanager
     def session(self, store: str | None = None) -> Iterator[Dispatch]:
         """Connect (or start a local instance) before anything is written; disconnect at the end.
@@ -306,6 +310,10 @@ class SlurmBackend(SweepBackend):
                 "--no-wait needs --cluster slurm: the local cluster's tasks are this process's children",
                 fix="leave out --no-wait, or submit to Slurm",
             )
+
+    def spans_hosts(self) -> bool:
+        """Slurm places tasks on any node; the local executor runs them here."""
+        return self.cluster != "local"
 
     @contextmanager
     def session(self, store: str | None = None) -> Iterator[Dispatch]:

@@ -4,8 +4,9 @@ SQLite's WAL keeps its lock state in shared memory beside the file, which only p
 host share, and the POSIX locks SQLite falls back on are unreliable over NFS, SMB and the
 parallel filesystems of clusters: shards on several machines writing one `results.db` there can
 lose or corrupt results (see https://www.sqlite.org/wal.html and sqlite.org/lockingv3.html). So
-`secateurs sweep --shard` refuses such a store and says what to do instead; one process (or the
-workers of one host) on it is only warned about.
+`secateurs sweep --shard`, and a backend whose runs may leave this machine (Slurm, a Ray cluster at an
+address: `SweepBackend.spans_hosts`), refuse such a store and say what to do instead; the processes of
+one host on it (workers, a local Ray instance, submitit's local executor) are only warned about.
 
 The filesystem type comes from /proc/self/mounts (Linux): the mount whose point is the longest
 prefix of the path. `MOUNTS` is read at call time, so a test can point it at a file of its own.

@@ -284,6 +284,11 @@ class SweepBackend:
     def session(self, store: str | None = None) -> AbstractContextManager[Dispatch]:
         raise NotImplementedError
 
+    def spans_hosts(self) -> bool:
+        """Whether the runs may execute on machines other than this one (so a SQLite store on a
+        network filesystem would be shared between hosts, `secateurs.results.netfs`)."""
+        return False
+
 
 BACKENDS: Registry[Callable[..., SweepBackend]] = Registry("sweep backend")
 provide("sweep backend", "secateurs.results.backends")  # ray and slurm, imported when named
