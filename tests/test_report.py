@@ -92,6 +92,22 @@ def test_potential_table_uses_the_dense_reference_per_shift(root: Path) -> None:
     assert row.split(" | ")[1] == f"{100 * expected:g} %"
 
 
+def test_dense_only_runs_are_the_dense_row_not_a_second_one(tmp_path: Path) -> None:
+    dense = recipe("magnitude", 0.5, 0).model_dump(by_alias=True, exclude_none=True)
+    dense["stages"] = dense["stages"][:2]  # train, evaluate "dense": a sweep's dense reference runs
+    dense.pop("sparsity")
+    execute(recipe_from_raw(dense), tmp_path, name="dense")
+    execute(recipe("magnitude", 0.5, 0), tmp_path, name="magnitude")
+    with ResultsDB(tmp_path / "results.db", create=False) as db:
+        runs = collect(db)
+    assert sorted((r.method, r.sparsity) for r in runs) == [("dense", 0.0), ("magnitude", 0.5)]
+    table = accuracy_table(runs)
+    rows = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")]
+    assert rows == ["| method", "| dense", "| magnitude"]  # the dense run is in the one dense row
+    potential = potential_table(runs)
+    assert "| magnitude |" in potential and "| dense |" not in potential
+
+
 def test_write_report_writes_markdown_and_valid_pngs(root: Path, tmp_path: Path) -> None:
     path = write_report(root, tmp_path / "rep")
     text = path.read_text()

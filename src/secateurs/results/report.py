@@ -317,6 +317,12 @@ def _groups(runs: Iterable[RunSummary]) -> dict[tuple[str, str], list[RunSummary
     return dict(sorted(groups.items()))
 
 
+def _pruned_methods(group: list[RunSummary]) -> list[str]:
+    """The methods of `group` in name order, less those whose every run is dense (sparsity 0): their
+    evaluations are the dense reference, which has a row of its own (a method "dense" would repeat it)."""
+    return sorted({r.method for r in group if r.sparsity > 0})
+
+
 def _cells(runs: list[RunSummary], metric: str) -> dict[tuple[str, float], Cell]:
     cells: dict[tuple[str, float], Cell] = defaultdict(Cell)
     for r in runs:
@@ -386,7 +392,7 @@ def accuracy_tables(runs: list[RunSummary], metric: str = "accuracy") -> list[Ta
         dense = _dense(group, metric)
         measured = [r for r in group if r.dense is not None and metric in r.dense]
         sparsities = sorted({r.sparsity for r in group} | ({0.0} if dense.values else set()))
-        methods = list(dict.fromkeys(r.method for r in sorted(group, key=lambda r: r.method)))
+        methods = _pruned_methods(group) if dense.values else sorted({r.method for r in group})
         cells = _cells(group, metric)
         headers = [DENSE_COLUMN if s == 0 and dense.values else f"{100 * s:g} %" for s in sparsities]
         table = Table(
@@ -496,7 +502,7 @@ def potential_tables(runs: list[RunSummary], delta: float = 0.005) -> list[Table
         metrics = ["accuracy", *shifts]
         names = ["clean" if m == "accuracy" else m[len(SHIFT_PREFIX) :] for m in metrics]
         table = Table(f"{data} · {model}: prune potential (δ = {100 * delta:g} points)", ["method", *names])
-        for method in sorted({r.method for r in group}):
+        for method in _pruned_methods(group):  # the dense model's potential is 0 by definition
             mine = [r for r in group if r.method == method]
             row = [Entry(method, method, _hashes(mine))]
             for metric in metrics:
