@@ -12,7 +12,7 @@ epochs for every method; dense is the reference; 3 seeds; 90 % sparsity.
     python benchmarks/dst_schedule.py            # about 30 min on an idle 2-core machine
     python benchmarks/dst_schedule.py --quick    # about a minute: 1 seed, 90 %, 300 steps
     python benchmarks/dst_schedule.py --epochs 6 # a shorter budget, results under dst_schedule_6ep
-Writes benchmarks/results/dst_schedule{,_quick}.{json,md} and .../dst_schedule{,_quick}/report.md;
+Writes benchmarks/results/dst_schedule{,_quick}.{json,md} and .../dst_schedule{,_quick}/report.{md,html};
 finished runs are kept in a results store, so an interrupted benchmark resumes.
 """
 
@@ -29,6 +29,7 @@ from _sweeps import lenet_dst_cells, prepare, run_sweeps, store_minutes
 from dst_fashion_mnist import DENSE_RECIPE, flops_table, ordering
 
 from secateurs.core.fileio import atomic_write_text
+from secateurs.results.html_report import write_html_report
 from secateurs.results.report import write_report
 
 HERE = Path(__file__).parent
@@ -117,6 +118,7 @@ def main() -> None:
         f"Full report of the store: [{stem}{suffix}/report.md]({stem}{suffix}/report.md)",
     ]
     atomic_write_text(RESULTS / f"{stem}{suffix}.md", "\n".join(lines) + "\n")
+    write_html_report(root, report, notes="\n".join(lines))  # the findings and the store, in one page
     payload = {
         "budget": budget,
         "sweep_minutes": swept,

@@ -14,7 +14,7 @@ within each layer) and `reinit` (the method's mask, weights re-drawn). Random (E
 
     python benchmarks/pai_sanity_bn.py            # about 35 min on an idle 2-core machine
     python benchmarks/pai_sanity_bn.py --quick    # a few minutes: 1 seed, 90/98 %, 150 steps
-Writes benchmarks/results/pai_sanity_bn{,_quick}.{json,md} and .../pai_sanity_bn{,_quick}/report.md;
+Writes benchmarks/results/pai_sanity_bn{,_quick}.{json,md} and .../pai_sanity_bn{,_quick}/report.{md,html};
 finished runs are kept in a results store, so an interrupted benchmark resumes.
 """
 
@@ -31,6 +31,7 @@ from pai_sweep import summarise
 
 from secateurs.core.fileio import atomic_write_text
 from secateurs.results.db import ResultsDB
+from secateurs.results.html_report import write_html_report
 from secateurs.results.report import collect, write_report
 
 HERE = Path(__file__).parent
@@ -169,6 +170,7 @@ def main() -> None:
         lines += [*check_table(acc), "", *reference_table(acc, pair["dense"]["mean"])]
     lines += ["", f"Full report of the store: [{STEM}{suffix}/report.md]({STEM}{suffix}/report.md)"]
     atomic_write_text(RESULTS / f"{STEM}{suffix}.md", "\n".join(lines) + "\n")
+    write_html_report(root, report, notes="\n".join(lines))  # the findings and the store, in one page
     payload = {"budget": budget, "sweep_minutes": swept, **timing, "pairs": summary}
     atomic_write_text(RESULTS / f"{STEM}{suffix}.json", json.dumps(payload, indent=1))
     print((RESULTS / f"{STEM}{suffix}.md").read_text(), f"\nreport: {report}")
