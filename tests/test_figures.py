@@ -25,12 +25,15 @@ from matplotlib.patches import Rectangle
 from secateurs.core.errors import ConfigError
 from secateurs.results import ResultsDB, figures
 from secateurs.results.report import (
+    Cell,
     RunSummary,
+    TicketPoint,
     accuracy_table,
     collect,
     figure_styles,
     level_panels,
     report_figures,
+    ticket_panels,
     ticket_table,
     write_report,
 )
@@ -280,6 +283,21 @@ def test_the_ticket_figure_keeps_one_of_two_nearly_equal_remaining_labels(drawn:
     assert "2.85" in shown and "2.87" not in shown and "80" in shown  # the ends stay: 80 % down to 2.85 %
     steps = fig.axes[-1]
     assert steps.get_ylabel().startswith("early-stop step")
+
+
+def test_early_stop_bands_end_at_the_latest_evaluated_step() -> None:
+    points = [  # seeds stopped early at 1800, 2000, 2000: mean + std = 2048, past the 2000 steps trained
+        TicketPoint(level, 1 - 0.2 * level, Cell([0.8, 0.81, 0.82]), Cell([1800.0, 2000.0, 2000.0]))
+        for level in (1, 2)
+    ]
+    (panel,) = ticket_panels({"IMP · synthetic · mlp": {"ticket": points}})
+    assert panel.latest_step == 2000.0
+    fig = figures.ticket_figure([panel])
+    assert fig is not None
+    bands = [c for c in fig.axes[1].collections if isinstance(c, PolyCollection)]
+    ys = [y for band in bands for path in band.get_paths() for y in path.vertices[:, 1]]
+    assert bands and max(ys) == 2000.0 and min(ys) == pytest.approx(1933.33 - 115.47, abs=0.01)
+    plt.close(fig)
 
 
 def test_layer_sparsity_bars_have_one_colour_per_method_and_names_apart() -> None:

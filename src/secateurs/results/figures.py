@@ -118,6 +118,7 @@ class TicketPanel:
     metric: list[Curve]
     steps: list[Curve]
     dense: Stat | None = None
+    latest_step: float | None = None  # the step bands' upper bound (no early stop comes later)
 
 
 @dataclass(frozen=True)
@@ -284,9 +285,8 @@ def ticket_figure(
             bottom = grid[1][column]
             for curve in panel.steps:
                 style = styles.line(panel.method, curve.variant)
-                _curve(
-                    bottom, curve, style, label=curve.variant or "ticket", scale=1.0, bounds=(0.0, math.inf)
-                )
+                bounds = (0.0, math.inf if panel.latest_step is None else panel.latest_step)
+                _curve(bottom, curve, style, label=curve.variant or "ticket", scale=1.0, bounds=bounds)
             _remaining_axis(bottom, xs)
             bottom.set_ylabel("early-stop step (best test accuracy)")
     axes = [ax for row in grid for ax in row]

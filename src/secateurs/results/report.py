@@ -297,8 +297,11 @@ def ticket_panels(
         method = title.split(" · ")[0]
         for curve in metric + steps:
             curve.method = method
+        # no early stop comes after the last evaluation: the latest one seen bounds the step bands
+        seen = [v for points in curves.values() for p in points for v in p.best_step.values]
+        latest = max(seen, default=None)
         out.append(figures.TicketPanel(title, method, metric, [c for c in steps if c.points],
-                                       _stat((dense or {}).get(title))))  # fmt: skip
+                                       _stat((dense or {}).get(title)), latest))  # fmt: skip
     return out
 
 
