@@ -12,7 +12,7 @@ prune stage's sanity check `shuffle` (the method's per-layer keep ratios, positi
 within each layer) and `reinit` (the method's mask, weights re-drawn). Random (ERK) and random
 (uniform) masks and dense training are the references. Sparsities 80, 90, 95, 98 %, 3 seeds.
 
-    python benchmarks/pai_sanity_bn.py            # about 35 min on an idle 2-core machine
+    python benchmarks/pai_sanity_bn.py            # about 26 min on an idle 2-core machine
     python benchmarks/pai_sanity_bn.py --quick    # a few minutes: 1 seed, 90/98 %, 150 steps
 Writes benchmarks/results/pai_sanity_bn{,_quick}.{json,md} and .../pai_sanity_bn{,_quick}/report.{md,html};
 finished runs are kept in a results store, so an interrupted benchmark resumes.
