@@ -29,7 +29,7 @@ from secateurs.core.checkpoint import load_checkpoint, save_checkpoint
 from secateurs.core.errors import CheckpointError, ConfigError
 from secateurs.core.masks import MaskSet
 from secateurs.front.demo import DEMO_METHODS, quick_overrides
-from secateurs.methods.allocations import LayerInfo, allocate, round_half_up
+from secateurs.methods.allocations import LayerInfo, allocate, round_half_up, unmatched_patterns
 from secateurs.methods.pruning import compute_masks
 from secateurs.models import build_model
 from secateurs.pipeline.recipe import Recipe, load_recipe, recipe_from_raw
@@ -119,6 +119,7 @@ def counts(masks: MaskSet) -> dict[str, int]:
         (None, [38, 31, 25]),
         # the output layer at 10 %: 48 - round(4.8), 48 - round(9.12), 48 - round(13.008)
         ({"classifier": 0.1}, [43, 39, 35]),
+        ({"$last": 0.1}, [43, 39, 35]),  # named by its place: the last prunable layer
     ],
 )
 def test_layerwise_rate_keeps_the_rounded_power_of_each_layer_per_level(
@@ -130,12 +131,32 @@ def test_layerwise_rate_keeps_the_rounded_power_of_each_layer_per_level(
         {"features.1.weight": f, "classifier.weight": c}
         for f, c in zip([256, 205, 164], classifier, strict=True)
     ]
-    rates = {"features.1.weight": 0.2, "classifier.weight": (layer_rates or {}).get("classifier", 0.2)}
+    output = next(iter((layer_rates or {"classifier": 0.2}).values()))
+    rates = {"features.1.weight": 0.2, "classifier.weight": output}
     for level, masks in enumerate(mask_log, start=1):  # the documented formula, for every layer and level
         for name, n in SIZES.items():
             assert counts(masks)[name] == n - round_half_up((1 - (1 - rates[name]) ** level) * n)
     for inner, outer in zip(mask_log[1:], mask_log, strict=False):  # masks only shrink
         assert all(not (inner[n] & ~outer[n]).any() for n in SIZES)
+
+
+def test_first_and_last_name_a_layer_by_its_place_in_every_model() -> None:
+    layers = [
+        LayerInfo(n, (4,), 1, torch.tensor([4.0, 3, 2, 1])) for n in ("a.weight", "b.weight", "c.weight")
+    ]
+    assert allocate("uniform", layers, 0.5, layer_sparsities={"$first": 0.25, "$last": 0.75}) == {
+        "a.weight": 3,
+        "b.weight": 2,
+        "c.weight": 1,
+    }
+    assert unmatched_patterns(["a.weight"], ["$first", "$last", "b*"]) == ["b*"]
+    assert unmatched_patterns([], ["$last"]) == ["$last"]
+    for name, output in (("cnn1d", "classifier.1.weight"), ("resnet20", "fc.weight")):  # no "classifier"
+        shape = (1, 40) if name == "cnn1d" else (3, 32, 32)
+        model = build_model(name, shape, 10, seed=0)
+        masks = compute_masks(model, 0.5, allocation="uniform", layer_sparsities={"$last": 0.1})
+        assert list(masks)[-1] == output
+        assert int(masks[output].sum()) == masks[output].numel() - round_half_up(0.1 * masks[output].numel())
 
 
 def test_layer_overrides_work_with_every_allocation_and_the_rest_shares_the_target() -> None:

@@ -275,7 +275,8 @@ class Pipeline:
                 for pattern in unmatched_patterns(names, stage.schedule.layer_rates):  # type: ignore[union-attr]
                     raise ConfigError(
                         f"{where}: pattern {pattern!r} matches no prunable layer",
-                        fix=f"prunable parameters are: {', '.join(names)}",
+                        fix=f"prunable parameters are: {', '.join(names)} ($first and $last name the "
+                        "first and the last of them, in any model)",
                     )
 
     # -- the stage loop ------------------------------------------------------------------------

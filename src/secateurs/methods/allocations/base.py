@@ -19,7 +19,9 @@ Per-layer overrides (`layer_sparsities`, name pattern → sparsity) work with ev
 a matching layer keeps exactly `n - removed_count(s_layer·n)` groups, and the named allocation
 splits the target sparsity over the other layers only (so `global` reaches `sparsity` on them).
 The lottery ticket's "output layer at half the rate" is such an override, set per level by the
-iterative schedule's `layer_rates`.
+iterative schedule's `layer_rates`. Besides name patterns, `$first` and `$last` name the first and
+the last prunable unit in model order, so one recipe reaches the output layer of every model
+(`classifier`, `classifier.5`, `fc`, `lm_head`).
 
 `round_to: k` (an option of the channel-like structures, passed here through the layout's
 `allocation_defaults`, or `allocate(round_to=k)`) makes every unit's kept count a multiple of k,
@@ -190,14 +192,21 @@ def _module(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0] if "." in param_name else param_name
 
 
-def _layer_matches(layer: LayerInfo, pattern: str) -> bool:
-    return fnmatchcase(layer.name, pattern) or fnmatchcase(_module(layer.name), pattern)
+PLACES = {"$first": 0, "$last": -1}
+"""Patterns that name a unit by its place among the prunable ones (model order), not by its name."""
+
+
+def _name_matches(name: str, pattern: str, names: list[str]) -> bool:
+    """`name` is matched by `pattern`: a glob on it or its module's name, or its place (`PLACES`)."""
+    if pattern in PLACES:
+        return bool(names) and name == names[PLACES[pattern]]
+    return fnmatchcase(name, pattern) or fnmatchcase(_module(name), pattern)
 
 
 def unmatched_patterns(names: Iterable[str], patterns: Iterable[str]) -> list[str]:
     """The patterns that match none of the parameter names (nor their module names)."""
     names = list(names)
-    return [p for p in patterns if not any(fnmatchcase(n, p) or fnmatchcase(_module(n), p) for n in names)]
+    return [p for p in patterns if not any(_name_matches(n, p, names) for n in names)]
 
 
 def override_counts(
@@ -216,8 +225,9 @@ def override_counts(
             fix=f"prunable parameters are: {', '.join(layer.name for layer in layers)}",
         )
     out = {}
+    names = [layer.name for layer in layers]
     for layer in layers:
-        value = next((v for p, v in layer_sparsities.items() if _layer_matches(layer, p)), None)
+        value = next((v for p, v in layer_sparsities.items() if _name_matches(layer.name, p, names)), None)
         if value is not None:
             out[layer.name] = kept_after(layer.num_groups, value, layer.floor)
     return out

@@ -35,7 +35,8 @@ class Iterative(LevelSchedule):
     levels_: int | None = Field(None, gt=0, alias="levels")
     sparsity: float | None = Field(None, ge=0, lt=1)
     layer_rates: dict[str, float] = Field(
-        default_factory=dict, description="name pattern -> its own rate per level (e.g. {classifier: 0.1})"
+        default_factory=dict,
+        description="name pattern -> its own rate per level (e.g. {classifier: 0.1}, or {$last: 0.1})",
     )
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
