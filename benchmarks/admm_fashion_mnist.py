@@ -35,7 +35,7 @@ The grid is written as sweep YAML files and run by the CLI (`secateurs sweep`) i
 store, then reported (`secateurs.results.report.write_report`) with the tables below. Finished runs are
 skipped, so an interrupted benchmark resumes.
 
-    python benchmarks/admm_fashion_mnist.py            # about 35 min, 2 workers on 2 otherwise idle cores
+    python benchmarks/admm_fashion_mnist.py            # about 8 min, 2 workers on 2 otherwise idle cores
     python benchmarks/admm_fashion_mnist.py --quick    # about 2 minutes: LeNet-300-100, 1 seed, a few methods
 Writes benchmarks/results/admm_fashion_mnist{,_quick}.json and .../admm_fashion_mnist{,_quick}/report.md
 (and report.html, the same in one self-contained page).
