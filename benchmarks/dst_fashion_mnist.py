@@ -14,7 +14,7 @@ store, then reported (`secateurs.results.report.write_report`) with an accuracy/
 of the literature's ordering at 90 %+ (RigL ≥ SET ≥ static random). Finished runs are skipped, so
 an interrupted benchmark resumes.
 
-    python benchmarks/dst_fashion_mnist.py            # about 35 minutes on 2 cores
+    python benchmarks/dst_fashion_mnist.py            # about 15 minutes on 2 idle cores
     python benchmarks/dst_fashion_mnist.py --quick    # about 2 minutes: 1 seed, 90 %, 60 steps each
 Writes benchmarks/results/dst_fashion_mnist{,_quick}.json and .../dst_fashion_mnist{,_quick}/report.md
 (and report.html, the same in one self-contained page).
