@@ -15,7 +15,7 @@ The grid is written as sweep YAML files and run by the CLI exactly as a user wou
 `secateurs.results.report.write_report` plus a section that checks three findings of the literature.
 Finished runs are skipped, so an interrupted benchmark resumes.
 
-    python benchmarks/pai_sweep.py            # about 40 minutes on 2 cores
+    python benchmarks/pai_sweep.py            # about 20 minutes on 2 idle cores
     python benchmarks/pai_sweep.py --quick    # about a minute: MNIST-1D, 1 seed, 90/98 %, 4 epochs
 Writes benchmarks/results/pai_sweep{,_quick}.json and benchmarks/results/pai_sweep{,_quick}/report.md
 (and report.html, the same in one self-contained page).
