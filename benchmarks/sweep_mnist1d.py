@@ -6,7 +6,7 @@ at every evaluation; it is written to a sweep YAML and run by the CLI exactly as
     secateurs report --root ROOT --out benchmarks/results/sweep_mnist1d
 Finished runs are skipped, so an interrupted benchmark resumes.
 
-    python benchmarks/sweep_mnist1d.py            # about 30 minutes on 2 cores
+    python benchmarks/sweep_mnist1d.py            # about 10 minutes on 2 idle cores
     python benchmarks/sweep_mnist1d.py --quick    # about a minute (1 seed, MLP, 2 sparsities, few epochs)
 """
 
