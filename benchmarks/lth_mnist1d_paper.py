@@ -20,7 +20,7 @@ with notebooks/train.py) and expressed here as a secateurs recipe:
 
 We run rounds 1-95 (sparsity up to 95.96 %), 3 seeds.
 
-    python benchmarks/lth_mnist1d_paper.py            # about an hour (3 workers, 2 idle cores)
+    python benchmarks/lth_mnist1d_paper.py            # about 21 min (3 workers, 2 idle cores)
     python benchmarks/lth_mnist1d_paper.py --quick    # about a minute: 4 coarse rounds, 150 steps
     python benchmarks/lth_mnist1d_paper.py --every 5  # 19 rounds: 19 min here, 3 workers, busy cores
 Writes benchmarks/results/lth_mnist1d_paper{,_quick}.{md,json,png}; an interrupted run resumes
