@@ -220,8 +220,12 @@ def test_each_check_catches_the_bad_figure() -> None:
 def test_thinning_removes_exactly_the_colliding_tick_labels() -> None:
     fig = figures.thin_tick_labels(bad_figure())
     assert overlapping_ticks(fig) == []
-    kept = [t.get_text() for t in figures.shown_tick_labels(fig.axes[0].xaxis)]
+    shown = figures.shown_tick_labels(fig.axes[0].xaxis)
+    kept = [t.get_text() for t in shown]
     assert "2.85" in kept and "2.87" not in kept and {"10", "50"} <= set(kept)
+    assert len(fig.axes[0].get_xticks()) == len(kept)  # a dropped label takes its tick and grid line
+    boxes = sorted((t.get_window_extent() for t in shown), key=lambda b: b.x0)
+    assert all(b.x0 - a.x1 >= 6.0 - 1e-6 for a, b in itertools.pairwise(boxes))  # two spaces apart
     plt.close(fig)
     fig, ax = plt.subplots()
     ax.set_xticks([1.0], ["1"])
