@@ -67,8 +67,9 @@ def cells(runs: list[RunSummary], metric: str) -> dict[str, dict[str, dict[str, 
 
 
 def store_minutes(root: Path) -> dict[str, float]:
-    """From the store's timestamps: wall minutes from the first run's start to the last run's end,
-    and the runs' own minutes summed (what the grid costs, whichever invocation ran it)."""
+    """From the store's timestamps: wall minutes while at least one run was running (the union of
+    the runs' spans, so a benchmark resumed hours later does not count the pause), and the runs'
+    own minutes summed (what the grid costs, whichever invocation ran it)."""
     from datetime import datetime
 
     from secateurs.results.db import ResultsDB
@@ -81,7 +82,13 @@ def store_minutes(root: Path) -> dict[str, float]:
         ]
     if not spans:
         return {"wall_minutes": 0.0, "run_minutes": 0.0}
-    wall = (max(b for _, b in spans) - min(a for a, _ in spans)).total_seconds() / 60
+    busy, end = 0.0, None
+    for a, b in sorted(spans):
+        if end is None or a > end:
+            busy, end = busy + (b - a).total_seconds(), b
+        elif b > end:
+            busy, end = busy + (b - end).total_seconds(), b
+    wall = busy / 60
     total = sum((b - a).total_seconds() for a, b in spans) / 60
     return {"wall_minutes": round(wall, 1), "run_minutes": round(total, 1)}
 

@@ -522,7 +522,7 @@ def main() -> None:
         "",
         f"Budget: {text_budget}; {args.workers} workers; the grid's runs took "
         f"{timing['run_minutes']} min summed, "
-        f"{timing['wall_minutes']} min of wall time from the first start to the last end "
+        f"{timing['wall_minutes']} min of wall time while runs were running "
         f"(this invocation: {swept:.1f} min).",
         "",
     ]

@@ -144,7 +144,7 @@ def main() -> None:
         "",
         f"Budget: {budget}, SGD 0.1 momentum 0.9 cosine, batch 128; {args.workers} workers; "
         f"the grid's runs took {timing['run_minutes']} min summed, {timing['wall_minutes']} min of wall time "
-        f"from the first start to the last end (this invocation: {swept:.1f} min).",
+        f"while runs were running (this invocation: {swept:.1f} min).",
         "",
     ]
     atomic_write_text(report, report.read_text(encoding="utf-8") + "\n".join(note))

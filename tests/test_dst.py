@@ -263,6 +263,31 @@ def test_grown_weights_train_after_they_are_grown(method: str) -> None:
     assert trained > sum(int(g.sum()) for g in grown.values()) // 2
 
 
+def test_rigl_in_a_recipe_grows_by_gradients_that_reach_every_inactive_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A masked gradient (zero off the mask) would make RigL grow the lowest indices, not the steepest."""
+    seen: list[tuple[int, int]] = []
+    grow_scores = RigLUpdater.grow_scores
+
+    def spy(self: RigLUpdater, layer: LayerView, generator: torch.Generator) -> torch.Tensor:
+        assert layer.grad is not None
+        inactive = ~layer.mask
+        seen.append((int(torch.count_nonzero(layer.grad[inactive])), int(inactive.sum())))
+        return grow_scores(self, layer, generator)
+
+    monkeypatch.setattr(RigLUpdater, "grow_scores", spy)
+    raw = tiny_recipe(
+        {"prune": {"criterion": "random", "allocation": "uniform"}},
+        {"train": {"dst": {"method": "rigl", "update_every": 2, "end_fraction": 1.0}}},
+        iterations=6,
+    )
+    run_recipe(recipe_from_raw(raw))
+    assert len(seen) == 4  # two updates, two layers
+    # a masked gradient is 0 at every inactive weight; a dense one only behind a dead ReLU unit
+    assert all(inactive > 0 and nonzero > inactive // 2 for nonzero, inactive in seen), seen
+
+
 # -- the update path against the code before it was made faster (issue 18) ------------------------------
 def _old_grow_strongest(kept: torch.Tensor, scores: torch.Tensor, n: int) -> dst.LayerUpdate:
     """`grow_strongest` as it was: one topk_mask over every entry, the active ones at -inf."""
