@@ -9,7 +9,7 @@ decaying by a cosine to 0 at 75 % of training; grown weights start at zero. Stat
 its ERK mask. LeNet-5 on Fashion-MNIST, SGD 0.1 momentum 0.9 cosine, batch 128, the same
 epochs for every method; dense is the reference; 3 seeds; 90 % sparsity.
 
-    python benchmarks/dst_schedule.py            # about 25 min on an idle 2-core machine
+    python benchmarks/dst_schedule.py            # about 15 min on an idle 2-core machine
     python benchmarks/dst_schedule.py --quick    # about a minute: 1 seed, 90 %, 300 steps
     python benchmarks/dst_schedule.py --epochs 6 # a shorter budget, results under dst_schedule_6ep
 Writes benchmarks/results/dst_schedule{,_quick}.{json,md} and .../dst_schedule{,_quick}/report.{md,html};
