@@ -46,8 +46,14 @@ pytestmark = pytest.mark.skipif(
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 HOOKED = """
-import os, runpy, sys
+import os, runpy, signal, sys
 from pathlib import Path
+
+# Ctrl-C as at a terminal, whatever the test runner's own state: a shell starts a background job
+# (`.ci/run &`) with SIGINT ignored, and an ignored SIGINT is inherited and stays ignored (by design:
+# the workers keep it so), which would leave nothing for the tests' SIGINT to interrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 from secateurs.pipeline.hashing import run_hash
 from secateurs.pipeline.runner import Pipeline
 
