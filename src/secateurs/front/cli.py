@@ -553,17 +553,16 @@ def sweep(
     total = len(points)
     if selected is not None:
         points = select_shard(points, *selected)
+    runner = make_backend(backend, workers=workers, options=options)  # the one run_sweep runs on
     if store is None:
         from secateurs.results.netfs import check_sqlite_store
         from secateurs.results.runner import db_path
 
-        spans_hosts = make_backend(backend, workers=workers, options=options).spans_hosts()
-        check_sqlite_store(db_path(root), shared_by_hosts=selected is not None or spans_hosts)
+        check_sqlite_store(db_path(root), shared_by_hosts=selected is not None or runner.spans_hosts())
     try:
         summary = run_sweep(
-            points, root, workers=workers, progress=progress and console.is_terminal, backend=backend,
-            options=options, store=store,
-        )  # fmt: skip
+            points, root, progress=progress and console.is_terminal, backend=runner, store=store
+        )
     except KeyboardInterrupt:
         err_console.print(
             Text("interrupted: finished runs are kept; run the same command to resume", style="yellow")

@@ -159,9 +159,10 @@ class SparseSelection(StrictModel):
     @model_validator(mode="after")
     def _known_method(self) -> SparseSelection:
         known(SELECTORS, self.method)
-        if not SELECTORS.get(self.method).takes_sparsity and self.sparsity is not None:
+        learns_sparsity = not SELECTORS.get(self.method).takes_sparsity
+        if learns_sparsity and self.sparsity is not None:
             raise ValueError(f"{self.method} learns its own sparsity: leave `sparsity` out")
-        if not SELECTORS.get(self.method).takes_sparsity and self.rounding != "half_up":
+        if learns_sparsity and self.rounding != "half_up":
             raise ValueError(
                 f"{self.method} learns its own sparsity, so it has no count to round: leave `rounding` out"
             )
