@@ -172,3 +172,30 @@ def test_secateurs_run_nproc_2_trains_with_torchrun_and_only_rank_0_writes(tmp_p
     assert done.stdout.count("results written to") == 1  # rank 0 prints, rank 1 stays quiet
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.pt", "recipe.yaml"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.yaml"]  # no second writer's leftovers
+
+
+def test_a_worker_ends_with_its_code_and_its_buffered_output_and_logs_delivered() -> None:
+    # exit_worker skips the interpreter's teardown (see its docstring): nothing buffered may be lost
+    script = (
+        "import logging, sys\n"
+        "from secateurs.core.distributed import exit_worker\n"
+        "logging.basicConfig(stream=sys.stderr, format='%(message)s')\n"
+        "logging.getLogger('x').warning('a log line')\n"
+        "print('rank 0 table', end='')\n"  # no newline: still in stdout's buffer (a pipe)
+        "sys.stderr.write('unflushed')\n"
+        "exit_worker(3)\n"
+        "print('never')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # buffered, as it may be
+            "PYTHONPATH": str(Path(secateurs.__file__).parents[1]),
+        },
+    )
+    assert done.returncode == 3
+    assert done.stdout == "rank 0 table"
+    assert done.stderr == "a log line\nunflushed"

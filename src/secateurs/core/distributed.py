@@ -19,10 +19,14 @@ Every rank runs the whole recipe on its own copy of the model; what makes them o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -104,6 +108,24 @@ def shutdown(*, finished: bool = False) -> None:
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int = 0) -> NoReturn:
+    """End a torchrun worker process at once, skipping Python's interpreter teardown.
+
+    PyTorch's DDP keeps the gloo process group alive past `destroy_process_group` (its worker
+    threads keep running), and such a thread releases the work of the last collectives, which
+    holds Python tensors, whenever it gets to it. When that happens while the interpreter is
+    shutting down, the thread cannot take the GIL and the process aborts ("terminate called
+    without an active exception", SIGABRT), turning a finished run into a failed one: about 1 run
+    in 50 on a loaded 2-core machine. Everything a run writes is closed and renamed into place
+    before this point, so only the standard streams and logging need flushing.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, or a broken pipe: nothing can reach it
+            stream.flush()
+    os._exit(code)
 
 
 def shard_batch(indices: Tensor, order: Tensor, w: World) -> Tensor:

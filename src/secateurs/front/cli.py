@@ -171,7 +171,7 @@ def run(
     When stderr is not a terminal (a log file, a cluster job), progress is a line per training
     epoch with its loss, test accuracy, samples/s and ETA."""
     import secateurs
-    from secateurs.core.distributed import init_from_environment, launched_by_torchrun, shutdown
+    from secateurs.core.distributed import exit_worker, init_from_environment, launched_by_torchrun, shutdown
 
     if nproc < 1:
         raise SecateursError(f"--nproc must be at least 1, got {nproc}")
@@ -218,6 +218,8 @@ def run(
         finished = True
     finally:
         shutdown(finished=finished)
+    if launched_by_torchrun():
+        exit_worker(0)  # not through the interpreter's teardown, which can abort under DDP
 
 
 def launch_torchrun(nproc: int, args: list[str]) -> int:
