@@ -67,7 +67,7 @@ def _worker(rank: int, size: int, folder: str) -> None:
     # torchrun (they run side by side under xdist) before the group binds it
     store = f"file://{Path(folder) / 'store'}"
     torch.distributed.init_process_group("gloo", init_method=store, rank=rank, world_size=size)
-    from secateurs.core.distributed import DistributedError, check_same_masks, shutdown
+    from secateurs.core.distributed import DistributedError, check_same_masks, exit_worker, shutdown
 
     finished = False
     try:
@@ -82,10 +82,10 @@ def _worker(rank: int, size: int, folder: str) -> None:
         torch.save({"outcomes": outcomes, "mismatch": mismatch}, Path(folder) / f"rank{rank}.pt")
         finished = True
     finally:
-        # meet at a barrier before tearing gloo down: a rank that leaves while the other still holds
-        # its connections can abort it ("terminate called without an active exception", seen under
-        # load in CI)
         shutdown(finished=finished)
+    # not through the interpreter's teardown, where gloo's threads (kept alive by DDP) can abort
+    # the process ("terminate called without an active exception", seen under load in CI)
+    exit_worker(0)
 
 
 @pytest.fixture(scope="module")
