@@ -199,3 +199,21 @@ def test_a_worker_ends_with_its_code_and_its_buffered_output_and_logs_delivered(
     assert done.returncode == 3
     assert done.stdout == "rank 0 table"
     assert done.stderr == "a log line\nunflushed"
+
+
+def test_under_torchrun_a_failing_command_keeps_its_exit_code_and_error_line(tmp_path: Path) -> None:
+    # as torchrun starts a worker, but with no rendezvous to join: main() leaves through exit_worker
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "MASTER_ADDR", "MASTER_PORT")}
+    env |= {"WORLD_SIZE": "2", "RANK": "1", "PYTHONPATH": str(Path(secateurs.__file__).parents[1])}
+    (tmp_path / "tiny.yaml").write_text("name: tiny\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "secateurs", "run", "tiny.yaml", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot join the process group" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -171,7 +172,7 @@ def run(
     When stderr is not a terminal (a log file, a cluster job), progress is a line per training
     epoch with its loss, test accuracy, samples/s and ETA."""
     import secateurs
-    from secateurs.core.distributed import exit_worker, init_from_environment, launched_by_torchrun, shutdown
+    from secateurs.core.distributed import init_from_environment, launched_by_torchrun, shutdown
 
     if nproc < 1:
         raise SecateursError(f"--nproc must be at least 1, got {nproc}")
@@ -218,8 +219,6 @@ def run(
         finished = True
     finally:
         shutdown(finished=finished)
-    if launched_by_torchrun():
-        exit_worker(0)  # not through the interpreter's teardown, which can abort under DDP
 
 
 def launch_torchrun(nproc: int, args: list[str]) -> int:
@@ -896,8 +895,28 @@ _add_llm_commands()
 
 
 def main() -> None:
-    """Entry point of the `secateurs` command."""
-    app()
+    """Entry point of the `secateurs` command.
+
+    A torchrun worker leaves through `exit_worker`, whatever its exit code: the interpreter's
+    teardown can abort a process whose gloo threads DDP kept alive (see `exit_worker`)."""
+    if "WORLD_SIZE" not in os.environ:  # not under torchrun: no need to import torch here
+        app()
+        return
+    from secateurs.core.distributed import exit_worker, launched_by_torchrun
+
+    if not launched_by_torchrun():
+        app()
+        return
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as done:
+        code = done.code
+    if not isinstance(code, int):  # sys.exit("message") prints the message and exits with 1
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    exit_worker(code)
 
 
 if __name__ == "__main__":
