@@ -310,6 +310,20 @@ def test_rows_original_is_the_wanda_codes_sort() -> None:
     assert not torch.equal(index["0.weight"], masks["0.weight"])  # the rules differ on these ties
 
 
+@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.37, 0.7])
+def test_rows_counted_per_row_with_floor_are_the_wanda_codes_masks_at_any_sparsity(sparsity: float) -> None:
+    torch.manual_seed(0)
+    weight = torch.randint(0, 3, (6, 23)).float()  # an odd width: s·cols is not a whole number
+    options = {"structure_options": {"count": "row"}, "rounding": "floor", "ties": "original"}
+    masks = compute_masks(_linear(weight), sparsity, structure="rows", allocation="uniform", **options)
+    assert torch.equal(masks["0.weight"], _wanda_code_rows(weight.abs(), sparsity))
+    if sparsity != 0.5:  # the layer's count, spread over the rows, is not the code's
+        layer = compute_masks(
+            _linear(weight), sparsity, structure="rows", allocation="uniform", ties="original"
+        )
+        assert not torch.equal(layer["0.weight"], masks["0.weight"])
+
+
 @pytest.mark.parametrize("allocation", ["uniform", "global"])
 def test_unstructured_ties(allocation: str) -> None:
     weight = torch.tensor([[3.0, 1.0, 1.0, 1.0, 1.0, 0.0]])

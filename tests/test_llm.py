@@ -6,7 +6,9 @@ Tiny randomly initialised Llama (GQA, SwiGLU) and BERT models built here; no wei
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -182,6 +184,16 @@ def test_exact_sparsity_in_every_layer(method: str, sparsity: float) -> None:
         assert int((w == 0).sum()) == report.pruned == round_half_up(sparsity * w.numel()), name
     assert torch.equal(model.model.embed_tokens.weight, embed_before)  # embeddings / lm_head untouched
     assert int((model.lm_head.weight == 0).sum()) == 0
+
+
+@pytest.mark.parametrize(("rounding", "rule"), [("floor", math.floor), ("half_up", round_half_up)])
+def test_wanda_counted_per_row_removes_the_rounded_count_from_every_row(
+    rounding: str, rule: Callable[[float], int]
+) -> None:
+    model = tiny_llama()
+    prune_model(model, "wanda", make_pattern(0.37, None), calib(), rounding=rounding, counts="row")
+    for name, w in block_weights(model).items():  # rows of 64 (0.37: 23.68) and of 128 (47.36)
+        assert (w == 0).sum(1).tolist() == [rule(0.37 * w.shape[1])] * w.shape[0], name
 
 
 def test_sequential_calibration_uses_the_pruned_blocks_outputs() -> None:

@@ -155,10 +155,20 @@ def test_weights_transformers_cannot_read_are_one_line_naming_the_directory(
     assert "Fix: check that it is a complete Hugging Face model directory" in line
 
 
-def test_an_unknown_tie_rule_is_one_line_naming_the_choices(model_dir: Path) -> None:
-    result = CliRunner().invoke(
-        llm_app, ["prune", "--model", str(model_dir), "--sparsity", "0.5", "--ties", "lowest"]
-    )
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ties", "lowest"], "--ties must be one of index, reverse, random, original, got 'lowest'"),
+        (["--rounding", "down"], "--rounding must be one of half_up, floor, ceil, got 'down'"),
+        (["--counts", "rows"], "--counts must be one of layer, row, got 'rows'"),
+        (["--counts", "row", "--method", "sparsegpt"], "counts 'row' applies to wanda's per-row comparison"),
+        (["--counts", "row", "--nm", "2:4"], "counts 'row' applies to wanda's per-row comparison"),
+    ],
+)
+def test_an_unknown_counting_option_is_one_line_naming_the_choices(
+    model_dir: Path, args: list[str], message: str
+) -> None:
+    result = CliRunner().invoke(llm_app, ["prune", "--model", str(model_dir), "--sparsity", "0.5", *args])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert "--ties must be one of index, reverse, random, original, got 'lowest'" in line
+    assert message in line

@@ -66,6 +66,24 @@ def test_the_recipe_gives_the_library_method_bit_for_bit(tiny_dir: Path, method:
     assert result.final["sparsity"] == pytest.approx(0.5)
 
 
+def test_the_counting_options_reach_the_recipe_and_give_the_library_method(tiny_dir: Path) -> None:
+    options = {"rounding": "floor", "counts": "row", "ties": "original"}
+    step = prune_step("wanda", make_pattern(0.37, None), **options)
+    assert step["rounding"] == "floor" and step["structure_options"] == {"count": "row"}
+    pipeline = Pipeline(recipe(tiny_dir, {"prune": step | {"data_batches": 2, "data_batch_size": 4}}))
+    result = pipeline.run()
+    reference = load_weights(tiny_dir)
+    prune_model(reference, "wanda", make_pattern(0.37, None), pipeline.data.train_x, batch_size=4, **options)
+    assert result.masks is not None
+    for (name, ours), theirs in zip(
+        result.model.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        assert torch.equal(ours, theirs), name
+        if name in result.masks:  # rows of 32 (0.37: 11.84) and of 64 (23.68), floored
+            removed = (~result.masks[name]).sum(1)
+            assert removed.eq(int(0.37 * ours.shape[1])).all(), name
+
+
 def test_any_criterion_and_reconstruction_compose_in_a_recipe(tiny_dir: Path) -> None:
     """Wanda's mask, then OBS reconstruction of the kept weights: a combination no LLM method names."""
     step = {

@@ -262,6 +262,7 @@ def test_the_shuffle_sanity_check_is_refused_for_patterned_structures(structure:
         ("nm", {"n": True}, r"nm option n must be a positive integer, got True"),
         ("nm", {"k": 1}, r"structure 'nm' has no option 'k'.*n, m"),
         ("block", {"bh": 0}, r"block option bh must be a positive integer"),
+        ("rows", {"count": "rows"}, r"rows option count must be one of layer, row, got 'rows'"),
         (
             "block",
             {"pool": "median"},
@@ -288,3 +289,38 @@ def test_non_divisible_shapes_name_the_parameter_and_the_fix() -> None:
     masks = compute_masks(model, 0.5, structure="nm", layers={"exclude": ["0"]}, allocation="uniform")
     assert list(masks) == ["1.weight"]
     assert group_counts(masks["1.weight"], 4).tolist() == [2] * 8
+
+
+def _removed_per_row(sparsity: float, rounding: str, count: str, **options: Any) -> dict[str, list[int]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3))
+    masks = compute_masks(
+        model, sparsity, structure="rows", structure_options={"count": count}, rounding=rounding, **options
+    )
+    return {name: (~mask).sum(1).tolist() for name, mask in masks.items()}
+
+
+@pytest.mark.parametrize(
+    ("rounding", "first", "last"),
+    [("half_up", 4, 2), ("floor", 3, 2), ("ceil", 4, 3)],  # rows of 10 and of 6 at 0.37: 3.7 and 2.22 removed
+)
+def test_rows_counted_per_row_remove_the_rounded_count_from_every_row(
+    rounding: str, first: int, last: int
+) -> None:
+    removed = _removed_per_row(0.37, rounding, "row", allocation="uniform")
+    assert removed == {"0.weight": [first] * 6, "2.weight": [last] * 3}
+
+
+def test_rows_counted_per_layer_keep_the_layers_sparsity_exact() -> None:
+    removed = _removed_per_row(0.37, "half_up", "layer", allocation="uniform")
+    assert sum(removed["0.weight"]) == round_half_up(0.37 * 60) == 22  # rows of 4 and of 3
+    assert sorted(set(removed["0.weight"])) == [3, 4]
+    assert sum(removed["2.weight"]) == round_half_up(0.37 * 18) == 7
+
+
+def test_a_layer_override_counts_per_row_too_and_a_global_total_is_spread() -> None:
+    removed = _removed_per_row(0.37, "floor", "row", allocation="uniform", layer_sparsities={"2.weight": 0.5})
+    assert removed == {"0.weight": [3] * 6, "2.weight": [3] * 3}
+    spread = _removed_per_row(0.37, "floor", "row", allocation="global")
+    assert sum(map(sum, spread.values())) == math.floor(0.37 * 78)  # global's total, rows within one
+    assert all(max(r) - min(r) <= 1 for r in spread.values())

@@ -93,6 +93,20 @@ def prune(
             "(the Wanda / SparseGPT code's; dequantized weights tie often)"
         ),
     ] = "index",
+    rounding: Annotated[
+        str,
+        typer.Option(
+            help="how the removed count s·n is rounded: half_up, floor (the Wanda / SparseGPT "
+            "code's int(s·n)) or ceil"
+        ),
+    ] = "half_up",
+    counts: Annotated[
+        str,
+        typer.Option(
+            help="what wanda's sparsity counts: layer (the layer's sparsity exact) or row (every row "
+            "on its own, as Wanda's code: with --rounding floor and --ties original, its masks)"
+        ),
+    ] = "layer",
     threads: ThreadsOpt = None,
 ) -> None:
     """One-shot prune every Linear of the transformer blocks, block by block on calibration text.
@@ -100,8 +114,9 @@ def prune(
     The command is a recipe (`hf` model, `text` data, one prune stage: `secateurs.llm.methods.prune_step`)
     run by the pipeline, then saved with save_pretrained.
     """
+    from secateurs.core.sparsity import check_rounding
     from secateurs.core.topk import check_ties
-    from secateurs.llm.methods import check_method, make_pattern, prune_step
+    from secateurs.llm.methods import check_counts, check_method, make_pattern, prune_step
     from secateurs.llm.models import LoadedModel, load_tokenizer, model_kind, save_model
     from secateurs.pipeline.recipe import recipe_from_raw
     from secateurs.pipeline.runner import Pipeline
@@ -115,7 +130,13 @@ def prune(
         )
     _quiet_transformers()
     calibrated = method != "magnitude"
-    step = prune_step(method, pattern, ties=check_ties(ties, "--ties"))
+    step = prune_step(
+        method,
+        pattern,
+        ties=check_ties(ties, "--ties"),
+        rounding=check_rounding(rounding, "--rounding"),
+        counts=check_counts(counts),
+    )
     step |= {"data_batches": -(-samples // 8), "data_batch_size": 8}
     recipe = {
         "name": f"llm-{method}",

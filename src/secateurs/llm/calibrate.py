@@ -53,6 +53,8 @@ def prune_model(
     percdamp: float = 0.01,
     on_block: Callable[[int, list[Tensor]], None] | None = None,
     ties: str = "index",
+    rounding: str = "half_up",
+    counts: str = "layer",
     seed: int = 0,
 ) -> list[LayerReport]:
     """Prune every nn.Linear inside the transformer blocks in place; returns one report per Linear.
@@ -63,9 +65,12 @@ def prune_model(
     `batch_size` samples at a time: a block's outputs do not depend on it (bit for bit, SmolLM2
     at 1, 2, 4, 8), and at 2 the activations stay in cache (a block runs ~6 % faster than at 8)
     and the statistics pass of every batch after the first ends early. `ties` breaks ties at the
-    cut (`secateurs.core.topk`; "original" is the Wanda / SparseGPT code's rule; `seed` seeds "random").
+    cut (`secateurs.core.topk`; "original" is the Wanda / SparseGPT code's rule; `seed` seeds "random");
+    `rounding` and `counts` count the removed weights (`secateurs.llm.methods.prune_step`).
     """
-    options = method_options(method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties)
+    options = method_options(
+        method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties, rounding=rounding, counts=counts
+    )
     batches = None
     if method != "magnitude":
         if calibration is None or calibration.numel() == 0:

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
+from secateurs.core.sparsity import check_rounding
 from secateurs.core.topk import check_ties, tie_rule
 from secateurs.methods.allocations import check_sparsity
 from secateurs.methods.criteria.wanda import wanda_scores as _wanda_scores
@@ -107,21 +108,50 @@ def structure_of(pattern: Pattern, per_row: bool = False) -> ElementStructure:
     return Rows() if per_row else Unstructured()
 
 
+def check_counts(counts: object, where: str = "--counts") -> str:
+    """`counts` names what a wanda sparsity counts (`Rows.COUNTS`)."""
+    return check_choice(
+        counts,
+        Rows.COUNTS,
+        where,
+        fix="layer: the layer's sparsity exact; row: every row's count rounded on its own (Wanda's code)",
+    )
+
+
 def prune_step(
-    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01, ties: str = "index"
+    method: str,
+    pattern: Pattern,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    ties: str = "index",
+    rounding: str = "half_up",
+    counts: str = "layer",
 ) -> dict[str, Any]:
     """An LLM method as a recipe's prune stage: sequential calibration (no data read by magnitude).
 
     `ties` breaks ties at the cut (`secateurs.core.topk`): dequantized 4-bit weights tie often, and
-    `original` is the Wanda / SparseGPT code's rule; the default (index) is left out of the step.
+    `original` is the Wanda / SparseGPT code's rule. `rounding` rounds the removed counts
+    (`secateurs.core.sparsity`; the codes' int(s·n) is `floor`), and `counts` is what Wanda's
+    sparsity counts: `layer` (the layer's sparsity exact) or `row` (every row's count rounded on
+    its own, as Wanda's code). Options at their defaults are left out of the step.
     """
     check_method(method)
     check_ties(ties)
+    check_rounding(rounding)
+    if check_counts(counts) != "layer" and (method != "wanda" or pattern.nm):
+        raise ConfigError(
+            f"counts {counts!r} applies to wanda's per-row comparison, not to {method} {pattern.label}",
+            fix="leave counts at layer, or use --method wanda without --nm",
+        )
     structure = structure_of(pattern, per_row=method == "wanda")
+    options: dict[str, Any] = {"n": pattern.nm[0], "m": pattern.nm[1]} if pattern.nm else {}
+    if counts != "layer":
+        options["count"] = counts
     step: dict[str, Any] = {
         "criterion": "wanda" if method == "wanda" else "magnitude",
         "structure": structure.name,
-        "structure_options": {"n": pattern.nm[0], "m": pattern.nm[1]} if pattern.nm else {},
+        "structure_options": options,
         "allocation": "uniform",
         "sparsity": pattern.sparsity,
     }
@@ -134,17 +164,29 @@ def prune_step(
         }
     if ties != "index":
         step["ties"] = ties
+    if rounding != "half_up":
+        step["rounding"] = rounding
     step["calibration"] = {"mode": "sequential"}  # block by block: only the blocks' Linears are pruned
     return step
 
 
 def method_options(
-    method: str, pattern: Pattern, *, blocksize: int = 128, percdamp: float = 0.01, ties: str = "index"
+    method: str,
+    pattern: Pattern,
+    *,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    ties: str = "index",
+    rounding: str = "half_up",
+    counts: str = "layer",
 ) -> dict[str, Any]:
     """The `secateurs.methods.sequential.prune_sequential` options of an LLM method (its prune step)."""
-    step = prune_step(method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties)
+    step = prune_step(
+        method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties, rounding=rounding, counts=counts
+    )
     return {
         "ties": ties,
+        "rounding": rounding,
         "criterion": step["criterion"],
         "structure": build_structure(step["structure"], **step["structure_options"]),
         "allocation": step["allocation"],

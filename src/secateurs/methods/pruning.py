@@ -135,7 +135,9 @@ def select_groups(
     """Allocate keep counts to the layout's units from their group scores and select: per unit, a
     bool per group (kept). `context` is for allocations that measure the model (latency);
     `rounding` rounds the removed counts, `ties` breaks ties at the cut (`generator` seeds "random")."""
-    layers = [LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor) for u in layout.units]
+    layers = [
+        LayerInfo(u.name, u.shape, u.group_size, group_scores[u.name], u.floor, u.rows) for u in layout.units
+    ]
     keep = allocate(
         allocation,
         layers,

@@ -64,6 +64,7 @@ class LayerInfo:
     group_size: int
     scores: Tensor  # one score per group, 1-D; -inf for groups already pruned
     floor: int = 0  # groups the unit keeps whatever the allocation says
+    rows: int = 1  # >1: the groups form equal rows and a sparsity is counted per row (`layer_kept`)
 
     @property
     def num_groups(self) -> int:
@@ -173,6 +174,16 @@ def kept_after(n: int, sparsity: float, floor: int = 0) -> int:
     return max(n - removed_count(sparsity * n), min(floor, n))
 
 
+def layer_kept(layer: LayerInfo, sparsity: float) -> int:
+    """Groups `layer` keeps at its own `sparsity`: `kept_after` of the whole unit, or, for a unit
+    counted per row (`rows` > 1: the rows structure with `count: row`), every row's `kept_after`
+    times the rows, as Wanda's code removes int(s·d) weights of every row."""
+    if layer.rows <= 1:
+        return kept_after(layer.num_groups, sparsity, layer.floor)
+    per_row = layer.num_groups // layer.rows
+    return max(layer.rows * kept_after(per_row, sparsity), min(layer.floor, layer.num_groups))
+
+
 def scaled_shares(layers: list[LayerInfo], sparsity: float, raw: list[float]) -> list[float]:
     """Elements kept per layer, ε·raw_l·n_l, hitting the total density, each layer's density in
     [floor_l / n_l, 1]: layers that would exceed density 1 are made dense, layers below their floor
@@ -229,7 +240,7 @@ def override_counts(
     for layer in layers:
         value = next((v for p, v in layer_sparsities.items() if _name_matches(layer.name, p, names)), None)
         if value is not None:
-            out[layer.name] = kept_after(layer.num_groups, value, layer.floor)
+            out[layer.name] = layer_kept(layer, value)
     return out
 
 

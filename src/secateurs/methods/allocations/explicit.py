@@ -8,7 +8,7 @@ from secateurs.core.errors import ConfigError
 from secateurs.methods.allocations.base import (
     ALLOCATIONS,
     LayerInfo,
-    kept_after,
+    layer_kept,
     override_counts,
     sparsity_free,
 )
@@ -34,5 +34,5 @@ def explicit(
                 f"no sparsity for layer {layer.name!r}",
                 fix="give it a pattern in `sparsities` or set the prune step's `sparsity`",
             )
-        out[layer.name] = kept_after(layer.num_groups, sparsity, layer.floor)
+        out[layer.name] = layer_kept(layer, sparsity)
     return {layer.name: out[layer.name] for layer in layers}

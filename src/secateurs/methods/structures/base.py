@@ -81,6 +81,7 @@ class Unit:
     group_size: int
     num_groups: int
     floor: int = 0  # groups this unit always keeps (a layer cannot lose every channel)
+    rows: int = 1  # >1: its groups form `rows` equal rows, each counted on its own (`kept_after`)
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,10 @@ class ElementStructure(Structure):
     def group_scores(self, scores: Tensor, pooling: str | None = None) -> Tensor:
         raise NotImplementedError
 
+    def count_rows(self, shape: tuple[int, ...]) -> int:
+        """Rows whose kept counts the allocation works out one by one (1: the unit as a whole)."""
+        return 1
+
     def expand(self, keep: Tensor, shape: tuple[int, ...]) -> Tensor:
         raise NotImplementedError
 
@@ -267,7 +272,8 @@ class ElementLayout(Layout):
         for n in self.names:
             shape = self.shapes[n]
             structure.check(n, shape)
-            self.units.append(Unit(n, shape, structure.group_size(shape), structure.num_groups(shape)))
+            size, groups = structure.group_size(shape), structure.num_groups(shape)
+            self.units.append(Unit(n, shape, size, groups, rows=structure.count_rows(shape)))
 
     def scored(self, pool: PoolSpec) -> list[str]:
         return list(self.names)

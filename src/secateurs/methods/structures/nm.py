@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from secateurs.core.errors import ConfigError
+from secateurs.core.errors import ConfigError, check_choice
 from secateurs.core.topk import balanced_select
 from secateurs.methods.structures.base import STRUCTURES, ElementStructure, positive_int
 from secateurs.methods.structures.unstructured import Unstructured
@@ -137,9 +137,30 @@ class Rows(Unstructured):
     over its rows (`balanced_topk`: each row keeps k // rows, the rows whose next-best score is
     highest one more), and within a row the highest scores win. Wanda (Sun et al. 2023) compares
     weights per output this way; the comparison group matters for LLMs, whose rows differ in scale.
+
+    `count` says what a sparsity s counts: "layer" (the default) removes the layer's rounded
+    s·numel, so the layer's sparsity is exact and rows may differ by one; "row" removes the
+    rounded s·d of every row of d entries, as Wanda's code does (`int(d·s)`: with rounding
+    floor), so every row keeps the same count and the layer's sparsity may fall short of s by
+    under one weight per row. Per-row counting applies where a layer's own sparsity is counted
+    (uniform and explicit allocations, per-layer overrides); allocations that split a total
+    (global, ER, ERK) give a layer count, spread as with "layer".
     """
 
     name = "rows"
+    COUNTS = ("layer", "row")
+
+    def __init__(self, count: str = "layer") -> None:
+        self.count = check_choice(
+            count,
+            self.COUNTS,
+            "rows option count",
+            where="structure_options",
+            fix="layer: the layer's sparsity exact; row: every row's count rounded on its own (Wanda's code)",
+        )
+
+    def count_rows(self, shape: tuple[int, ...]) -> int:
+        return shape[0] if self.count == "row" else 1
 
     def check(self, name: str, shape: tuple[int, ...]) -> None:
         check_matrix("rows", name, shape)
