@@ -170,23 +170,13 @@ def prune_step(
     return step
 
 
-def method_options(
-    method: str,
-    pattern: Pattern,
-    *,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
-    ties: str = "index",
-    rounding: str = "half_up",
-    counts: str = "layer",
-) -> dict[str, Any]:
-    """The `secateurs.methods.sequential.prune_sequential` options of an LLM method (its prune step)."""
-    step = prune_step(
-        method, pattern, blocksize=blocksize, percdamp=percdamp, ties=ties, rounding=rounding, counts=counts
-    )
+def method_options(method: str, pattern: Pattern, **options: Any) -> dict[str, Any]:
+    """The `secateurs.methods.sequential.prune_sequential` options of an LLM method: its prune step
+    (`options` as `prune_step` takes them)."""
+    step = prune_step(method, pattern, **options)
     return {
-        "ties": ties,
-        "rounding": rounding,
+        "ties": step.get("ties", "index"),
+        "rounding": step.get("rounding", "half_up"),
         "criterion": step["criterion"],
         "structure": build_structure(step["structure"], **step["structure_options"]),
         "allocation": step["allocation"],
