@@ -899,24 +899,24 @@ def main() -> None:
 
     A torchrun worker leaves through `exit_worker`, whatever its exit code: the interpreter's
     teardown can abort a process whose gloo threads DDP kept alive (see `exit_worker`)."""
-    if "WORLD_SIZE" not in os.environ:  # not under torchrun: no need to import torch here
-        app()
-        return
-    from secateurs.core.distributed import exit_worker, launched_by_torchrun
+    if "WORLD_SIZE" in os.environ:  # else not under torchrun: no need to import torch here
+        from secateurs.core.distributed import exit_worker, launched_by_torchrun
 
-    if not launched_by_torchrun():
-        app()
-        return
-    code: int | str | None = 0
+        if launched_by_torchrun():
+            exit_worker(_exit_code(app))
+    app()
+
+
+def _exit_code(command: Callable[[], object]) -> int:
+    """Run `command` (the typer app) and return the exit code it ends with, as `sys.exit` would."""
     try:
-        app()
+        command()
     except SystemExit as done:
-        code = done.code
-    if not isinstance(code, int):  # sys.exit("message") prints the message and exits with 1
-        if code is not None:
-            print(code, file=sys.stderr)
-        code = 0 if code is None else 1
-    exit_worker(code)
+        if isinstance(done.code, int) or done.code is None:
+            return done.code or 0
+        print(done.code, file=sys.stderr)  # sys.exit("message") prints the message and exits with 1
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

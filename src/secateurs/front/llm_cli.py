@@ -116,8 +116,9 @@ def prune(
     """
     from secateurs.core.sparsity import check_rounding
     from secateurs.core.topk import check_ties
-    from secateurs.llm.methods import check_counts, check_method, make_pattern, prune_step
+    from secateurs.llm.methods import check_method, make_pattern, prune_step
     from secateurs.llm.models import LoadedModel, load_tokenizer, model_kind, save_model
+    from secateurs.methods.structures.nm import check_row_count
     from secateurs.pipeline.recipe import recipe_from_raw
     from secateurs.pipeline.runner import Pipeline
 
@@ -135,7 +136,7 @@ def prune(
         pattern,
         ties=check_ties(ties, "--ties"),
         rounding=check_rounding(rounding, "--rounding"),
-        counts=check_counts(counts),
+        counts=check_row_count(counts, "--counts", where=None),
     )
     step |= {"data_batches": -(-samples // 8), "data_batch_size": 8}
     recipe = {

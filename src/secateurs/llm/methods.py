@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from secateurs.core.errors import ConfigError, check_choice
+from secateurs.core.errors import ConfigError
 from secateurs.core.sparsity import check_rounding
 from secateurs.core.topk import check_ties, tie_rule
 from secateurs.methods.allocations import check_sparsity
@@ -38,6 +38,7 @@ from secateurs.methods.criteria.wanda import wanda_scores as _wanda_scores
 from secateurs.methods.pruning import masks_from_scores
 from secateurs.methods.reconstruction import OBS, build_reconstruction, obs_reconstruct
 from secateurs.methods.structures import NM, ElementStructure, Rows, Unstructured, build_structure
+from secateurs.methods.structures.nm import check_row_count
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -108,16 +109,6 @@ def structure_of(pattern: Pattern, per_row: bool = False) -> ElementStructure:
     return Rows() if per_row else Unstructured()
 
 
-def check_counts(counts: object, where: str = "--counts") -> str:
-    """`counts` names what a wanda sparsity counts (`Rows.COUNTS`)."""
-    return check_choice(
-        counts,
-        Rows.COUNTS,
-        where,
-        fix="layer: the layer's sparsity exact; row: every row's count rounded on its own (Wanda's code)",
-    )
-
-
 def prune_step(
     method: str,
     pattern: Pattern,
@@ -139,7 +130,7 @@ def prune_step(
     check_method(method)
     check_ties(ties)
     check_rounding(rounding)
-    if check_counts(counts) != "layer" and (method != "wanda" or pattern.nm):
+    if check_row_count(counts, "counts", where=None) != "layer" and (method != "wanda" or pattern.nm):
         raise ConfigError(
             f"counts {counts!r} applies to wanda's per-row comparison, not to {method} {pattern.label}",
             fix="leave counts at layer, or use --method wanda without --nm",

@@ -81,7 +81,7 @@ class Unit:
     group_size: int
     num_groups: int
     floor: int = 0  # groups this unit always keeps (a layer cannot lose every channel)
-    rows: int = 1  # >1: its groups form `rows` equal rows, each counted on its own (`kept_after`)
+    rows: int = 1  # >1: its groups form `rows` equal rows, each counted on its own (`layer_kept`)
 
 
 @dataclass(frozen=True)

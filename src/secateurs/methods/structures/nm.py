@@ -129,6 +129,19 @@ class NM(ElementStructure):
         return self.from_groups(keep.reshape(-1, self.m), shape)
 
 
+def check_row_count(
+    count: object, what: str = "rows option count", where: str | None = "structure_options"
+) -> str:
+    """`count` names what a rows sparsity counts (`Rows.COUNTS`); `what` names the option in the error."""
+    return check_choice(
+        count,
+        Rows.COUNTS,
+        what,
+        where=where,
+        fix="layer: the layer's sparsity exact; row: every row's count rounded on its own (Wanda's code)",
+    )
+
+
 @STRUCTURES.register("rows", "each output row keeps the same count (Wanda's per-output comparison)")
 class Rows(Unstructured):
     """Every output row (a Linear's row, a conv's filter) is compared on its own.
@@ -151,13 +164,7 @@ class Rows(Unstructured):
     COUNTS = ("layer", "row")
 
     def __init__(self, count: str = "layer") -> None:
-        self.count = check_choice(
-            count,
-            self.COUNTS,
-            "rows option count",
-            where="structure_options",
-            fix="layer: the layer's sparsity exact; row: every row's count rounded on its own (Wanda's code)",
-        )
+        self.count = check_row_count(count)
 
     def count_rows(self, shape: tuple[int, ...]) -> int:
         return shape[0] if self.count == "row" else 1
